@@ -153,6 +153,13 @@ class TfdsTest(tf.test.TestCase):
     self.assertEqual(images.shape, (6, 32, 32, 3))
     self.assertEqual(images.dtype, np.uint8)
     self.assertEqual(labels.dtype, np.int64)
+    with tfds.testing.mock_data(num_examples=3):
+      small = data.load_dataset("mnist", self.get_temp_dir() + "/tfds", download=True,
+                                image_size=(8, 6))
+    self.assertEqual(small.info.image_shape, (8, 6, 1))
+    self.assertEqual(small.info.num_examples, {"train": 3, "test": 3})
+    self.assertLen(small.info.mean, 1)
+    self.assertEqual(next(iter(small.test))[0].shape, (8, 6, 1))
 
   def test_not_prepared_gives_clear_error_without_download(self):
     empty = self.get_temp_dir() + "/empty_tfds"
@@ -162,6 +169,8 @@ class TfdsTest(tf.test.TestCase):
         data.load_dataset("cifar10", empty)
     prepare.assert_not_called()
     self.assertNotIn("\n", str(cm.exception))
+    with self.assertRaisesRegex(data.DatasetError, "needs --data_dir"):
+      data.load_dataset("cifar10_binary")
     with self.assertRaisesRegex(data.DatasetError, "unknown dataset 'no_such_set'"):
       data.load_dataset("no_such_set", empty)
 

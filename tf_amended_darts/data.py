@@ -135,7 +135,9 @@ def _load_cifar_binary(cifar100: bool, data_dir: Optional[str]) -> Dataset:
   name, archive = ("cifar100", "cifar-100-binary") if cifar100 else ("cifar10", "cifar-10-binary")
   how = (f"extract {archive}.tar.gz into it and pass --dataset={name}_binary "
          f"--data_dir=<the directory>")
-  if not data_dir or not os.path.isdir(data_dir):
+  if not data_dir:
+    raise DatasetError(f"--dataset={name}_binary needs --data_dir: {how}")
+  if not os.path.isdir(data_dir):
     raise DatasetError(f"CIFAR binary directory {data_dir!r} does not exist: {how}")
   subdir = os.path.join(data_dir, "cifar-100-binary" if cifar100 else "cifar-10-batches-bin")
   root = subdir if os.path.isdir(subdir) else data_dir
@@ -190,7 +192,9 @@ def _list_images(path):
 def _load_image_folder(data_dir, size, test_fraction) -> Dataset:
   how = ("pass --dataset=image_folder --data_dir=DIR with DIR/train/<class>/*.png|jpg and "
          "DIR/test/<class>/*, or DIR/<class>/*")
-  if not data_dir or not os.path.isdir(data_dir):
+  if not data_dir:
+    raise DatasetError(f"--dataset=image_folder needs --data_dir: {how}")
+  if not os.path.isdir(data_dir):
     raise DatasetError(f"image folder {data_dir!r} does not exist: {how}")
   rng = np.random.default_rng(0)
   train_dir, test_dir = os.path.join(data_dir, "train"), os.path.join(data_dir, "test")
@@ -254,14 +258,15 @@ def _load_tfds(name, data_dir, download, size) -> Dataset:
   except tfds.core.registered.DatasetNotFoundError:
     raise DatasetError(f"unknown dataset {name!r}: {alternatives}") from None
   base = name.split("/")[0].split(":")[0]
-  where = data_dir or "the default tensorflow-datasets data_dir"
-  manual = os.path.join(os.path.expanduser(data_dir or "~/tensorflow_datasets"), "downloads",
-                        "manual")
-  hint = {"cifar10": " or use --dataset=cifar10_binary --data_dir=<extracted cifar-10-binary.tar.gz>",
-          "cifar100": " or use --dataset=cifar100_binary --data_dir=<extracted "
-                      "cifar-100-binary.tar.gz>",
-          "imagenet2012": " (place ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in the "
-                          "manual dir)"}.get(base, "")
+  where = data_dir or tfds.core.constants.DATA_DIR
+  manual = os.path.join(os.path.expanduser(where), "downloads", "manual")
+  hint = {
+      "cifar10": " (cifar-10-binary.tar.gz), or use --dataset=cifar10_binary --data_dir=DIR "
+                 "with that archive extracted in DIR",
+      "cifar100": " (cifar-100-binary.tar.gz), or use --dataset=cifar100_binary --data_dir=DIR "
+                  "with that archive extracted in DIR",
+      "imagenet2012": " (ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar)",
+  }.get(base, "")
   if not builder.is_prepared():
     if not download:
       raise DatasetError(f"tensorflow-datasets dataset {name!r} is not prepared in {where}: pass "
