@@ -49,6 +49,8 @@ class DigitsTest(tf.test.TestCase):
     self.assertAllClose(info.mean, [x.mean()], atol=1e-6)
     self.assertAllClose(info.std, [x.std()], atol=1e-6)
     self.assertEqual(sum(1 for _ in ds.test), 360)
+    levels = {round(v * 255 / 16) for v in range(17)}  # UCI values 0..16 rescaled
+    self.assertContainsSubset(set(np.unique(images.numpy()).tolist()), levels)
 
 
 class CifarBinaryTest(tf.test.TestCase):
@@ -203,6 +205,8 @@ class PipelineTest(tf.test.TestCase):
     for (x1, y1), (x2, y2) in zip(first, again):
       self.assertAllEqual(x1, x2)
       self.assertAllEqual(y1, y2)
+    tf.random.set_seed(1234)  # the TF global seed plays no part
+    self.assertAllEqual(make(epoch=0)[3][0], first[3][0])
     other = make(epoch=1)
     self.assertNotAllEqual(first[0][1], other[0][1])
     resumed = make(epoch=0, skip_batches=5)
