@@ -340,8 +340,8 @@ def _count(splits, name, dataset) -> int:
 
 def normalize(images, mean, std):
   """uint8 images [..., C] -> float32 (x / 255 - mean) / std. Used by training and serving."""
-  mean = tf.constant(mean, tf.float32)
-  std = tf.constant(std, tf.float32)
+  mean = tf.cast(tf.convert_to_tensor(mean), tf.float32)
+  std = tf.cast(tf.convert_to_tensor(std), tf.float32)
   return (tf.cast(images, tf.float32) / 255.0 - mean) / std
 
 
@@ -384,7 +384,9 @@ def augment_image(image, seed, augmentation: Augmentation, mean, std):
 
 def _shuffle(dataset, buffer_size, seed):
   """Stateless shuffle of (index, image, label) elements: each block of `buffer_size`
-  consecutive elements is permuted (the whole set when buffer_size >= its size)."""
+  consecutive elements is permuted (the whole set when buffer_size >= its size). Images of
+  varying size cannot be batched: they fall back to tf.data's shuffle (seeded, but its order
+  then also depends on the TF global seed: resize them with `image_size` to avoid that)."""
   if not dataset.element_spec[1].shape.is_fully_defined():  # varying sizes: cannot batch
     return dataset.shuffle(buffer_size, seed=int(seed.numpy()[0] % 2**31),
                            reshuffle_each_iteration=False)
