@@ -1,0 +1,85 @@
+"""Operations: shapes at stride 1 and 2, reference semantics, registry."""
+
+import numpy as np
+import tensorflow as tf
+from keras import layers
+
+from tf_amended_darts import operations, search_space
+
+
+class OperationsTest(tf.test.TestCase):
+
+    def test_every_operation_shape_at_stride_1_and_2(self):
+        for size in (8, 7):  # odd sizes must halve to ceil(size / 2) too
+            x = tf.random.normal((2, size, size, 6), seed=1)
+            for name in operations.OPS:
+                for affine in (True, False):
+                    for stride, out in ((1, size), (2, (size + 1) // 2)):
+                        with self.subTest(name=name, stride=stride, affine=affine, size=size):
+                            op = operations.make_operation(name, 6, stride, affine)
+                            y = op(x, training=True)
+                            self.assertEqual(tuple(y.shape), (2, out, out, 6))
+
+    def test_zero_is_zero_at_output_resolution(self):
+        y = operations.make_operation("none", 3, 2, False)(tf.ones((1, 6, 6, 3)))
+        self.assertAllEqual(y, tf.zeros((1, 3, 3, 3)))
+
+    def test_stride_two_dilated_conv_equals_strided_reference(self):
+        # Reference: depthwise conv, dilation 2, stride 1, symmetric padding, then every other
+        # pixel = PyTorch's Conv2d(stride=2, dilation=2, padding=d*(k-1)/2) on the same input.
+        for k in (3, 5):
+            op = operations.DilConv(5, k, stride=2, dilation=2, affine=True)
+            x = tf.random.normal((2, 9, 9, 5), seed=2)
+            y = op(x, training=False)
+            h = tf.nn.depthwise_conv2d(tf.nn.relu(x), op.depthwise.kernel, [1, 1, 1, 1], "SAME",
+                                       dilations=[2, 2])[:, ::2, ::2, :]
+            expected = op.bn(op.pointwise(h), training=False)
+            self.assertAllClose(y, expected, atol=1e-5)
+
+    def test_sep_conv_applies_two_blocks_and_has_reference_parameter_count(self):
+        op = operations.make_operation("sep_conv_3x3", 4, 1, affine=True)
+        op(tf.zeros((1, 8, 8, 4)))
+        # per block: depthwise 3*3*4 + pointwise 4*4 + BN gamma/beta 2*4; two blocks.
+        self.assertEqual(sum(int(np.prod(v.shape)) for v in op.trainable_variables),
+                         2 * (36 + 16 + 8))
+
+    def test_factorized_reduce_concatenates_offset_grids(self):
+        op = operations.FactorizedReduce(4, affine=False)
+        x = tf.random.normal((1, 6, 6, 3), seed=3)
+        y = op(x, training=False)
+        r = tf.nn.relu(x)
+        a = tf.nn.conv2d(r[:, ::2, ::2], op.conv_1.kernel, 1, "VALID")
+        b = tf.nn.conv2d(r[:, 1::2, 1::2], op.conv_2.kernel, 1, "VALID")
+        self.assertAllClose(y, op.bn(tf.concat([a, b], -1), training=False), atol=1e-5)
+
+    def test_average_pool_excludes_padding(self):
+        y = operations.make_operation("avg_pool_3x3", 2, 1, affine=True)(tf.ones((1, 4, 4, 2)))
+        self.assertAllClose(y, tf.ones((1, 4, 4, 2)))
+
+    def test_pooling_has_bn_only_in_supernet(self):
+        self.assertIsNotNone(operations.make_operation("max_pool_3x3", 2, 1, affine=False).bn)
+        self.assertIsNone(operations.make_operation("max_pool_3x3", 2, 1, affine=True).bn)
+
+    def test_supernet_bn_has_no_affine_parameters(self):
+        op = operations.make_operation("sep_conv_3x3", 4, 1, affine=False)
+        op(tf.zeros((1, 8, 8, 4)))
+        self.assertFalse([v for v in op.trainable_variables if "gamma" in v.path or "beta" in v.path])
+
+    def test_unknown_operation(self):
+        with self.assertRaisesRegex(ValueError, "unknown operation 'conv_9x9'"):
+            operations.make_operation("conv_9x9", 4, 1, True)
+
+    def test_register_operation_extends_search_spaces(self):
+        name = "test_relu_conv_5x5"
+        operations.register_operation(
+            name, lambda c, stride, affine: operations.ReLUConvBN(c, 5, stride, affine))
+        space = search_space.SearchSpace(operations=("none", "skip_connect", name))
+        self.assertIn(name, space.operations)
+        y = operations.make_operation(name, 4, 2, False)(tf.zeros((1, 8, 8, 4)))
+        self.assertEqual(tuple(y.shape), (1, 4, 4, 4))
+        with self.assertRaisesRegex(ValueError, "already registered"):
+            operations.register_operation(name, lambda c, s, a: layers.Identity())
+
+
+if __name__ == "__main__":
+    tf.test.main()

@@ -1,0 +1,130 @@
+"""Supernet: MixedOp weighted sum, alphas, derivation on hand-set alphas, serialization."""
+
+import os
+import tempfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tf_amended_darts import search_model, search_space
+from tf_amended_darts.search_model import MixedOp, SearchNetwork, derive_genotype
+
+TINY = search_space.get_search_space("darts").replace(layers=3, init_channels=4, steps=2)
+OPS = search_space.get_search_space("darts").operations
+
+
+def _one_hot_alphas(space, choice):
+    """choice[edge] = (op index, strength): logits with one strong op per edge."""
+    a = np.zeros((space.num_edges, len(space.operations)))
+    for edge, (op, strength) in choice.items():
+        a[edge, op] = strength
+    return a
+
+
+class MixedOpTest(tf.test.TestCase):
+
+    def test_weighted_sum_by_hand(self):
+        x = tf.random.normal((2, 6, 6, 4), seed=0)
+        for stride in (1, 2):
+            mixed = MixedOp(OPS, 4, stride)
+            w = tf.nn.softmax(tf.random.normal((len(OPS),), seed=1))
+            y = mixed(x, w, training=False)
+            by_op = {OPS[i]: op(x, training=False) for i, op in mixed.ops}
+            expected = sum(w[i] * by_op[name] for i, name in enumerate(OPS) if name != "none")
+            self.assertAllClose(y, expected, atol=1e-6)
+            self.assertEqual(sorted(by_op), sorted(set(OPS) - {"none"}))
+
+    def test_none_weight_still_scales_the_others(self):
+        mixed = MixedOp(("none", "skip_connect"), 3, 1)
+        x = tf.ones((1, 4, 4, 3))
+        y = mixed(x, tf.constant([0.75, 0.25]), training=False)
+        self.assertAllClose(y, 0.25 * x)
+
+
+class SearchNetworkTest(tf.test.TestCase):
+
+    def test_alphas_are_separate_from_weights(self):
+        net = SearchNetwork(TINY, 10, seed=3)
+        net.build((None, 8, 8, 1))
+        self.assertEqual([tuple(a.shape) for a in net.arch_variables], [(5, 8), (5, 8)])
+        arch = {id(v) for v in net.arch_variables}
+        self.assertFalse(arch & {id(v) for v in net.weight_variables})
+        self.assertEqual(len(net.weight_variables) + 2, len(net.trainable_variables))
+        values = np.concatenate([a.numpy().ravel() for a in net.arch_variables])
+        self.assertLess(np.abs(values).max(), 1e-2)      # 1e-3 * N(0, 1)
+        self.assertGreater(values.std(), 2e-4)
+        self.assertFalse(np.allclose(net.arch_variables[0], net.arch_variables[1]))
+        self.assertEqual(tuple(net(tf.zeros((3, 8, 8, 1)), training=True).shape), (3, 10))
+
+    def test_seeded_alphas_repeat(self):
+        a = SearchNetwork(TINY, 10, seed=5).arch_variables[0].numpy()
+        b = SearchNetwork(TINY, 10, seed=5).arch_variables[0].numpy()
+        self.assertAllEqual(a, b)
+
+    def test_per_stage_slots(self):
+        space = TINY.replace(per_stage=True)
+        net = SearchNetwork(space, 10)
+        self.assertLen(net.arch_variables, 5)
+
+    def test_keras_round_trip_gives_identical_outputs(self):
+        net = SearchNetwork(TINY, 7, seed=1)
+        x = tf.random.normal((2, 8, 8, 3), seed=4)
+        y = net(x, training=False)
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "supernet.keras")
+            net.save(path)
+            loaded = keras.models.load_model(path)
+        self.assertAllEqual(loaded(x, training=False), y)
+        self.assertEqual(loaded.genotype(), net.genotype())
+
+
+class DeriveGenotypeTest(tf.test.TestCase):
+
+    def test_none_is_excluded_even_when_strongest(self):
+        space = TINY
+        a = _one_hot_alphas(space, {e: (0, 10.0) for e in range(space.num_edges)})
+        a[:, OPS.index("sep_conv_5x5")] = 1.0
+        g = derive_genotype(space, [a, a])
+        self.assertEqual({op for op, _ in g.normal}, {"sep_conv_5x5"})
+
+    def test_top_k_edges_by_strongest_non_none_op(self):
+        space = search_space.get_search_space("darts")
+        sep, skip, dil = OPS.index("sep_conv_3x3"), OPS.index("skip_connect"), OPS.index("dil_conv_5x5")
+        # Node 2 (edges 0,1), node 3 (2..4), node 4 (5..8), node 5 (9..13).
+        choice = {0: (sep, 1.0), 1: (skip, 2.0), 2: (dil, 0.5), 3: (sep, 3.0), 4: (skip, 2.5),
+                  5: (sep, 4.0), 8: (dil, 5.0), 9: (skip, 1.0), 12: (sep, 0.1), 13: (dil, 2.0)}
+        g = derive_genotype(space, [_one_hot_alphas(space, choice)] * 2)
+        self.assertEqual(g.normal_cells[0].nodes, (
+            (("skip_connect", 1), ("sep_conv_3x3", 0)),
+            (("sep_conv_3x3", 1), ("skip_connect", 2)),
+            (("dil_conv_5x5", 3), ("sep_conv_3x3", 0)),
+            (("dil_conv_5x5", 4), ("skip_connect", 0))))
+        self.assertEqual(g.normal_concat, [2, 3, 4, 5])
+        # Three inputs per node: node 3 keeps all of 1, 2 and 0, strongest first.
+        k3 = derive_genotype(space.replace(inputs_per_node=3), [_one_hot_alphas(space, choice)] * 2)
+        self.assertEqual([len(n) for n in k3.normal_cells[0].nodes], [2, 3, 3, 3])
+        self.assertEqual([j for _, j in k3.normal_cells[0].nodes[1]], [1, 2, 0])
+
+    def test_per_stage_cells_follow_their_own_alphas(self):
+        space = TINY.replace(per_stage=True)
+        alphas = [_one_hot_alphas(space, {e: (op, 3.0) for e in range(space.num_edges)})
+                  for op in (4, 5, 6, 1, 2)]
+        g = derive_genotype(space, alphas)
+        self.assertTrue(g.per_stage)
+        self.assertEqual([c.edges[0][0] for c in g.cells()],
+                         [OPS[4], OPS[5], OPS[6], OPS[1], OPS[2]])
+        net = SearchNetwork(space, 10)
+        for v, a in zip(net.arch_variables, alphas):
+            v.assign(a)
+        self.assertEqual(net.genotype(), g)
+
+    def test_wrong_alpha_shapes(self):
+        with self.assertRaisesRegex(ValueError, "alphas do not fit the search space"):
+            derive_genotype(TINY, [np.zeros((5, 8))])
+        with self.assertRaisesRegex(ValueError, "alphas do not fit the search space"):
+            derive_genotype(TINY, [np.zeros((5, 7))] * 2)
+
+
+if __name__ == "__main__":
+    tf.test.main()

@@ -1,0 +1,24 @@
+"""What every binary shares: one clear line and a non-zero exit for bad input."""
+
+import os
+import sys
+
+from absl import app
+
+
+class UserError(Exception):
+    """Bad input found by a binary itself (an impossible flag combination, say)."""
+
+
+def run(main, expected=(ValueError, OSError, UserError)):
+    """`app.run(main)`, with the expected errors printed as one line (exit status 2)."""
+    def guarded(argv):
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        try:
+            return main(argv)
+        except expected as e:
+            name = os.path.basename(sys.argv[0]).removesuffix(".py")
+            print(f"{name}: error: {e}", file=sys.stderr)
+            sys.exit(2)
+    app.run(guarded)

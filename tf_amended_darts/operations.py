@@ -1,0 +1,255 @@
+"""Candidate operations of the DARTS search spaces, as Keras layers, and their registry.
+
+Semantics follow the DARTS reference (quark0/darts, operations.py): ReLU-conv-BN order, separable
+convolutions applied twice, factorized reduce for skip_connect at stride 2, a zero operation that
+honours the stride, and BatchNorm without affine parameters inside the supernet (`affine=False`).
+"""
+
+import keras
+from keras import layers, ops
+
+_PACKAGE = "tf_amended_darts"
+
+
+def batch_norm(affine, name=None):
+    """BatchNorm as the reference uses it (PyTorch eps 1e-5, momentum 0.1).
+
+    synchronized=True gives global-batch statistics under MirroredStrategy; on one device it is
+    the ordinary layer.
+    """
+    return layers.BatchNormalization(
+        momentum=0.9, epsilon=1e-5, center=affine, scale=affine, synchronized=True, name=name)
+
+
+def conv_bn(channels, stride):
+    """The stems' 3x3 conv (no bias) and affine BN."""
+    return [layers.Conv2D(channels, 3, strides=stride, padding="same", use_bias=False),
+            batch_norm(affine=True)]
+
+
+def apply_layers(stack, x, training):
+    """Runs a list of layers, passing `training` to those that take it (BatchNorm)."""
+    for layer in stack:
+        x = layer(x, training=training) if isinstance(layer, layers.BatchNormalization) else layer(x)
+    return x
+
+
+class Composite(layers.Layer):
+    """A layer made of Keras layers that build themselves on their first (eager) call.
+
+    Keras would otherwise build it by tracing `call` symbolically first, which costs seconds
+    per network; the networks' `build` runs one eager forward pass instead.
+    """
+
+    def build(self, input_shape):
+        pass
+
+
+class _Operation(Composite):
+    """Base class: every operation is built from (channels, stride, affine)."""
+
+    def __init__(self, channels, stride=1, affine=True, **kwargs):
+        super().__init__(**kwargs)
+        self.channels = channels
+        self.stride = stride
+        self.affine = affine
+
+    def get_config(self):
+        return {**super().get_config(), "channels": self.channels, "stride": self.stride,
+                "affine": self.affine}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class ReLUConvBN(_Operation):
+    """ReLU -> Conv(k x k, or the (1 x k, k x 1) pair when factorized) -> BN."""
+
+    def __init__(self, channels, kernel_size=1, stride=1, affine=True, factorized=False, **kwargs):
+        super().__init__(channels, stride, affine, **kwargs)
+        self.kernel_size = kernel_size
+        self.factorized = factorized
+        if factorized:
+            k = kernel_size
+            self.convs = [
+                layers.Conv2D(channels, (1, k), strides=(1, stride), padding="same", use_bias=False),
+                layers.Conv2D(channels, (k, 1), strides=(stride, 1), padding="same", use_bias=False),
+            ]
+        else:
+            self.convs = [layers.Conv2D(channels, kernel_size, strides=stride, padding="same",
+                                        use_bias=False)]
+        self.bn = batch_norm(affine)
+
+    def call(self, x, training=False):
+        x = ops.relu(x)
+        for conv in self.convs:
+            x = conv(x)
+        return self.bn(x, training=training)
+
+    def get_config(self):
+        return {**super().get_config(), "kernel_size": self.kernel_size,
+                "factorized": self.factorized}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class DilConv(_Operation):
+    """ReLU -> depthwise k x k (dilation d) -> pointwise 1 x 1 -> BN.
+
+    TF has no strided dilated convolution. With symmetric 'same' padding, a stride-2 dilation-2
+    depthwise conv only reads even pixels, so it equals an undilated conv on x[::2, ::2]: exactly
+    the reference's output, at a quarter of the cost.
+    """
+
+    def __init__(self, channels, kernel_size=3, stride=1, dilation=1, affine=True, **kwargs):
+        super().__init__(channels, stride, affine, **kwargs)
+        if stride not in (1, 2) or (stride == 2 and dilation not in (1, 2)):
+            raise ValueError(f"DilConv supports stride 1, or stride 2 with dilation 1 or 2; "
+                             f"got stride {stride}, dilation {dilation}")
+        self.kernel_size = kernel_size
+        self.dilation = dilation
+        subsample = stride == 2 and dilation == 2
+        self.subsample = subsample
+        self.depthwise = layers.DepthwiseConv2D(
+            kernel_size, strides=1 if subsample else stride,
+            dilation_rate=1 if subsample else dilation, padding="same", use_bias=False)
+        self.pointwise = layers.Conv2D(channels, 1, use_bias=False)
+        self.bn = batch_norm(affine)
+
+    def call(self, x, training=False):
+        x = ops.relu(x)
+        if self.subsample:
+            x = x[:, ::2, ::2, :]
+        x = self.pointwise(self.depthwise(x))
+        return self.bn(x, training=training)
+
+    def get_config(self):
+        return {**super().get_config(), "kernel_size": self.kernel_size,
+                "dilation": self.dilation}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class SepConv(_Operation):
+    """Two DilConv(dilation 1) blocks: the first carries the stride (reference SepConv)."""
+
+    def __init__(self, channels, kernel_size=3, stride=1, affine=True, **kwargs):
+        super().__init__(channels, stride, affine, **kwargs)
+        self.kernel_size = kernel_size
+        self.first = DilConv(channels, kernel_size, stride, 1, affine)
+        self.second = DilConv(channels, kernel_size, 1, 1, affine)
+
+    def call(self, x, training=False):
+        return self.second(self.first(x, training=training), training=training)
+
+    def get_config(self):
+        return {**super().get_config(), "kernel_size": self.kernel_size}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class FactorizedReduce(_Operation):
+    """ReLU -> two stride-2 1x1 convs on offset grids, concatenated -> BN (halves H and W)."""
+
+    def __init__(self, channels, stride=2, affine=True, **kwargs):
+        super().__init__(channels, stride, affine, **kwargs)
+        if channels % 2:
+            raise ValueError(f"FactorizedReduce needs an even channel count, got {channels}")
+        self.conv_1 = layers.Conv2D(channels // 2, 1, strides=2, use_bias=False)
+        self.conv_2 = layers.Conv2D(channels // 2, 1, strides=2, use_bias=False)
+        self.bn = batch_norm(affine)
+
+    def call(self, x, training=False):
+        x = ops.relu(x)
+        # The offset grid starts at pixel (1, 1); pad the far edge so odd sizes line up.
+        shifted = ops.pad(x[:, 1:, 1:, :], [[0, 0], [0, 1], [0, 1], [0, 0]])
+        x = ops.concatenate([self.conv_1(x), self.conv_2(shifted)], axis=-1)
+        return self.bn(x, training=training)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class Identity(_Operation):
+    def call(self, x, training=False):
+        return x
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class Zero(_Operation):
+    """The 'none' operation: zeros at the output resolution."""
+
+    def call(self, x, training=False):
+        if self.stride > 1:
+            x = x[:, ::self.stride, ::self.stride, :]
+        return ops.zeros_like(x)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class Pooling(_Operation):
+    """3x3 max or average pooling ('same'; the average excludes padding as the reference's
+    count_include_pad=False). In the supernet (affine=False) a BN follows, as in the reference."""
+
+    def __init__(self, channels, stride=1, affine=True, mode="max", with_bn=False, **kwargs):
+        super().__init__(channels, stride, affine, **kwargs)
+        self.mode = mode
+        self.with_bn = with_bn
+        pool = layers.MaxPooling2D if mode == "max" else layers.AveragePooling2D
+        self.pool = pool(3, strides=stride, padding="same")
+        self.bn = batch_norm(False) if with_bn else None
+
+    def call(self, x, training=False):
+        x = self.pool(x)
+        return self.bn(x, training=training) if self.bn is not None else x
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode, "with_bn": self.with_bn}
+
+
+def _skip_connect(c, stride, affine):
+    return Identity(c, stride, affine) if stride == 1 else FactorizedReduce(c, stride, affine)
+
+
+def _pool(mode):
+    # The reference follows pooling by a non-affine BN in the supernet only.
+    return lambda c, stride, affine: Pooling(c, stride, affine, mode=mode, with_bn=not affine)
+
+
+# name -> factory(channels, stride, affine) -> layer. Extend with `register_operation`.
+OPS = {
+    "none": lambda c, stride, affine: Zero(c, stride, affine),
+    "max_pool_3x3": _pool("max"),
+    "avg_pool_3x3": _pool("avg"),
+    "skip_connect": _skip_connect,
+    "sep_conv_3x3": lambda c, stride, affine: SepConv(c, 3, stride, affine),
+    "sep_conv_5x5": lambda c, stride, affine: SepConv(c, 5, stride, affine),
+    "sep_conv_7x7": lambda c, stride, affine: SepConv(c, 7, stride, affine),
+    "dil_conv_3x3": lambda c, stride, affine: DilConv(c, 3, stride, 2, affine),
+    "dil_conv_5x5": lambda c, stride, affine: DilConv(c, 5, stride, 2, affine),
+    "conv_7x1_1x7": lambda c, stride, affine: ReLUConvBN(c, 7, stride, affine, factorized=True),
+    "conv_1x1": lambda c, stride, affine: ReLUConvBN(c, 1, stride, affine),
+    "conv_3x3": lambda c, stride, affine: ReLUConvBN(c, 3, stride, affine),
+}
+
+# Operations without weights: the ones a collapsed DARTS cell fills up with.
+PARAMETER_FREE_OPS = {"none", "max_pool_3x3", "avg_pool_3x3", "skip_connect"}
+
+DARTS_OPS = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3",
+             "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5")
+
+
+def register_operation(name, factory, parameter_free=False):
+    """Adds an operation usable in search spaces and genotypes.
+
+    `factory(channels, stride, affine)` must return a Keras layer mapping [B, H, W, channels] to
+    [B, H/stride, W/stride, channels]. Layers must be serializable for `.keras` round trips.
+    Registration is process-wide (it extends the vocabulary, like keras' own registry).
+    """
+    if name in OPS:
+        raise ValueError(f"operation {name!r} is already registered")
+    OPS[name] = factory
+    if parameter_free:
+        PARAMETER_FREE_OPS.add(name)
+
+
+def check_operation(name):
+    if name not in OPS:
+        raise ValueError(f"unknown operation {name!r}; known: {', '.join(sorted(OPS))}")
+
+
+def make_operation(name, channels, stride, affine):
+    check_operation(name)
+    return OPS[name](channels, stride, affine)

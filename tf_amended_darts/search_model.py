@@ -1,0 +1,183 @@
+"""The DARTS supernet: mixed operations, search cells, the network, and genotype derivation."""
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import layers, ops
+
+from tf_amended_darts import genotypes, operations
+from tf_amended_darts.search_space import SearchSpace
+
+_PACKAGE = "tf_amended_darts"
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class MixedOp(operations.Composite):
+    """sum_i softmax(alpha)_i * op_i(x) over the candidate operations of one edge.
+
+    'none' contributes exactly zero, so it is not computed; its alpha still enters the
+    softmax that weighs the others.
+    """
+
+    def __init__(self, candidates, channels, stride, **kwargs):
+        super().__init__(**kwargs)
+        self.candidates = tuple(candidates)
+        self.channels = channels
+        self.stride = stride
+        self.ops = [(i, operations.make_operation(name, channels, stride, affine=False))
+                    for i, name in enumerate(self.candidates) if name != "none"]
+
+    def call(self, x, weights, training=False):
+        return sum(weights[i] * op(x, training=training) for i, op in self.ops)
+
+    def get_config(self):
+        return {**super().get_config(), "candidates": list(self.candidates),
+                "channels": self.channels, "stride": self.stride}
+
+
+def preprocess(channels, reduction_prev, affine):
+    """The reference's cell-input preprocessing: s0 is halved if the previous cell reduced."""
+    s0 = (operations.FactorizedReduce(channels, affine=affine) if reduction_prev
+          else operations.ReLUConvBN(channels, 1, 1, affine))
+    return s0, operations.ReLUConvBN(channels, 1, 1, affine)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class SearchCell(operations.Composite):
+    """A DARTS cell with a MixedOp on every edge; output = concat of the intermediate nodes."""
+
+    def __init__(self, candidates, steps, channels, reduction, reduction_prev, **kwargs):
+        super().__init__(**kwargs)
+        self.candidates = tuple(candidates)
+        self.steps = steps
+        self.channels = channels
+        self.reduction = reduction
+        self.reduction_prev = reduction_prev
+        self.preprocess0, self.preprocess1 = preprocess(channels, reduction_prev, affine=False)
+        self.edges = [MixedOp(candidates, channels, 2 if reduction and j < 2 else 1)
+                      for i in range(steps) for j in range(2 + i)]
+
+    def call(self, s0, s1, weights, training=False):
+        states = [self.preprocess0(s0, training=training), self.preprocess1(s1, training=training)]
+        offset = 0
+        for _ in range(self.steps):
+            states.append(sum(self.edges[offset + j](h, weights[offset + j], training=training)
+                              for j, h in enumerate(states)))
+            offset += len(states) - 1
+        return ops.concatenate(states[2:], axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "candidates": list(self.candidates), "steps": self.steps,
+                "channels": self.channels, "reduction": self.reduction,
+                "reduction_prev": self.reduction_prev}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class SearchNetwork(keras.Model):
+    """The supernet: stem, `layers` search cells, global pooling, classifier.
+
+    `arch_variables` are the alphas (one [num_edges, num_ops] logit matrix per cell slot: normal
+    slots first, then reduction slots); `weight_variables` are all other trainable variables.
+    """
+
+    def __init__(self, search_space, num_classes, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(search_space, dict):
+            search_space = SearchSpace.from_dict(search_space)
+        self.search_space = space = search_space
+        self.num_classes = num_classes
+        self.seed = seed
+        c_stem = space.stem_multiplier * space.init_channels
+        self.stem = operations.conv_bn(c_stem, 1)
+        self.cells = []
+        channels, reduction_prev = space.init_channels, False
+        for i in range(space.layers):
+            reduction, _ = space.cell_slot(i)
+            channels *= 2 if reduction else 1
+            self.cells.append(SearchCell(space.operations, space.steps, channels, reduction,
+                                         reduction_prev, name=f"cell_{i}"))
+            reduction_prev = reduction
+        self.global_pooling = layers.GlobalAveragePooling2D()
+        self.classifier = layers.Dense(num_classes)
+        # 1e-3 * N(0, 1), an independent draw per slot (a shared seeded initializer would
+        # repeat the same values in every slot).
+        seeds = keras.random.SeedGenerator(seed)
+        self.normal_alphas = [self._alpha(f"alphas_normal_{s}", seeds)
+                              for s in range(space.num_normal_slots)]
+        self.reduce_alphas = [self._alpha(f"alphas_reduce_{s}", seeds)
+                              for s in range(space.num_reduce_slots)]
+
+    def _alpha(self, name, seeds):
+        shape = (self.search_space.num_edges, len(self.search_space.operations))
+        init = keras.random.normal(shape, stddev=1e-3, seed=seeds)
+        return self.add_weight(shape=shape, initializer=lambda *_, **__: init, name=name)
+
+    def build(self, input_shape):
+        build_by_zeros(self, input_shape)
+
+    @property
+    def arch_variables(self):
+        return self.normal_alphas + self.reduce_alphas
+
+    @property
+    def weight_variables(self):
+        arch = {id(v) for v in self.arch_variables}
+        return [v for v in self.trainable_variables if id(v) not in arch]
+
+    def call(self, x, training=False):
+        s0 = s1 = operations.apply_layers(self.stem, x, training)
+        weights = {(False, s): ops.softmax(a, axis=-1) for s, a in enumerate(self.normal_alphas)}
+        weights.update({(True, s): ops.softmax(a, axis=-1) for s, a in enumerate(self.reduce_alphas)})
+        for i, cell in enumerate(self.cells):
+            s0, s1 = s1, cell(s0, s1, weights[self.search_space.cell_slot(i)], training=training)
+        return self.classifier(self.global_pooling(s1))
+
+    def alpha_probabilities(self):
+        """softmax(alpha) per slot as numpy arrays, in `arch_variables` order."""
+        return [_softmax(np.asarray(keras.ops.convert_to_numpy(a))) for a in self.arch_variables]
+
+    def genotype(self):
+        return derive_genotype(self.search_space,
+                               [keras.ops.convert_to_numpy(a) for a in self.arch_variables])
+
+    def get_config(self):
+        return {**super().get_config(), "search_space": self.search_space.to_dict(),
+                "num_classes": self.num_classes, "seed": self.seed}
+
+
+def build_by_zeros(model, input_shape, **call_kwargs):
+    """Creates all variables by one eager forward pass on a zero batch of one example."""
+    with tf.init_scope():
+        model.call(tf.zeros((1,) + tuple(input_shape[1:]), model.dtype), training=False,
+                   **call_kwargs)
+
+
+def _softmax(a):
+    e = np.exp(a - a.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def derive_cell(probabilities, space):
+    """DARTS rule, k inputs per node: keep the k incoming edges whose strongest non-'none'
+    probability is largest (ties: lower input first); on each, its argmax non-'none' op."""
+    probabilities = np.asarray(probabilities)
+    candidates = [k for k, name in enumerate(space.operations) if name != "none"]
+    nodes, start = [], 0
+    for i in range(space.steps):
+        w = probabilities[start:start + 2 + i][:, candidates]
+        kept = sorted(range(2 + i), key=lambda j: -w[j].max())[:space.inputs_per_node]
+        nodes.append([(space.operations[candidates[int(np.argmax(w[j]))]], j) for j in kept])
+        start += 2 + i
+    return genotypes.CellGenotype(nodes, range(2, 2 + space.steps))
+
+
+def derive_genotype(space, alphas):
+    """Genotype from alpha logits given per slot in `SearchNetwork.arch_variables` order."""
+    expected = space.num_normal_slots + space.num_reduce_slots
+    shape = (space.num_edges, len(space.operations))
+    alphas = [np.asarray(a) for a in alphas]
+    if len(alphas) != expected or any(a.shape != shape for a in alphas):
+        raise ValueError(f"alphas do not fit the search space: expected {expected} arrays of "
+                         f"shape {shape}, got {[a.shape for a in alphas]}")
+    cells = [derive_cell(_softmax(a), space) for a in alphas]
+    return genotypes.Genotype(cells[:space.num_normal_slots], cells[space.num_normal_slots:])

@@ -1,0 +1,99 @@
+"""Search-space definitions: which operations, how many nodes, which cells share alphas."""
+
+import dataclasses
+
+from tf_amended_darts import operations
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSpace:
+    """A DARTS-style cell search space and the supernet's macro layout.
+
+    Attributes:
+      operations: candidate operation names (see `operations.OPS`); 'none' may be among them and
+        is never chosen when deriving a genotype.
+      steps: intermediate nodes per cell; node i has 2 + i incoming edges.
+      inputs_per_node: incoming edges kept per node when deriving a genotype (DARTS: 2); node i
+        keeps min(inputs_per_node, 2 + i), all it has.
+      per_stage: False: all normal cells share one set of alphas and all reduction cells another
+        (DARTS). True: each stage has its own normal cell and each reduction its own cell (the
+        enlarged spaces of Bi et al.).
+      layers: number of cells; reductions sit at layers // 3 and 2 * layers // 3.
+      init_channels: channels C of the first cells (the stem has stem_multiplier * C).
+      stem_multiplier: see init_channels.
+    """
+    operations: tuple = operations.DARTS_OPS
+    steps: int = 4
+    inputs_per_node: int = 2
+    per_stage: bool = False
+    layers: int = 8
+    init_channels: int = 16
+    stem_multiplier: int = 3
+
+    def __post_init__(self):
+        object.__setattr__(self, "operations", tuple(self.operations))
+        for name in self.operations:
+            operations.check_operation(name)
+        if len(set(self.operations)) != len(self.operations):
+            raise ValueError(f"operations are repeated: {self.operations}")
+        if not [op for op in self.operations if op != "none"]:
+            raise ValueError("a search space needs at least one operation other than 'none'")
+        for field in ("steps", "inputs_per_node", "layers", "init_channels", "stem_multiplier"):
+            if getattr(self, field) < 1:
+                raise ValueError(f"{field} must be at least 1, got {getattr(self, field)}")
+        if self.layers < 3:
+            raise ValueError(f"layers must be at least 3 (two reduction cells), got {self.layers}")
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def num_edges(self):
+        """Edges of one cell: node i sees both cell inputs and the i nodes before it."""
+        return sum(2 + i for i in range(self.steps))
+
+    @property
+    def reduction_layers(self):
+        return (self.layers // 3, 2 * self.layers // 3)
+
+    def cell_slot(self, layer):
+        """(reduction, index) of the alphas/genotype cell that layer `layer` uses.
+
+        Shared spaces have one normal and one reduction slot (index 0). Per-stage spaces have
+        normal slots 0, 1, 2 (before, between, after the reductions) and reduction slots 0, 1.
+        """
+        reductions = self.reduction_layers
+        if layer in reductions:
+            return True, reductions.index(layer) if self.per_stage else 0
+        return False, sum(layer > r for r in reductions) if self.per_stage else 0
+
+    @property
+    def num_normal_slots(self):
+        return 3 if self.per_stage else 1
+
+    @property
+    def num_reduce_slots(self):
+        return 2 if self.per_stage else 1
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, config):
+        return cls(**config)
+
+
+# The enlarged space (Bi et al., section 4): more operations, one more node, three inputs kept
+# per node, and a separate cell per stage, where first- and second-order DARTS collapse.
+ENLARGED_OPS = operations.DARTS_OPS + ("sep_conv_7x7", "conv_7x1_1x7", "conv_1x1", "conv_3x3")
+
+PRESETS = {
+    "darts": SearchSpace(),
+    "enlarged": SearchSpace(operations=ENLARGED_OPS, steps=5, inputs_per_node=3, per_stage=True),
+}
+
+
+def get_search_space(name):
+    if name not in PRESETS:
+        raise ValueError(f"unknown search space {name!r}; presets: {', '.join(sorted(PRESETS))}")
+    return PRESETS[name]
