@@ -1,0 +1,442 @@
+"""Architecture-gradient estimators for DARTS: first order, second order, amended, implicit.
+
+Bilevel problem (see docs and arXiv:1910.11831): alpha = architecture variables, w = weights,
+    min_alpha L_val(w*(alpha), alpha),   w*(alpha) = argmin_w L_train(w, alpha) + wd/2 ||w||^2.
+True gradient g = g1 - B (H + wd I)^-1 v with g1 = grad_alpha L_val, v = grad_w L_val,
+B = d^2 L_train / (d alpha d w), H = d^2 L_train / (d w d w), all at the current weights.
+
+| estimator      | returns                                                                         |
+|----------------|---------------------------------------------------------------------------------|
+| first_order    | g1                                                                              |
+| second_order   | grad_alpha L_val(w') - xi B(w) grad_w L_val(w'), w' = w - xi (grad_w L_train    |
+|                | + wd w + momentum * buffer) (quark0/darts architect.py; xi = weight lr)          |
+| amended        | g1 - eta B (H + wd I) v   (Bi et al.; eta default 0.1, see AmendedEstimator)    |
+| implicit       | g1 - B (H + wd I + damping I)^-1 v by conjugate gradient or a Neumann series    |
+
+Conventions:
+- Weight decay (WeightOptimizerState.weight_decay) is part of the lower-level objective that SGD
+  solves, so every Hessian here is H + wd I; B does not change (the L2 term has no alpha in it).
+  Regularisation losses registered on the model (`model.losses`) are not included.
+- Products are exact (back-over-back nested tapes; one forward/backward of L_train is shared by
+  all products of a call) or central finite differences as the reference code
+  (R = fd_radius / ||vector||), `products="finite_difference"`.
+- Nothing is assigned: every forward pass is `model.stateless_call(..., training=True)` on
+  explicit tensors (the unrolled step is a tensor w', never written into the model), and the new
+  BatchNorm statistics it returns are dropped. Weights, BN statistics and optimizer slots are
+  bit-for-bit unchanged by an estimator call.
+- Distribution (MirroredStrategy, call inside `strategy.run`): losses are
+  `tf.nn.compute_average_loss(per_example, global_batch_size)`, so a replica's loss is its local
+  contribution to the global loss. Every weight-space vector (v, H v, the unrolled step, CG
+  iterates) is all-reduced (SUM) to its global value as soon as it is formed, so norms, dot
+  products and the finite-difference radius are computed identically on every replica without
+  further communication. The returned architecture gradients are each replica's LOCAL
+  contribution: their sum over replicas is the global gradient, which is exactly what Keras'
+  `optimizer.apply_gradients` computes (it all-reduces SUM) inside `strategy.run`. Outside a
+  strategy they are simply the gradient. Diagnostics are global values on every replica.
+"""
+
+from typing import Any, NamedTuple, Optional, Sequence
+
+import tensorflow as tf
+
+_ZERO = tf.UnconnectedGradients.ZERO
+PRODUCTS = ("exact", "finite_difference")
+SOLVERS = ("cg", "neumann")
+
+
+class WeightOptimizerState(NamedTuple):
+    """What the second-order unrolled step needs from the weight optimizer (SGD with momentum).
+
+    Pass tensors or variables (not Python floats) inside tf.function so a changing learning rate
+    does not retrace (a NamedTuple, so it can be a tf.function argument). `momentum_buffers` follow the PyTorch convention (buf = momentum * buf +
+    grad), aligned with `model.weight_variables`; None (or a None entry) means zero.
+    Use `weight_state_from_keras_sgd` to read them off a Keras SGD optimizer.
+    """
+    learning_rate: Any = 0.0
+    momentum: Any = 0.0
+    weight_decay: Any = 0.0
+    momentum_buffers: Optional[Sequence[Any]] = None
+
+
+def weight_state_from_keras_sgd(optimizer, weight_variables, weight_decay=0.0):
+    """WeightOptimizerState of a (built) keras.optimizers.SGD for `weight_variables`.
+
+    Keras stores m = momentum * m - lr * grad and steps w += m; the PyTorch buffer is -m / lr,
+    so that w - lr * (grad + wd w + momentum * buf) is exactly Keras' next step.
+    """
+    lr = tf.convert_to_tensor(optimizer.learning_rate)
+    buffers = None
+    if optimizer.momentum and getattr(optimizer, "momentums", None):
+        buffers = []
+        for variable in weight_variables:
+            slot = optimizer.momentums[optimizer._get_variable_index(variable)]
+            buffers.append(-tf.math.divide_no_nan(slot.value, tf.cast(lr, slot.dtype)))
+    # Keras casts the Python momentum through float32 (0.9 -> 0.89999998); do the same.
+    momentum = tf.convert_to_tensor(optimizer.momentum, tf.float32)
+    return WeightOptimizerState(learning_rate=lr, momentum=momentum,
+                                weight_decay=weight_decay, momentum_buffers=buffers)
+
+
+# ---------------------------------------------------------------------------------------------
+# Small vector helpers (lists of tensors) and the cross-replica sum.
+
+def _dot(xs, ys):
+    return tf.add_n([tf.reduce_sum(x * y) for x, y in zip(xs, ys)])
+
+
+def _norm(xs):
+    return tf.sqrt(_dot(xs, xs))
+
+
+def _axpy(a, xs, ys):
+    """a * xs + ys."""
+    return [a * x + y for x, y in zip(xs, ys)]
+
+
+def _all_reduce_sum(values):
+    """Sum over replicas inside strategy.run; identity on one device."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return values
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, values)
+
+
+class _StatelessLosses:
+    """L(w, alpha) on a batch as a function of explicit tensors, via model.stateless_call."""
+
+    def __init__(self, model, loss_fn, global_batch_size):
+        trainable = list(model.trainable_variables)
+        position = {id(v): i for i, v in enumerate(trainable)}
+        for kind in ("arch_variables", "weight_variables"):
+            if not hasattr(model, kind):
+                raise ValueError(f"model {model.name!r} has no `{kind}` (see docs/DESIGN.md)")
+            missing = [v.path for v in getattr(model, kind) if id(v) not in position]
+            if missing:
+                raise ValueError(f"{kind} not in model.trainable_variables: {missing}")
+        self.model, self.loss_fn, self.global_batch_size = model, loss_fn, global_batch_size
+        self._arch_positions = [position[id(v)] for v in model.arch_variables]
+        self._weight_positions = [position[id(v)] for v in model.weight_variables]
+        # Trainable variables in neither list are held at their current values.
+        self._values = [tf.convert_to_tensor(v.value) for v in trainable]
+        self._non_trainable = [v.value for v in model.non_trainable_variables]
+
+    def weights(self):
+        return [self._values[i] for i in self._weight_positions]
+
+    def arch(self):
+        return [self._values[i] for i in self._arch_positions]
+
+    def loss(self, weights, arch, batch):
+        values = list(self._values)
+        for i, w in zip(self._weight_positions, weights):
+            values[i] = w
+        for i, a in zip(self._arch_positions, arch):
+            values[i] = a
+        x, y = batch
+        logits, _ = self.model.stateless_call(values, self._non_trainable, x, training=True)
+        return tf.nn.compute_average_loss(self.loss_fn(y, logits),
+                                          global_batch_size=self.global_batch_size)
+
+    def loss_and_grads(self, weights, arch, batch):
+        """(local loss, local grad_w, local grad_alpha) from one forward/backward pass."""
+        with tf.GradientTape() as tape:
+            tape.watch(weights + arch)
+            loss = self.loss(weights, arch, batch)
+        grads = tape.gradient(loss, weights + arch, unconnected_gradients=_ZERO)
+        return loss, grads[:len(weights)], grads[len(weights):]
+
+
+# ---------------------------------------------------------------------------------------------
+# Second-derivative products of L_train at (w, alpha). Both classes return LOCAL contributions
+# (sum over replicas = global product) of H v and B u for GLOBAL vectors v, u.
+
+class _ExactProducts:
+    """Back-over-back products; one persistent outer tape shares the forward and first backward."""
+
+    def __init__(self, losses, weights, arch, batch):
+        self._weights, self._arch = weights, arch
+        self._tape = tf.GradientTape(persistent=True)
+        with self._tape:
+            self._tape.watch(weights + arch)
+            with tf.GradientTape() as inner:
+                inner.watch(weights)
+                self._loss = losses.loss(weights, arch, batch)
+            self._grad_w = inner.gradient(self._loss, weights, unconnected_gradients=_ZERO)
+
+    def loss_and_grad_w(self):
+        return self._loss, self._grad_w
+
+    def _derivative_of_dot(self, vector, sources):
+        with self._tape:  # re-entering records d<grad_w, vector> on the same tape
+            dot = _dot(self._grad_w, [tf.stop_gradient(u) for u in vector])
+        return self._tape.gradient(dot, sources, unconnected_gradients=_ZERO)
+
+    def hessian_vector(self, vector):
+        return self._derivative_of_dot(vector, self._weights)
+
+    def mixed_vector(self, vector):
+        return self._derivative_of_dot(vector, self._arch)
+
+
+class _FiniteDifferenceProducts:
+    """Central differences of gradients at w +- R vector, R = radius / ||vector|| (reference)."""
+
+    def __init__(self, losses, weights, arch, batch, radius):
+        self._losses, self._weights, self._arch, self._batch = losses, weights, arch, batch
+        self._radius = radius
+        self._at_w = None
+
+    def loss_and_grad_w(self):
+        if self._at_w is None:
+            loss, grad_w, _ = self._losses.loss_and_grads(self._weights, self._arch, self._batch)
+            self._at_w = loss, grad_w
+        return self._at_w
+
+    def _difference(self, vector, want_weights):
+        norm = _norm(vector)
+        r = self._radius / tf.where(norm > 0, norm, tf.ones_like(norm))
+        grads = []
+        for sign in (1.0, -1.0):
+            shifted = _axpy(sign * r, vector, self._weights)
+            _, grad_w, grad_a = self._losses.loss_and_grads(shifted, self._arch, self._batch)
+            grads.append(grad_w if want_weights else grad_a)
+        return [(p - m) / (2.0 * r) for p, m in zip(*grads)]
+
+    def hessian_vector(self, vector):
+        return self._difference(vector, want_weights=True)
+
+    def mixed_vector(self, vector):
+        return self._difference(vector, want_weights=False)
+
+
+def _make_products(method, fd_radius, losses, weights, arch, batch):
+    if method == "exact":
+        return _ExactProducts(losses, weights, arch, batch)
+    return _FiniteDifferenceProducts(losses, weights, arch, batch, fd_radius)
+
+
+def hessian_vector_product(model, loss_fn, batch, vector, *, products="exact", weight_decay=0.0,
+                           fd_radius=0.01, global_batch_size=None):
+    """(H + wd I) v of L_train on `batch` at the model's weights; global, aligned with
+    model.weight_variables. `vector` must be global (identical on every replica)."""
+    _check_choice("products", products, PRODUCTS)
+    losses = _StatelessLosses(model, loss_fn, global_batch_size)
+    weights, arch = losses.weights(), losses.arch()
+    hv = _make_products(products, fd_radius, losses, weights, arch, batch).hessian_vector(vector)
+    wd = tf.cast(weight_decay, weights[0].dtype)
+    return _axpy(wd, vector, _all_reduce_sum(hv))
+
+
+def mixed_vector_product(model, loss_fn, batch, vector, *, products="exact", fd_radius=0.01,
+                         global_batch_size=None):
+    """B u = d/d alpha <grad_w L_train, u>, aligned with model.arch_variables: this replica's
+    local contribution (sum over replicas = global product; the product itself on one device)."""
+    _check_choice("products", products, PRODUCTS)
+    losses = _StatelessLosses(model, loss_fn, global_batch_size)
+    weights, arch = losses.weights(), losses.arch()
+    return _make_products(products, fd_radius, losses, weights, arch, batch).mixed_vector(vector)
+
+
+# ---------------------------------------------------------------------------------------------
+# Estimators.
+
+def _check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(choices)}")
+
+
+def _check_number(name, value, minimum, strict=False):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if not (value > minimum if strict else value >= minimum) or value != value or value == float("inf"):
+        raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum} and finite, got {value!r}")
+
+
+class _Estimator:
+    """Shared plumbing. `estimate(...)` returns (grads, diagnostics):
+    grads: list of tensors aligned with model.arch_variables (local contribution per replica);
+    diagnostics: dict of global scalar tensors: val_loss, g1_norm, correction_norm, and
+    train_loss where the estimator evaluates it."""
+
+    name = ""
+
+    def __init__(self, products="exact", fd_radius=0.01):
+        _check_choice("products", products, PRODUCTS)
+        _check_number("fd_radius", fd_radius, 0.0, strict=True)
+        self.products, self.fd_radius = products, float(fd_radius)
+
+    def __repr__(self):
+        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({params})"
+
+    @tf.autograph.experimental.do_not_convert  # plain Python control flow, trace-time only
+    def estimate(self, model, loss_fn, train_batch, val_batch, weight_state=None,
+                 global_batch_size=None):
+        """Architecture gradient for `model` (see module doc for the model contract).
+
+        loss_fn(labels, logits) -> per-example losses; batches are (x, labels) (this replica's
+        share under a strategy); global_batch_size defaults to local batch x replicas.
+        """
+        losses = _StatelessLosses(model, loss_fn, global_batch_size)
+        weights, arch = losses.weights(), losses.arch()
+        state = weight_state or WeightOptimizerState()
+        wd = tf.cast(state.weight_decay, weights[0].dtype)
+        g1, correction, diagnostics = self._estimate(losses, weights, arch, train_batch,
+                                                     val_batch, state, wd)
+        grads = [a + b for a, b in zip(g1, correction)]
+        g1_sum, correction_sum = _all_reduce_sum((g1, correction))
+        diagnostics = dict(diagnostics)
+        for key in ("val_loss", "train_loss"):
+            if key in diagnostics:
+                diagnostics[key] = _all_reduce_sum(diagnostics[key])
+        diagnostics["g1_norm"] = _norm(g1_sum)
+        diagnostics["correction_norm"] = _norm(correction_sum)
+        return grads, diagnostics
+
+    def _products(self, losses, weights, arch, batch):
+        return _make_products(self.products, self.fd_radius, losses, weights, arch, batch)
+
+    @staticmethod
+    def _validation(losses, weights, arch, val_batch):
+        """(local val loss, GLOBAL v = grad_w L_val, local g1 = grad_alpha L_val)."""
+        val_loss, v, g1 = losses.loss_and_grads(weights, arch, val_batch)
+        return val_loss, _all_reduce_sum(v), g1
+
+
+class FirstOrderEstimator(_Estimator):
+    """DARTS first order: g1 = grad_alpha L_val at the current weights (one val pass)."""
+
+    name = "first_order"
+
+    def _estimate(self, losses, weights, arch, train_batch, val_batch, state, wd):
+        val_loss, _, g1 = losses.loss_and_grads(weights, arch, val_batch)
+        return g1, [tf.zeros_like(g) for g in g1], {"val_loss": val_loss}
+
+
+class SecondOrderEstimator(_Estimator):
+    """DARTS second order with the reference's virtual step (quark0/darts architect.py):
+    w' = w - xi (grad_w L_train(w) + wd w + momentum * buffer), xi = weight_state.learning_rate,
+    g = grad_alpha L_val(w') - xi B(w) grad_w' L_val(w'). val_loss is L_val(w'). Needs
+    weight_state (xi = 0 reduces to first order)."""
+
+    name = "second_order"
+
+    def _estimate(self, losses, weights, arch, train_batch, val_batch, state, wd):
+        dtype = weights[0].dtype
+        xi = tf.cast(state.learning_rate, dtype)
+        products = self._products(losses, weights, arch, train_batch)
+        train_loss, grad_w = products.loss_and_grad_w()
+        step = _axpy(wd, weights, _all_reduce_sum(grad_w))
+        if state.momentum_buffers is not None:
+            momentum = tf.cast(state.momentum, dtype)
+            step = [s if b is None else s + momentum * tf.cast(b, dtype)
+                    for s, b in zip(step, state.momentum_buffers)]
+        unrolled = _axpy(-xi, step, weights)
+        val_loss, v_unrolled, g1 = self._validation(losses, unrolled, arch, val_batch)
+        correction = [-xi * bu for bu in products.mixed_vector(v_unrolled)]
+        return g1, correction, {"val_loss": val_loss, "train_loss": train_loss}
+
+
+class AmendedEstimator(_Estimator):
+    """Amended gradient (Bi et al., arXiv:1910.11831): g = g1 - eta B (H + wd I) v, everything
+    at the current weights, i.e. H^-1 replaced by eta H (no unrolled step).
+
+    eta defaults to 0.1, the value of the public reimplementation, so results are comparable
+    with it. The paper fixes no value; the best scalar depends on the Hessian's spectrum
+    (eta H ~ H^-1 wants eta ~ 1 / lambda^2), so measure it with `bin/diagnose.py`, which compares
+    the correction with the implicit reference. eta is a trace-time constant.
+    """
+
+    name = "amended"
+
+    def __init__(self, eta=0.1, products="exact", fd_radius=0.01):
+        super().__init__(products, fd_radius)
+        _check_number("eta", eta, 0.0)
+        self.eta = float(eta)
+
+    def _estimate(self, losses, weights, arch, train_batch, val_batch, state, wd):
+        val_loss, v, g1 = self._validation(losses, weights, arch, val_batch)
+        products = self._products(losses, weights, arch, train_batch)
+        hv = _axpy(wd, v, _all_reduce_sum(products.hessian_vector(v)))
+        eta = tf.cast(self.eta, weights[0].dtype)
+        correction = [-eta * bu for bu in products.mixed_vector(hv)]
+        diagnostics = {"val_loss": val_loss}
+        if self.products == "exact":
+            diagnostics["train_loss"] = products.loss_and_grad_w()[0]
+        return g1, correction, diagnostics
+
+
+class ImplicitEstimator(_Estimator):
+    """Implicit-function-theorem reference: g = g1 - B x, x ~ (H + wd I + damping I)^-1 v by
+    `iterations` steps of conjugate gradient ("cg") or the truncated Neumann series
+    x = s sum_k (I - s A)^k v ("neumann", needs 0 < s < 2 / lambda_max(A), s = neumann_scale).
+    Costs `iterations` Hessian-vector products; a diagnostic, not a search estimator. CG assumes
+    A positive definite (true near a minimum; use damping elsewhere). Diagnostic
+    `residual_norm` is ||v - A x|| (CG: the recursive residual)."""
+
+    name = "implicit"
+
+    def __init__(self, solver="cg", iterations=20, damping=0.0, neumann_scale=0.01,
+                 products="exact", fd_radius=0.01):
+        super().__init__(products, fd_radius)
+        _check_choice("solver", solver, SOLVERS)
+        if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+            raise ValueError(f"iterations must be an integer >= 1, got {iterations!r}")
+        _check_number("damping", damping, 0.0)
+        _check_number("neumann_scale", neumann_scale, 0.0, strict=True)
+        self.solver, self.iterations = solver, iterations
+        self.damping, self.neumann_scale = float(damping), float(neumann_scale)
+
+    def _estimate(self, losses, weights, arch, train_batch, val_batch, state, wd):
+        val_loss, v, g1 = self._validation(losses, weights, arch, val_batch)
+        products = self._products(losses, weights, arch, train_batch)
+        shift = wd + tf.cast(self.damping, wd.dtype)
+
+        def apply_a(p):  # (H + wd I + damping I) p, global
+            return _axpy(shift, p, _all_reduce_sum(products.hessian_vector(p)))
+
+        if self.solver == "cg":
+            x, residual = self._conjugate_gradient(apply_a, v)
+        else:
+            x, residual = self._neumann(apply_a, v, tf.cast(self.neumann_scale, wd.dtype))
+        correction = [-bx for bx in products.mixed_vector(x)]
+        diagnostics = {"val_loss": val_loss, "residual_norm": _norm(residual)}
+        if self.products == "exact":
+            diagnostics["train_loss"] = products.loss_and_grad_w()[0]
+        return g1, correction, diagnostics
+
+    def _conjugate_gradient(self, apply_a, v):
+        x = [tf.zeros_like(t) for t in v]
+        r, p = list(v), list(v)
+        rs = _dot(r, r)
+        for _ in range(self.iterations):  # unrolled: iterations is a trace-time constant
+            ap = apply_a(p)
+            step = tf.math.divide_no_nan(rs, _dot(p, ap))
+            x = _axpy(step, p, x)
+            r = _axpy(-step, ap, r)
+            rs_new = _dot(r, r)
+            p = _axpy(tf.math.divide_no_nan(rs_new, rs), p, r)
+            rs = rs_new
+        return x, r
+
+    def _neumann(self, apply_a, v, scale):
+        term, total = list(v), [tf.zeros_like(t) for t in v]
+        for _ in range(self.iterations):
+            total = [t + s for t, s in zip(total, term)]
+            term = _axpy(-scale, apply_a(term), term)
+        # x = s sum_{k<K} (I - sA)^k v, and v - A x = (I - sA)^K v = term: no extra product.
+        return [scale * t for t in total], term
+
+
+ESTIMATORS = {cls.name: cls for cls in (FirstOrderEstimator, SecondOrderEstimator,
+                                        AmendedEstimator, ImplicitEstimator)}
+
+
+def make_estimator(name, **params):
+    """Estimator by name ("first_order", "second_order", "amended", "implicit") and parameters.
+    Unknown names, unknown or out-of-range parameters raise ValueError with a one-line message."""
+    _check_choice("estimator", name, tuple(ESTIMATORS))
+    try:
+        return ESTIMATORS[name](**params)
+    except TypeError as error:  # unexpected keyword
+        raise ValueError(f"bad parameters for estimator {name!r}: {error}") from None
