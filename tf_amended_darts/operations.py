@@ -178,21 +178,33 @@ class Zero(_Operation):
         return ops.zeros_like(x)
 
 
+def max_pool_3x3(x, stride):
+    """3x3 max-pool, padding 1 with -inf on every side (the reference's alignment).
+
+    Explicit padding + VALID, not padding="SAME": TF 2.21 computes second derivatives through
+    a SAME max-pool wrongly inside tf.function (tests/operations_test.py shows the case), and
+    the architecture gradients differentiate through it twice.
+    """
+    padded = ops.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]], constant_values=float("-inf"))
+    return ops.max_pool(padded, 3, strides=stride, padding="valid")
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class Pooling(_Operation):
-    """3x3 max or average pooling ('same'; the average excludes padding as the reference's
+    """3x3 max or average pooling (the average excludes padding, as the reference's
     count_include_pad=False). In the supernet (affine=False) a BN follows, as in the reference."""
 
     def __init__(self, channels, stride=1, affine=True, mode="max", with_bn=False, **kwargs):
         super().__init__(channels, stride, affine, **kwargs)
         self.mode = mode
         self.with_bn = with_bn
-        pool = layers.MaxPooling2D if mode == "max" else layers.AveragePooling2D
-        self.pool = pool(3, strides=stride, padding="same")
+        self.average = (layers.AveragePooling2D(3, strides=stride, padding="same")
+                        if mode == "avg" else None)
         self.bn = batch_norm(False) if with_bn else None
 
     def call(self, x, training=False):
-        x = self.pool(x)
+        x = (self.average(x) if self.average is not None
+             else max_pool_3x3(x, self.stride))
         return self.bn(x, training=training) if self.bn is not None else x
 
     def get_config(self):
