@@ -1,0 +1,107 @@
+"""Strategy selection for the custom training loops (search, re-training, evaluation).
+
+  configure_logical_cpus(n)   split the CPU into n logical devices (BEFORE any TF op) so that
+                              MirroredStrategy can be tried and tested without GPUs
+  make_strategy(name)         "auto" | "one_device" | "mirrored" | "multi_worker"
+  check_global_batch(b, s)    the global batch must split evenly over the replicas
+  is_chief(s) / worker_index(s)
+
+"auto": MirroredStrategy over all visible GPUs when there are any (or over the logical CPUs
+when the CPU was split), MultiWorkerMirroredStrategy when TF_CONFIG names several workers,
+else the default one-device strategy.
+"""
+
+import json
+import os
+
+import tensorflow as tf
+
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
+
+
+def configure_logical_cpus(count):
+    """Splits the first CPU into `count` logical devices (no-op for count <= 1).
+
+    Must run before TensorFlow initialises its devices (any op or device listing);
+    afterwards it raises ValueError saying so.
+    """
+    if count is None or count <= 1:
+        return
+    cpus = tf.config.list_physical_devices("CPU")
+    try:
+        tf.config.set_logical_device_configuration(
+            cpus[0], [tf.config.LogicalDeviceConfiguration()] * count)
+    except RuntimeError:
+        present = len(tf.config.list_logical_devices("CPU"))
+        if present != count:
+            raise ValueError(f"cannot split the CPU into {count} logical devices: TensorFlow "
+                             f"is already initialised with {present}") from None
+
+
+def _num_workers_in_tf_config():
+    try:
+        cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
+    except json.JSONDecodeError as e:
+        raise ValueError(f"TF_CONFIG is not valid JSON: {e}") from None
+    return sum(len(cluster.get(kind, [])) for kind in ("chief", "worker"))
+
+
+def make_strategy(name="auto"):
+    """The tf.distribute strategy `name` (see the module docstring)."""
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; expected one of {', '.join(STRATEGIES)}")
+    if name == "auto":
+        if _num_workers_in_tf_config() > 1:
+            name = "multi_worker"
+        elif (tf.config.list_logical_devices("GPU")
+              or len(tf.config.list_logical_devices("CPU")) > 1):
+            name = "mirrored"
+        else:
+            name = "one_device"
+    if name == "multi_worker":
+        if not os.environ.get("TF_CONFIG"):
+            raise ValueError("--strategy=multi_worker needs the TF_CONFIG environment variable")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
+        return tf.distribute.MirroredStrategy(devices)
+    return tf.distribute.get_strategy()  # the default strategy: one device, no overhead
+
+
+def check_global_batch(global_batch_size, strategy):
+    """Raises ValueError unless the global batch splits evenly over the replicas."""
+    replicas = strategy.num_replicas_in_sync
+    if global_batch_size < 1 or global_batch_size % replicas:
+        raise ValueError(f"the global batch size {global_batch_size} is not a positive "
+                         f"multiple of the {replicas} replicas")
+    return global_batch_size // replicas
+
+
+def worker_index(strategy):
+    """This process' task id among the workers (0 outside multi-worker training)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return 0
+    return resolver.task_id or 0
+
+
+def is_chief(strategy):
+    """True for the one process that writes outputs (the chief, or worker 0 without a chief)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    if resolver.task_type == "chief":
+        return True
+    return resolver.task_type == "worker" and (resolver.task_id or 0) == 0 and \
+        "chief" not in resolver.cluster_spec().as_dict()
+
+
+def describe(strategy):
+    """One line: strategy class, replicas, workers."""
+    workers = 1
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is not None and resolver.cluster_spec().as_dict():
+        workers = sum(len(v) for v in resolver.cluster_spec().as_dict().values())
+    return (f"{type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s)"
+            + (f" on {workers} workers" if workers > 1 else ""))

@@ -1,0 +1,171 @@
+"""The output directory of a run: ownership, run metadata, TensorBoard, console progress.
+
+  prepare(directory, config, kind, resume, overwrite)  claims `directory` for a run described
+      by the JSON-able dict `config`: refuses a directory holding another run (different
+      kind or config) unless overwrite, and one holding this run unless resume or overwrite.
+  write_metadata(directory, config, kind, flags)  run.json: config, flags, seed, versions.
+  summary_writer(directory, chief)                TensorBoard writer (a no-op off the chief);
+  write_scalar / write_text / write_image         summaries without the tensorboard package.
+  Progress(total_steps, images_per_step)          one-line progress bar with ETA and images/s.
+"""
+
+import glob
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+
+import tensorflow as tf
+
+from tf_amended_darts import io_utils
+
+RUN_FILE = "run.json"
+TENSORBOARD_DIR = "tensorboard"
+CHECKPOINT_DIR = "checkpoints"
+
+
+class RunDirError(ValueError):
+    """The output directory cannot be used for this run."""
+
+
+def versions():
+    import keras
+    import numpy as np
+    import tf_amended_darts
+    return {"python": platform.python_version(), "tensorflow": tf.__version__,
+            "keras": keras.__version__, "numpy": np.__version__,
+            "tf_amended_darts": getattr(tf_amended_darts, "__version__", "unknown")}
+
+
+def read_metadata(directory):
+    path = os.path.join(directory, RUN_FILE)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise RunDirError(f"{path} is unreadable ({e}): remove it or pass --overwrite") from None
+
+
+def prepare(directory, config, kind, resume=False, overwrite=False, owned=()):
+    """Makes `directory` ready; returns True when it holds this run to resume from.
+
+    `owned` names the files/folders (besides run.json, checkpoints/, tensorboard/) that such
+    a run writes; --overwrite deletes exactly those, never anything else.
+    """
+    previous = read_metadata(directory)
+    if previous is not None and not overwrite:
+        same = previous.get("kind") == kind and previous.get("config") == config
+        if not same:
+            changed = sorted(k for k in set(config) | set(previous.get("config", {}))
+                             if config.get(k) != previous.get("config", {}).get(k))
+            raise RunDirError(
+                f"{directory} holds a different {previous.get('kind', 'run')} "
+                f"(differs in: {', '.join(changed) or 'kind'}): choose another directory or "
+                f"pass --overwrite to replace it")
+        if not resume:
+            raise RunDirError(f"{directory} already holds this run: pass --resume to continue "
+                              f"it or --overwrite to start over")
+        return True
+    if overwrite:
+        names = (RUN_FILE, CHECKPOINT_DIR, TENSORBOARD_DIR) + tuple(owned)
+        for path in sorted({p for n in names for p in glob.glob(os.path.join(directory, n))}):
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            elif os.path.exists(path):
+                os.remove(path)
+    os.makedirs(directory, exist_ok=True)
+    return False
+
+
+def write_metadata(directory, config, kind, flags=None, extra=None):
+    """run.json: what ran (kind, config with its seed), the flags given, the versions."""
+    data = {"kind": kind, "config": config, "flags": flags or {}, "versions": versions(),
+            "command": " ".join(sys.argv), **(extra or {})}
+    io_utils.write_atomic(os.path.join(directory, RUN_FILE),
+                          json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def summary_writer(directory, chief=True):
+    if not chief:
+        return tf.summary.create_noop_writer()
+    return tf.summary.create_file_writer(os.path.join(directory, TENSORBOARD_DIR))
+
+
+# TensorBoard summaries written with the core op tf.summary.write and the plugins' metadata, so
+# that the `tensorboard` package (not a dependency) is needed only to view them.
+def _metadata(plugin, content=b""):
+    from tensorflow.core.framework import summary_pb2  # pylint: disable=g-import-not-at-top
+    return summary_pb2.SummaryMetadata(plugin_data=summary_pb2.SummaryMetadata.PluginData(
+        plugin_name=plugin, content=content))
+
+
+def write_scalar(name, value, step):
+    tf.summary.write(name, tf.cast(value, tf.float32), step=step,
+                     metadata=_metadata("scalars"))
+
+
+def write_text(name, text, step):
+    tf.summary.write(name, tf.constant(str(text)), step=step, metadata=_metadata("text"))
+
+
+def write_image(name, image, step):
+    """`image`: uint8 [H, W, 3] (one image)."""
+    image = tf.convert_to_tensor(image, tf.uint8)
+    encoded = tf.stack([tf.as_string(tf.shape(image)[1]), tf.as_string(tf.shape(image)[0]),
+                        tf.io.encode_png(image)])
+    tf.summary.write(name, encoded, step=step, metadata=_metadata("images"))
+
+
+def _duration(seconds):
+    seconds = int(max(seconds, 0))
+    h, rest = divmod(seconds, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60:02d}:{rest % 60:02d}"
+
+
+class Progress:
+    """`[#####.....] 120/400 30% 12.3 img/s ETA 01:02 loss=...` on one console line.
+
+    On a terminal the line is redrawn in place; otherwise a line is printed every
+    `interval` seconds. The rate counts only steps run by this process (resumes included).
+    """
+
+    def __init__(self, total_steps, images_per_step, stream=None, interval=10.0, width=24,
+                 enabled=True):
+        self.total, self.images_per_step = total_steps, images_per_step
+        self.stream = stream or sys.stderr
+        self.interval, self.width, self.enabled = interval, width, enabled
+        self._start = self._last_print = None
+        self._first_step = None
+        self._tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+
+    def images_per_second(self, step):
+        if self._start is None or step <= self._first_step:
+            return 0.0
+        return (step - self._first_step) * self.images_per_step / (time.time() - self._start)
+
+    def update(self, step, **metrics):
+        now = time.time()
+        if self._start is None:  # the first step includes tracing: measure from its end
+            self._start, self._first_step, self._last_print = now, step, now
+            return
+        if not self.enabled or (not self._tty and now - self._last_print < self.interval
+                                and step < self.total):
+            return
+        self._last_print = now
+        rate = self.images_per_second(step)
+        eta = (self.total - step) * self.images_per_step / rate if rate else 0
+        done = int(self.width * step / max(self.total, 1))
+        text = (f"[{'#' * done}{'.' * (self.width - done)}] {step}/{self.total} "
+                f"{100 * step // max(self.total, 1)}% {rate:.1f} img/s ETA {_duration(eta)} "
+                + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        self.stream.write(("\r" + text + "\033[K") if self._tty else text + "\n")
+        if self._tty and step >= self.total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+    def elapsed(self):
+        return 0.0 if self._start is None else time.time() - self._start
