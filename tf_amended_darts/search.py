@@ -264,7 +264,7 @@ class _History:
 
 def search(config, output_dir, strategy=None, *, resume=False, overwrite=False,
            checkpoint_every=0, stop_after_steps=None, flags=None, progress_stream=None,
-           render=True, log_stream=None):
+           render=True, log_stream=None, download=False):
     """Runs (or resumes) a search; returns a SearchResult.
 
     Args:
@@ -275,13 +275,15 @@ def search(config, output_dir, strategy=None, *, resume=False, overwrite=False,
       checkpoint_every: also checkpoint every this many steps (0: only at epoch ends).
       stop_after_steps: stop (with a checkpoint) once the global step reaches this value.
       flags: dict of the command-line flags, recorded in run.json.
+      download: tensorflow-datasets: build the dataset when it is missing.
     """
     strategy = strategy or tf.distribute.get_strategy()
     chief = distribute.is_chief(strategy)
     distribute.check_global_batch(config.batch_size, strategy)
     space = config.space()
     estimator = config.estimator()
-    dataset = data.load_dataset(config.dataset, config.data_dir, image_size=config.image_size)
+    dataset = data.load_dataset(config.dataset, config.data_dir, download,
+                                 image_size=config.image_size)
     info = dataset.info
     if None in info.image_shape:
         raise ValueError(f"images of {config.dataset} vary in size: set image_size")

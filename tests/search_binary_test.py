@@ -1,0 +1,80 @@
+"""End to end: the search binary on a tiny configuration for every estimator, deterministic
+stop-and-resume, and bad flags (non-zero exit, one clear line)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import tensorflow as tf
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--cells=3", "--nodes=1", "--channels=4", "--batch_size=16", "--epochs=2",
+        "--steps_per_epoch=2", "--operations=none,skip_connect,avg_pool_3x3,sep_conv_3x3",
+        "--implicit_iterations=2", "--validate=false", "--render=false"]
+
+
+def _search(*args):
+    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run([sys.executable, "-m", "tf_amended_darts.bin.search", *args],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _final_probabilities(directory):
+    with open(os.path.join(directory, "alphas_history.json")) as f:
+        return np.array(json.load(f)["records"][-1]["probabilities"])
+
+
+class SearchBinaryTest(tf.test.TestCase):
+
+    def test_every_estimator_end_to_end(self):
+        for estimator in ("first_order", "second_order", "amended", "implicit"):
+            directory = os.path.join(self.get_temp_dir(), estimator)
+            run = _search(f"--output_dir={directory}", f"--arch_gradient={estimator}", *TINY)
+            self.assertEqual(run.returncode, 0, run.stderr[-3000:])
+            self.assertIn(f"estimator '{estimator}' runs", run.stdout)
+            self.assertIn("search finished", run.stdout)
+            for name in ("genotype.json", "alphas_history.json", "run.json", "log.txt"):
+                self.assertTrue(os.path.exists(os.path.join(directory, name)), name)
+            with open(os.path.join(directory, "run.json")) as f:
+                meta = json.load(f)
+            self.assertEqual(meta["flags"]["arch_gradient"], estimator)
+            self.assertEqual(meta["config"]["seed"], 0)
+
+    def test_deterministic_stop_and_resume(self):
+        full, part = (os.path.join(self.get_temp_dir(), n) for n in ("full", "part"))
+        common = ["--deterministic", "--seed=3", "--arch_gradient=amended", *TINY]
+        self.assertEqual(_search(f"--output_dir={full}", *common).returncode, 0)
+        stopped = _search(f"--output_dir={part}", "--stop_after_steps=3", *common)
+        self.assertEqual(stopped.returncode, 0, stopped.stderr[-3000:])
+        self.assertIn("stopped after global step 3", stopped.stdout)
+        refused = _search(f"--output_dir={part}", *common)  # neither --resume nor --overwrite
+        self.assertEqual(refused.returncode, 2)
+        self.assertIn("--resume", refused.stderr.strip().splitlines()[-1])
+        resumed = _search(f"--output_dir={part}", "--resume", *common)
+        self.assertEqual(resumed.returncode, 0, resumed.stderr[-3000:])
+        self.assertIn("resumed from", resumed.stdout)
+        self.assertAllEqual(_final_probabilities(full), _final_probabilities(part))
+        with open(os.path.join(full, "genotype.json")) as a, \
+                open(os.path.join(part, "genotype.json")) as b:
+            self.assertEqual(a.read(), b.read())
+
+    def test_bad_flags_exit_with_one_clear_line(self):
+        out = os.path.join(self.get_temp_dir(), "bad")
+        cases = [(["--dataset=no_such_dataset"], "unknown dataset 'no_such_dataset'"),
+                 (["--operations=none,bogus_op"], "unknown operation 'bogus_op'"),
+                 (["--arch_gradient=zeroth_order"], "unknown estimator 'zeroth_order'"),
+                 (["--learning_rate=-0.1"], "learning_rate must be"),
+                 (["--logical_cpus=2", "--strategy=mirrored", "--batch_size=15"],
+                  "global batch size 15 is not a positive multiple of the 2 replicas")]
+        for extra, message in cases:
+            run = _search(f"--output_dir={out}", "--overwrite", *TINY, *extra)
+            self.assertEqual(run.returncode, 2, run.stderr[-2000:])
+            last = run.stderr.strip().splitlines()[-1]
+            self.assertStartsWith(last, "search: error: ")
+            self.assertIn(message, last)
+
+
+if __name__ == "__main__":
+    tf.test.main()
