@@ -1,0 +1,99 @@
+"""The re-training loop: the loss falls, one trace, resume at the right step and learning rate,
+checkpoints hold every variable, bad configs."""
+
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from tf_amended_darts import checkpointing, genotypes, train, training
+
+TINY = dict(genotype="DARTS_V2", channels=4, cells=3, batch_size=32, cutout=0)
+
+
+def _run(directory, **kwargs):
+    options = {k: kwargs.pop(k) for k in ("resume", "overwrite", "stop_after_steps",
+                                          "checkpoint_every", "export_dir") if k in kwargs}
+    config = train.TrainConfig(**{**TINY, **kwargs})
+    with open(os.devnull, "w") as quiet:
+        return train.train(config, directory, log_stream=quiet, progress_stream=quiet, **options)
+
+
+class TrainTest(tf.test.TestCase):
+
+    def test_loss_falls_with_one_trace(self):
+        # Fixed batches (one step per epoch repeats the same batch) so the loss must fall.
+        result = _run(self.get_temp_dir() + "/fall", epochs=1, steps_per_epoch=1,
+                      validate=False, drop_path=0.0, learning_rate=0.05, auxiliary=False)
+        first = result.train_loss
+        result = _run(self.get_temp_dir() + "/fall2", epochs=8, steps_per_epoch=1,
+                      validate=False, drop_path=0.0, learning_rate=0.05, auxiliary=False,
+                      lr_schedule="exponential", lr_decay=1.0)
+        self.assertEqual(result.traces, {"train_step": 1})
+        self.assertLess(result.train_loss, 0.8 * first)
+
+    def test_resume_continues_at_the_right_step_and_learning_rate(self):
+        common = dict(epochs=3, steps_per_epoch=3, validate=False, drop_path=0.2)
+        full = _run(self.get_temp_dir() + "/full", **common)
+        part_dir = self.get_temp_dir() + "/part"
+        stopped = _run(part_dir, stop_after_steps=4, **common)
+        self.assertFalse(stopped.finished)
+        self.assertEqual(stopped.global_step, 4)
+        with self.assertRaisesRegex(ValueError, "--resume"):
+            _run(part_dir, **common)
+        resumed = _run(part_dir, resume=True, **common)
+        self.assertTrue(resumed.finished)
+        self.assertEqual(resumed.global_step, 9)
+        config = train.TrainConfig(**{**TINY, **common})
+        # The resumed process starts in epoch 1 (step 1 of it), with epoch 1's rate.
+        self.assertEqual(resumed.learning_rates, {e: config.learning_rate_at(e) for e in (1, 2)})
+        self.assertAllClose(full.learning_rates[1], 0.75 * 0.025)
+        with open(os.path.join(part_dir, "log.txt")) as f:
+            self.assertIn("epoch 1, step 1 of the epoch, global step 4", f.read())
+        a, b = (training.named_variables(r.model) for r in (full, resumed))
+        self.assertEqual(sorted(a), sorted(b))
+        for name in a:  # BN moving statistics and drop-path seeds included
+            self.assertAllClose(a[name], b[name], atol=1e-5, rtol=1e-4, msg=name)
+
+    def test_restore_network_and_mismatches(self):
+        directory = self.get_temp_dir() + "/restore"
+        result = _run(directory, epochs=1, steps_per_epoch=2, validate=False)
+        config, info, net, path = train.restore_network(directory, genotype="DARTS_V2")
+        self.assertEqual(config.genotype, genotypes.PUBLISHED["DARTS_V2"])
+        self.assertFalse(net.auxiliary)
+        x = np.random.RandomState(0).normal(size=(4, 8, 8, 1)).astype(np.float32)
+        self.assertAllClose(net(x, training=False), result.model(x, training=False), atol=1e-6)
+        with self.assertRaisesRegex(ValueError, "was trained with genotype"):
+            train.restore_network(directory, genotype="DARTS_V1")
+        other = self.get_temp_dir() + "/other"
+        _run(other, genotype="DARTS_V1", epochs=1, steps_per_epoch=1, validate=False)
+        with self.assertRaisesRegex(checkpointing.CheckpointError, "does not fit"):
+            train.restore_network(directory, checkpoint=tf.train.latest_checkpoint(
+                os.path.join(other, "checkpoints")))
+        with self.assertRaisesRegex(ValueError, "holds no training run"):
+            train.restore_network(self.get_temp_dir())
+
+    def test_bad_configs(self):
+        bad = ("Genotype(normal=[('bogus_op', 0), ('skip_connect', 1)], normal_concat=[2], "
+               "reduce=[('max_pool_3x3', 0), ('skip_connect', 1)], reduce_concat=[2])")
+        with self.assertRaisesRegex(genotypes.GenotypeError, "unknown operation 'bogus_op'"):
+            train.TrainConfig(genotype=bad)
+        for kwargs, message in (({"drop_path": 1.0}, "drop_path"),
+                                ({"lr_schedule": "step"}, "lr_schedule"),
+                                ({"cells": 2}, "cells"), ({"genotype": None}, "genotype")):
+            with self.assertRaisesRegex(ValueError, message):
+                train.TrainConfig(**{**TINY, **kwargs})
+
+    def test_schedules(self):
+        cosine = train.TrainConfig(**TINY, epochs=4, learning_rate=0.1, learning_rate_min=0.0)
+        self.assertAllClose([cosine.learning_rate_at(e) for e in range(4)],
+                            [0.1, 0.1 * (1 + np.cos(np.pi / 4)) / 2, 0.05,
+                             0.1 * (1 + np.cos(3 * np.pi / 4)) / 2])
+        decay = train.TrainConfig(**TINY, learning_rate=0.1, lr_schedule="exponential")
+        self.assertAllClose(decay.learning_rate_at(3), 0.1 * 0.97 ** 3)
+        self.assertAllClose(cosine.drop_path_at(2), 0.1)
+        self.assertEqual(train.TrainConfig.from_dict(cosine.to_dict()), cosine)
+
+
+if __name__ == "__main__":
+    tf.test.main()

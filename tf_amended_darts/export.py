@@ -1,0 +1,135 @@
+"""SavedModel export of a trained network, for TensorFlow Serving and saved_model_cli.
+
+`export_network(net, export_dir, config, dataset_info)` writes a SavedModel whose
+`serving_default` signature takes uint8 images [batch, H, W, C] named `images` (normalised
+inside the graph with data.normalize, the function training uses) and returns
+  probabilities   float32 [batch, classes]   softmax of the logits
+  top_class       int64 [batch]             the most probable class index
+  top_class_name  string [batch]            its name
+The network runs with training=False (no drop-path) and without the auxiliary head. The
+genotype, class names and network description travel along: the `metadata` signature (no
+inputs) returns them as string tensors (`genotype` JSON, `class_names`, `description` JSON), and
+assets.extra/ holds genotype.json, class_names.txt and description.json.
+
+The directory appears complete or not at all: everything is written into a temporary folder
+beside it, which is then renamed.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+
+import keras
+import tensorflow as tf
+
+from tf_amended_darts import data, profiling, training
+
+SIGNATURE = "serving_default"
+METADATA = "metadata"
+INPUT_NAME = "images"
+
+
+class ExportError(ValueError):
+    """The export cannot be written (target exists, ...)."""
+
+
+def check_export_dir(export_dir, overwrite=False):
+    if os.path.exists(export_dir) and not overwrite:
+        raise ExportError(f"{export_dir} already exists: choose another --export_dir or pass "
+                          "--overwrite to replace it")
+    parent = os.path.dirname(os.path.abspath(export_dir))
+    if os.path.exists(parent) and not os.path.isdir(parent):
+        raise ExportError(f"cannot write {export_dir}: {parent} is not a directory")
+
+
+def _without_auxiliary(net, config, dataset_info):
+    """`net` itself, or a copy without the auxiliary head holding the same weights."""
+    if not getattr(net, "auxiliary", False):
+        return net
+    copy = config.build_network(dataset_info["num_classes"], dataset_info["image_shape"],
+                                auxiliary=False)
+    training.copy_weights(net, copy)
+    return copy
+
+
+def describe(net, config, dataset_info):
+    """The network description stored with the SavedModel (and printed by evaluate)."""
+    shape = tuple(dataset_info["image_shape"])
+    return {"network": config.network, "cells": config.cells, "channels": config.channels,
+            "dataset": dataset_info["name"], "image_shape": list(shape),
+            "num_classes": dataset_info["num_classes"],
+            "trainable_params": profiling.trainable_params(net, include_auxiliary=False),
+            "mult_adds": profiling.mult_adds(net, shape)}
+
+
+def export_network(net, export_dir, config, dataset_info, overwrite=False):
+    """Writes the SavedModel of `net` (a model.py network built for dataset_info's images);
+    `config`: its train.TrainConfig; returns the description dict."""
+    check_export_dir(export_dir, overwrite)
+    net = _without_auxiliary(net, config, dataset_info)
+    height, width, channels = dataset_info["image_shape"]
+    mean, std = dataset_info["mean"], dataset_info["std"]
+    class_names = [str(c) for c in dataset_info["class_names"]]
+    description = describe(net, config, dataset_info)
+    genotype_json = config.genotype.to_json()
+
+    def serve(images):
+        logits = net(data.normalize(images, mean, std), training=False)
+        probabilities = tf.nn.softmax(logits, axis=-1)
+        top = tf.argmax(probabilities, axis=-1)
+        return {"probabilities": probabilities, "top_class": top,
+                "top_class_name": tf.gather(tf.constant(class_names), top)}
+
+    def metadata():
+        return {"genotype": tf.constant(genotype_json), "class_names": tf.constant(class_names),
+                "description": tf.constant(json.dumps(description))}
+
+    archive = keras.export.ExportArchive()
+    archive.track(net)
+    archive.add_endpoint(SIGNATURE, serve, input_signature=[
+        tf.TensorSpec([None, height, width, channels], tf.uint8, name=INPUT_NAME)])
+    archive.add_endpoint(METADATA, metadata, input_signature=[])
+
+    target = os.path.abspath(export_dir)
+    parent = os.path.dirname(target)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=f".tmp-{os.path.basename(target)}-")
+    try:
+        archive.write_out(tmp, verbose=False)
+        extra = os.path.join(tmp, "assets.extra")
+        os.makedirs(extra, exist_ok=True)
+        for name, text in (("genotype.json", genotype_json + "\n"),
+                           ("class_names.txt", "".join(c + "\n" for c in class_names)),
+                           ("description.json", json.dumps(description, indent=1) + "\n")):
+            with open(os.path.join(extra, name), "w") as f:
+                f.write(text)
+        os.chmod(tmp, 0o777 & ~_umask())
+        old = None
+        if os.path.exists(target):
+            old = tempfile.mkdtemp(dir=parent, prefix=f".old-{os.path.basename(target)}-")
+            os.rename(target, os.path.join(old, "previous"))
+        os.rename(tmp, target)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return description
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def read_metadata(loaded):
+    """(genotype JSON str, class names list, description dict) of a tf.saved_model.load result."""
+    if not hasattr(loaded, METADATA):
+        raise ValueError("this SavedModel was not written by tf_amended_darts export (it has no "
+                         f"{METADATA!r} endpoint)")
+    values = getattr(loaded, METADATA)()
+    return (values["genotype"].numpy().decode(),
+            [c.decode() for c in values["class_names"].numpy()],
+            json.loads(values["description"].numpy().decode()))
