@@ -36,7 +36,8 @@ def main(argv):
     print(f"setting {_SETTING.value}: input {shape}, {overrides}, {distribute.describe(strategy)}")
     for name in _ESTIMATORS.value:
         config = search.SearchConfig(arch_gradient=name, **overrides)
-        searcher = search._Searcher(config, strategy, shape, classes)  # pylint: disable=protected-access
+        # pylint: disable-next=protected-access
+        searcher = search._Searcher(config, strategy, shape, classes)
         batch = config.batch_size
         data = tf.data.Dataset.from_tensors((tf.random.normal((batch,) + shape),
                                              tf.zeros([batch], tf.int64))).repeat()

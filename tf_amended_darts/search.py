@@ -369,14 +369,7 @@ def search(config, output_dir, strategy=None, *, resume=False, overwrite=False,
                     sums[k] = sums.get(k, 0.0) + v
                 step_in_epoch, global_step, ran = step_in_epoch + 1, global_step + 1, ran + 1
                 progress.update(global_step, epoch=epoch, loss=metrics["train_loss"])
-                run_dir.write_scalar("train/loss", metrics["train_loss"], step=global_step)
-                run_dir.write_scalar("train/accuracy", metrics["train_correct"] / config.batch_size,
-                                  step=global_step)
-                run_dir.write_scalar("train/weight_grad_norm", metrics["weight_grad_norm"],
-                                  step=global_step)
-                for k, v in metrics.items():
-                    if k.startswith("arch/"):
-                        run_dir.write_scalar(k, v, step=global_step)
+                _step_summaries(metrics, lr, config.batch_size, global_step)
                 at_stop = stop_after_steps is not None and global_step >= stop_after_steps
                 if step_in_epoch < steps_per_epoch and (at_stop or (
                         checkpoint_every and global_step % checkpoint_every == 0)):
@@ -424,7 +417,7 @@ def search(config, output_dir, strategy=None, *, resume=False, overwrite=False,
         log_file.close()
     return SearchResult(genotype=genotype,
                         alphas=[keras.ops.convert_to_numpy(a) for a in model.arch_variables],
-                        global_step=global_step, epoch=epoch, finished=not stopped,
+                        global_step=global_step, epoch=epoch, finished=epoch >= config.epochs,
                         traces=dict(searcher.traces), estimator=estimator.name,
                         images_per_second=rate)
 
@@ -434,6 +427,16 @@ def _save(checkpointer, position, epoch, step_in_epoch, global_step):
     position["step_in_epoch"].assign(step_in_epoch)
     position["global_step"].assign(global_step)
     checkpointer.save(global_step)
+
+
+def _step_summaries(metrics, lr, batch_size, step):
+    run_dir.write_scalar("train/loss", metrics["train_loss"], step)
+    run_dir.write_scalar("train/accuracy", metrics["train_correct"] / batch_size, step)
+    run_dir.write_scalar("train/weight_grad_norm", metrics["weight_grad_norm"], step)
+    run_dir.write_scalar("train/learning_rate", lr, step)
+    for k, v in metrics.items():
+        if k.startswith("arch/"):  # estimator diagnostics: val_loss, g1_norm, correction_norm..
+            run_dir.write_scalar(k, v, step)
 
 
 def _validate(searcher, strategy, arch_part, info, batch_size):
