@@ -13,7 +13,7 @@ TINY = dict(genotype="DARTS_V2", channels=4, cells=3, batch_size=32, cutout=0)
 
 def _run(directory, **kwargs):
     options = {k: kwargs.pop(k) for k in ("resume", "overwrite", "stop_after_steps",
-                                          "checkpoint_every", "export_dir") if k in kwargs}
+                                          "checkpoint_every", "export_dir", "strategy") if k in kwargs}
     config = train.TrainConfig(**{**TINY, **kwargs})
     with open(os.devnull, "w") as quiet:
         return train.train(config, directory, log_stream=quiet, progress_stream=quiet, **options)
@@ -54,6 +54,14 @@ class TrainTest(tf.test.TestCase):
         self.assertEqual(sorted(a), sorted(b))
         for name in a:  # BN moving statistics and drop-path seeds included
             self.assertAllClose(a[name], b[name], atol=1e-5, rtol=1e-4, msg=name)
+
+    def test_mirrored_strategy_matches_one_device(self):
+        common = dict(epochs=1, steps_per_epoch=2, validate=False, drop_path=0.0)
+        one = _run(self.get_temp_dir() + "/one", **common)
+        strategy = tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])
+        two = _run(self.get_temp_dir() + "/two", strategy=strategy, **common)
+        self.assertEqual(two.global_step, 2)
+        self.assertAllClose(one.train_loss, two.train_loss, rtol=1e-3)
 
     def test_restore_network_and_mismatches(self):
         directory = self.get_temp_dir() + "/restore"

@@ -25,7 +25,8 @@ from typing import Optional
 import keras
 import tensorflow as tf
 
-from tf_amended_darts import checkpointing, data, distribute, genotypes, model as model_lib
+from tf_amended_darts import checkpointing, data, distribute, export, genotypes
+from tf_amended_darts import model as model_lib
 from tf_amended_darts import profiling, run_dir, search, training
 
 LOG_FILE = "log.txt"
@@ -214,7 +215,6 @@ def train(config, output_dir, strategy=None, *, resume=False, overwrite=False,
     Arguments as search.search; `export_dir`: write a SavedModel there when training ends
     (refused up front if it exists, unless `overwrite`).
     """
-    from tf_amended_darts import export  # pylint: disable=g-import-not-at-top
     strategy = strategy or tf.distribute.get_strategy()
     chief = distribute.is_chief(strategy)
     distribute.check_global_batch(config.batch_size, strategy)
