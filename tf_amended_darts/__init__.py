@@ -2,3 +2,13 @@
 architecture gradient of Bi et al. (arXiv:1910.11831)."""
 
 __version__ = "0.1.0"
+
+_LAZY = {"DartsOracle": "tuner", "GenotypeHyperModel": "tuner"}
+
+
+def __getattr__(name):
+    """`tf_amended_darts.DartsOracle` etc. import their module on first use only."""
+    if name in _LAZY:
+        import importlib  # pylint: disable=g-import-not-at-top
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,114 @@
+"""The tune binary end to end: architectures from a finished search, keras-tuner's distributed
+tuning (a chief and one worker on localhost), and bad flags (exit 2, one clear line)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import tensorflow as tf
+
+from tf_amended_darts import genotypes, model, search
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OPS = ("none", "skip_connect", "avg_pool_3x3", "sep_conv_3x3")
+TINY = search.SearchConfig(cells=3, nodes=1, channels=4, batch_size=16, operations=OPS,
+                           epochs=1, steps_per_epoch=2, arch_gradient="first_order",
+                           validate=False)
+SEARCH_FLAGS = ["--cells=3", "--nodes=1", "--channels=4", "--batch_size=16", "--epochs=1",
+                "--steps_per_epoch=2", "--arch_gradient=first_order", "--validate=false",
+                f"--operations={','.join(OPS)}"]
+EVAL_FLAGS = ["--eval_channels=4", "--eval_layers=3", "--eval_epochs=1",
+              "--eval_steps_per_epoch=2", "--eval_validation_steps=2", "--eval_batch_size=16"]
+
+
+@pytest.fixture(scope="module")
+def search_dir(tmp_path_factory):
+    directory = str(tmp_path_factory.mktemp("search"))
+    with open(os.devnull, "w") as quiet:
+        search.search(TINY, directory, render=False, log_stream=quiet, progress_stream=quiet)
+    return directory
+
+
+def _command(*args):
+    return [sys.executable, "-m", "tf_amended_darts.bin.tune", *SEARCH_FLAGS, *EVAL_FLAGS,
+            *args]
+
+
+def _env(**extra):
+    return dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2", **extra)
+
+
+def _tune(*args):
+    return subprocess.run(_command(*args), cwd=REPO, env=_env(), capture_output=True,
+                          text=True, timeout=600)
+
+
+def _trials(project):
+    found = []
+    for name in sorted(os.listdir(project)):
+        if name.startswith("trial_"):
+            with open(os.path.join(project, name, "trial.json")) as f:
+                found.append(json.load(f))
+    return found
+
+
+def test_architectures_end_to_end(search_dir, tmp_path):
+    run = _tune(f"--search_dir={search_dir}", f"--directory={tmp_path}", "--max_trials=2")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "best trial" in run.stdout
+    path = tmp_path / "tune" / "best_genotype.json"
+    genotype = genotypes.load_genotype(str(path))
+    net = model.NetworkCIFAR(genotype, init_channels=4, layers_count=3, num_classes=10)
+    assert net(tf.zeros((1, 8, 8, 1))).shape == (1, 10)
+    trials = _trials(str(tmp_path / "tune"))
+    assert [t["status"] for t in trials] == ["COMPLETED"] * 2
+    assert trials[0]["hyperparameters"]["values"] != trials[1]["hyperparameters"]["values"]
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_distributed_chief_and_worker(search_dir, tmp_path):
+    oracle = dict(KERASTUNER_ORACLE_IP="127.0.0.1", KERASTUNER_ORACLE_PORT=str(_free_port()))
+    args = (f"--search_dir={search_dir}", f"--directory={tmp_path}", "--max_trials=3")
+    chief = subprocess.Popen(_command(*args), cwd=REPO, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True,
+                             env=_env(KERASTUNER_TUNER_ID="chief", **oracle))
+    worker = subprocess.Popen(_command(*args), cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True,
+                              env=_env(KERASTUNER_TUNER_ID="tuner0", **oracle))
+    try:
+        worker_out, worker_err = worker.communicate(timeout=600)
+        chief_out, chief_err = chief.communicate(timeout=120)
+    finally:
+        for process in (chief, worker):
+            if process.poll() is None:
+                process.kill()
+    assert worker.returncode == 0, worker_err[-3000:]
+    assert "worker finished" in worker_out
+    assert chief.returncode == 0, chief_err[-3000:]
+    assert "best trial" in chief_out
+    trials = _trials(str(tmp_path / "tune"))
+    assert [t["status"] for t in trials] == ["COMPLETED"] * 3
+    assert len({json.dumps(t["hyperparameters"]["values"], sort_keys=True)
+                for t in trials}) == 3
+    assert os.path.exists(tmp_path / "tune" / "best_genotype.json")
+
+
+def test_bad_flags_exit_2_with_one_line(tmp_path):
+    for args, message in ((("--directory=" + str(tmp_path),), "needs --search_dir"),
+                          (("--directory=" + str(tmp_path), "--search_dir=x",
+                            "--operations=none,bogus"), "bogus")):
+        run = _tune(*args)
+        assert run.returncode == 2, run.stderr[-3000:]
+        assert message in run.stderr.strip().splitlines()[-1]
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q", "-p", "no:cacheprovider"]))

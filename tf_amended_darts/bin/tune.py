@@ -1,0 +1,156 @@
+"""keras-tuner over DARTS: architectures from a search, or the search's own hyperparameters.
+
+Architectures (DartsOracle + GenotypeHyperModel in keras-tuner's Tuner): the search given by
+the search flags runs in --search_dir unless it already finished there (same flagfile as the
+search binary), then each trial trains one proposed architecture:
+
+  python -m tf_amended_darts.bin.tune --flagfile=flags/quickstart_search.cfg \\
+      --search_dir=runs/quickstart --directory=runs/tune --max_trials=4
+
+The search's hyperparameters (SearchTuner with a stock oracle; each trial runs a search and
+scores its genotype by a short training):
+
+  python -m tf_amended_darts.bin.tune --mode=search_options --oracle=random --epochs=2 \\
+      --directory=runs/tune_search --max_trials=4 --tune=arch_learning_rate,warmup_epochs
+
+Distributed tuning is keras-tuner's: run the same command on every machine with
+KERASTUNER_TUNER_ID (chief / tuner0, tuner1, ...), KERASTUNER_ORACLE_IP and
+KERASTUNER_ORACLE_PORT set; the chief serves the oracle, the workers run the trials. Run the
+search first (the workers only read a finished --search_dir).
+Outputs (chief, or the only process): best_genotype.json (and best_search_config.json) in
+<directory>/<project_name>, keras-tuner's files, and a summary on stdout.
+"""
+
+import json
+import os
+
+from absl import flags
+
+from tf_amended_darts.bin import cli
+
+_MODE = flags.DEFINE_enum("mode", "architectures", ["architectures", "search_options"],
+                          "What the trials vary: architectures (DartsOracle) or the search's "
+                          "hyperparameters (SearchTuner).")
+_DIRECTORY = flags.DEFINE_string("directory", None, "keras-tuner's directory.")
+_PROJECT = flags.DEFINE_string("project_name", "tune", "keras-tuner's project name.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Start the project over (else resume it).")
+_MAX_TRIALS = flags.DEFINE_integer("max_trials", 5, "Trials in all (resumed ones included).")
+_SEARCH_DIR = flags.DEFINE_string("search_dir", None, "architectures: the search's output "
+                                  "directory (run there unless finished).")
+_ORACLE = flags.DEFINE_enum("oracle", "random", ["random", "bayesian"],
+                            "search_options: keras-tuner's oracle.")
+_TUNE = flags.DEFINE_list("tune", "arch_learning_rate,amending_coefficient,arch_gradient,"
+                          "warmup_epochs", "search_options: the search options to tune.")
+_ARCH_GRADIENTS = flags.DEFINE_list("arch_gradients", "first_order,second_order,amended",
+                                    "search_options: estimators to choose from.")
+_TUNER_SEED = flags.DEFINE_integer("tuner_seed", 1, "Seed of the oracle.")
+_EVAL_CHANNELS = flags.DEFINE_integer("eval_channels", 16, "Trained networks: channels C.")
+_EVAL_LAYERS = flags.DEFINE_integer("eval_layers", 8, "Trained networks: cells.")
+_EVAL_EPOCHS = flags.DEFINE_integer("eval_epochs", 2, "Trained networks: epochs.")
+_EVAL_STEPS = flags.DEFINE_integer("eval_steps_per_epoch", None, "Cap on steps per epoch.")
+_EVAL_VAL_STEPS = flags.DEFINE_integer("eval_validation_steps", None, "Cap on validation "
+                                       "batches.")
+_EVAL_BATCH = flags.DEFINE_integer("eval_batch_size", 64, "Trained networks: batch size.")
+_EVAL_LR = flags.DEFINE_float("eval_learning_rate", 0.025, "Trained networks: SGD rate.")
+_EVAL_MOMENTUM = flags.DEFINE_float("eval_momentum", 0.9, "Trained networks: momentum.")
+_EVAL_WD = flags.DEFINE_float("eval_weight_decay", 3e-4, "Trained networks: weight decay.")
+
+# The search's options, named as in the search binary (so its flagfiles work here); unset
+# flags keep SearchConfig's defaults.
+_SEARCH_FLAGS = {
+    name: define(name, None, f"Search option {name} (default: the search binary's).")
+    for define, names in (
+        (flags.DEFINE_string, ("dataset", "data_dir", "search_space", "arch_gradient",
+                               "products")),
+        (flags.DEFINE_integer, ("image_size", "nodes", "cells", "channels",
+                                "implicit_iterations", "epochs", "steps_per_epoch",
+                                "batch_size", "warmup_epochs", "seed")),
+        (flags.DEFINE_float, ("train_portion", "amending_coefficient", "learning_rate",
+                              "learning_rate_min", "momentum", "weight_decay", "grad_clip",
+                              "arch_learning_rate", "arch_beta_1", "arch_beta_2",
+                              "arch_weight_decay")),
+        (flags.DEFINE_list, ("operations",)),
+        (flags.DEFINE_bool, ("validate",)))
+    for name in names}
+
+flags.mark_flag_as_required("directory")
+
+
+def _search_config():
+    from tf_amended_darts import search  # pylint: disable=g-import-not-at-top
+    config = search.SearchConfig(**{k: h.value for k, h in _SEARCH_FLAGS.items()
+                                    if h.value is not None})
+    config.space()  # bad operations / sizes: fail before anything else
+    config.estimator()
+    return config
+
+
+def _is_worker():
+    tuner_id = os.environ.get("KERASTUNER_TUNER_ID", "")
+    return "KERASTUNER_ORACLE_IP" in os.environ and "chief" not in tuner_id
+
+
+def main(argv):
+    del argv
+    config = _search_config()
+    import keras_tuner as kt  # pylint: disable=g-import-not-at-top
+    from tf_amended_darts import genotypes, tuner  # pylint: disable=g-import-not-at-top
+    common = dict(directory=_DIRECTORY.value, project_name=_PROJECT.value,
+                  overwrite=_OVERWRITE.value)
+    evaluation = dict(channels=_EVAL_CHANNELS.value, layers=_EVAL_LAYERS.value,
+                      learning_rate=_EVAL_LR.value, momentum=_EVAL_MOMENTUM.value,
+                      weight_decay=_EVAL_WD.value, batch_size=_EVAL_BATCH.value)
+    if _MODE.value == "architectures":
+        if not _SEARCH_DIR.value:
+            raise cli.UserError("--mode=architectures needs --search_dir")
+        if _is_worker() and tuner.load_search_result(_SEARCH_DIR.value, config) is None:
+            raise cli.UserError(f"{_SEARCH_DIR.value} holds no finished search with these "
+                                "options: run the search before the workers")
+        oracle = tuner.DartsOracle(search_config=config, search_dir=_SEARCH_DIR.value,
+                                   search_kwargs={"render": False}, max_trials=_MAX_TRIALS.value,
+                                   seed=_TUNER_SEED.value)
+        train, validation, info = tuner.fit_datasets(
+            config.dataset, _EVAL_BATCH.value, data_dir=config.data_dir,
+            image_size=config.image_size, train_portion=config.train_portion, seed=config.seed,
+            steps_per_epoch=_EVAL_STEPS.value, validation_steps=_EVAL_VAL_STEPS.value)
+        hypermodel = tuner.GenotypeHyperModel(info.num_classes, epochs=_EVAL_EPOCHS.value,
+                                              **evaluation)
+        keras_tuner = kt.Tuner(oracle=oracle, hypermodel=hypermodel, **common)
+        keras_tuner.search(train, validation_data=validation, verbose=0 if _is_worker() else 1)
+    else:
+        make_oracle = {"random": kt.oracles.RandomSearchOracle,
+                       "bayesian": kt.oracles.BayesianOptimizationOracle}[_ORACLE.value]
+        oracle = make_oracle(objective=kt.Objective(tuner.OBJECTIVE, "max"),
+                             max_trials=_MAX_TRIALS.value, seed=_TUNER_SEED.value)
+        evaluation.pop("batch_size")
+        keras_tuner = tuner.SearchTuner(
+            oracle, config, tune=_TUNE.value, arch_gradients=_ARCH_GRADIENTS.value,
+            eval_epochs=_EVAL_EPOCHS.value, eval_steps_per_epoch=_EVAL_STEPS.value,
+            eval_validation_steps=_EVAL_VAL_STEPS.value, eval_batch_size=_EVAL_BATCH.value,
+            **{f"eval_{k}": v for k, v in evaluation.items()}, **common)
+        keras_tuner.search(verbose=0 if _is_worker() else 1)
+    if _is_worker():
+        print("worker finished")
+        return
+    project = os.path.join(_DIRECTORY.value, _PROJECT.value)
+    keras_tuner.results_summary(num_trials=3)
+    if _MODE.value == "architectures":
+        path = os.path.join(project, "best_genotype.json")
+        trial, genotype, network = tuner.write_best_genotype(keras_tuner, path)
+        print(f"best trial {trial.trial_id}: {tuner.OBJECTIVE}={trial.score:.4f} "
+              f"network={json.dumps(network)} genotype={genotypes.Genotype.to_string(genotype)}")
+        print(f"wrote {path}")
+    else:
+        best = tuner.best_search_config(keras_tuner, config)
+        path = os.path.join(project, "best_search_config.json")
+        with open(path, "w") as f:
+            json.dump(best.to_dict(), f, indent=2, sort_keys=True)
+        trial = keras_tuner.oracle.get_best_trials(1)[0]
+        print(f"best trial {trial.trial_id}: {tuner.OBJECTIVE}={trial.score:.4f} "
+              f"search options: " + " ".join(f"{k}={v}" for k, v in
+                                             trial.hyperparameters.values.items()))
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    cli.run(main)
