@@ -56,7 +56,8 @@ class TrainTest(tf.test.TestCase):
             self.assertAllClose(a[name], b[name], atol=1e-5, rtol=1e-4, msg=name)
 
     def test_mirrored_strategy_matches_one_device(self):
-        common = dict(epochs=1, steps_per_epoch=2, validate=False, drop_path=0.0)
+        common = dict(epochs=1, steps_per_epoch=2, validate=False, drop_path=0.0,
+                      auxiliary=False)
         one = _run(self.get_temp_dir() + "/one", **common)
         strategy = tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])
         two = _run(self.get_temp_dir() + "/two", strategy=strategy, **common)

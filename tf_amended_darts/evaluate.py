@@ -52,7 +52,7 @@ def load_checkpoint(run_directory, checkpoint=None, genotype=None):
     """(predict, description, dataset_info) of a training run's checkpoint."""
     config, info, net, path = train.restore_network(run_directory, checkpoint, genotype)
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(input_signature=[tf.TensorSpec([None, *info["image_shape"]], tf.uint8)])
     def predict(images):
         logits = net(data.normalize(images, info["mean"], info["std"]), training=False)
         return tf.nn.softmax(logits, axis=-1)

@@ -186,7 +186,7 @@ class _Trainer:
         self.optimizer.apply_gradients(zip([g / self.replicas for g in grads], weights))
         correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1), tf.cast(y, tf.int64)),
                                         tf.float32))
-        return {"train_loss": loss, "train_correct": correct, "grad_norm": norm / self.replicas}
+        return {"train_loss": loss, "train_correct": correct, "weight_grad_norm": norm / self.replicas}
 
     def _reduce(self, per_replica):
         return {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
@@ -291,11 +291,7 @@ def train(config, output_dir, strategy=None, *, resume=False, overwrite=False,
                     sums[k] = sums.get(k, 0.0) + v
                 step_in_epoch, global_step, ran = step_in_epoch + 1, global_step + 1, ran + 1
                 progress.update(global_step, epoch=epoch, loss=metrics["train_loss"])
-                run_dir.write_scalar("train/loss", metrics["train_loss"], step=global_step)
-                run_dir.write_scalar("train/accuracy",
-                                     metrics["train_correct"] / config.batch_size,
-                                     step=global_step)
-                run_dir.write_scalar("train/grad_norm", metrics["grad_norm"], step=global_step)
+                search._step_summaries(metrics, lr, config.batch_size, global_step)  # pylint: disable=protected-access
                 at_stop = stop_after_steps is not None and global_step >= stop_after_steps
                 if step_in_epoch < steps_per_epoch and (at_stop or (
                         checkpoint_every and global_step % checkpoint_every == 0)):
