@@ -30,8 +30,11 @@ def _quiet():
 
 @pytest.fixture(scope="module")
 def search_dir(tmp_path_factory):
+    """A finished tiny search, run by a DartsOracle itself (through search.search)."""
     directory = str(tmp_path_factory.mktemp("search"))
-    search.search(TINY, directory, **_quiet())
+    oracle = DartsOracle(search_config=TINY, search_dir=directory, search_kwargs=_quiet(),
+                         max_trials=2)
+    assert len(oracle.alphas) == 2
     return directory
 
 
@@ -182,13 +185,13 @@ def test_oracle_stops_when_proposals_are_exhausted(tmp_path):
     assert statuses == ["RUNNING", "RUNNING", "STOPPED"]
 
 
-def test_oracle_runs_the_search_itself(tmp_path):
-    directory = str(tmp_path / "search")
-    oracle = DartsOracle(search_config=TINY, search_dir=directory, search_kwargs=_quiet(),
-                         max_trials=2)
-    assert os.path.exists(os.path.join(directory, "genotype.json"))
-    assert tuner.load_search_result(directory, TINY) is not None
-    assert len(oracle.alphas) == 2
+def test_oracle_runs_the_search_itself(search_dir):
+    assert os.path.exists(os.path.join(search_dir, "genotype.json"))
+    space, alphas = tuner.load_search_result(search_dir, TINY)
+    assert space == TINY.space()
+    assert tuner.load_search_result(search_dir, dataclasses.replace(TINY, seed=1)) is None
+    derived = search_model.derive_genotype(space, alphas)
+    assert derived == genotypes.load_genotype(os.path.join(search_dir, "genotype.json"))
 
 
 # -- tuning the search itself ------------------------------------------------------------------
