@@ -105,3 +105,18 @@ def describe(strategy):
         workers = sum(len(v) for v in resolver.cluster_spec().as_dict().values())
     return (f"{type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s)"
             + (f" on {workers} workers" if workers > 1 else ""))
+
+
+def all_reduce_sum(values):
+    """Sum over replicas inside `strategy.run`; the values themselves on one device."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return values
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, values)
+
+
+def distribute_dataset(strategy, dataset):
+    """Splits each global batch over the replicas (and workers: sharding by data)."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return strategy.experimental_distribute_dataset(dataset.with_options(options))

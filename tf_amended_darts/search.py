@@ -36,6 +36,7 @@ import tensorflow as tf
 
 from tf_amended_darts import checkpointing, data, distribute, estimators, genotypes
 from tf_amended_darts import io_utils, operations, run_dir, search_model, search_space
+from tf_amended_darts import training, visualize
 
 HISTORY_FILE = "alphas_history.json"
 GENOTYPE_FILE = "genotype.json"
@@ -133,17 +134,7 @@ class SearchResult:
     traces: dict                 # tf.function traces per step function
     estimator: str
     images_per_second: float
-
-
-def _loss_fn(labels, logits):
-    return keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
-
-
-def _all_reduce_sum(values):
-    context = tf.distribute.get_replica_context()
-    if context is None or context.num_replicas_in_sync == 1:
-        return values
-    return context.all_reduce(tf.distribute.ReduceOp.SUM, values)
+    metrics: dict                # the last epoch's summary: lr, train_loss/acc, valid_loss/acc
 
 
 def _slot_names(space):
@@ -184,10 +175,10 @@ class _Searcher:
         weights = self.model.weight_variables
         with tf.GradientTape() as tape:
             logits = self.model(x, training=True)
-            loss = tf.nn.compute_average_loss(_loss_fn(y, logits),
+            loss = tf.nn.compute_average_loss(training.cross_entropy(y, logits),
                                               global_batch_size=c.batch_size)
         grads = tape.gradient(loss, weights, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        grads, norm = tf.clip_by_global_norm(_all_reduce_sum(grads), c.grad_clip)
+        grads, norm = tf.clip_by_global_norm(distribute.all_reduce_sum(grads), c.grad_clip)
         grads = [g + c.weight_decay * w for g, w in zip(grads, weights)]
         self._apply(self.weight_optimizer, grads, weights)
         correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1), tf.cast(y, tf.int64)),
@@ -200,9 +191,9 @@ class _Searcher:
         state = estimators.weight_state_from_keras_sgd(
             self.weight_optimizer, self.model.weight_variables, c.weight_decay)
         grads, diagnostics = self.estimator.estimate(
-            self.model, _loss_fn, train_batch, val_batch, weight_state=state,
+            self.model, training.cross_entropy, train_batch, val_batch, weight_state=state,
             global_batch_size=c.batch_size)
-        grads = [g + c.arch_weight_decay * a for g, a in zip(_all_reduce_sum(grads), alphas)]
+        grads = [g + c.arch_weight_decay * a for g, a in zip(distribute.all_reduce_sum(grads), alphas)]
         self._apply(self.arch_optimizer, grads, alphas)
         metrics = self._replica_weight_step(train_batch)
         # Diagnostics are global on every replica: divide so that the SUM below is right.
@@ -228,16 +219,10 @@ class _Searcher:
             x, y = batch
             logits = self.model(x, training=False)
             correct = tf.cast(tf.equal(tf.argmax(logits, -1), tf.cast(y, tf.int64)), tf.float32)
-            return {"loss": tf.reduce_sum(_loss_fn(y, logits)),
+            return {"loss": tf.reduce_sum(training.cross_entropy(y, logits)),
                     "correct": tf.reduce_sum(correct),
                     "count": tf.cast(tf.shape(y)[0], tf.float32)}
         return self._reduce(self.strategy.run(replica, args=(batch,)))
-
-
-def _distribute(strategy, dataset):
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return strategy.experimental_distribute_dataset(dataset.with_options(options))
 
 
 class _History:
@@ -315,7 +300,8 @@ def search(config, output_dir, strategy=None, *, resume=False, overwrite=False,
                 for name in ("epoch", "step_in_epoch", "global_step")}
     seed_variable = tf.Variable(config.seed, dtype=tf.int64, trainable=False)
     checkpointer = checkpointing.Checkpointer(
-        os.path.join(output_dir, run_dir.CHECKPOINT_DIR), strategy, model=model,
+        os.path.join(output_dir, run_dir.CHECKPOINT_DIR), strategy,
+        network=training.named_variables(model),
         weight_optimizer=searcher.weight_optimizer, arch_optimizer=searcher.arch_optimizer,
         seed=seed_variable, **position)
     restored = checkpointer.restore() if resuming else None
@@ -339,23 +325,17 @@ def search(config, output_dir, strategy=None, *, resume=False, overwrite=False,
             f"global step {global_step}")
     else:
         history.add(0, 0, model.alpha_probabilities(), write=chief)
-    try:
-        import tf_amended_darts.visualize as visualize  # pylint: disable=g-import-not-at-top
-    except ImportError as e:
-        visualize = None
-        log(f"warning: no alpha heat maps or cell pictures ({e})")
-
     total_steps = config.epochs * steps_per_epoch
     progress = run_dir.Progress(total_steps, config.batch_size, stream=progress_stream,
                                 enabled=chief)
-    stopped = False
+    stopped, line = False, {}
     with writer.as_default():
         run_dir.write_text("genotype/estimator", repr(estimator), step=global_step)
         while epoch < config.epochs and not stopped:
             lr = config.learning_rate_at(epoch)
             searcher.weight_optimizer.learning_rate.assign(lr)
             warmup = epoch < config.warmup_epochs
-            batches = [_distribute(strategy, data.epoch_batches(
+            batches = [distribute.distribute_dataset(strategy, data.epoch_batches(
                 part, config.batch_size, mean=info.mean, std=info.std, seed=2 * config.seed + k,
                 epoch=epoch, augmentation=data.default_augmentation(info),
                 skip_batches=step_in_epoch).take(steps_per_epoch - step_in_epoch))
@@ -369,11 +349,11 @@ def search(config, output_dir, strategy=None, *, resume=False, overwrite=False,
                     sums[k] = sums.get(k, 0.0) + v
                 step_in_epoch, global_step, ran = step_in_epoch + 1, global_step + 1, ran + 1
                 progress.update(global_step, epoch=epoch, loss=metrics["train_loss"])
-                _step_summaries(metrics, lr, config.batch_size, global_step)
+                training.step_summaries(metrics, lr, config.batch_size, global_step)
                 at_stop = stop_after_steps is not None and global_step >= stop_after_steps
                 if step_in_epoch < steps_per_epoch and (at_stop or (
                         checkpoint_every and global_step % checkpoint_every == 0)):
-                    _save(checkpointer, position, epoch, step_in_epoch, global_step)
+                    training.save_position(checkpointer, position, epoch, step_in_epoch, global_step)
                 if at_stop:
                     stopped = True
                     break
@@ -384,7 +364,7 @@ def search(config, output_dir, strategy=None, *, resume=False, overwrite=False,
             line = {"lr": lr, "train_loss": sums.get("train_loss", 0.0) / ran,
                     "train_acc": sums.get("train_correct", 0.0) / (ran * config.batch_size)}
             if config.validate:
-                line.update(_validate(searcher, strategy, arch_part, info, config.batch_size))
+                line.update(training.validate(searcher.eval_step, strategy, arch_part, info, config.batch_size))
             genotype = model.genotype()
             probabilities = model.alpha_probabilities()
             parameter_free = genotype.count_ops(operations.PARAMETER_FREE_OPS)
@@ -392,8 +372,8 @@ def search(config, output_dir, strategy=None, *, resume=False, overwrite=False,
             if chief:
                 genotypes.write_genotype(genotype, os.path.join(output_dir, GENOTYPE_FILE))
             _epoch_summaries(line, genotype, probabilities, parameter_free, space, epoch,
-                             global_step, visualize)
-            _save(checkpointer, position, epoch, 0, global_step)
+                             global_step)
+            training.save_position(checkpointer, position, epoch, 0, global_step)
             log(f"epoch {epoch}/{config.epochs}{' (warm-up: weights only)' if warmup else ''} "
                 + " ".join(f"{k}={v:.4g}" for k, v in line.items())
                 + f" parameter_free_ops={parameter_free} genotype={genotype.to_string()}")
@@ -408,7 +388,7 @@ def search(config, output_dir, strategy=None, *, resume=False, overwrite=False,
     else:
         log(f"search finished: {config.epochs} epochs, {global_step} steps, "
             f"{rate:.1f} images/s, estimator {estimator.name}; genotype: {genotype.to_string()}")
-        if chief and render and visualize is not None:
+        if chief and render:
             try:
                 visualize.render_genotype(genotype, os.path.join(output_dir, "genotype"))
             except visualize.VisualizeError as e:
@@ -419,44 +399,14 @@ def search(config, output_dir, strategy=None, *, resume=False, overwrite=False,
                         alphas=[keras.ops.convert_to_numpy(a) for a in model.arch_variables],
                         global_step=global_step, epoch=epoch, finished=epoch >= config.epochs,
                         traces=dict(searcher.traces), estimator=estimator.name,
-                        images_per_second=rate)
+                        images_per_second=rate, metrics=line)
 
 
-def _save(checkpointer, position, epoch, step_in_epoch, global_step):
-    position["epoch"].assign(epoch)
-    position["step_in_epoch"].assign(step_in_epoch)
-    position["global_step"].assign(global_step)
-    checkpointer.save(global_step)
-
-
-def _step_summaries(metrics, lr, batch_size, step):
-    run_dir.write_scalar("train/loss", metrics["train_loss"], step)
-    run_dir.write_scalar("train/accuracy", metrics["train_correct"] / batch_size, step)
-    run_dir.write_scalar("train/weight_grad_norm", metrics["weight_grad_norm"], step)
-    run_dir.write_scalar("train/learning_rate", lr, step)
-    for k, v in metrics.items():
-        if k.startswith("arch/"):  # estimator diagnostics: val_loss, g1_norm, correction_norm..
-            run_dir.write_scalar(k, v, step)
-
-
-def _validate(searcher, strategy, arch_part, info, batch_size):
-    totals = {"loss": 0.0, "correct": 0.0, "count": 0.0}
-    batches = data.eval_batches(arch_part, batch_size, mean=info.mean, std=info.std)
-    for batch in _distribute(strategy, batches):
-        for k, v in searcher.eval_step(batch).items():
-            totals[k] += float(v)
-    count = max(totals["count"], 1.0)
-    return {"valid_loss": totals["loss"] / count, "valid_acc": totals["correct"] / count}
-
-
-def _epoch_summaries(line, genotype, probabilities, parameter_free, space, epoch, step,
-                     visualize):
+def _epoch_summaries(line, genotype, probabilities, parameter_free, space, epoch, step):
     for k, v in line.items():
         run_dir.write_scalar(f"epoch/{k}", v, step=step)
     run_dir.write_scalar("epoch/parameter_free_ops", parameter_free, step=step)
     run_dir.write_text("genotype/text", genotype.to_string(), step=step)
-    if visualize is None:
-        return
     for name, p in zip(_slot_names(space), probabilities):
         image = visualize.alpha_heatmap(p, space.operations, f"{name} epoch {epoch}")
         run_dir.write_image(f"alphas/{name}", image, step)

@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from tf_amended_darts import checkpointing, data, distribute, export, genotypes
 from tf_amended_darts import model as model_lib
-from tf_amended_darts import profiling, run_dir, search, training
+from tf_amended_darts import profiling, run_dir, training
 
 LOG_FILE = "log.txt"
 KIND = "train"
@@ -142,7 +142,7 @@ def dataset_info_dict(info):
 def _loss_fn(config, num_classes):
     def loss(labels, logits):
         if not config.label_smoothing:
-            return search._loss_fn(labels, logits)  # pylint: disable=protected-access
+            return training.cross_entropy(labels, logits)
         return keras.losses.categorical_crossentropy(
             tf.one_hot(labels, num_classes), logits, from_logits=True,
             label_smoothing=config.label_smoothing)
@@ -178,7 +178,7 @@ class _Trainer:
                 per_example = self.loss(y, logits)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=c.batch_size)
         grads = tape.gradient(loss, weights, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        grads = search._all_reduce_sum(grads)  # pylint: disable=protected-access
+        grads = distribute.all_reduce_sum(grads)
         norm = tf.linalg.global_norm(grads)
         if c.grad_clip:
             grads, _ = tf.clip_by_global_norm(grads, c.grad_clip, use_norm=norm)
@@ -201,7 +201,7 @@ class _Trainer:
             x, y = batch
             logits = self.model(x, training=False)
             correct = tf.cast(tf.equal(tf.argmax(logits, -1), tf.cast(y, tf.int64)), tf.float32)
-            return {"loss": tf.reduce_sum(search._loss_fn(y, logits)),  # pylint: disable=protected-access
+            return {"loss": tf.reduce_sum(training.cross_entropy(y, logits)),
                     "correct": tf.reduce_sum(correct),
                     "count": tf.cast(tf.shape(y)[0], tf.float32)}
         return self._reduce(self.strategy.run(replica, args=(batch,)))
@@ -280,7 +280,7 @@ def train(config, output_dir, strategy=None, *, resume=False, overwrite=False,
             learning_rates[epoch] = lr
             trainer.optimizer.learning_rate.assign(lr)
             model.drop_path_rate.assign(config.drop_path_at(epoch))
-            batches = search._distribute(strategy, data.epoch_batches(  # pylint: disable=protected-access
+            batches = distribute.distribute_dataset(strategy, data.epoch_batches(
                 dataset.train, config.batch_size, mean=info.mean, std=info.std,
                 seed=config.seed, epoch=epoch, augmentation=augmentation,
                 skip_batches=step_in_epoch).take(steps_per_epoch - step_in_epoch))
@@ -291,11 +291,11 @@ def train(config, output_dir, strategy=None, *, resume=False, overwrite=False,
                     sums[k] = sums.get(k, 0.0) + v
                 step_in_epoch, global_step, ran = step_in_epoch + 1, global_step + 1, ran + 1
                 progress.update(global_step, epoch=epoch, loss=metrics["train_loss"])
-                search._step_summaries(metrics, lr, config.batch_size, global_step)  # pylint: disable=protected-access
+                training.step_summaries(metrics, lr, config.batch_size, global_step)
                 at_stop = stop_after_steps is not None and global_step >= stop_after_steps
                 if step_in_epoch < steps_per_epoch and (at_stop or (
                         checkpoint_every and global_step % checkpoint_every == 0)):
-                    search._save(checkpointer, position, epoch, step_in_epoch, global_step)  # pylint: disable=protected-access
+                    training.save_position(checkpointer, position, epoch, step_in_epoch, global_step)
                 if at_stop:
                     stopped = True
                     break
@@ -307,12 +307,12 @@ def train(config, output_dir, strategy=None, *, resume=False, overwrite=False,
                     "train_loss": sums.get("train_loss", 0.0) / ran,
                     "train_acc": sums.get("train_correct", 0.0) / (ran * config.batch_size)}
             if config.validate:
-                valid = search._validate(trainer, strategy, dataset.test, info,  # pylint: disable=protected-access
+                valid = training.validate(trainer.eval_step, strategy, dataset.test, info,
                                          config.batch_size)
                 line.update(valid)
             for k, v in line.items():
                 run_dir.write_scalar(f"epoch/{k}", v, step=global_step)
-            search._save(checkpointer, position, epoch, 0, global_step)  # pylint: disable=protected-access
+            training.save_position(checkpointer, position, epoch, 0, global_step)
             log(f"epoch {epoch}/{config.epochs} "
                 + " ".join(f"{k}={v:.4g}" for k, v in line.items()))
     writer.flush()

@@ -16,6 +16,9 @@ between two instances (`copy_weights`).
 """
 
 import keras
+import tensorflow as tf
+
+from tf_amended_darts import data, distribute, run_dir
 
 _SKIP = ("_layers", "_tracker", "_trainable_variables", "_non_trainable_variables",
          "_seed_generators", "_metrics", "_losses", "_loss_ids", "_tracked",
@@ -64,3 +67,40 @@ def copy_weights(source, target):
             raise ValueError(f"{name}: shape {tuple(src[name].shape)} of the source does not "
                              f"fit {tuple(variable.shape)}")
         variable.assign(src[name])
+
+
+# ---------------------------------------------------------------------------------------------
+# Pieces of the custom training loop that search and re-training share.
+
+def cross_entropy(labels, logits):
+    """Per-example sparse softmax cross-entropy on logits."""
+    return keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+
+
+def save_position(checkpointer, position, epoch, step_in_epoch, global_step):
+    """Records the loop position (the data pipeline resumes from it) and checkpoints."""
+    position["epoch"].assign(epoch)
+    position["step_in_epoch"].assign(step_in_epoch)
+    position["global_step"].assign(global_step)
+    checkpointer.save(global_step)
+
+
+def step_summaries(metrics, lr, batch_size, step):
+    run_dir.write_scalar("train/loss", metrics["train_loss"], step)
+    run_dir.write_scalar("train/accuracy", metrics["train_correct"] / batch_size, step)
+    run_dir.write_scalar("train/weight_grad_norm", metrics["weight_grad_norm"], step)
+    run_dir.write_scalar("train/learning_rate", lr, step)
+    for k, v in metrics.items():
+        if k.startswith("arch/"):  # estimator diagnostics: val_loss, g1_norm, correction_norm..
+            run_dir.write_scalar(k, v, step)
+
+
+def validate(eval_step, strategy, dataset, info, batch_size):
+    """Mean loss and accuracy of `eval_step` (returning summed loss, correct, count) on a split."""
+    totals = {"loss": 0.0, "correct": 0.0, "count": 0.0}
+    batches = data.eval_batches(dataset, batch_size, mean=info.mean, std=info.std)
+    for batch in distribute.distribute_dataset(strategy, batches):
+        for k, v in eval_step(batch).items():
+            totals[k] += float(v)
+    count = max(totals["count"], 1.0)
+    return {"valid_loss": totals["loss"] / count, "valid_acc": totals["correct"] / count}
