@@ -8,7 +8,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from tf_amended_darts import genotypes, search
+from tf_amended_darts import genotypes, search, search_model
 
 # A tiny supernet on 8x8 digits: 3 cells, 1 node, 4 operations, C=4.
 TINY = dict(cells=3, nodes=1, channels=4, batch_size=16,
@@ -56,6 +56,15 @@ class SearchTest(tf.test.TestCase):
         self.assertIn("estimator 'amended' runs", log)
         self.assertIn("parameter_free_ops=", log)
         self.assertNotEmpty(os.listdir(os.path.join(directory, "tensorboard")))
+        # The checkpoint holds every model variable, BatchNorm moving statistics included
+        # (Keras 3 keeps cells in lists that tf.train.Checkpoint(model=...) does not follow).
+        reader = tf.train.load_checkpoint(os.path.join(directory, "checkpoints"))
+        saved = [k for k in reader.get_variable_to_shape_map() if k.startswith("network/")]
+        model = search_model.SearchNetwork(search.SearchConfig(**TINY).space(), 10)
+        model.build((None, 8, 8, 1))
+        self.assertLen(saved, len(model.variables))
+        self.assertLen([k for k in saved if "moving_mean" in k],
+                       len([v for v in model.variables if "moving_mean" in v.path]))
 
     def test_refuses_directory_of_another_run(self):
         directory = self.get_temp_dir() + "/taken"
