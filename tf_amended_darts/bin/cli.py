@@ -1,9 +1,10 @@
 """What every binary shares: one clear line and a non-zero exit for bad input."""
 
+import logging as python_logging
 import os
 import sys
 
-from absl import app
+from absl import app, flags, logging
 
 
 class UserError(Exception):
@@ -15,6 +16,10 @@ def run(main, expected=(ValueError, OSError, UserError)):
     def guarded(argv):
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        if not flags.FLAGS["verbosity"].present:
+            # TF logs routine INFO lines (checkpoint sharding...) through absl; -v=0 shows them.
+            logging.set_verbosity(logging.WARNING)
+            python_logging.getLogger("tensorflow").setLevel(python_logging.WARNING)
         try:
             return main(argv)
         except expected as e:
