@@ -65,7 +65,7 @@ class DistributeTest(tf.test.TestCase):
         self.assertTrue(distribute.is_chief(mirrored))
 
     def test_two_replicas_match_one_device(self):
-        mirrored = tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])
+        mirrored = distribute.make_strategy("mirrored")
         for estimator in ("amended",):
             one = _search(self.get_temp_dir() + "/one_" + estimator,
                           tf.distribute.get_strategy(), arch_gradient=estimator)

@@ -22,7 +22,7 @@ except RuntimeError:
 
 import keras  # noqa: E402
 
-from tf_amended_darts import estimators, operations, search_model, search_space  # noqa: E402
+from tf_amended_darts import distribute, estimators, operations, search_model, search_space  # noqa: E402
 
 NAMES = ("first_order", "second_order", "amended", "implicit")
 
@@ -493,7 +493,7 @@ class MaxPoolSecondDerivativeTest(tf.test.TestCase):
 class DistributedTest(tf.test.TestCase):
 
     def test_two_replicas_match_one_device(self):
-        strategy = tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])
+        strategy = distribute.make_strategy("mirrored")
         single = build_toy()
         with strategy.scope():
             mirrored = build_toy()

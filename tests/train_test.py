@@ -6,7 +6,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from tf_amended_darts import checkpointing, genotypes, train, training
+from tf_amended_darts import checkpointing, distribute, genotypes, train, training
 
 TINY = dict(genotype="DARTS_V2", channels=4, cells=3, batch_size=32, cutout=0)
 
@@ -59,7 +59,7 @@ class TrainTest(tf.test.TestCase):
         common = dict(epochs=1, steps_per_epoch=2, validate=False, drop_path=0.0,
                       auxiliary=False)
         one = _run(self.get_temp_dir() + "/one", **common)
-        strategy = tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])
+        strategy = distribute.make_strategy("mirrored")
         two = _run(self.get_temp_dir() + "/two", strategy=strategy, **common)
         self.assertEqual(two.global_step, 2)
         self.assertAllClose(one.train_loss, two.train_loss, rtol=1e-3)

@@ -64,8 +64,15 @@ def make_strategy(name="auto"):
         return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "mirrored":
         gpus = tf.config.list_logical_devices("GPU")
-        devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
-        return tf.distribute.MirroredStrategy(devices)
+        if gpus:
+            return tf.distribute.MirroredStrategy([d.name for d in gpus])
+        # Logical CPUs: reduce through one device. TF's default collectives here key their
+        # instances per process, so a second strategy in the same process (tests, tuner
+        # trials) that all-reduces another dtype aborts with "Collective instance 100
+        # expected ... data_type".
+        return tf.distribute.MirroredStrategy(
+            [d.name for d in tf.config.list_logical_devices("CPU")],
+            cross_device_ops=tf.distribute.ReductionToOneDevice())
     return tf.distribute.get_strategy()  # the default strategy: one device, no overhead
 
 
