@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_amended_darts import search_model, search_space
+from tf_amended_darts import search_space
 from tf_amended_darts.search_model import MixedOp, SearchNetwork, derive_genotype
 
 TINY = search_space.get_search_space("darts").replace(layers=3, init_channels=4, steps=2)

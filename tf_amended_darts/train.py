@@ -284,28 +284,16 @@ def train(config, output_dir, strategy=None, *, resume=False, overwrite=False,
                 dataset.train, config.batch_size, mean=info.mean, std=info.std,
                 seed=config.seed, epoch=epoch, augmentation=augmentation,
                 skip_batches=step_in_epoch).take(steps_per_epoch - step_in_epoch))
-            sums, ran = {}, 0
-            for batch in batches:
-                metrics = {k: float(v) for k, v in trainer.train_step(batch).items()}
-                for k, v in metrics.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                step_in_epoch, global_step, ran = step_in_epoch + 1, global_step + 1, ran + 1
-                progress.update(global_step, epoch=epoch, loss=metrics["train_loss"])
-                training.step_summaries(metrics, lr, config.batch_size, global_step)
-                at_stop = stop_after_steps is not None and global_step >= stop_after_steps
-                if step_in_epoch < steps_per_epoch and (at_stop or (
-                        checkpoint_every and global_step % checkpoint_every == 0)):
-                    training.save_position(checkpointer, position, epoch, step_in_epoch, global_step)
-                if at_stop:
-                    stopped = True
-                    break
+            summary, step_in_epoch, global_step, stopped = training.run_epoch(
+                trainer.train_step, batches, lr=lr, batch_size=config.batch_size,
+                steps_per_epoch=steps_per_epoch, epoch=epoch, step_in_epoch=step_in_epoch,
+                global_step=global_step, progress=progress, checkpointer=checkpointer,
+                position=position, checkpoint_every=checkpoint_every,
+                stop_after_steps=stop_after_steps)
             if stopped and step_in_epoch < steps_per_epoch:
                 break
             epoch, step_in_epoch = epoch + 1, 0
-            ran = max(ran, 1)
-            line = {"lr": lr, "drop_path": config.drop_path_at(epoch - 1),
-                    "train_loss": sums.get("train_loss", 0.0) / ran,
-                    "train_acc": sums.get("train_correct", 0.0) / (ran * config.batch_size)}
+            line = {"lr": lr, "drop_path": config.drop_path_at(epoch - 1), **summary}
             if config.validate:
                 valid = training.validate(trainer.eval_step, strategy, dataset.test, info,
                                          config.batch_size)

@@ -16,7 +16,6 @@ between two instances (`copy_weights`).
 """
 
 import keras
-import tensorflow as tf
 
 from tf_amended_darts import data, distribute, run_dir
 
@@ -83,6 +82,36 @@ def save_position(checkpointer, position, epoch, step_in_epoch, global_step):
     position["step_in_epoch"].assign(step_in_epoch)
     position["global_step"].assign(global_step)
     checkpointer.save(global_step)
+
+
+def run_epoch(step, batches, *, lr, batch_size, steps_per_epoch, epoch, step_in_epoch,
+              global_step, progress, checkpointer, position, checkpoint_every=0,
+              stop_after_steps=None):
+    """Runs `step(batch)` (a dict of global metrics with train_loss, train_correct,
+    weight_grad_norm) over the rest of an epoch: progress, per-step summaries, a checkpoint
+    every `checkpoint_every` steps and at `stop_after_steps` (epoch ends are the caller's).
+
+    Returns (summary, step_in_epoch, global_step, stopped); summary holds the mean train_loss
+    and train_acc of the steps run (a resumed epoch summarises only those).
+    """
+    sums, ran, stopped = {}, 0, False
+    for batch in batches:
+        metrics = {k: float(v) for k, v in step(batch).items()}
+        for k, v in metrics.items():
+            sums[k] = sums.get(k, 0.0) + v
+        step_in_epoch, global_step, ran = step_in_epoch + 1, global_step + 1, ran + 1
+        progress.update(global_step, epoch=epoch, loss=metrics["train_loss"])
+        step_summaries(metrics, lr, batch_size, global_step)
+        stopped = stop_after_steps is not None and global_step >= stop_after_steps
+        if step_in_epoch < steps_per_epoch and (stopped or (
+                checkpoint_every and global_step % checkpoint_every == 0)):
+            save_position(checkpointer, position, epoch, step_in_epoch, global_step)
+        if stopped:
+            break
+    ran = max(ran, 1)
+    summary = {"train_loss": sums.get("train_loss", 0.0) / ran,
+               "train_acc": sums.get("train_correct", 0.0) / (ran * batch_size)}
+    return summary, step_in_epoch, global_step, stopped
 
 
 def step_summaries(metrics, lr, batch_size, step):

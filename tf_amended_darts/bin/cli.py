@@ -11,6 +11,12 @@ class UserError(Exception):
     """Bad input found by a binary itself (an impossible flag combination, say)."""
 
 
+def flag_values(namespace):
+    """{name: value} of the FlagHolders defined in a binary's module (`globals()`), for
+    recording next to a result; absl's own flags are left out."""
+    return {h.name: h.value for h in namespace.values() if isinstance(h, flags.FlagHolder)}
+
+
 def run(main, expected=(ValueError, OSError, UserError)):
     """`app.run(main)`, with the expected errors printed as one line (exit status 2)."""
     def guarded(argv):

@@ -84,13 +84,8 @@ def main(argv):
     train.train(config, _OUTPUT_DIR.value, strategy, resume=_RESUME.value,
                 overwrite=_OVERWRITE.value, checkpoint_every=_CHECKPOINT_EVERY.value,
                 stop_after_steps=_STOP_AFTER_STEPS.value, download=_DOWNLOAD.value,
-                export_dir=_EXPORT_DIR.value, flags=_flag_values())
+                export_dir=_EXPORT_DIR.value, flags=cli.flag_values(globals()))
 
-
-def _flag_values():
-    """This binary's flags (not absl's own) for run.json."""
-    holders = [v for v in globals().values() if isinstance(v, flags.FlagHolder)]
-    return {h.name: h.value for h in holders}
 
 
 if __name__ == "__main__":
