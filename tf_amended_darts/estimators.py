@@ -39,6 +39,8 @@ from typing import Any, NamedTuple, Optional, Sequence
 
 import tensorflow as tf
 
+from tf_amended_darts import distribute
+
 _ZERO = tf.UnconnectedGradients.ZERO
 PRODUCTS = ("exact", "finite_difference")
 SOLVERS = ("cg", "neumann")
@@ -78,7 +80,7 @@ def weight_state_from_keras_sgd(optimizer, weight_variables, weight_decay=0.0):
 
 
 # ---------------------------------------------------------------------------------------------
-# Small vector helpers (lists of tensors) and the cross-replica sum.
+# Small vector helpers (lists of tensors); cross-replica sums are distribute.all_reduce_sum.
 
 def _dot(xs, ys):
     return tf.add_n([tf.reduce_sum(x * y) for x, y in zip(xs, ys)])
@@ -91,14 +93,6 @@ def _norm(xs):
 def _axpy(a, xs, ys):
     """a * xs + ys."""
     return [a * x + y for x, y in zip(xs, ys)]
-
-
-def _all_reduce_sum(values):
-    """Sum over replicas inside strategy.run; identity on one device."""
-    context = tf.distribute.get_replica_context()
-    if context is None or context.num_replicas_in_sync == 1:
-        return values
-    return context.all_reduce(tf.distribute.ReduceOp.SUM, values)
 
 
 class _StatelessLosses:
@@ -224,7 +218,7 @@ def hessian_vector_product(model, loss_fn, batch, vector, *, products="exact", w
     weights, arch = losses.weights(), losses.arch()
     hv = _make_products(products, fd_radius, losses, weights, arch, batch).hessian_vector(vector)
     wd = tf.cast(weight_decay, weights[0].dtype)
-    return _axpy(wd, vector, _all_reduce_sum(hv))
+    return _axpy(wd, vector, distribute.all_reduce_sum(hv))
 
 
 def mixed_vector_product(model, loss_fn, batch, vector, *, products="exact", fd_radius=0.01,
@@ -284,11 +278,11 @@ class _Estimator:
         g1, correction, diagnostics = self._estimate(losses, weights, arch, train_batch,
                                                      val_batch, state, wd)
         grads = [a + b for a, b in zip(g1, correction)]
-        g1_sum, correction_sum = _all_reduce_sum((g1, correction))
+        g1_sum, correction_sum = distribute.all_reduce_sum((g1, correction))
         diagnostics = dict(diagnostics)
         for key in ("val_loss", "train_loss"):
             if key in diagnostics:
-                diagnostics[key] = _all_reduce_sum(diagnostics[key])
+                diagnostics[key] = distribute.all_reduce_sum(diagnostics[key])
         diagnostics["g1_norm"] = _norm(g1_sum)
         diagnostics["correction_norm"] = _norm(correction_sum)
         return grads, diagnostics
@@ -300,7 +294,7 @@ class _Estimator:
     def _validation(losses, weights, arch, val_batch):
         """(local val loss, GLOBAL v = grad_w L_val, local g1 = grad_alpha L_val)."""
         val_loss, v, g1 = losses.loss_and_grads(weights, arch, val_batch)
-        return val_loss, _all_reduce_sum(v), g1
+        return val_loss, distribute.all_reduce_sum(v), g1
 
 
 class FirstOrderEstimator(_Estimator):
@@ -326,7 +320,7 @@ class SecondOrderEstimator(_Estimator):
         xi = tf.cast(state.learning_rate, dtype)
         products = self._products(losses, weights, arch, train_batch)
         train_loss, grad_w = products.loss_and_grad_w()
-        step = _axpy(wd, weights, _all_reduce_sum(grad_w))
+        step = _axpy(wd, weights, distribute.all_reduce_sum(grad_w))
         if state.momentum_buffers is not None:
             momentum = tf.cast(state.momentum, dtype)
             step = [s if b is None else s + momentum * tf.cast(b, dtype)
@@ -357,7 +351,7 @@ class AmendedEstimator(_Estimator):
     def _estimate(self, losses, weights, arch, train_batch, val_batch, state, wd):
         val_loss, v, g1 = self._validation(losses, weights, arch, val_batch)
         products = self._products(losses, weights, arch, train_batch)
-        hv = _axpy(wd, v, _all_reduce_sum(products.hessian_vector(v)))
+        hv = _axpy(wd, v, distribute.all_reduce_sum(products.hessian_vector(v)))
         eta = tf.cast(self.eta, weights[0].dtype)
         correction = [-eta * bu for bu in products.mixed_vector(hv)]
         diagnostics = {"val_loss": val_loss}
@@ -393,7 +387,7 @@ class ImplicitEstimator(_Estimator):
         shift = wd + tf.cast(self.damping, wd.dtype)
 
         def apply_a(p):  # (H + wd I + damping I) p, global
-            return _axpy(shift, p, _all_reduce_sum(products.hessian_vector(p)))
+            return _axpy(shift, p, distribute.all_reduce_sum(products.hessian_vector(p)))
 
         if self.solver == "cg":
             x, residual = self._conjugate_gradient(apply_a, v)
