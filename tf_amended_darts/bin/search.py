@@ -93,6 +93,5 @@ def main(argv):
                   download=_DOWNLOAD.value, flags=cli.flag_values(globals()))
 
 
-
 if __name__ == "__main__":
     cli.run(main)
