@@ -163,8 +163,7 @@ class _Searcher:
             self.arch_optimizer.build(self.model.arch_variables)
         self.search_step = tf.function(self._search_step)
         self.weight_step = tf.function(self._weight_step)
-        self.eval_step = tf.function(training.evaluation_step(self.model, strategy),
-                                     reduce_retracing=True)
+        self.eval_step = tf.function(self._eval_step, reduce_retracing=True)
 
     # -- replica functions
     def _apply(self, optimizer, grads, variables):
@@ -202,15 +201,28 @@ class _Searcher:
         return metrics
 
     # -- tf.functions (each traced once per run)
+    def _reduce(self, per_replica):
+        return {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+                for k, v in per_replica.items()}
+
     def _search_step(self, train_batch, val_batch):
         self.traces["search_step"] += 1
-        return training.reduce_sum(self.strategy, self.strategy.run(
-            self._replica_search_step, args=(train_batch, val_batch)))
+        return self._reduce(self.strategy.run(self._replica_search_step,
+                                              args=(train_batch, val_batch)))
 
     def _weight_step(self, train_batch):
         self.traces["weight_step"] += 1
-        return training.reduce_sum(self.strategy, self.strategy.run(
-            self._replica_weight_step, args=(train_batch,)))
+        return self._reduce(self.strategy.run(self._replica_weight_step, args=(train_batch,)))
+
+    def _eval_step(self, batch):
+        def replica(batch):
+            x, y = batch
+            logits = self.model(x, training=False)
+            correct = tf.cast(tf.equal(tf.argmax(logits, -1), tf.cast(y, tf.int64)), tf.float32)
+            return {"loss": tf.reduce_sum(training.cross_entropy(y, logits)),
+                    "correct": tf.reduce_sum(correct),
+                    "count": tf.cast(tf.shape(y)[0], tf.float32)}
+        return self._reduce(self.strategy.run(replica, args=(batch,)))
 
 
 class _History:

@@ -163,8 +163,7 @@ class _Trainer:
             self.optimizer = keras.optimizers.SGD(config.learning_rate, momentum=config.momentum)
             self.optimizer.build(self.model.trainable_variables)  # keras#23085
         self.train_step = tf.function(self._train_step)
-        self.eval_step = tf.function(training.evaluation_step(self.model, strategy),
-                                     reduce_retracing=True)
+        self.eval_step = tf.function(self._eval_step, reduce_retracing=True)
 
     def _replica_step(self, batch):
         c, x, y = self.config, batch[0], batch[1]
@@ -189,10 +188,23 @@ class _Trainer:
                                         tf.float32))
         return {"train_loss": loss, "train_correct": correct, "weight_grad_norm": norm / self.replicas}
 
+    def _reduce(self, per_replica):
+        return {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+                for k, v in per_replica.items()}
+
     def _train_step(self, batch):
         self.traces["train_step"] += 1
-        return training.reduce_sum(self.strategy, self.strategy.run(
-            self._replica_step, args=(batch,)))
+        return self._reduce(self.strategy.run(self._replica_step, args=(batch,)))
+
+    def _eval_step(self, batch):
+        def replica(batch):
+            x, y = batch
+            logits = self.model(x, training=False)
+            correct = tf.cast(tf.equal(tf.argmax(logits, -1), tf.cast(y, tf.int64)), tf.float32)
+            return {"loss": tf.reduce_sum(training.cross_entropy(y, logits)),
+                    "correct": tf.reduce_sum(correct),
+                    "count": tf.cast(tf.shape(y)[0], tf.float32)}
+        return self._reduce(self.strategy.run(replica, args=(batch,)))
 
 
 def train(config, output_dir, strategy=None, *, resume=False, overwrite=False,

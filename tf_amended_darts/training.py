@@ -16,7 +16,6 @@ between two instances (`copy_weights`).
 """
 
 import keras
-import tensorflow as tf
 
 from tf_amended_darts import data, distribute, run_dir
 
@@ -75,25 +74,6 @@ def copy_weights(source, target):
 def cross_entropy(labels, logits):
     """Per-example sparse softmax cross-entropy on logits."""
     return keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
-
-
-def reduce_sum(strategy, per_replica):
-    """{name: sum over replicas} of a dict returned by `strategy.run`."""
-    return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
-            for k, v in per_replica.items()}
-
-
-def evaluation_step(model, strategy):
-    """batch -> summed loss, correct and count over the replicas (inference mode); wrap it in
-    tf.function. `validate` averages them over a split."""
-    def replica(batch):
-        x, y = batch
-        logits = model(x, training=False)
-        correct = tf.cast(tf.equal(tf.argmax(logits, -1), tf.cast(y, tf.int64)), tf.float32)
-        return {"loss": tf.reduce_sum(cross_entropy(y, logits)),
-                "correct": tf.reduce_sum(correct),
-                "count": tf.cast(tf.shape(y)[0], tf.float32)}
-    return lambda batch: reduce_sum(strategy, strategy.run(replica, args=(batch,)))
 
 
 def save_position(checkpointer, position, epoch, step_in_epoch, global_step):

@@ -93,5 +93,6 @@ def main(argv):
                   download=_DOWNLOAD.value, flags=cli.flag_values(globals()))
 
 
+
 if __name__ == "__main__":
     cli.run(main)

@@ -87,5 +87,6 @@ def main(argv):
                 export_dir=_EXPORT_DIR.value, flags=cli.flag_values(globals()))
 
 
+
 if __name__ == "__main__":
     cli.run(main)
