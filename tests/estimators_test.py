@@ -317,11 +317,19 @@ class ToyNetworkTest(tf.test.TestCase):
         tracked = model.variables + weight_optimizer.variables + arch_optimizer.variables
         before = [v.numpy().copy() for v in tracked]
         self.assertTrue(any(np.any(v.numpy() != 0) for v in weight_optimizer.variables[2:]))
+        created = []  # no estimator copies the model: not one variable may be created
+
+        def record_creation(next_creator, **kwargs):
+            created.append(kwargs.get("name"))
+            return next_creator(**kwargs)
+
         for products in estimators.PRODUCTS:
             for est in all_estimators(products):
-                est.estimate(model, cross_entropy, train, val, state)
-                if est.name in ("second_order", "amended"):  # traced too (slow: only these)
-                    tf.function(est.estimate)(model, cross_entropy, train, val, state)
+                with tf.variable_creator_scope(record_creation):
+                    est.estimate(model, cross_entropy, train, val, state)
+                    if est.name in ("second_order", "amended"):  # traced too (slow: only these)
+                        tf.function(est.estimate)(model, cross_entropy, train, val, state)
+                self.assertEqual(created, [], f"{est!r} created variables")
                 for variable, value in zip(tracked, before):
                     self.assertTrue(np.array_equal(variable.numpy(), value),
                                     f"{est!r} changed {variable.path}")
