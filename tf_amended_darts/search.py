@@ -20,6 +20,7 @@ Alphas are one mirrored variable per cell slot, so every replica derives the sam
 Outputs in `output_dir`: run.json (config, seed, flags, versions, the estimator that ran),
 log.txt, genotype.json (every epoch, atomic), alphas_history.json, checkpoints/,
 tensorboard/, and at the end genotype_*.dot/png/svg cell pictures (when graphviz is there).
+`restore_search_network(output_dir)` rebuilds the supernet of a checkpoint (bin/diagnose.py).
 """
 
 import dataclasses
@@ -28,7 +29,7 @@ import math
 import os
 import sys
 import time
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import keras
 import numpy as np
@@ -38,6 +39,7 @@ from tf_amended_darts import checkpointing, data, distribute, estimators, genoty
 from tf_amended_darts import io_utils, operations, run_dir, search_model, search_space
 from tf_amended_darts import training, visualize
 
+KIND = "search"
 HISTORY_FILE = "alphas_history.json"
 GENOTYPE_FILE = "genotype.json"
 LOG_FILE = "log.txt"
@@ -163,7 +165,8 @@ class _Searcher:
             self.arch_optimizer.build(self.model.arch_variables)
         self.search_step = tf.function(self._search_step)
         self.weight_step = tf.function(self._weight_step)
-        self.eval_step = tf.function(self._eval_step, reduce_retracing=True)
+        self.eval_step = tf.function(training.evaluation_step(self.model, strategy),
+                                     reduce_retracing=True)
 
     # -- replica functions
     def _apply(self, optimizer, grads, variables):
@@ -201,28 +204,15 @@ class _Searcher:
         return metrics
 
     # -- tf.functions (each traced once per run)
-    def _reduce(self, per_replica):
-        return {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
-                for k, v in per_replica.items()}
-
     def _search_step(self, train_batch, val_batch):
         self.traces["search_step"] += 1
-        return self._reduce(self.strategy.run(self._replica_search_step,
-                                              args=(train_batch, val_batch)))
+        return training.reduce_sum(self.strategy, self.strategy.run(
+            self._replica_search_step, args=(train_batch, val_batch)))
 
     def _weight_step(self, train_batch):
         self.traces["weight_step"] += 1
-        return self._reduce(self.strategy.run(self._replica_weight_step, args=(train_batch,)))
-
-    def _eval_step(self, batch):
-        def replica(batch):
-            x, y = batch
-            logits = self.model(x, training=False)
-            correct = tf.cast(tf.equal(tf.argmax(logits, -1), tf.cast(y, tf.int64)), tf.float32)
-            return {"loss": tf.reduce_sum(training.cross_entropy(y, logits)),
-                    "correct": tf.reduce_sum(correct),
-                    "count": tf.cast(tf.shape(y)[0], tf.float32)}
-        return self._reduce(self.strategy.run(replica, args=(batch,)))
+        return training.reduce_sum(self.strategy, self.strategy.run(
+            self._replica_weight_step, args=(train_batch,)))
 
 
 class _History:
@@ -282,7 +272,7 @@ def search(config, output_dir, strategy=None, *, resume=False, overwrite=False,
                          f"({n_weights} / {n_arch} examples)")
     steps_per_epoch = min(steps_per_epoch, config.steps_per_epoch or steps_per_epoch)
 
-    resuming = (run_dir.prepare(output_dir, config.to_dict(), "search", resume, overwrite,
+    resuming = (run_dir.prepare(output_dir, config.to_dict(), KIND, resume, overwrite,
                                 owned=OUTPUTS + ("genotype_*",)) if chief
                 else resume and os.path.isdir(output_dir))
     log_file = open(os.path.join(output_dir, LOG_FILE), "a") if chief else None
@@ -311,9 +301,9 @@ def search(config, output_dir, strategy=None, *, resume=False, overwrite=False,
                        _slot_names(space))
     writer = run_dir.summary_writer(output_dir, chief)
     if chief:
-        run_dir.write_metadata(output_dir, config.to_dict(), "search", flags,
-                               {"estimator": repr(estimator), "strategy":
-                                distribute.describe(strategy), "search_space": space.to_dict()})
+        run_dir.write_metadata(output_dir, config.to_dict(), KIND, flags, {
+            "estimator": repr(estimator), "strategy": distribute.describe(strategy),
+            "search_space": space.to_dict(), "dataset_info": training.dataset_info_dict(info)})
     log(f"search: {config.dataset} {info.image_shape}, {info.num_classes} classes, "
         f"split {n_weights}/{n_arch}, {steps_per_epoch} steps/epoch x {config.epochs} epochs, "
         f"global batch {config.batch_size}, {distribute.describe(strategy)}")
@@ -389,6 +379,43 @@ def search(config, output_dir, strategy=None, *, resume=False, overwrite=False,
                         global_step=global_step, epoch=epoch, finished=epoch >= config.epochs,
                         traces=dict(searcher.traces), estimator=estimator.name,
                         images_per_second=rate, metrics=line)
+
+
+class RestoredSearch(NamedTuple):
+    """A search checkpoint, restored by restore_search_network."""
+    config: SearchConfig
+    network: keras.Model         # the SearchNetwork: weights, BatchNorm statistics, alphas
+    weight_optimizer: keras.optimizers.Optimizer  # SGD: learning rate, momentum buffers
+    dataset_info: dict           # as run.json records it (training.dataset_info_dict)
+    checkpoint: str              # the path prefix restored
+    global_step: int
+
+
+def restore_search_network(directory, checkpoint=None):
+    """The supernet (and weight optimizer) of the search run in `directory` at `checkpoint`
+    (a path prefix; default: the latest), as a RestoredSearch.
+
+    Raises ValueError when `directory` holds no search run, CheckpointError when it holds no
+    checkpoint or the checkpoint is unreadable or does not fit the run's supernet.
+    """
+    meta = run_dir.read_metadata(directory)
+    if meta is None or meta.get("kind") != KIND:
+        raise ValueError(f"{directory} holds no search run (no run.json of kind {KIND!r}); "
+                         "pass the --output_dir of a search")
+    names = {f.name for f in dataclasses.fields(SearchConfig)}
+    config = SearchConfig(**{k: v for k, v in meta["config"].items() if k in names})
+    info = meta.get("dataset_info") or training.dataset_info_dict(data.load_dataset(
+        config.dataset, config.data_dir, image_size=config.image_size).info)  # older runs
+    net = search_model.SearchNetwork(config.space(), info["num_classes"], seed=config.seed)
+    net.build((None,) + tuple(info["image_shape"]))
+    optimizer = keras.optimizers.SGD(config.learning_rate, momentum=config.momentum)
+    optimizer.build(net.weight_variables)
+    global_step = tf.Variable(0, dtype=tf.int64, trainable=False)
+    path = training.restore_checkpoint(
+        directory, f"the supernet of the search in {directory}", checkpoint,
+        network=training.named_variables(net), weight_optimizer=optimizer,
+        global_step=global_step)
+    return RestoredSearch(config, net, optimizer, info, path, int(global_step.numpy()))
 
 
 def _epoch_summaries(line, genotype, probabilities, parameter_free, space, epoch, step):

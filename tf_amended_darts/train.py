@@ -133,12 +133,6 @@ class TrainResult:
     images_per_second: float
 
 
-def dataset_info_dict(info):
-    return {"name": info.name, "image_shape": list(info.image_shape),
-            "num_classes": info.num_classes, "class_names": list(info.class_names),
-            "mean": list(info.mean), "std": list(info.std)}
-
-
 def _loss_fn(config, num_classes):
     def loss(labels, logits):
         if not config.label_smoothing:
@@ -163,7 +157,8 @@ class _Trainer:
             self.optimizer = keras.optimizers.SGD(config.learning_rate, momentum=config.momentum)
             self.optimizer.build(self.model.trainable_variables)  # keras#23085
         self.train_step = tf.function(self._train_step)
-        self.eval_step = tf.function(self._eval_step, reduce_retracing=True)
+        self.eval_step = tf.function(training.evaluation_step(self.model, strategy),
+                                     reduce_retracing=True)
 
     def _replica_step(self, batch):
         c, x, y = self.config, batch[0], batch[1]
@@ -188,23 +183,10 @@ class _Trainer:
                                         tf.float32))
         return {"train_loss": loss, "train_correct": correct, "weight_grad_norm": norm / self.replicas}
 
-    def _reduce(self, per_replica):
-        return {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
-                for k, v in per_replica.items()}
-
     def _train_step(self, batch):
         self.traces["train_step"] += 1
-        return self._reduce(self.strategy.run(self._replica_step, args=(batch,)))
-
-    def _eval_step(self, batch):
-        def replica(batch):
-            x, y = batch
-            logits = self.model(x, training=False)
-            correct = tf.cast(tf.equal(tf.argmax(logits, -1), tf.cast(y, tf.int64)), tf.float32)
-            return {"loss": tf.reduce_sum(training.cross_entropy(y, logits)),
-                    "correct": tf.reduce_sum(correct),
-                    "count": tf.cast(tf.shape(y)[0], tf.float32)}
-        return self._reduce(self.strategy.run(replica, args=(batch,)))
+        return training.reduce_sum(self.strategy, self.strategy.run(
+            self._replica_step, args=(batch,)))
 
 
 def train(config, output_dir, strategy=None, *, resume=False, overwrite=False,
@@ -258,8 +240,8 @@ def train(config, output_dir, strategy=None, *, resume=False, overwrite=False,
     writer = run_dir.summary_writer(output_dir, chief)
     if chief:
         run_dir.write_metadata(output_dir, config.to_dict(), KIND, flags, {
-            "dataset_info": dataset_info_dict(info), "strategy": distribute.describe(strategy),
-            "trainable_params": params})
+            "dataset_info": training.dataset_info_dict(info),
+            "strategy": distribute.describe(strategy), "trainable_params": params})
     log(f"train: {config.network} network, {config.cells} cells, C={config.channels}, "
         f"{params:,} parameters (auxiliary head excluded); genotype "
         f"{config.genotype.to_string()}")
@@ -312,7 +294,7 @@ def train(config, output_dir, strategy=None, *, resume=False, overwrite=False,
         log(f"training finished: {config.epochs} epochs, {global_step} steps, "
             f"{rate:.1f} images/s")
         if export_dir and chief:
-            export.export_network(model, export_dir, config, dataset_info_dict(info),
+            export.export_network(model, export_dir, config, training.dataset_info_dict(info),
                                   overwrite=overwrite)
             log(f"exported SavedModel to {export_dir}")
     if log_file:
@@ -342,19 +324,8 @@ def restore_network(directory, checkpoint=None, genotype=None):
                              f"{config.genotype.to_string()}, not {wanted.to_string()}")
     info = meta["dataset_info"]
     net = config.build_network(info["num_classes"], info["image_shape"], auxiliary=False)
-    directory_ = os.path.join(directory, run_dir.CHECKPOINT_DIR)
-    path = checkpoint or (tf.train.latest_checkpoint(directory_)
-                          if os.path.isdir(directory_) else None)
-    if path is None:
-        raise checkpointing.CheckpointError(f"{directory} holds no checkpoint yet")
-    if not tf.io.gfile.exists(path + ".index"):
-        raise checkpointing.CheckpointError(f"checkpoint {path} does not exist (no {path}.index)")
-    try:  # the run's optimizer and auxiliary head are in the checkpoint too: expect_partial
-        status = tf.train.Checkpoint(network=training.named_variables(net)).restore(path)
-        status.expect_partial().assert_existing_objects_matched()
-    except (tf.errors.OpError, ValueError, AssertionError) as e:
-        first = (str(getattr(e, "message", e)).strip().splitlines() or [type(e).__name__])[0]
-        raise checkpointing.CheckpointError(
-            f"checkpoint {path} does not fit the network of {directory} "
-            f"({config.genotype.to_string()}): {first[:300]}") from None
+    # The run's optimizer and auxiliary head are in the checkpoint too: they stay unread.
+    path = training.restore_checkpoint(
+        directory, f"the network of {directory} ({config.genotype.to_string()})", checkpoint,
+        network=training.named_variables(net))
     return config, info, net, path

@@ -15,9 +15,12 @@ network=named_variables(model))) so that every variable is saved, and use it to 
 between two instances (`copy_weights`).
 """
 
-import keras
+import os
 
-from tf_amended_darts import data, distribute, run_dir
+import keras
+import tensorflow as tf
+
+from tf_amended_darts import checkpointing, data, distribute, run_dir
 
 _SKIP = ("_layers", "_tracker", "_trainable_variables", "_non_trainable_variables",
          "_seed_generators", "_metrics", "_losses", "_loss_ids", "_tracked",
@@ -68,12 +71,65 @@ def copy_weights(source, target):
         variable.assign(src[name])
 
 
+def restore_checkpoint(directory, what, checkpoint=None, **trackables):
+    """Restores `trackables` (named as the run saved them; the rest of the checkpoint is left
+    alone) from `checkpoint` (a path prefix) or the latest checkpoint of the run in
+    `directory`; returns the path. Raises checkpointing.CheckpointError, naming `what` the
+    checkpoint should fit, when there is none or it is unreadable or does not fit."""
+    folder = os.path.join(directory, run_dir.CHECKPOINT_DIR)
+    try:
+        path = checkpoint or (tf.train.latest_checkpoint(folder) if os.path.isdir(folder)
+                              else None)
+    except (tf.errors.OpError, ValueError) as e:  # an unparsable `checkpoint` state file
+        raise checkpointing.CheckpointError(f"{folder}/checkpoint is unreadable: "
+                                            f"{str(e).splitlines()[0][:300]}") from None
+    if path is None:
+        raise checkpointing.CheckpointError(f"{directory} holds no checkpoint yet")
+    if not tf.io.gfile.exists(path + ".index"):
+        raise checkpointing.CheckpointError(f"checkpoint {path} does not exist (no {path}.index)")
+    try:
+        status = tf.train.Checkpoint(**trackables).restore(path)
+        status.expect_partial().assert_existing_objects_matched()
+    except (tf.errors.OpError, ValueError, AssertionError, IndexError) as e:  # IndexError:
+        first = (str(getattr(e, "message", e)).strip().splitlines()  # a truncated data file
+                 or [type(e).__name__])[0]
+        raise checkpointing.CheckpointError(
+            f"checkpoint {path} does not fit {what}: {first[:300]}") from None
+    return path
+
+
+def dataset_info_dict(info):
+    """The JSON form of a data.DatasetInfo that run.json records (without the split sizes)."""
+    return {"name": info.name, "image_shape": list(info.image_shape),
+            "num_classes": info.num_classes, "class_names": list(info.class_names),
+            "mean": list(info.mean), "std": list(info.std)}
+
+
 # ---------------------------------------------------------------------------------------------
 # Pieces of the custom training loop that search and re-training share.
 
 def cross_entropy(labels, logits):
     """Per-example sparse softmax cross-entropy on logits."""
     return keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+
+
+def reduce_sum(strategy, per_replica):
+    """{name: sum over the replicas} of the dict a `strategy.run` returned."""
+    return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+            for k, v in per_replica.items()}
+
+
+def evaluation_step(model, strategy):
+    """batch -> {loss, correct, count} summed over the batch and the replicas (inference
+    mode); wrap it in tf.function. `validate` turns the sums into means over a split."""
+    def replica(batch):
+        x, y = batch
+        logits = model(x, training=False)
+        correct = tf.cast(tf.equal(tf.argmax(logits, -1), tf.cast(y, tf.int64)), tf.float32)
+        return {"loss": tf.reduce_sum(cross_entropy(y, logits)),
+                "correct": tf.reduce_sum(correct),
+                "count": tf.cast(tf.shape(y)[0], tf.float32)}
+    return lambda batch: reduce_sum(strategy, strategy.run(replica, args=(batch,)))
 
 
 def save_position(checkpointer, position, epoch, step_in_epoch, global_step):

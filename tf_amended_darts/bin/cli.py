@@ -17,6 +17,16 @@ def flag_values(namespace):
     return {h.name: h.value for h in namespace.values() if isinstance(h, flags.FlagHolder)}
 
 
+def make_strategy(name, deterministic=False):
+    """The tf.distribute strategy `name` (distribute.make_strategy), after enabling op
+    determinism when `deterministic`; call it after distribute.configure_logical_cpus."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    from tf_amended_darts import distribute  # pylint: disable=g-import-not-at-top
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+    return distribute.make_strategy(name)
+
+
 def run(main, expected=(ValueError, OSError, UserError)):
     """`app.run(main)`, with the expected errors printed as one line (exit status 2)."""
     def guarded(argv):

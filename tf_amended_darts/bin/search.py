@@ -67,7 +67,6 @@ def main(argv):
     del argv
     from tf_amended_darts import distribute  # pylint: disable=g-import-not-at-top
     distribute.configure_logical_cpus(_LOGICAL_CPUS.value)  # before any TF op
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
     from tf_amended_darts import search  # pylint: disable=g-import-not-at-top
     config = search.SearchConfig(
         dataset=_DATASET.value, data_dir=_DATA_DIR.value, image_size=_IMAGE_SIZE.value,
@@ -84,14 +83,11 @@ def main(argv):
         warmup_epochs=_WARMUP.value, seed=_SEED.value, validate=_VALIDATE.value)
     config.space()  # bad operations / sizes: fail before anything else
     config.estimator()
-    if _DETERMINISTIC.value:
-        tf.config.experimental.enable_op_determinism()
-    strategy = distribute.make_strategy(_STRATEGY.value)
+    strategy = cli.make_strategy(_STRATEGY.value, _DETERMINISTIC.value)
     search.search(config, _OUTPUT_DIR.value, strategy, resume=_RESUME.value,
                   overwrite=_OVERWRITE.value, checkpoint_every=_CHECKPOINT_EVERY.value,
                   stop_after_steps=_STOP_AFTER_STEPS.value, render=_RENDER.value,
                   download=_DOWNLOAD.value, flags=cli.flag_values(globals()))
-
 
 
 if __name__ == "__main__":

@@ -66,7 +66,6 @@ def main(argv):
     del argv
     from tf_amended_darts import distribute  # pylint: disable=g-import-not-at-top
     distribute.configure_logical_cpus(_LOGICAL_CPUS.value)  # before any TF op
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
     from tf_amended_darts import train  # pylint: disable=g-import-not-at-top
     config = train.TrainConfig(
         genotype=_GENOTYPE.value, network=_NETWORK.value, dataset=_DATASET.value,
@@ -78,14 +77,11 @@ def main(argv):
         learning_rate_min=_LR_MIN.value, lr_decay=_LR_DECAY.value, momentum=_MOMENTUM.value,
         weight_decay=_WEIGHT_DECAY.value, grad_clip=_GRAD_CLIP.value,
         label_smoothing=_LABEL_SMOOTHING.value, seed=_SEED.value, validate=_VALIDATE.value)
-    if _DETERMINISTIC.value:
-        tf.config.experimental.enable_op_determinism()
-    strategy = distribute.make_strategy(_STRATEGY.value)
+    strategy = cli.make_strategy(_STRATEGY.value, _DETERMINISTIC.value)
     train.train(config, _OUTPUT_DIR.value, strategy, resume=_RESUME.value,
                 overwrite=_OVERWRITE.value, checkpoint_every=_CHECKPOINT_EVERY.value,
                 stop_after_steps=_STOP_AFTER_STEPS.value, download=_DOWNLOAD.value,
                 export_dir=_EXPORT_DIR.value, flags=cli.flag_values(globals()))
-
 
 
 if __name__ == "__main__":

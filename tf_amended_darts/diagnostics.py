@@ -1,0 +1,212 @@
+"""Compares architecture-gradient estimators on one (train, val) batch pair of a supernet.
+
+For each estimator: cosine similarity of its architecture gradient (and of its correction,
+gradient - first-order gradient) to the implicit reference g1 - B (H + wd I + damping I)^-1 v
+(conjugate gradient, exact products), the pairwise cosine matrix, the norms (g1, correction,
+total), and wall time per call inside tf.function (median of `repeats` calls after one
+trace + first call, whose time is reported separately).
+
+The supernet is either
+- a search-space preset (`search_space` plus overrides), fresh, after `warmup_steps` SGD steps
+  (lr 0.025, momentum 0.9, weight decay 3e-4) on the weight half of the training set, so H is
+  not measured at random initialisation; or
+- the latest checkpoint of a search run (`search_dir`): its weights, BatchNorm statistics and
+  alphas, and the weight optimizer's learning rate and momentum buffers for the unrolled step
+  (search.restore_search_network), on the run's dataset and split unless `dataset` is given.
+"""
+
+import statistics
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tf_amended_darts import data, estimators, search, search_model, search_space as ss
+
+WEIGHT_LR, WEIGHT_MOMENTUM, WEIGHT_DECAY, XI = 0.025, 0.9, 3e-4, 0.025
+KNOWN = ("first_order", "second_order", "amended", "implicit")
+
+
+def _loss_fn(labels, logits):
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(labels, tf.int32),
+                                                          logits=logits)
+
+
+def _flat(grads):
+    return np.concatenate([g.numpy().ravel() for g in grads]).astype(np.float64)
+
+
+def _cosine(a, b):
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    return float(a @ b / (na * nb)) if na > 0 and nb > 0 else float("nan")
+
+
+def _check(search_dir, search_space, init_channels, layers, steps, batch_size, estimator_names,
+           cg_iterations, warmup_steps, repeats):
+    """The estimator names, or ValueError on bad values (before anything is loaded)."""
+    for name, value, minimum in (("init_channels", init_channels, 1), ("layers", layers, 3),
+                                 ("steps", steps, 1), ("batch_size", batch_size, 1),
+                                 ("cg_iterations", cg_iterations, 1), ("repeats", repeats, 1),
+                                 ("warmup_steps", warmup_steps, 0)):
+        if value is not None and value < minimum:
+            raise ValueError(f"--{name} must be >= {minimum}, got {value}")
+    if search_dir:
+        given = [name for name, value in (("search_space", search_space),
+                                          ("init_channels", init_channels), ("layers", layers),
+                                          ("steps", steps), ("warmup_steps", warmup_steps or None))
+                 if value is not None]
+        if given:
+            raise ValueError(f"--search_dir takes the supernet and its weights from the search "
+                             f"run: drop --{', --'.join(given)}")
+    names = list(dict.fromkeys(n.strip() for n in estimator_names if n.strip()))
+    if not names:
+        raise ValueError("--estimators is empty")
+    for n in names:
+        if n not in KNOWN:
+            raise ValueError(f"unknown estimator {n!r}; expected some of {', '.join(KNOWN)}")
+    return names
+
+
+def _searched_supernet(search_dir, dataset, data_dir):
+    """(model, weight state, data.Dataset, train_portion, description) of a search run."""
+    run = search.restore_search_network(search_dir)
+    config = run.config
+    same = dataset in (None, config.dataset)
+    ds = data.load_dataset(config.dataset if same else dataset,
+                           data_dir or (config.data_dir if same else None),
+                           image_size=config.image_size)
+    fits = (list(ds.info.image_shape) == list(run.dataset_info["image_shape"])
+            and ds.info.num_classes == run.dataset_info["num_classes"])
+    if not fits:
+        raise ValueError(f"dataset {ds.info.name} ({tuple(ds.info.image_shape)}, "
+                         f"{ds.info.num_classes} classes) does not fit the searched supernet "
+                         f"({tuple(run.dataset_info['image_shape'])}, "
+                         f"{run.dataset_info['num_classes']} classes)")
+    state = estimators.weight_state_from_keras_sgd(
+        run.weight_optimizer, run.network.weight_variables, config.weight_decay)
+    return (run.network, state, ds, config.train_portion,
+            {"search_dir": search_dir, "checkpoint": run.checkpoint,
+             "global_step": run.global_step, "search_space": config.search_space,
+             "weights": f"search checkpoint {run.checkpoint} (global step {run.global_step})"})
+
+
+def _warmed_up_supernet(space, ds, batches, warmup_steps, seed):
+    """(model, weight state, warm-up losses) of a fresh supernet after `warmup_steps` steps."""
+    keras.utils.set_random_seed(seed)
+    model = search_model.SearchNetwork(space, ds.info.num_classes, seed=seed)
+    model.build((None,) + tuple(ds.info.image_shape))
+    optimizer = keras.optimizers.SGD(WEIGHT_LR, momentum=WEIGHT_MOMENTUM)
+    optimizer.build(model.weight_variables)
+
+    @tf.function
+    def weight_step(x, y):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(_loss_fn(y, model(x, training=True)))
+        grads = tape.gradient(loss, model.weight_variables)
+        grads = [g + WEIGHT_DECAY * w for g, w in zip(grads, model.weight_variables)]
+        optimizer.apply_gradients(zip(grads, model.weight_variables))
+        return loss
+
+    losses = [float(weight_step(*next(batches))) for _ in range(warmup_steps)]
+    state = estimators.weight_state_from_keras_sgd(optimizer, model.weight_variables, WEIGHT_DECAY)
+    if not warmup_steps:  # no momentum yet; the unrolled step's learning rate is still xi
+        state = state._replace(learning_rate=tf.constant(XI))
+    return model, state, losses
+
+
+def diagnose(search_space=None, init_channels=None, layers=None, steps=None, dataset=None,
+             data_dir=None, batch_size=32,
+             estimator_names=("first_order", "second_order", "amended"), eta=0.1,
+             cg_iterations=20, damping=0.0, products="exact", fd_radius=0.01, warmup_steps=None,
+             repeats=3, seed=0, search_dir=None):
+    """Returns the measurements as a JSON-ready dict (see the module docstring).
+
+    Without `search_dir`: the preset `search_space` (default darts) with the overrides
+    `init_channels`, `layers`, `steps`, warmed up for `warmup_steps` (default 20) on `dataset`
+    (default digits). With `search_dir`: those must be None (ValueError otherwise).
+    """
+    names = _check(search_dir, search_space, init_channels, layers, steps, batch_size,
+                   estimator_names, cg_iterations, warmup_steps, repeats)
+    compared = {}
+    for n in names:
+        params = {"products": products, "fd_radius": fd_radius}
+        if n == "amended":
+            params["eta"] = eta
+        if n == "implicit":
+            params.update(iterations=cg_iterations, damping=damping)
+        compared[n] = estimators.make_estimator(n, **params)
+    reference = estimators.make_estimator("implicit", iterations=cg_iterations, damping=damping)
+
+    def stream(part, s):
+        return iter(data.epoch_batches(
+            part, batch_size, mean=ds.info.mean, std=ds.info.std, seed=s, epoch=0,
+            augmentation=data.default_augmentation(ds.info)).repeat())
+
+    warmup_losses = []
+    if search_dir:
+        model, state, ds, portion, source = _searched_supernet(search_dir, dataset, data_dir)
+        space = model.search_space
+    else:
+        search_space = search_space or "darts"
+        space = ss.get_search_space(search_space).replace(**{
+            k: v for k, v in (("init_channels", init_channels), ("layers", layers),
+                              ("steps", steps)) if v is not None})
+        ds, portion = data.load_dataset(dataset or "digits", data_dir), 0.5
+        warmup_steps = 20 if warmup_steps is None else warmup_steps
+        source = {"search_space": search_space,
+                  "weights": f"fresh supernet after {warmup_steps} SGD steps"}
+    weights_part, arch_part = data.search_split(ds.train, ds.info.num_examples["train"], portion)
+    train_batches = stream(weights_part, 2 * seed)
+    val_batch = next(stream(arch_part, 2 * seed + 1))
+    if not search_dir:
+        model, state, warmup_losses = _warmed_up_supernet(space, ds, train_batches,
+                                                          warmup_steps, seed)
+    train_batch = next(train_batches)
+
+    results, vectors = {}, {}
+    for name, est in [("implicit", reference)] + [(n, e) for n, e in compared.items()
+                                                  if n != "implicit" or e.products != "exact"]:
+        key = name if name != "implicit" or est is reference else "implicit_" + products
+        fn = tf.function(lambda t, v, est=est: est.estimate(model, _loss_fn, t, v, state))
+        start = time.perf_counter()
+        grads, diag = fn(train_batch, val_batch)
+        first = time.perf_counter() - start
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            grads, diag = fn(train_batch, val_batch)
+            [g.numpy() for g in grads]
+            times.append(time.perf_counter() - start)
+        vectors[key] = flat = _flat(grads)
+        results[key] = {
+            "estimator": repr(est),
+            "g1_norm": float(diag["g1_norm"]), "correction_norm": float(diag["correction_norm"]),
+            "total_norm": float(np.linalg.norm(flat)),
+            "val_loss": float(diag["val_loss"]),
+            "first_call_seconds": first, "seconds_per_call": statistics.median(times),
+        }
+        if "residual_norm" in diag:
+            results[key]["residual_norm"] = float(diag["residual_norm"])
+
+    if "first_order" in vectors:
+        g1 = vectors["first_order"]
+    else:  # the first-order gradient is needed for the corrections
+        g1 = _flat(tf.function(lambda t, v: estimators.FirstOrderEstimator().estimate(
+            model, _loss_fn, t, v))(train_batch, val_batch)[0])
+    keys = list(vectors)
+    for key in keys:
+        results[key]["cosine_to_implicit"] = _cosine(vectors[key], vectors["implicit"])
+        results[key]["correction_cosine_to_implicit"] = _cosine(vectors[key] - g1,
+                                                                vectors["implicit"] - g1)
+    return {
+        "config": {**source, "space": space.to_dict(), "dataset": ds.info.name,
+                   "batch_size": batch_size, "eta": eta, "cg_iterations": cg_iterations,
+                   "damping": damping, "products": products, "fd_radius": fd_radius,
+                   "warmup_steps": warmup_steps or 0, "repeats": repeats, "seed": seed},
+        "warmup_losses": warmup_losses,
+        "weight_count": int(sum(int(np.prod(v.shape)) for v in model.weight_variables)),
+        "alphas": [keras.ops.convert_to_numpy(a).tolist() for a in model.arch_variables],
+        "estimators": results,
+        "cosine": {a: {b: _cosine(vectors[a], vectors[b]) for b in keys} for a in keys},
+    }
