@@ -1,5 +1,6 @@
-"""The tune binary end to end: architectures from a finished search, keras-tuner's distributed
-tuning (a chief and one worker on localhost), and bad flags (exit 2, one clear line)."""
+"""The tune binary end to end: architectures from a finished search (and the best trial's
+SavedModel), the search's options with BayesianOptimization, keras-tuner's distributed tuning
+(a chief and one worker on localhost), and bad flags (exit 2, one clear line)."""
 
 import json
 import os
@@ -7,6 +8,7 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -56,9 +58,11 @@ def _trials(project):
 
 
 def test_architectures_end_to_end(search_dir, tmp_path):
-    run = _tune(f"--search_dir={search_dir}", f"--directory={tmp_path}", "--max_trials=2")
+    export_dir = str(tmp_path / "model")
+    run = _tune(f"--search_dir={search_dir}", f"--directory={tmp_path}", "--max_trials=2",
+                f"--export_dir={export_dir}")
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "best trial" in run.stdout
+    assert "best trial" in run.stdout and f"to {export_dir}" in run.stdout
     path = tmp_path / "tune" / "best_genotype.json"
     genotype = genotypes.load_genotype(str(path))
     net = model.NetworkCIFAR(genotype, init_channels=4, layers_count=3, num_classes=10)
@@ -66,6 +70,25 @@ def test_architectures_end_to_end(search_dir, tmp_path):
     trials = _trials(str(tmp_path / "tune"))
     assert [t["status"] for t in trials] == ["COMPLETED"] * 2
     assert trials[0]["hyperparameters"]["values"] != trials[1]["hyperparameters"]["values"]
+    # The best trial's SavedModel serves uint8 digits and carries the best genotype.
+    loaded = tf.saved_model.load(export_dir)
+    served = loaded.signatures["serving_default"](images=tf.zeros((3, 8, 8, 1), tf.uint8))
+    assert served["probabilities"].shape == (3, 10)
+    np.testing.assert_allclose(served["probabilities"].numpy().sum(-1), 1, rtol=1e-5)
+    assert genotypes.Genotype.from_json(loaded.metadata()["genotype"].numpy().decode()) == \
+        genotype
+
+
+def test_search_options_with_bayesian_optimization(tmp_path):
+    run = _tune("--mode=search_options", "--oracle=bayesian", "--max_trials=1",
+                "--initial_points=1", "--tune=arch_learning_rate,amending_coefficient",
+                f"--directory={tmp_path}")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "best trial" in run.stdout and "arch_learning_rate=" in run.stdout
+    with open(tmp_path / "tune" / "best_search_config.json") as f:
+        best = json.load(f)
+    assert best["arch_gradient"] == "first_order" and 1e-4 <= best["arch_learning_rate"] <= 1e-2
+    assert [t["status"] for t in _trials(str(tmp_path / "tune"))] == ["COMPLETED"]
 
 
 def _free_port():
@@ -104,7 +127,11 @@ def test_distributed_chief_and_worker(search_dir, tmp_path):
 def test_bad_flags_exit_2_with_one_line(tmp_path):
     for args, message in ((("--directory=" + str(tmp_path),), "needs --search_dir"),
                           (("--directory=" + str(tmp_path), "--search_dir=x",
-                            "--operations=none,bogus"), "bogus")):
+                            "--operations=none,bogus"), "bogus"),
+                          (("--directory=" + str(tmp_path), "--search_dir=x",
+                            f"--export_dir={tmp_path}"), "already exists"),
+                          (("--directory=" + str(tmp_path), "--mode=search_options",
+                            "--export_dir=x"), "needs --mode=architectures")):
         run = _tune(*args)
         assert run.returncode == 2, run.stderr[-3000:]
         assert message in run.stderr.strip().splitlines()[-1]

@@ -7,6 +7,7 @@ Architectures (keras-tuner's Tuner runs the trials, `DartsOracle` picks the arch
                               directory="runs/tune", project_name="digits")
     tuner.search(train_batches, validation_data=val_batches)
     genotype, network = architecture_from_trial(oracle.get_best_trials()[0])
+    export_best_trial(tuner, "runs/model", "digits")  # SavedModel of the best trial's weights
 
 `DartsOracle` starts from a search result (alphas), proposes the derived genotype first and
 then the next most probable genotypes under softmax(alpha) (`propose_genotypes`), each once.
@@ -33,8 +34,9 @@ import keras
 import keras_tuner as kt
 import numpy as np
 
-from tf_amended_darts import data, genotypes, model, operations, search, search_model
+from tf_amended_darts import data, export, genotypes, model, operations, search, search_model
 from tf_amended_darts import search_space as search_space_lib
+from tf_amended_darts import train as train_lib
 
 OBJECTIVE = "val_accuracy"
 _EDGE_NAME = re.compile(r"^(normal|reduce)_(\d+)\.node(\d+)\.edge(\d+)\.(op|input)$")
@@ -442,6 +444,46 @@ def write_best_genotype(oracle_or_tuner, path):
     genotype, config = architecture_from_trial(best[0])
     genotypes.write_genotype(genotype, path)
     return best[0], genotype, config
+
+
+def export_best_trial(keras_tuner, export_dir, dataset, *, data_dir=None, image_size=None,
+                      overwrite=False):
+    """Exports the best trial's trained network as a SavedModel (export.export_network);
+    returns (trial, description dict).
+
+    The weights are keras-tuner's checkpoint of the trial's best epoch (what
+    `keras_tuner.get_best_models()` loads; a `keras_tuner.Tuner` with GenotypeHyperModel writes
+    it), not a re-training. `dataset` (with data_dir, image_size) gives the serving signature's
+    image shape, normalisation and class names: the one the trials were trained on.
+    """
+    export.check_export_dir(export_dir, overwrite)
+    best = keras_tuner.oracle.get_best_trials(1)
+    if not best:
+        raise ValueError("no trial has completed yet: nothing to export")
+    trial = best[0]
+    genotype, network = architecture_from_trial(trial)
+    loaded = data.load_dataset(dataset, data_dir, image_size=image_size).info
+    info = {"name": loaded.name, "image_shape": list(loaded.image_shape),  # as run.json holds
+            "num_classes": loaded.num_classes, "class_names": list(loaded.class_names),
+            "mean": list(loaded.mean), "std": list(loaded.std)}
+    if info["num_classes"] != network["num_classes"]:
+        raise ValueError(f"trial {trial.trial_id} classifies {network['num_classes']} classes, "
+                         f"dataset {dataset} has {info['num_classes']}")
+    try:
+        net = keras_tuner.load_model(trial)
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"cannot load the trained weights of trial {trial.trial_id} from "
+                         f"{keras_tuner.get_trial_dir(trial.trial_id)} (a keras_tuner.Tuner "
+                         f"with GenotypeHyperModel writes them): "
+                         f"{(str(e).splitlines() or [type(e).__name__])[0]}") from None
+    values = trial.hyperparameters.values
+    config = train_lib.TrainConfig(
+        genotype=genotype, dataset=dataset, data_dir=data_dir, image_size=image_size,
+        channels=network["init_channels"], cells=network["layers_count"], auxiliary=False,
+        drop_path=0.0, cutout=0, grad_clip=0.0,
+        **{k: values[k] for k in ("epochs", "batch_size", "learning_rate", "momentum",
+                                  "weight_decay") if k in values})
+    return trial, export.export_network(net, export_dir, config, info, overwrite=overwrite)
 
 
 # -- data for keras fit ------------------------------------------------------------------------

@@ -5,13 +5,18 @@ the search flags runs in --search_dir unless it already finished there (same fla
 search binary), then each trial trains one proposed architecture:
 
   python -m tf_amended_darts.bin.tune --flagfile=flags/quickstart_search.cfg \\
-      --search_dir=runs/quickstart --directory=runs/tune --max_trials=4
+      --search_dir=runs/quickstart --directory=runs/tune --max_trials=4 \\
+      --export_dir=runs/tune_model
+
+--export_dir exports the best trial's trained network (keras-tuner's checkpoint of its best
+epoch) as a SavedModel with the export code (serving_default on uint8 images).
 
 The search's hyperparameters (SearchTuner with a stock oracle; each trial runs a search and
 scores its genotype by a short training):
 
-  python -m tf_amended_darts.bin.tune --mode=search_options --oracle=random --epochs=2 \\
-      --directory=runs/tune_search --max_trials=4 --tune=arch_learning_rate,warmup_epochs
+  python -m tf_amended_darts.bin.tune --mode=search_options --oracle=bayesian --epochs=2 \\
+      --directory=runs/tune_search --max_trials=4 --initial_points=2 \\
+      --tune=arch_learning_rate,warmup_epochs
 
 Distributed tuning is keras-tuner's: run the same command on every machine with
 KERASTUNER_TUNER_ID (chief / tuner0, tuner1, ...), KERASTUNER_ORACLE_IP and
@@ -43,7 +48,14 @@ _TUNE = flags.DEFINE_list("tune", "arch_learning_rate,amending_coefficient,arch_
                           "warmup_epochs", "search_options: the search options to tune.")
 _ARCH_GRADIENTS = flags.DEFINE_list("arch_gradients", "first_order,second_order,amended",
                                     "search_options: estimators to choose from.")
+_INITIAL_POINTS = flags.DEFINE_integer(
+    "initial_points", None, "search_options, bayesian: random trials before the Gaussian "
+    "process proposes (default keras-tuner's: 3 per tuned option).")
 _TUNER_SEED = flags.DEFINE_integer("tuner_seed", 1, "Seed of the oracle.")
+_EXPORT_DIR = flags.DEFINE_string("export_dir", None, "architectures: export the best trial's "
+                                  "trained network (its best epoch) there as a SavedModel.")
+_OVERWRITE_EXPORT = flags.DEFINE_bool("overwrite_export", False, "Replace an existing "
+                                      "--export_dir.")
 _EVAL_CHANNELS = flags.DEFINE_integer("eval_channels", 16, "Trained networks: channels C.")
 _EVAL_LAYERS = flags.DEFINE_integer("eval_layers", 8, "Trained networks: cells.")
 _EVAL_EPOCHS = flags.DEFINE_integer("eval_epochs", 2, "Trained networks: epochs.")
@@ -92,6 +104,13 @@ def _is_worker():
 
 def main(argv):
     del argv
+    if _EXPORT_DIR.value:
+        if _MODE.value != "architectures":
+            raise cli.UserError("--export_dir needs --mode=architectures (search_options trials "
+                                "train no network to export)")
+        if os.path.exists(_EXPORT_DIR.value) and not _OVERWRITE_EXPORT.value:
+            raise cli.UserError(f"{_EXPORT_DIR.value} already exists: choose another "
+                                "--export_dir or pass --overwrite_export to replace it")
     config = _search_config()
     import keras_tuner as kt  # pylint: disable=g-import-not-at-top
     from tf_amended_darts import genotypes, tuner  # pylint: disable=g-import-not-at-top
@@ -118,10 +137,16 @@ def main(argv):
         keras_tuner = kt.Tuner(oracle=oracle, hypermodel=hypermodel, **common)
         keras_tuner.search(train, validation_data=validation, verbose=0 if _is_worker() else 1)
     else:
-        make_oracle = {"random": kt.oracles.RandomSearchOracle,
-                       "bayesian": kt.oracles.BayesianOptimizationOracle}[_ORACLE.value]
-        oracle = make_oracle(objective=kt.Objective(tuner.OBJECTIVE, "max"),
-                             max_trials=_MAX_TRIALS.value, seed=_TUNER_SEED.value)
+        options = dict(objective=kt.Objective(tuner.OBJECTIVE, "max"),
+                       max_trials=_MAX_TRIALS.value, seed=_TUNER_SEED.value)
+        if _ORACLE.value == "random":
+            oracle = kt.oracles.RandomSearchOracle(**options)
+        else:
+            try:
+                oracle = kt.oracles.BayesianOptimizationOracle(
+                    num_initial_points=_INITIAL_POINTS.value, **options)
+            except ImportError as e:  # keras-tuner's GP needs scikit-learn and scipy
+                raise cli.UserError(f"--oracle=bayesian: {e}") from None
         evaluation.pop("batch_size")
         keras_tuner = tuner.SearchTuner(
             oracle, config, tune=_TUNE.value, arch_gradients=_ARCH_GRADIENTS.value,
@@ -140,6 +165,12 @@ def main(argv):
         print(f"best trial {trial.trial_id}: {tuner.OBJECTIVE}={trial.score:.4f} "
               f"network={json.dumps(network)} genotype={genotypes.Genotype.to_string(genotype)}")
         print(f"wrote {path}")
+        if _EXPORT_DIR.value:
+            _, description = tuner.export_best_trial(
+                keras_tuner, _EXPORT_DIR.value, config.dataset, data_dir=config.data_dir,
+                image_size=config.image_size, overwrite=_OVERWRITE_EXPORT.value)
+            print(f"exported trial {trial.trial_id} (its best epoch's weights, "
+                  f"{description['trainable_params']:,} parameters) to {_EXPORT_DIR.value}")
     else:
         best = tuner.best_search_config(keras_tuner, config)
         path = os.path.join(project, "best_search_config.json")
