@@ -177,6 +177,69 @@ class TfdsTest(tf.test.TestCase):
       data.load_dataset("no_such_set", empty)
 
 
+class TinyManualDataset(tfds.core.GeneratorBasedBuilder):
+  """A real tfds builder (registered as 'tiny_manual_dataset') whose source file is read from
+  the download manager's manual_dir, so `--download` can be exercised without network."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  pkg_dir_path = tfds.core.Path(os.path.dirname(os.path.abspath(__file__)))  # not a package
+  MANUAL_DOWNLOAD_INSTRUCTIONS = "Place tiny.npz in the manual directory."
+
+  def _info(self):
+    return self.dataset_info_from_configs(
+        features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(4, 4, 1)),
+            "label": tfds.features.ClassLabel(names=["a", "b", "c"])}),
+        supervised_keys=("image", "label"))
+
+  def _split_generators(self, dl_manager):
+    path = dl_manager.manual_dir / "tiny.npz"
+    return {split: self._generate_examples(path, split) for split in ("train", "test")}
+
+  def _generate_examples(self, path, split):
+    with np.load(path) as f:
+      images, labels = f[f"{split}_images"], f[f"{split}_labels"]
+    for i, (image, label) in enumerate(zip(images, labels)):
+      yield i, {"image": image, "label": int(label)}
+
+
+class TfdsDownloadTest(tf.test.TestCase):
+  """download=True runs tfds' own download_and_prepare (no mocks), with the source file served
+  from data_dir/downloads/manual, the directory the error messages point to."""
+
+  def test_download_prepares_from_manual_dir(self):
+    root = self.get_temp_dir() + "/tfds_download"
+    with self.assertRaisesRegex(data.DatasetError,
+                                "not prepared in .*--download.*downloads/manual"):
+      data.load_dataset("tiny_manual_dataset", root)
+    with self.assertRaisesRegex(data.DatasetError, "could not prepare .*place its source files "
+                                "in .*downloads/manual") as cm:
+      data.load_dataset("tiny_manual_dataset", root, download=True)  # no file there yet
+    self.assertNotIn("\n", str(cm.exception))
+    rng = np.random.default_rng(0)
+    arrays = {"train_images": rng.integers(0, 256, (5, 4, 4, 1), dtype=np.uint8),
+              "train_labels": np.array([0, 1, 2, 0, 1]),
+              "test_images": rng.integers(0, 256, (2, 4, 4, 1), dtype=np.uint8),
+              "test_labels": np.array([2, 2])}
+    os.makedirs(os.path.join(root, "downloads", "manual"))
+    np.savez(os.path.join(root, "downloads", "manual", "tiny.npz"), **arrays)
+    ds = data.load_dataset("tiny_manual_dataset", root, download=True)
+    self.assertEqual(ds.info.image_shape, (4, 4, 1))
+    self.assertEqual(ds.info.class_names, ("a", "b", "c"))
+    self.assertEqual(ds.info.num_examples, {"train": 5, "test": 2})
+    self.assertAllClose(ds.info.mean, [arrays["train_images"].mean() / 255.0])
+    for split, name in ((ds.train, "train"), (ds.test, "test")):
+      images, labels = _batches(split.batch(10))[0]
+      order = np.argsort([x.tobytes() for x in images])  # tfds shuffles examples by key
+      expected = np.argsort([x.tobytes() for x in arrays[f"{name}_images"]])
+      self.assertAllEqual(images[order], arrays[f"{name}_images"][expected])
+      self.assertAllEqual(labels[order], arrays[f"{name}_labels"][expected])
+    # Prepared now: loads without --download, and without the source file.
+    os.remove(os.path.join(root, "downloads", "manual", "tiny.npz"))
+    again = data.load_dataset("tiny_manual_dataset", root)
+    self.assertEqual(again.info.num_examples, {"train": 5, "test": 2})
+
+
 class PipelineTest(tf.test.TestCase):
 
   @classmethod

@@ -20,6 +20,16 @@ class OperationsTest(tf.test.TestCase):
                             y = op(x, training=True)
                             self.assertEqual(tuple(y.shape), (2, out, out, 6))
 
+    def test_operations_honour_dtype(self):
+        x = tf.random.normal((2, 7, 7, 4), dtype=tf.float64, seed=1)
+        built_in = operations.DARTS_OPS + ("sep_conv_7x7", "conv_7x1_1x7", "conv_1x1", "conv_3x3")
+        for name in built_in:
+            for stride in (1, 2):
+                with self.subTest(name=name, stride=stride):
+                    op = operations.make_operation(name, 4, stride, False, dtype="float64")
+                    self.assertEqual(op(x, training=True).dtype, tf.float64)
+                    self.assertEqual({v.dtype for v in op.variables} - {"float64"}, set())
+
     def test_zero_is_zero_at_output_resolution(self):
         y = operations.make_operation("none", 3, 2, False)(tf.ones((1, 6, 6, 3)))
         self.assertAllEqual(y, tf.zeros((1, 3, 3, 3)))
@@ -112,6 +122,8 @@ class OperationsTest(tf.test.TestCase):
         self.assertIn(name, space.operations)
         y = operations.make_operation(name, 4, 2, False)(tf.zeros((1, 8, 8, 4)))
         self.assertEqual(tuple(y.shape), (1, 4, 4, 4))
+        # A factory without `dtype` still serves networks of the default dtype.
+        operations.make_operation(name, 4, 1, False, dtype="float32")
         with self.assertRaisesRegex(ValueError, "already registered"):
             operations.register_operation(name, lambda c, s, a: layers.Identity())
 

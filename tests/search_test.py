@@ -92,5 +92,113 @@ class SearchTest(tf.test.TestCase):
             search.SearchConfig(arch_gradient="zeroth").estimator()
 
 
+def _numpy(values):
+    return [np.asarray(v, np.float64) for v in values]
+
+
+class StepArithmeticTest(tf.test.TestCase):
+    """One step's updates against a numpy computation of the documented protocol.
+
+    Gradients come from a separate tape over `model.stateless_call` at the pre-step values (it
+    assigns nothing); everything after them (global-norm clipping, coupled weight decay, SGD
+    with momentum, Adam) is recomputed in float64 numpy and compared with every variable the
+    step changed. Keras' Adam puts epsilon outside the bias correction of v ("epsilon hat",
+    Kingma & Ba section 2): alpha -= lr sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + eps).
+    """
+
+    CONFIG = dict(TINY, learning_rate=0.05, momentum=0.9, weight_decay=0.1,
+                  arch_learning_rate=0.01, arch_weight_decay=0.05, arch_gradient="first_order")
+
+    def _setup(self, **kwargs):
+        config = search.SearchConfig(**{**self.CONFIG, **kwargs})
+        searcher = search._Searcher(config, tf.distribute.get_strategy(), (8, 8, 1), 10)
+        rng = np.random.default_rng(1)
+        batch = lambda: (tf.constant(rng.normal(size=(16, 8, 8, 1)), tf.float32),
+                         tf.constant(rng.integers(0, 10, 16), tf.int64))
+        return config, searcher, batch(), batch()
+
+    @staticmethod
+    def _grads(model, batch, alphas=None):
+        """(grad_w, grad_alpha, new non-trainable values) of the mean cross-entropy."""
+        values = [tf.convert_to_tensor(v.value) for v in model.trainable_variables]
+        index = {id(v): i for i, v in enumerate(model.trainable_variables)}
+        for a, value in zip(model.arch_variables, alphas or []):
+            values[index[id(a)]] = tf.constant(value, a.dtype)
+        x, y = batch
+        with tf.GradientTape() as tape:
+            tape.watch(values)
+            logits, non_trainable = model.stateless_call(
+                values, [v.value for v in model.non_trainable_variables], x, training=True)
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
+        grads = _numpy(tape.gradient(loss, values))
+        return ([grads[index[id(w)]] for w in model.weight_variables],
+                [grads[index[id(a)]] for a in model.arch_variables], _numpy(non_trainable))
+
+    @staticmethod
+    def _sgd(config, weights, grads, momenta, lr):
+        """clip global norm -> + wd * w -> m = mu m - lr d; w += m. Returns (w, m, norm)."""
+        norm = np.sqrt(sum((g * g).sum() for g in grads))
+        scale = config.grad_clip / max(norm, config.grad_clip)
+        mu = float(np.float32(config.momentum))  # Keras keeps momentum as float32
+        momenta = [mu * m - lr * (scale * g + config.weight_decay * w)
+                   for g, w, m in zip(grads, weights, momenta)]
+        return [w + m for w, m in zip(weights, momenta)], momenta, norm
+
+    def _check(self, model, weights, non_trainable, alphas, rtol=1e-5, atol=1e-6):
+        for v, expected in zip(model.weight_variables, weights):
+            self.assertAllClose(v.numpy(), expected, rtol=rtol, atol=atol, msg=v.path)
+        for v, expected in zip(model.non_trainable_variables, non_trainable):
+            self.assertAllClose(v.numpy(), expected, rtol=rtol, atol=atol, msg=v.path)
+        for v, expected in zip(model.arch_variables, alphas):
+            self.assertAllClose(v.numpy(), expected, rtol=rtol, atol=atol, msg=v.path)
+
+    def test_two_weight_steps_with_and_without_clipping(self):
+        for grad_clip, clipped in ((100.0, False), (1e-3, True)):
+            with self.subTest(grad_clip=grad_clip):
+                config, searcher, batch, other = self._setup(grad_clip=grad_clip)
+                model, lr = searcher.model, config.learning_rate
+                weights = _numpy(model.weight_variables)
+                alphas = _numpy(model.arch_variables)
+                momenta = [np.zeros_like(w) for w in weights]
+                for b in (batch, other):  # the second step uses the first's momentum
+                    grads, _, non_trainable = self._grads(model, b)
+                    weights, momenta, norm = self._sgd(config, weights, grads, momenta, lr)
+                    self.assertEqual(norm > grad_clip, clipped)
+                    metrics = searcher.weight_step(b)
+                    self.assertAllClose(metrics["weight_grad_norm"], norm, rtol=1e-5)
+                    self._check(model, weights, non_trainable, alphas)
+                self.assertEqual(searcher.traces["weight_step"], 1)
+
+    def test_first_order_search_step(self):
+        config, searcher, train_batch, val_batch = self._setup(grad_clip=1e-3)
+        model = searcher.model
+        weights, alphas = _numpy(model.weight_variables), _numpy(model.arch_variables)
+        # Architecture step first (gradient of L_val at the current weights), Adam, t = 1.
+        _, arch_grads, _ = self._grads(model, val_batch)
+        lr, b1, b2, eps = config.arch_learning_rate, config.arch_beta_1, config.arch_beta_2, 1e-8
+        new_alphas, tolerances = [], []
+        for a, g in zip(alphas, arch_grads):
+            g = g + config.arch_weight_decay * a
+            m, v = (1 - b1) * g, (1 - b2) * g * g
+            new_alphas.append(a - lr * np.sqrt(1 - b2) / (1 - b1) * m / (np.sqrt(v) + eps))
+            # The first Adam step is lr g / (|g| + e), e = eps / sqrt(1 - b2): near |g| ~ e it
+            # amplifies the gradient's float32 round-off (tf.function vs eager: <= 3e-8 here;
+            # allow 1e-7) by lr e / (|g| + e)^2.
+            e = eps / np.sqrt(1 - b2)
+            tolerances.append(1e-6 + lr * e / (np.abs(g) + e) ** 2 * 1e-7)
+        # Then the weight step on the train batch, at the updated alphas.
+        grads, _, non_trainable = self._grads(model, train_batch, new_alphas)
+        new_weights, _, norm = self._sgd(config, weights, grads, [0 * w for w in weights],
+                                         config.learning_rate)
+        self.assertGreater(norm, config.grad_clip)
+        metrics = searcher.search_step(train_batch, val_batch)
+        self.assertAllClose(metrics["weight_grad_norm"], norm, rtol=1e-5)
+        self._check(model, new_weights, non_trainable, [])
+        for v, expected, tolerance, a0 in zip(model.arch_variables, new_alphas, tolerances,
+                                              alphas):
+            self.assertAllLessEqual(np.abs(v.numpy() - expected) - tolerance, 0.0)
+            self.assertGreater(np.abs(v.numpy() - a0).max(), 0.5 * lr)  # Adam: ~ lr sign(g)
+
+
 if __name__ == "__main__":
     tf.test.main()

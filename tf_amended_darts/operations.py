@@ -11,20 +11,21 @@ from keras import layers, ops
 _PACKAGE = "tf_amended_darts"
 
 
-def batch_norm(affine, name=None):
+def batch_norm(affine, name=None, dtype=None):
     """BatchNorm as the reference uses it (PyTorch eps 1e-5, momentum 0.1).
 
     synchronized=True gives global-batch statistics under MirroredStrategy; on one device it is
     the ordinary layer.
     """
-    return layers.BatchNormalization(
-        momentum=0.9, epsilon=1e-5, center=affine, scale=affine, synchronized=True, name=name)
+    return layers.BatchNormalization(momentum=0.9, epsilon=1e-5, center=affine, scale=affine,
+                                     synchronized=True, name=name, dtype=dtype)
 
 
-def conv_bn(channels, stride):
+def conv_bn(channels, stride, dtype=None):
     """The stems' 3x3 conv (no bias) and affine BN."""
-    return [layers.Conv2D(channels, 3, strides=stride, padding="same", use_bias=False),
-            batch_norm(affine=True)]
+    return [layers.Conv2D(channels, 3, strides=stride, padding="same", use_bias=False,
+                          dtype=dtype),
+            batch_norm(affine=True, dtype=dtype)]
 
 
 def apply_layers(stack, x, training):
@@ -38,7 +39,8 @@ class Composite(layers.Layer):
     """A layer made of Keras layers that build themselves on their first (eager) call.
 
     Keras would otherwise build it by tracing `call` symbolically first, which costs seconds
-    per network; the networks' `build` runs one eager forward pass instead.
+    per network; the networks' `build` runs one eager forward pass instead. Sublayers are made
+    with `dtype=self.dtype_policy` (Keras does not pass a layer's dtype down by itself).
     """
 
     def build(self, input_shape):
@@ -70,13 +72,15 @@ class ReLUConvBN(_Operation):
         if factorized:
             k = kernel_size
             self.convs = [
-                layers.Conv2D(channels, (1, k), strides=(1, stride), padding="same", use_bias=False),
-                layers.Conv2D(channels, (k, 1), strides=(stride, 1), padding="same", use_bias=False),
+                layers.Conv2D(channels, (1, k), strides=(1, stride), padding="same", use_bias=False,
+                              dtype=self.dtype_policy),
+                layers.Conv2D(channels, (k, 1), strides=(stride, 1), padding="same", use_bias=False,
+                              dtype=self.dtype_policy),
             ]
         else:
             self.convs = [layers.Conv2D(channels, kernel_size, strides=stride, padding="same",
-                                        use_bias=False)]
-        self.bn = batch_norm(affine)
+                                        use_bias=False, dtype=self.dtype_policy)]
+        self.bn = batch_norm(affine, dtype=self.dtype_policy)
 
     def call(self, x, training=False):
         x = ops.relu(x)
@@ -109,9 +113,10 @@ class DilConv(_Operation):
         self.subsample = subsample
         self.depthwise = layers.DepthwiseConv2D(
             kernel_size, strides=1 if subsample else stride,
-            dilation_rate=1 if subsample else dilation, padding="same", use_bias=False)
-        self.pointwise = layers.Conv2D(channels, 1, use_bias=False)
-        self.bn = batch_norm(affine)
+            dilation_rate=1 if subsample else dilation, padding="same", use_bias=False,
+            dtype=self.dtype_policy)
+        self.pointwise = layers.Conv2D(channels, 1, use_bias=False, dtype=self.dtype_policy)
+        self.bn = batch_norm(affine, dtype=self.dtype_policy)
 
     def call(self, x, training=False):
         x = ops.relu(x)
@@ -132,8 +137,8 @@ class SepConv(_Operation):
     def __init__(self, channels, kernel_size=3, stride=1, affine=True, **kwargs):
         super().__init__(channels, stride, affine, **kwargs)
         self.kernel_size = kernel_size
-        self.first = DilConv(channels, kernel_size, stride, 1, affine)
-        self.second = DilConv(channels, kernel_size, 1, 1, affine)
+        self.first = DilConv(channels, kernel_size, stride, 1, affine, dtype=self.dtype_policy)
+        self.second = DilConv(channels, kernel_size, 1, 1, affine, dtype=self.dtype_policy)
 
     def call(self, x, training=False):
         return self.second(self.first(x, training=training), training=training)
@@ -150,9 +155,11 @@ class FactorizedReduce(_Operation):
         super().__init__(channels, stride, affine, **kwargs)
         if channels % 2:
             raise ValueError(f"FactorizedReduce needs an even channel count, got {channels}")
-        self.conv_1 = layers.Conv2D(channels // 2, 1, strides=2, use_bias=False)
-        self.conv_2 = layers.Conv2D(channels // 2, 1, strides=2, use_bias=False)
-        self.bn = batch_norm(affine)
+        self.conv_1 = layers.Conv2D(channels // 2, 1, strides=2, use_bias=False,
+                                    dtype=self.dtype_policy)
+        self.conv_2 = layers.Conv2D(channels // 2, 1, strides=2, use_bias=False,
+                                    dtype=self.dtype_policy)
+        self.bn = batch_norm(affine, dtype=self.dtype_policy)
 
     def call(self, x, training=False):
         x = ops.relu(x)
@@ -198,9 +205,10 @@ class Pooling(_Operation):
         super().__init__(channels, stride, affine, **kwargs)
         self.mode = mode
         self.with_bn = with_bn
-        self.average = (layers.AveragePooling2D(3, strides=stride, padding="same")
+        self.average = (layers.AveragePooling2D(3, strides=stride, padding="same",
+                                                dtype=self.dtype_policy)
                         if mode == "avg" else None)
-        self.bn = batch_norm(False) if with_bn else None
+        self.bn = batch_norm(False, dtype=self.dtype_policy) if with_bn else None
 
     def call(self, x, training=False):
         x = (self.average(x) if self.average is not None
@@ -211,29 +219,32 @@ class Pooling(_Operation):
         return {**super().get_config(), "mode": self.mode, "with_bn": self.with_bn}
 
 
-def _skip_connect(c, stride, affine):
-    return Identity(c, stride, affine) if stride == 1 else FactorizedReduce(c, stride, affine)
+def _skip_connect(c, stride, affine, **kw):
+    return (Identity(c, stride, affine, **kw) if stride == 1
+            else FactorizedReduce(c, stride, affine, **kw))
 
 
 def _pool(mode):
     # The reference follows pooling by a non-affine BN in the supernet only.
-    return lambda c, stride, affine: Pooling(c, stride, affine, mode=mode, with_bn=not affine)
+    return lambda c, stride, affine, **kw: Pooling(c, stride, affine, mode=mode,
+                                                   with_bn=not affine, **kw)
 
 
-# name -> factory(channels, stride, affine) -> layer. Extend with `register_operation`.
+# name -> factory(channels, stride, affine[, dtype=]) -> layer. Extend with `register_operation`.
 OPS = {
-    "none": lambda c, stride, affine: Zero(c, stride, affine),
+    "none": lambda c, stride, affine, **kw: Zero(c, stride, affine, **kw),
     "max_pool_3x3": _pool("max"),
     "avg_pool_3x3": _pool("avg"),
     "skip_connect": _skip_connect,
-    "sep_conv_3x3": lambda c, stride, affine: SepConv(c, 3, stride, affine),
-    "sep_conv_5x5": lambda c, stride, affine: SepConv(c, 5, stride, affine),
-    "sep_conv_7x7": lambda c, stride, affine: SepConv(c, 7, stride, affine),
-    "dil_conv_3x3": lambda c, stride, affine: DilConv(c, 3, stride, 2, affine),
-    "dil_conv_5x5": lambda c, stride, affine: DilConv(c, 5, stride, 2, affine),
-    "conv_7x1_1x7": lambda c, stride, affine: ReLUConvBN(c, 7, stride, affine, factorized=True),
-    "conv_1x1": lambda c, stride, affine: ReLUConvBN(c, 1, stride, affine),
-    "conv_3x3": lambda c, stride, affine: ReLUConvBN(c, 3, stride, affine),
+    "sep_conv_3x3": lambda c, stride, affine, **kw: SepConv(c, 3, stride, affine, **kw),
+    "sep_conv_5x5": lambda c, stride, affine, **kw: SepConv(c, 5, stride, affine, **kw),
+    "sep_conv_7x7": lambda c, stride, affine, **kw: SepConv(c, 7, stride, affine, **kw),
+    "dil_conv_3x3": lambda c, stride, affine, **kw: DilConv(c, 3, stride, 2, affine, **kw),
+    "dil_conv_5x5": lambda c, stride, affine, **kw: DilConv(c, 5, stride, 2, affine, **kw),
+    "conv_7x1_1x7": lambda c, stride, affine, **kw: ReLUConvBN(c, 7, stride, affine,
+                                                               factorized=True, **kw),
+    "conv_1x1": lambda c, stride, affine, **kw: ReLUConvBN(c, 1, stride, affine, **kw),
+    "conv_3x3": lambda c, stride, affine, **kw: ReLUConvBN(c, 3, stride, affine, **kw),
 }
 
 # Operations without weights: the ones a collapsed DARTS cell fills up with.
@@ -248,6 +259,8 @@ def register_operation(name, factory, parameter_free=False):
 
     `factory(channels, stride, affine)` must return a Keras layer mapping [B, H, W, channels] to
     [B, H/stride, W/stride, channels]. Layers must be serializable for `.keras` round trips.
+    To be usable in networks of another dtype than the global default (e.g. float64), the
+    factory must also take `dtype=` (a Keras dtype policy) and give it to its layer(s).
     Registration is process-wide (it extends the vocabulary, like keras' own registry).
     """
     if name in OPS:
@@ -262,6 +275,10 @@ def check_operation(name):
         raise ValueError(f"unknown operation {name!r}; known: {', '.join(sorted(OPS))}")
 
 
-def make_operation(name, channels, stride, affine):
+def make_operation(name, channels, stride, affine, dtype=None):
+    """`dtype` (a dtype or policy) reaches the factory only when it is not the global default,
+    so factories without a `dtype` argument keep working in default-dtype networks."""
     check_operation(name)
-    return OPS[name](channels, stride, affine)
+    if dtype is None or keras.dtype_policies.get(dtype).name == keras.config.dtype_policy().name:
+        return OPS[name](channels, stride, affine)
+    return OPS[name](channels, stride, affine, dtype=dtype)

@@ -24,7 +24,8 @@ class MixedOp(operations.Composite):
         self.candidates = tuple(candidates)
         self.channels = channels
         self.stride = stride
-        self.ops = [(i, operations.make_operation(name, channels, stride, affine=False))
+        self.ops = [(i, operations.make_operation(name, channels, stride, affine=False,
+                                                  dtype=self.dtype_policy))
                     for i, name in enumerate(self.candidates) if name != "none"]
 
     def call(self, x, weights, training=False):
@@ -35,11 +36,11 @@ class MixedOp(operations.Composite):
                 "channels": self.channels, "stride": self.stride}
 
 
-def preprocess(channels, reduction_prev, affine):
+def preprocess(channels, reduction_prev, affine, dtype=None):
     """The reference's cell-input preprocessing: s0 is halved if the previous cell reduced."""
-    s0 = (operations.FactorizedReduce(channels, affine=affine) if reduction_prev
-          else operations.ReLUConvBN(channels, 1, 1, affine))
-    return s0, operations.ReLUConvBN(channels, 1, 1, affine)
+    s0 = (operations.FactorizedReduce(channels, affine=affine, dtype=dtype) if reduction_prev
+          else operations.ReLUConvBN(channels, 1, 1, affine, dtype=dtype))
+    return s0, operations.ReLUConvBN(channels, 1, 1, affine, dtype=dtype)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -53,8 +54,10 @@ class SearchCell(operations.Composite):
         self.channels = channels
         self.reduction = reduction
         self.reduction_prev = reduction_prev
-        self.preprocess0, self.preprocess1 = preprocess(channels, reduction_prev, affine=False)
-        self.edges = [MixedOp(candidates, channels, 2 if reduction and j < 2 else 1)
+        self.preprocess0, self.preprocess1 = preprocess(channels, reduction_prev, affine=False,
+                                                        dtype=self.dtype_policy)
+        self.edges = [MixedOp(candidates, channels, 2 if reduction and j < 2 else 1,
+                              dtype=self.dtype_policy)
                       for i in range(steps) for j in range(2 + i)]
 
     def call(self, s0, s1, weights, training=False):
@@ -78,6 +81,8 @@ class SearchNetwork(keras.Model):
 
     `arch_variables` are the alphas (one [num_edges, num_ops] logit matrix per cell slot: normal
     slots first, then reduction slots); `weight_variables` are all other trainable variables.
+    `dtype` (e.g. "float64") applies to every sublayer and variable; the alphas' initial values
+    are drawn in float32 and cast, so they do not depend on it.
     """
 
     def __init__(self, search_space, num_classes, seed=None, **kwargs):
@@ -88,17 +93,18 @@ class SearchNetwork(keras.Model):
         self.num_classes = num_classes
         self.seed = seed
         c_stem = space.stem_multiplier * space.init_channels
-        self.stem = operations.conv_bn(c_stem, 1)
+        dtype = self.dtype_policy
+        self.stem = operations.conv_bn(c_stem, 1, dtype=dtype)
         self.cells = []
         channels, reduction_prev = space.init_channels, False
         for i in range(space.layers):
             reduction, _ = space.cell_slot(i)
             channels *= 2 if reduction else 1
             self.cells.append(SearchCell(space.operations, space.steps, channels, reduction,
-                                         reduction_prev, name=f"cell_{i}"))
+                                         reduction_prev, name=f"cell_{i}", dtype=dtype))
             reduction_prev = reduction
-        self.global_pooling = layers.GlobalAveragePooling2D()
-        self.classifier = layers.Dense(num_classes)
+        self.global_pooling = layers.GlobalAveragePooling2D(dtype=dtype)
+        self.classifier = layers.Dense(num_classes, dtype=dtype)
         # 1e-3 * N(0, 1), an independent draw per slot (a shared seeded initializer would
         # repeat the same values in every slot).
         seeds = keras.random.SeedGenerator(seed)
@@ -110,7 +116,8 @@ class SearchNetwork(keras.Model):
     def _alpha(self, name, seeds):
         shape = (self.search_space.num_edges, len(self.search_space.operations))
         init = keras.random.normal(shape, stddev=1e-3, seed=seeds)
-        return self.add_weight(shape=shape, initializer=lambda *_, **__: init, name=name)
+        return self.add_weight(shape=shape, name=name,
+                               initializer=lambda *_, dtype=None, **__: ops.cast(init, dtype))
 
     def build(self, input_shape):
         build_by_zeros(self, input_shape)
