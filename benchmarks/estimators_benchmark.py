@@ -4,7 +4,7 @@
   python benchmarks/estimators_benchmark.py --setting=paper --steps=3 \
       --estimators=first_order,second_order,amended --products=exact,finite_difference
 
-Every (estimator, products) pair runs in a fresh process, so its peak memory is its own. The
+Every (estimator, products, grappler) choice runs in a fresh process, so its peak memory is its own. The
 process builds the supernet and both optimizers as the search does (search._Searcher) and, on
 random data of the setting's shape (the input pipeline is not measured), times `--steps` weight
 steps and `--steps` search steps (one architecture step + one weight step, the search's
@@ -16,6 +16,8 @@ iteration), each after one first call that traces it. Reported per pair:
   peak RSS                     (the process's maximum resident memory, tracing included), and
   RSS after build              (the model and optimizers built, nothing traced),
   traces                       (tf.function traces of each step function: 1 each, or a retrace).
+`--grappler=on,off` also times each with TensorFlow's graph optimizer off (bin/search.py's
+--graph_optimization flag): on this CPU it costs more than it saves on these graphs.
 """
 
 import json
@@ -38,6 +40,9 @@ _PRODUCTS = flags.DEFINE_list("products", "exact",
 _IMPLICIT_ITERATIONS = flags.DEFINE_integer("implicit_iterations", 20,
                                             "CG iterations of the implicit estimator.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps of each step function.")
+_GRAPPLER = flags.DEFINE_list("grappler", "on",
+                             "TensorFlow's graph optimizer (grappler) for the step functions: on, "
+                             "off (tf.config.optimizer disable_meta_optimizer), or both.")
 _FORMAT = flags.DEFINE_enum("format", "text", ["text", "json"], "Output format.")
 _CHILD = flags.DEFINE_string("child", None, "Internal: time one 'estimator:products' pair.")
 
@@ -65,9 +70,10 @@ def _timed(step, args, steps):
     return times[0], rest[len(rest) // 2]
 
 
-def measure(setting, estimator, products, steps, implicit_iterations):
+def measure(setting, estimator, products, steps, implicit_iterations, grappler):
     """Times one estimator in this process; returns a JSON-ready dict."""
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": grappler == "off"})
     from tf_amended_darts import search  # pylint: disable=g-import-not-at-top
     shape, classes, overrides = SETTINGS[setting]
     config = search.SearchConfig(arch_gradient=estimator, products=products,
@@ -82,6 +88,7 @@ def measure(setting, estimator, products, steps, implicit_iterations):
     weight_first, weight = _timed(searcher.weight_step, pair[:1], steps)
     search_first, search_step = _timed(searcher.search_step, pair, steps)
     return {"estimator": estimator, "products": products if estimator != "first_order" else "-",
+            "grappler": grappler,
             "search_s": search_step, "images_per_s": batch / search_step,
             "weight_ms": 1000 * weight, "arch_ms": 1000 * (search_step - weight),
             "first_call_s": search_first, "weight_first_call_s": weight_first,
@@ -91,7 +98,7 @@ def measure(setting, estimator, products, steps, implicit_iterations):
 
 
 def _run_child(pair):
-    """Runs `pair` in a fresh interpreter; returns its dict (or an error entry)."""
+    """Runs `pair` ("estimator:products:grappler") in a fresh interpreter; returns its dict (or an error entry)."""
     command = [sys.executable, os.path.abspath(__file__), f"--child={pair}",
                f"--setting={_SETTING.value}", f"--steps={_STEPS.value}",
                f"--implicit_iterations={_IMPLICIT_ITERATIONS.value}"]
@@ -107,12 +114,13 @@ def _run_child(pair):
 
 
 def _add_ratios(results):
-    arch = {(r["estimator"], r["products"]): r["arch_ms"] for r in results if "error" not in r}
+    arch = {(r["estimator"], r["products"], r["grappler"]): r["arch_ms"]
+            for r in results if "error" not in r}
     for r in results:
         if "error" in r:
             continue
-        first = arch.get(("first_order", "-"))
-        second = arch.get(("second_order", r["products"]))
+        first = arch.get(("first_order", "-", r["grappler"]))
+        second = arch.get(("second_order", r["products"], r["grappler"]))
         r["x_first_order"] = r["arch_ms"] / first if first else None
         r["x_second_order"] = r["arch_ms"] / second if second else None
 
@@ -120,15 +128,15 @@ def _add_ratios(results):
 def _table(results):
     def ratio(x):
         return "" if x is None else f"{x:.2f}"
-    lines = ["| estimator | products | search s/step | images/s | arch ms/step | x first order "
+    lines = ["| estimator | products | grappler | search s/step | images/s | arch ms/step | x first order "
              "| x second order | first call s | peak RSS MB | RSS after build MB | traces |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         if "error" in r:
             lines.append(f"| {r['estimator']} | failed: {r['error']} |")
             continue
         lines.append(
-            f"| {r['estimator']} | {r['products']} | {r['search_s']:.3f} | {r['images_per_s']:.1f} "
+            f"| {r['estimator']} | {r['products']} | {r['grappler']} | {r['search_s']:.3f} | {r['images_per_s']:.1f} "
             f"| {r['arch_ms']:.0f} | {ratio(r['x_first_order'])} | {ratio(r['x_second_order'])} "
             f"| {r['first_call_s']:.0f} | {r['peak_rss_mb']:.0f} | {r['rss_after_build_mb']:.0f} "
             f"| {r['traces']['search_step']}+{r['traces']['weight_step']} |")
@@ -140,9 +148,9 @@ def main(argv):
     if _STEPS.value < 1:
         raise app.UsageError("--steps must be at least 1")
     if _CHILD.value:
-        estimator, products = _CHILD.value.split(":")
+        estimator, products, grappler = _CHILD.value.split(":")
         result = measure(_SETTING.value, estimator, products, _STEPS.value,
-                         _IMPLICIT_ITERATIONS.value)
+                         _IMPLICIT_ITERATIONS.value, grappler)
         print("RESULT " + json.dumps(result), flush=True)
         return
     known = ("first_order", "second_order", "amended", "implicit")
@@ -152,9 +160,13 @@ def main(argv):
     for products in _PRODUCTS.value:
         if products not in ("exact", "finite_difference"):
             raise app.UsageError(f"unknown products {products!r}")
+    for grappler in _GRAPPLER.value:
+        if grappler not in ("on", "off"):
+            raise app.UsageError(f"--grappler takes on and/or off, got {grappler!r}")
     pairs = list(dict.fromkeys(
-        f"{name}:{'exact' if name == 'first_order' else products}"
-        for products in _PRODUCTS.value for name in _ESTIMATORS.value))
+        f"{name}:{'exact' if name == 'first_order' else products}:{grappler}"
+        for grappler in _GRAPPLER.value for products in _PRODUCTS.value
+        for name in _ESTIMATORS.value))
     shape, _, overrides = SETTINGS[_SETTING.value]
     print(f"setting {_SETTING.value}: input {shape}, {overrides}, {_STEPS.value} timed steps, "
           f"implicit CG iterations {_IMPLICIT_ITERATIONS.value}, {os.cpu_count()} CPUs",
