@@ -379,6 +379,24 @@ class ToyNetworkTest(tf.test.TestCase):
             step(*toy_batches(seed))
         self.assertLen(traces, 1)
 
+    def test_traced_solvers_loop_instead_of_unrolling(self):
+        # One Hessian-vector product in the graph whatever the iterations (tf.while_loop on one
+        # replica), and the traced result is the eager (Python-loop) one.
+        model = build_toy()
+        train, val = toy_batches(0)
+        state = toy_weight_state(model)
+        for solver in estimators.SOLVERS:
+            nodes = []
+            for iterations in (2, 6):
+                est = estimators.ImplicitEstimator(solver=solver, iterations=iterations)
+                step = tf.function(lambda t, v, est=est: est.estimate(model, cross_entropy, t, v, state))
+                nodes.append(len(step.get_concrete_function(train, val).graph.as_graph_def().node))
+                traced, traced_diag = step(train, val)
+                eager, eager_diag = est.estimate(model, cross_entropy, train, val, state)
+                self.assertLess(rel_err([g.numpy() for g in traced], [g.numpy() for g in eager]), 1e-10)
+                self.assertAllClose(traced_diag["residual_norm"], eager_diag["residual_norm"], rtol=1e-10)
+            self.assertEqual(nodes[0], nodes[1], solver)
+
     def test_bad_parameters_raise_one_line_value_errors(self):
         cases = [("amended", {"eta": -1.0}), ("implicit", {"iterations": 0}), ("implicit", {"solver": "lu"}),
                  ("implicit", {"damping": -1e-3}), ("second_order", {"products": "magic"}),
