@@ -23,14 +23,10 @@ import numpy as np
 import tensorflow as tf
 
 from tf_amended_darts import data, estimators, search, search_model, search_space as ss
+from tf_amended_darts import training
 
 WEIGHT_LR, WEIGHT_MOMENTUM, WEIGHT_DECAY, XI = 0.025, 0.9, 3e-4, 0.025
 KNOWN = ("first_order", "second_order", "amended", "implicit")
-
-
-def _loss_fn(labels, logits):
-    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(labels, tf.int32),
-                                                          logits=logits)
 
 
 def _flat(grads):
@@ -102,7 +98,7 @@ def _warmed_up_supernet(space, ds, batches, warmup_steps, seed):
     @tf.function
     def weight_step(x, y):
         with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(_loss_fn(y, model(x, training=True)))
+            loss = tf.reduce_mean(training.cross_entropy(y, model(x, training=True)))
         grads = tape.gradient(loss, model.weight_variables)
         grads = [g + WEIGHT_DECAY * w for g, w in zip(grads, model.weight_variables)]
         optimizer.apply_gradients(zip(grads, model.weight_variables))
@@ -168,7 +164,7 @@ def diagnose(search_space=None, init_channels=None, layers=None, steps=None, dat
     for name, est in [("implicit", reference)] + [(n, e) for n, e in compared.items()
                                                   if n != "implicit" or e.products != "exact"]:
         key = name if name != "implicit" or est is reference else "implicit_" + products
-        fn = tf.function(lambda t, v, est=est: est.estimate(model, _loss_fn, t, v, state))
+        fn = tf.function(lambda t, v, est=est: est.estimate(model, training.cross_entropy, t, v, state))
         start = time.perf_counter()
         grads, diag = fn(train_batch, val_batch)
         first = time.perf_counter() - start
@@ -193,7 +189,7 @@ def diagnose(search_space=None, init_channels=None, layers=None, steps=None, dat
         g1 = vectors["first_order"]
     else:  # the first-order gradient is needed for the corrections
         g1 = _flat(tf.function(lambda t, v: estimators.FirstOrderEstimator().estimate(
-            model, _loss_fn, t, v))(train_batch, val_batch)[0])
+            model, training.cross_entropy, t, v))(train_batch, val_batch)[0])
     keys = list(vectors)
     for key in keys:
         results[key]["cosine_to_implicit"] = _cosine(vectors[key], vectors["implicit"])

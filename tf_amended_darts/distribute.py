@@ -114,12 +114,17 @@ def describe(strategy):
             + (f" on {workers} workers" if workers > 1 else ""))
 
 
+def replicas_in_context():
+    """Replicas taking part in the current replica context (1 outside `strategy.run`)."""
+    context = tf.distribute.get_replica_context()
+    return 1 if context is None else context.num_replicas_in_sync
+
+
 def all_reduce_sum(values):
     """Sum over replicas inside `strategy.run`; the values themselves on one device."""
-    context = tf.distribute.get_replica_context()
-    if context is None or context.num_replicas_in_sync == 1:
+    if replicas_in_context() == 1:
         return values
-    return context.all_reduce(tf.distribute.ReduceOp.SUM, values)
+    return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, values)
 
 
 def distribute_dataset(strategy, dataset):

@@ -405,8 +405,7 @@ class ImplicitEstimator(_Estimator):
     # replicas the product all-reduces (synchronized BatchNorm's gradient, the sums above),
     # which MirroredStrategy refuses inside a while loop: there the loop is unrolled.
     def _loop(self, body, state):
-        context = tf.distribute.get_replica_context()
-        if context is not None and context.num_replicas_in_sync > 1:
+        if distribute.replicas_in_context() > 1:
             for _ in range(self.iterations):
                 state = body(*state)
             return state

@@ -34,10 +34,12 @@ class ExportError(ValueError):
     """The export cannot be written (target exists, ...)."""
 
 
-def check_export_dir(export_dir, overwrite=False):
+def check_export_dir(export_dir, overwrite=False, overwrite_flag="--overwrite"):
+    """ExportError unless `export_dir` can be written (`overwrite_flag`: the binary's flag
+    that allows replacing it, for the message)."""
     if os.path.exists(export_dir) and not overwrite:
         raise ExportError(f"{export_dir} already exists: choose another --export_dir or pass "
-                          "--overwrite to replace it")
+                          f"{overwrite_flag} to replace it")
     parent = os.path.dirname(os.path.abspath(export_dir))
     if os.path.exists(parent) and not os.path.isdir(parent):
         raise ExportError(f"cannot write {export_dir}: {parent} is not a directory")

@@ -108,9 +108,8 @@ def main(argv):
         if _MODE.value != "architectures":
             raise cli.UserError("--export_dir needs --mode=architectures (search_options trials "
                                 "train no network to export)")
-        if os.path.exists(_EXPORT_DIR.value) and not _OVERWRITE_EXPORT.value:
-            raise cli.UserError(f"{_EXPORT_DIR.value} already exists: choose another "
-                                "--export_dir or pass --overwrite_export to replace it")
+        from tf_amended_darts import export  # pylint: disable=g-import-not-at-top
+        export.check_export_dir(_EXPORT_DIR.value, _OVERWRITE_EXPORT.value, "--overwrite_export")
     config = _search_config()
     import keras_tuner as kt  # pylint: disable=g-import-not-at-top
     from tf_amended_darts import genotypes, tuner  # pylint: disable=g-import-not-at-top
