@@ -17,10 +17,10 @@ import tempfile
 
 import tensorflow as tf
 
-from tf_amended_darts import distribute
+from tf_amended_darts import distribute, errors
 
 
-class CheckpointError(OSError):
+class CheckpointError(errors.InputError, OSError):
     """A checkpoint cannot be read or does not fit the objects to restore."""
 
 

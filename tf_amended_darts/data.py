@@ -24,6 +24,8 @@ from typing import Optional, Sequence, Tuple, Union
 import numpy as np
 import tensorflow as tf
 
+from tf_amended_darts import errors
+
 DIGITS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "datasets", "digits.npz")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
                    "ship", "truck")
@@ -37,7 +39,7 @@ _IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 _SHUFFLE_STREAM, _AUGMENT_STREAM = 1, 2
 
 
-class DatasetError(ValueError):
+class DatasetError(errors.InputError):
   """A dataset is missing, unknown or corrupt; the message says how to provide it."""
 
 

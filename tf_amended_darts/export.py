@@ -23,14 +23,14 @@ import tempfile
 import keras
 import tensorflow as tf
 
-from tf_amended_darts import data, profiling, training
+from tf_amended_darts import data, errors, profiling, training
 
 SIGNATURE = "serving_default"
 METADATA = "metadata"
 INPUT_NAME = "images"
 
 
-class ExportError(ValueError):
+class ExportError(errors.InputError):
     """The export cannot be written (target exists, ...)."""
 
 

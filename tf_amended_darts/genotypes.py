@@ -16,10 +16,10 @@ import dataclasses
 import json
 import os
 
-from tf_amended_darts import io_utils, operations
+from tf_amended_darts import errors, io_utils, operations
 
 
-class GenotypeError(ValueError):
+class GenotypeError(errors.InputError):
     """A genotype that cannot be built; the message lists each problem once."""
 
 

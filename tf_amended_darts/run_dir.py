@@ -19,14 +19,14 @@ import time
 
 import tensorflow as tf
 
-from tf_amended_darts import io_utils
+from tf_amended_darts import errors, io_utils
 
 RUN_FILE = "run.json"
 TENSORBOARD_DIR = "tensorboard"
 CHECKPOINT_DIR = "checkpoints"
 
 
-class RunDirError(ValueError):
+class RunDirError(errors.InputError):
     """The output directory cannot be used for this run."""
 
 

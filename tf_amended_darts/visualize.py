@@ -25,14 +25,14 @@ import subprocess
 
 import numpy as np
 
-from tf_amended_darts import io_utils
+from tf_amended_darts import errors, io_utils
 
 FORMATS = ("png", "svg", "pdf")
 _INPUTS = ("c_{k-2}", "c_{k-1}")
 _OUTPUT = "c_{k}"
 
 
-class VisualizeError(OSError):
+class VisualizeError(errors.InputError, OSError):
     """A picture that cannot be made (no `dot` executable, `dot` failing)."""
 
 
@@ -199,7 +199,7 @@ def alpha_heatmap(probabilities, operations, title=""):
     return np.array(fig.canvas.buffer_rgba(), dtype=np.uint8)[..., :3].copy()
 
 
-class AlphaHistoryError(ValueError):
+class AlphaHistoryError(errors.InputError):
     """A malformed alphas_history.json."""
 
 
