@@ -22,7 +22,8 @@ except RuntimeError:
 
 import keras  # noqa: E402
 
-from tf_amended_darts import distribute, estimators, operations, search_model, search_space  # noqa: E402
+from tf_amended_darts import distribute, errors, estimators, operations, search_model  # noqa: E402
+from tf_amended_darts import search_space  # noqa: E402
 
 NAMES = ("first_order", "second_order", "amended", "implicit")
 
@@ -284,6 +285,68 @@ class RidgeGroundTruthTest(tf.test.TestCase):
                 self.assertLess(rel_err(hv[0].numpy(), p.hessian() @ vector), tol)
                 self.assertLess(rel_err(bu[0].numpy(), p.mixed(w) @ vector), tol)
 
+    def test_python_float_hyperparameters_are_exact_in_float64(self):
+        # Converted through float32 (0.1 -> 0.1 + 1.5e-9), these Python floats moved the results
+        # by 1e-9 .. 1e-8 relative; converted at float64 they agree to rounding error.
+        p = RidgeProblem(wd=0.3)
+        train, val = p.batches()
+        rng = np.random.default_rng(4)
+        w = p.w_star() + 0.2 * rng.normal(size=p.d)
+        model = p.model(w)
+        g1, v = p.val_grads(w)
+        hessian, mixed = p.hessian(), p.mixed(w)  # hessian includes wd I
+        xi, momentum, buf = 0.05, 0.9, rng.normal(size=p.d)
+        g1_unrolled, v_unrolled = p.val_grads(w - xi * (p.train_grad_w(w, p.a) + momentum * buf))
+        damping, iterations = 0.1, 30
+        damped = hessian + damping * np.eye(p.d)
+        scale = 1.0 / np.linalg.eigvalsh(damped).max()
+        term, total = v, np.zeros(p.d)
+        for _ in range(iterations):  # the truncated Neumann series s sum_k (I - s A)^k v
+            term, total = term - scale * damped @ term, total + term
+        decay_only = estimators.WeightOptimizerState(weight_decay=p.wd)
+        cases = {
+            "amended": (estimators.AmendedEstimator(eta=0.1), decay_only,
+                        g1 - 0.1 * mixed @ hessian @ v),
+            "second_order": (estimators.SecondOrderEstimator(), estimators.WeightOptimizerState(
+                learning_rate=xi, momentum=momentum, weight_decay=p.wd, momentum_buffers=[buf]),
+                g1_unrolled - xi * mixed @ v_unrolled),
+            "implicit": (estimators.ImplicitEstimator(
+                solver="neumann", iterations=iterations, damping=damping, neumann_scale=scale),
+                decay_only, g1 - mixed @ (scale * total)),
+        }
+        for name, (estimator, state, expected) in cases.items():
+            with self.subTest(name):
+                grads, _ = estimator.estimate(model, squared_error, train, val, state)
+                self.assertLess(rel_err(grads[0].numpy(), expected), 1e-12)
+        hv = estimators.hessian_vector_product(model, squared_error, train, [tf.constant(v)],
+                                               weight_decay=p.wd)
+        self.assertLess(rel_err(hv[0].numpy(), hessian @ v), 1e-12)
+
+    def test_val_loss_is_at_the_current_weights_for_every_estimator(self):
+        p = self.problem
+        w = p.w_star() + 0.2 * np.random.default_rng(6).normal(size=p.d)
+        xi = 0.05
+        state = estimators.WeightOptimizerState(learning_rate=tf.constant(xi, tf.float64),
+                                                weight_decay=tf.constant(p.wd, tf.float64))
+        diagnostics = {}
+        for estimator in all_estimators():
+            with self.subTest(estimator.name):
+                _, diag = estimator.estimate(p.model(w), squared_error, self.train, self.val, state)
+                diagnostics[estimator.name] = diag
+                self.assertAllClose(diag["val_loss"], p.val_loss(w, p.a), rtol=1e-12, atol=0)
+        unrolled = w - xi * p.train_grad_w(w, p.a)  # no momentum buffers
+        self.assertAllClose(diagnostics["second_order"]["unrolled_val_loss"],
+                            p.val_loss(unrolled, p.a), rtol=1e-12, atol=0)
+        self.assertGreater(abs(p.val_loss(unrolled, p.a) / p.val_loss(w, p.a) - 1), 1e-3)
+
+    def test_second_order_requires_the_weight_learning_rate(self):
+        model = self.problem.model(self.problem.w_star())
+        for state in (None, self.state):  # self.state has a weight decay, no learning rate
+            with self.subTest(state=state):
+                with self.assertRaisesRegex(ValueError, "^second_order needs weight_state"):
+                    estimators.SecondOrderEstimator().estimate(
+                        model, squared_error, self.train, self.val, state)
+
     def test_keras_sgd_state_predicts_the_next_keras_step(self):
         p = self.problem
         model = p.model(p.w_star() + 0.5)
@@ -397,13 +460,39 @@ class ToyNetworkTest(tf.test.TestCase):
                 self.assertAllClose(traced_diag["residual_norm"], eager_diag["residual_norm"], rtol=1e-10)
             self.assertEqual(nodes[0], nodes[1], solver)
 
-    def test_bad_parameters_raise_one_line_value_errors(self):
+    def test_mismatched_vectors_raise_value_errors_naming_the_argument(self):
+        # Each of these was silently broadcast or truncated, giving wrong numbers.
+        model = build_toy()
+        train, val = toy_batches(0)
+        variables = model.weight_variables
+        matching = [tf.ones(v.shape, tf.float64) for v in variables]
+        kernel = next(i for i, v in enumerate(variables) if len(v.shape) == 4)
+        broadcastable = list(matching)
+        broadcastable[kernel] = tf.ones(variables[kernel].shape[-1:], tf.float64)
+        mismatched = {"shorter": matching[:-1], "broadcastable": broadcastable,
+                      "scalars": [tf.constant(1.0, tf.float64) for _ in variables],
+                      "one tensor": matching[kernel]}
+        for case, vectors in mismatched.items():
+            for product in (estimators.hessian_vector_product, estimators.mixed_vector_product):
+                with self.subTest(case=case, function=product.__name__):
+                    with self.assertRaisesRegex(ValueError, r"^vector\b[^\n]*$"):
+                        product(model, cross_entropy, train, vectors)
+            with self.subTest(case=case, function="second_order"):
+                state = toy_weight_state(model)._replace(momentum_buffers=vectors)
+                with self.assertRaisesRegex(ValueError, r"^weight_state\.momentum_buffers[^\n]*$"):
+                    estimators.SecondOrderEstimator().estimate(model, cross_entropy, train, val,
+                                                               state)
+        with self.assertRaisesRegex(ValueError, "vector has"):  # raised while tracing
+            tf.function(lambda b, v: estimators.hessian_vector_product(
+                model, cross_entropy, b, v))(train, matching[:-1])
+
+    def test_bad_parameters_raise_one_line_input_errors(self):
         cases = [("amended", {"eta": -1.0}), ("implicit", {"iterations": 0}), ("implicit", {"solver": "lu"}),
                  ("implicit", {"damping": -1e-3}), ("second_order", {"products": "magic"}),
                  ("first_order", {"fd_radius": 0.0}), ("first_order", {"eta": 0.1}), ("third_order", {})]
         for name, params in cases:
             with self.subTest(name=name, **params):
-                with self.assertRaises(ValueError) as raised:
+                with self.assertRaises(errors.InputError) as raised:
                     estimators.make_estimator(name, **params)
                 self.assertNotIn("\n", str(raised.exception))
 

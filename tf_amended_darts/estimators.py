@@ -9,7 +9,7 @@ B = d^2 L_train / (d alpha d w), H = d^2 L_train / (d w d w), all at the current
 |----------------|---------------------------------------------------------------------------------|
 | first_order    | g1                                                                              |
 | second_order   | grad_alpha L_val(w') - xi B(w) grad_w L_val(w'), w' = w - xi (grad_w L_train    |
-|                | + wd w + momentum * buffer) (quark0/darts architect.py; xi = weight lr)          |
+|                | + wd w + momentum * buffer) (quark0/darts architect.py; xi = weight lr)         |
 | amended        | g1 - eta B (H + wd I) v   (Bi et al.; eta default 0.1, see AmendedEstimator)    |
 | implicit       | g1 - B (H + wd I + damping I)^-1 v by conjugate gradient or a Neumann series    |
 
@@ -17,6 +17,9 @@ Conventions:
 - Weight decay (WeightOptimizerState.weight_decay) is part of the lower-level objective that SGD
   solves, so every Hessian here is H + wd I; B does not change (the L2 term has no alpha in it).
   Regularisation losses registered on the model (`model.losses`) are not included.
+- Hyperparameters given as Python numbers are converted at the model's dtype (exact in float64).
+  Weight-space vectors and momentum buffers must match `model.weight_variables` entry by entry
+  in static shape, else ValueError naming the argument (checked while tracing, not in the graph).
 - Products are exact (back-over-back nested tapes; one forward/backward of L_train is shared by
   all products of a call) or central finite differences as the reference code
   (R = fd_radius / ||vector||), `products="finite_difference"`.
@@ -35,11 +38,13 @@ Conventions:
   strategy they are simply the gradient. Diagnostics are global values on every replica.
 """
 
+import collections.abc
 from typing import Any, NamedTuple, Optional, Sequence
 
+import numpy as np
 import tensorflow as tf
 
-from tf_amended_darts import distribute
+from tf_amended_darts import distribute, errors
 
 _ZERO = tf.UnconnectedGradients.ZERO
 PRODUCTS = ("exact", "finite_difference")
@@ -50,11 +55,13 @@ class WeightOptimizerState(NamedTuple):
     """What the second-order unrolled step needs from the weight optimizer (SGD with momentum).
 
     Pass tensors or variables (not Python floats) inside tf.function so a changing learning rate
-    does not retrace (a NamedTuple, so it can be a tf.function argument). `momentum_buffers` follow the PyTorch convention (buf = momentum * buf +
-    grad), aligned with `model.weight_variables`; None (or a None entry) means zero.
+    does not retrace (a NamedTuple, so it can be a tf.function argument). `momentum_buffers`
+    follow the PyTorch convention (buf = momentum * buf + grad), one per
+    `model.weight_variables` entry and of its shape; None (or a None entry) means zero.
+    `learning_rate` is the unrolled step's xi: second order requires it, the others ignore it.
     Use `weight_state_from_keras_sgd` to read them off a Keras SGD optimizer.
     """
-    learning_rate: Any = 0.0
+    learning_rate: Any = None
     momentum: Any = 0.0
     weight_decay: Any = 0.0
     momentum_buffers: Optional[Sequence[Any]] = None
@@ -77,6 +84,40 @@ def weight_state_from_keras_sgd(optimizer, weight_variables, weight_decay=0.0):
     momentum = tf.convert_to_tensor(optimizer.momentum, tf.float32)
     return WeightOptimizerState(learning_rate=lr, momentum=momentum,
                                 weight_decay=weight_decay, momentum_buffers=buffers)
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument checks (Python-level, on static shapes: they add nothing to a traced graph).
+
+def _is_sequence(value):
+    return (isinstance(value, collections.abc.Sequence)
+            and not isinstance(value, (str, bytes)))
+
+
+def _check_like_weights(name, vectors, variables, none_allowed=False):
+    """Raises ValueError unless `vectors` has one entry per weight variable, each of its shape
+    (a shorter list or a broadcastable shape would silently give wrong numbers)."""
+    if not _is_sequence(vectors):
+        raise ValueError(f"{name} must be a list with one tensor per model.weight_variables "
+                         f"entry, got {type(vectors).__name__}")
+    if len(vectors) != len(variables):
+        raise ValueError(f"{name} has {len(vectors)} entries, model.weight_variables has "
+                         f"{len(variables)}")
+    for i, (vector, variable) in enumerate(zip(vectors, variables)):
+        if vector is None:
+            if none_allowed:
+                continue
+            raise ValueError(f"{name}[{i}] is None; expected the shape of {variable.path}")
+        shape = tf.TensorShape(vector.shape if hasattr(vector, "shape") else np.shape(vector))
+        if not shape.is_compatible_with(variable.shape):
+            raise ValueError(f"{name}[{i}] has shape {tuple(shape.as_list())}, expected "
+                             f"{tuple(variable.shape)} ({variable.path})")
+
+
+def _as_dtype(value, dtype):
+    """`value` as a `dtype` tensor. Python numbers are converted at `dtype` directly: tf.cast
+    of a Python float would round it through float32 first (0.1 off by 1.5e-8 in float64)."""
+    return tf.cast(tf.convert_to_tensor(value, dtype_hint=dtype), dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,9 +256,10 @@ def hessian_vector_product(model, loss_fn, batch, vector, *, products="exact", w
     model.weight_variables. `vector` must be global (identical on every replica)."""
     _check_choice("products", products, PRODUCTS)
     losses = _StatelessLosses(model, loss_fn, global_batch_size)
+    _check_like_weights("vector", vector, model.weight_variables)
     weights, arch = losses.weights(), losses.arch()
     hv = _make_products(products, fd_radius, losses, weights, arch, batch).hessian_vector(vector)
-    wd = tf.cast(weight_decay, weights[0].dtype)
+    wd = _as_dtype(weight_decay, weights[0].dtype)
     return _axpy(wd, vector, distribute.all_reduce_sum(hv))
 
 
@@ -227,6 +269,7 @@ def mixed_vector_product(model, loss_fn, batch, vector, *, products="exact", fd_
     local contribution (sum over replicas = global product; the product itself on one device)."""
     _check_choice("products", products, PRODUCTS)
     losses = _StatelessLosses(model, loss_fn, global_batch_size)
+    _check_like_weights("vector", vector, model.weight_variables)
     weights, arch = losses.weights(), losses.arch()
     return _make_products(products, fd_radius, losses, weights, arch, batch).mixed_vector(vector)
 
@@ -234,25 +277,34 @@ def mixed_vector_product(model, loss_fn, batch, vector, *, products="exact", fd_
 # ---------------------------------------------------------------------------------------------
 # Estimators.
 
+# Estimator parameters come from flags (search, diagnose, tune): bad values are InputError.
+
 def _check_choice(name, value, choices):
     if value not in choices:
-        raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(choices)}")
+        raise errors.InputError(
+            f"unknown {name} {value!r}; expected one of {', '.join(choices)}")
 
 
 def _check_number(name, value, minimum, strict=False):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    if not (value > minimum if strict else value >= minimum) or value != value or value == float("inf"):
-        raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum} and finite, got {value!r}")
+        raise errors.InputError(f"{name} must be a number, got {value!r}")
+    in_range = value > minimum if strict else value >= minimum
+    if not in_range or value != value or value == float("inf"):
+        raise errors.InputError(
+            f"{name} must be {'>' if strict else '>='} {minimum} and finite, got {value!r}")
 
 
 class _Estimator:
     """Shared plumbing. `estimate(...)` returns (grads, diagnostics):
     grads: list of tensors aligned with model.arch_variables (local contribution per replica);
-    diagnostics: dict of global scalar tensors: val_loss, g1_norm, correction_norm, and
-    train_loss where the estimator evaluates it."""
+    diagnostics: dict of global scalar tensors: val_loss = L_val at the current weights (for
+    every estimator, so the curves compare), g1_norm, correction_norm, train_loss where the
+    estimator evaluates it, and estimator-specific ones (second order: unrolled_val_loss =
+    L_val(w'); implicit: residual_norm)."""
 
     name = ""
+    # Diagnostics that are this replica's local contribution, summed over replicas in estimate.
+    _LOCAL_DIAGNOSTICS = ("val_loss", "unrolled_val_loss", "train_loss")
 
     def __init__(self, products="exact", fd_radius=0.01):
         _check_choice("products", products, PRODUCTS)
@@ -272,20 +324,27 @@ class _Estimator:
         share under a strategy); global_batch_size defaults to local batch x replicas.
         """
         losses = _StatelessLosses(model, loss_fn, global_batch_size)
-        weights, arch = losses.weights(), losses.arch()
+        self._check_weight_state(weight_state)
         state = weight_state or WeightOptimizerState()
-        wd = tf.cast(state.weight_decay, weights[0].dtype)
+        if state.momentum_buffers is not None:
+            _check_like_weights("weight_state.momentum_buffers", state.momentum_buffers,
+                                model.weight_variables, none_allowed=True)
+        weights, arch = losses.weights(), losses.arch()
+        wd = _as_dtype(state.weight_decay, weights[0].dtype)
         g1, correction, diagnostics = self._estimate(losses, weights, arch, train_batch,
                                                      val_batch, state, wd)
         grads = [a + b for a, b in zip(g1, correction)]
         g1_sum, correction_sum = distribute.all_reduce_sum((g1, correction))
         diagnostics = dict(diagnostics)
-        for key in ("val_loss", "train_loss"):
+        for key in self._LOCAL_DIAGNOSTICS:
             if key in diagnostics:
                 diagnostics[key] = distribute.all_reduce_sum(diagnostics[key])
         diagnostics["g1_norm"] = _norm(g1_sum)
         diagnostics["correction_norm"] = _norm(correction_sum)
         return grads, diagnostics
+
+    def _check_weight_state(self, weight_state):
+        """Raises ValueError if this estimator cannot run on `weight_state` (None allowed)."""
 
     def _products(self, losses, weights, arch, batch):
         return _make_products(self.products, self.fd_radius, losses, weights, arch, batch)
@@ -310,25 +369,34 @@ class FirstOrderEstimator(_Estimator):
 class SecondOrderEstimator(_Estimator):
     """DARTS second order with the reference's virtual step (quark0/darts architect.py):
     w' = w - xi (grad_w L_train(w) + wd w + momentum * buffer), xi = weight_state.learning_rate,
-    g = grad_alpha L_val(w') - xi B(w) grad_w' L_val(w'). val_loss is L_val(w'). Needs
-    weight_state (xi = 0 reduces to first order)."""
+    g = grad_alpha L_val(w') - xi B(w) grad_w' L_val(w'). Needs weight_state with a
+    learning_rate (without it the estimate would silently be first order). Diagnostics:
+    val_loss = L_val(w) as every estimator (one extra forward pass), unrolled_val_loss =
+    L_val(w')."""
 
     name = "second_order"
 
+    def _check_weight_state(self, weight_state):
+        if weight_state is None or weight_state.learning_rate is None:
+            raise ValueError("second_order needs weight_state with the weight optimizer's "
+                             "learning_rate (the unrolled step's xi)")
+
     def _estimate(self, losses, weights, arch, train_batch, val_batch, state, wd):
         dtype = weights[0].dtype
-        xi = tf.cast(state.learning_rate, dtype)
+        xi = _as_dtype(state.learning_rate, dtype)
         products = self._products(losses, weights, arch, train_batch)
         train_loss, grad_w = products.loss_and_grad_w()
         step = _axpy(wd, weights, distribute.all_reduce_sum(grad_w))
         if state.momentum_buffers is not None:
-            momentum = tf.cast(state.momentum, dtype)
-            step = [s if b is None else s + momentum * tf.cast(b, dtype)
+            momentum = _as_dtype(state.momentum, dtype)
+            step = [s if b is None else s + momentum * _as_dtype(b, dtype)
                     for s, b in zip(step, state.momentum_buffers)]
         unrolled = _axpy(-xi, step, weights)
-        val_loss, v_unrolled, g1 = self._validation(losses, unrolled, arch, val_batch)
+        unrolled_val_loss, v_unrolled, g1 = self._validation(losses, unrolled, arch, val_batch)
         correction = [-xi * bu for bu in products.mixed_vector(v_unrolled)]
-        return g1, correction, {"val_loss": val_loss, "train_loss": train_loss}
+        return g1, correction, {"val_loss": losses.loss(weights, arch, val_batch),
+                                "unrolled_val_loss": unrolled_val_loss,
+                                "train_loss": train_loss}
 
 
 class AmendedEstimator(_Estimator):
@@ -352,7 +420,7 @@ class AmendedEstimator(_Estimator):
         val_loss, v, g1 = self._validation(losses, weights, arch, val_batch)
         products = self._products(losses, weights, arch, train_batch)
         hv = _axpy(wd, v, distribute.all_reduce_sum(products.hessian_vector(v)))
-        eta = tf.cast(self.eta, weights[0].dtype)
+        eta = _as_dtype(self.eta, weights[0].dtype)
         correction = [-eta * bu for bu in products.mixed_vector(hv)]
         diagnostics = {"val_loss": val_loss}
         if self.products == "exact":
@@ -375,7 +443,7 @@ class ImplicitEstimator(_Estimator):
         super().__init__(products, fd_radius)
         _check_choice("solver", solver, SOLVERS)
         if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-            raise ValueError(f"iterations must be an integer >= 1, got {iterations!r}")
+            raise errors.InputError(f"iterations must be an integer >= 1, got {iterations!r}")
         _check_number("damping", damping, 0.0)
         _check_number("neumann_scale", neumann_scale, 0.0, strict=True)
         self.solver, self.iterations = solver, iterations
@@ -384,7 +452,7 @@ class ImplicitEstimator(_Estimator):
     def _estimate(self, losses, weights, arch, train_batch, val_batch, state, wd):
         val_loss, v, g1 = self._validation(losses, weights, arch, val_batch)
         products = self._products(losses, weights, arch, train_batch)
-        shift = wd + tf.cast(self.damping, wd.dtype)
+        shift = wd + _as_dtype(self.damping, wd.dtype)
 
         def apply_a(p):  # (H + wd I + damping I) p, global
             return _axpy(shift, p, distribute.all_reduce_sum(products.hessian_vector(p)))
@@ -392,7 +460,7 @@ class ImplicitEstimator(_Estimator):
         if self.solver == "cg":
             x, residual = self._conjugate_gradient(apply_a, v)
         else:
-            x, residual = self._neumann(apply_a, v, tf.cast(self.neumann_scale, wd.dtype))
+            x, residual = self._neumann(apply_a, v, _as_dtype(self.neumann_scale, wd.dtype))
         correction = [-bx for bx in products.mixed_vector(x)]
         diagnostics = {"val_loss": val_loss, "residual_norm": _norm(residual)}
         if self.products == "exact":
@@ -441,9 +509,9 @@ ESTIMATORS = {cls.name: cls for cls in (FirstOrderEstimator, SecondOrderEstimato
 
 def make_estimator(name, **params):
     """Estimator by name ("first_order", "second_order", "amended", "implicit") and parameters.
-    Unknown names, unknown or out-of-range parameters raise ValueError with a one-line message."""
+    Unknown names, unknown or out-of-range parameters raise InputError (one line)."""
     _check_choice("estimator", name, tuple(ESTIMATORS))
     try:
         return ESTIMATORS[name](**params)
     except TypeError as error:  # unexpected keyword
-        raise ValueError(f"bad parameters for estimator {name!r}: {error}") from None
+        raise errors.InputError(f"bad parameters for estimator {name!r}: {error}") from None
