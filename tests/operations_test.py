@@ -7,7 +7,70 @@ from keras import layers
 from tf_amended_darts import operations, search_space
 
 
+BUILT_IN = operations.DARTS_OPS + ("sep_conv_7x7", "conv_7x1_1x7", "conv_1x1", "conv_3x3")
+
+# Per operation, per spatial axis: its windows as (tap offsets around the centre, stride of
+# the op or 1). A k x k window with dilation d, padded symmetrically as the reference pads,
+# reads offsets d * (-(k-1)/2 .. (k-1)/2) around input pixel stride * output_index.
+def _taps(k, d=1):
+    return tuple(range(-d * (k - 1) // 2, d * (k - 1) // 2 + 1, d))
+
+
+_WINDOWS = {
+    "none": None,
+    "max_pool_3x3": [(_taps(3), "s")],
+    "avg_pool_3x3": [(_taps(3), "s")],
+    "skip_connect": [(_taps(1), 1)],
+    "skip_connect/2": [((0, 1), 2)],  # factorized reduce: 1x1 grids at offsets 0 and 1
+    "sep_conv_3x3": [(_taps(3), "s"), (_taps(3), 1)],
+    "sep_conv_5x5": [(_taps(5), "s"), (_taps(5), 1)],
+    "sep_conv_7x7": [(_taps(7), "s"), (_taps(7), 1)],
+    "dil_conv_3x3": [(_taps(3, 2), "s")],
+    "dil_conv_5x5": [(_taps(5, 2), "s")],
+    "conv_7x1_1x7": [(_taps(7), "s")],  # the other factor is 1 x 1 along this axis
+    "conv_1x1": [(_taps(1), "s")],
+    "conv_3x3": [(_taps(3), "s")],
+}
+
+
+def _expected_reach(windows, pixel, size, stride):
+    """Output indices (one axis) whose receptive field contains input `pixel`."""
+    if windows is None:
+        return set()
+    reached = {pixel}
+    for taps, step in windows:
+        step = stride if step == "s" else step
+        size = -(-size // step)
+        reached = {o for o in range(size) if any(step * o + t in reached for t in taps)}
+    return reached
+
+
 class OperationsTest(tf.test.TestCase):
+
+    def test_impulse_reaches_the_reference_windows_at_every_stride(self):
+        # Positive weights and an impulse: an output pixel is non-zero exactly when its
+        # receptive field contains the impulse, so this compares window placement. TF's
+        # padding="SAME" at stride 2 on even sizes reaches e.g. {1, 2} for avg_pool_3x3 at
+        # pixel 4 of 8 (symmetric windows: {2}).
+        rng = np.random.default_rng(4)
+        for name in BUILT_IN:
+            for stride in (1, 2):
+                windows = _WINDOWS.get(f"{name}/{stride}", _WINDOWS[name])
+                # Sizes 16: the 5x5 and 7x7 reaches do not fill the whole output there.
+                for size, pixel in ((8, 4), (8, 3), (7, 3), (16, 8), (16, 7)):
+                    with self.subTest(name=name, stride=stride, size=size, pixel=pixel):
+                        x = np.zeros((1, size, size, 4), np.float32)
+                        x[0, pixel, pixel, :] = 1.0
+                        op = operations.make_operation(name, 4, stride, affine=True)
+                        op(tf.constant(x), training=False)
+                        for v in op.trainable_variables:  # kernels; BN stays mean 0, beta 0
+                            if "kernel" in v.path:
+                                v.assign(rng.uniform(0.5, 1.5, v.shape).astype(np.float32))
+                        y = op(tf.constant(x), training=False).numpy()
+                        reached = np.nonzero(np.abs(y).sum(axis=(0, 3)) > 1e-6)
+                        expected = _expected_reach(windows, pixel, size, stride)
+                        self.assertEqual(set(reached[0].tolist()), expected)
+                        self.assertEqual(set(reached[1].tolist()), expected)
 
     def test_every_operation_shape_at_stride_1_and_2(self):
         for size in (8, 7):  # odd sizes must halve to ceil(size / 2) too
@@ -22,8 +85,7 @@ class OperationsTest(tf.test.TestCase):
 
     def test_operations_honour_dtype(self):
         x = tf.random.normal((2, 7, 7, 4), dtype=tf.float64, seed=1)
-        built_in = operations.DARTS_OPS + ("sep_conv_7x7", "conv_7x1_1x7", "conv_1x1", "conv_3x3")
-        for name in built_in:
+        for name in BUILT_IN:
             for stride in (1, 2):
                 with self.subTest(name=name, stride=stride):
                     op = operations.make_operation(name, 4, stride, False, dtype="float64")

@@ -21,17 +21,49 @@ def batch_norm(affine, name=None, dtype=None):
                                      synchronized=True, name=name, dtype=dtype)
 
 
+def pad_symmetric(x, kernel_size, dilation=1, constant_values=0.0):
+    """Pads H and W by dilation * (k - 1) / 2 on both sides, the reference's padding.
+
+    A VALID window of any stride over the result is centred on the input pixels 0, s, 2s, ...
+    as PyTorch's. TF's padding="SAME" agrees at stride 1 (odd kernels), but at stride 2 on even
+    sizes it puts the extra row and column after the input only, shifting every window by one
+    pixel: strided windows must be padded explicitly.
+    """
+    kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+    dh, dw = (dilation, dilation) if isinstance(dilation, int) else dilation
+    ph, pw = dh * (kh - 1) // 2, dw * (kw - 1) // 2
+    return ops.pad(x, [[0, 0], [ph, ph], [pw, pw], [0, 0]], constant_values=constant_values)
+
+
+def window_padding(stride):
+    """Keras `padding` of a conv that `apply_conv` runs: its own at stride 1, explicit after."""
+    return "same" if stride == 1 else "valid"
+
+
+def apply_conv(conv, x):
+    """Runs a Conv2D/DepthwiseConv2D made with `window_padding`, with the reference's windows."""
+    if conv.padding == "valid":
+        x = pad_symmetric(x, conv.kernel_size, conv.dilation_rate)
+    return conv(x)
+
+
 def conv_bn(channels, stride, dtype=None):
     """The stems' 3x3 conv (no bias) and affine BN."""
-    return [layers.Conv2D(channels, 3, strides=stride, padding="same", use_bias=False,
-                          dtype=dtype),
+    return [layers.Conv2D(channels, 3, strides=stride, padding=window_padding(stride),
+                          use_bias=False, dtype=dtype),
             batch_norm(affine=True, dtype=dtype)]
 
 
 def apply_layers(stack, x, training):
-    """Runs a list of layers, passing `training` to those that take it (BatchNorm)."""
+    """Runs a list of layers, passing `training` to those that take it (BatchNorm) and giving
+    convolutions the reference's windows."""
     for layer in stack:
-        x = layer(x, training=training) if isinstance(layer, layers.BatchNormalization) else layer(x)
+        if isinstance(layer, layers.BatchNormalization):
+            x = layer(x, training=training)
+        elif isinstance(layer, layers.Conv2D):
+            x = apply_conv(layer, x)
+        else:
+            x = layer(x)
     return x
 
 
@@ -71,21 +103,23 @@ class ReLUConvBN(_Operation):
         self.factorized = factorized
         if factorized:
             k = kernel_size
+            padding = window_padding(stride)
             self.convs = [
-                layers.Conv2D(channels, (1, k), strides=(1, stride), padding="same", use_bias=False,
-                              dtype=self.dtype_policy),
-                layers.Conv2D(channels, (k, 1), strides=(stride, 1), padding="same", use_bias=False,
-                              dtype=self.dtype_policy),
+                layers.Conv2D(channels, (1, k), strides=(1, stride), padding=padding,
+                              use_bias=False, dtype=self.dtype_policy),
+                layers.Conv2D(channels, (k, 1), strides=(stride, 1), padding=padding,
+                              use_bias=False, dtype=self.dtype_policy),
             ]
         else:
-            self.convs = [layers.Conv2D(channels, kernel_size, strides=stride, padding="same",
-                                        use_bias=False, dtype=self.dtype_policy)]
+            self.convs = [layers.Conv2D(channels, kernel_size, strides=stride,
+                                        padding=window_padding(stride), use_bias=False,
+                                        dtype=self.dtype_policy)]
         self.bn = batch_norm(affine, dtype=self.dtype_policy)
 
     def call(self, x, training=False):
         x = ops.relu(x)
         for conv in self.convs:
-            x = conv(x)
+            x = apply_conv(conv, x)
         return self.bn(x, training=training)
 
     def get_config(self):
@@ -97,9 +131,10 @@ class ReLUConvBN(_Operation):
 class DilConv(_Operation):
     """ReLU -> depthwise k x k (dilation d) -> pointwise 1 x 1 -> BN.
 
-    TF has no strided dilated convolution. With symmetric 'same' padding, a stride-2 dilation-2
-    depthwise conv only reads even pixels, so it equals an undilated conv on x[::2, ::2]: exactly
-    the reference's output, at a quarter of the cost.
+    TF has no strided dilated convolution. With the reference's symmetric padding, a stride-2
+    dilation-2 depthwise conv only reads even pixels, so it equals an undilated conv on
+    x[::2, ::2] (stride 1, whose 'same' padding is symmetric): exactly the reference's output,
+    at a quarter of the cost.
     """
 
     def __init__(self, channels, kernel_size=3, stride=1, dilation=1, affine=True, **kwargs):
@@ -111,10 +146,10 @@ class DilConv(_Operation):
         self.dilation = dilation
         subsample = stride == 2 and dilation == 2
         self.subsample = subsample
+        conv_stride = 1 if subsample else stride
         self.depthwise = layers.DepthwiseConv2D(
-            kernel_size, strides=1 if subsample else stride,
-            dilation_rate=1 if subsample else dilation, padding="same", use_bias=False,
-            dtype=self.dtype_policy)
+            kernel_size, strides=conv_stride, dilation_rate=1 if subsample else dilation,
+            padding=window_padding(conv_stride), use_bias=False, dtype=self.dtype_policy)
         self.pointwise = layers.Conv2D(channels, 1, use_bias=False, dtype=self.dtype_policy)
         self.bn = batch_norm(affine, dtype=self.dtype_policy)
 
@@ -122,7 +157,7 @@ class DilConv(_Operation):
         x = ops.relu(x)
         if self.subsample:
             x = x[:, ::2, ::2, :]
-        x = self.pointwise(self.depthwise(x))
+        x = self.pointwise(apply_conv(self.depthwise, x))
         return self.bn(x, training=training)
 
     def get_config(self):
@@ -192,8 +227,20 @@ def max_pool_3x3(x, stride):
     a SAME max-pool wrongly inside tf.function (tests/operations_test.py shows the case), and
     the architecture gradients differentiate through it twice.
     """
-    padded = ops.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]], constant_values=float("-inf"))
+    padded = pad_symmetric(x, 3, constant_values=float("-inf"))
     return ops.max_pool(padded, 3, strides=stride, padding="valid")
+
+
+def avg_pool_3x3(x, stride):
+    """3x3 average over the window's pixels inside the input (the reference's padding 1 with
+    count_include_pad=False), windows as `max_pool_3x3`'s.
+
+    Both pools average over all 9 window positions; their ratio is sum / (pixels inside).
+    """
+    total = ops.average_pool(pad_symmetric(x, 3), 3, strides=stride, padding="valid")
+    inside = ops.average_pool(pad_symmetric(ops.ones_like(x[:1, :, :, :1]), 3), 3,
+                              strides=stride, padding="valid")
+    return total / inside
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -205,14 +252,11 @@ class Pooling(_Operation):
         super().__init__(channels, stride, affine, **kwargs)
         self.mode = mode
         self.with_bn = with_bn
-        self.average = (layers.AveragePooling2D(3, strides=stride, padding="same",
-                                                dtype=self.dtype_policy)
-                        if mode == "avg" else None)
+        self.pool = avg_pool_3x3 if mode == "avg" else max_pool_3x3
         self.bn = batch_norm(False, dtype=self.dtype_policy) if with_bn else None
 
     def call(self, x, training=False):
-        x = (self.average(x) if self.average is not None
-             else max_pool_3x3(x, self.stride))
+        x = self.pool(x, self.stride)
         return self.bn(x, training=training) if self.bn is not None else x
 
     def get_config(self):
