@@ -569,7 +569,8 @@ def _shuffle(dataset, buffer_size, seed):
   if not varying:
     return dataset.batch(buffer_size).enumerate().map(permute).unbatch()
   blocks = dataset.ragged_batch(buffer_size).enumerate().map(permute).unbatch()
-  return blocks.map(lambda index, image, label: (index, image.to_tensor(), label))
+  dense = lambda t: t.to_tensor() if isinstance(t, tf.RaggedTensor) else t  # [H, (W), C]
+  return blocks.map(lambda index, image, label: (index, dense(image), label))
 
 
 def epoch_batches(dataset: tf.data.Dataset, batch_size: int, *, mean, std, seed: int,
