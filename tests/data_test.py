@@ -1,6 +1,7 @@
 """Tests of tf_amended_darts.data: sources (offline) and deterministic pipelines."""
 
 import colorsys
+import json
 import os
 import shutil
 import tempfile
@@ -550,6 +551,23 @@ class ImagenetProtocolTest(tf.test.TestCase):
     got = data.augment_image(tf.constant(image), seed, plain, mean=(0.0,) * 3,
                              std=(1 / 255,) * 3)
     self.assertAllClose(got, expected, atol=1e-3)
+
+  def test_train_uses_the_protocol_for_the_imagenet_network(self):
+    from tf_amended_darts import train  # pylint: disable=g-import-not-at-top  (builds networks)
+    config = train.TrainConfig(genotype="DARTS_V2", network="imagenet", dataset="image_folder",
+                               data_dir=self.root, image_size=16, channels=4, cells=3,
+                               auxiliary=False, cutout=0, batch_size=2, epochs=1,
+                               steps_per_epoch=1)
+    output = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, output)
+    with mock.patch.object(data, "epoch_batches", wraps=data.epoch_batches) as batches, \
+        open(os.devnull, "w") as quiet:
+      result = train.train(config, output, log_stream=quiet, progress_stream=quiet)
+    self.assertEqual(batches.call_args.kwargs["augmentation"],
+                     data.ResizedCropAugmentation(size=16))
+    with open(os.path.join(output, "run.json")) as f:
+      self.assertEqual(json.load(f)["dataset_info"]["image_shape"], [16, 16, 3])
+    self.assertTrue(np.isfinite(result.valid["valid_loss"]))
 
 
 if __name__ == "__main__":
