@@ -15,6 +15,12 @@ Pipelines: `epoch_batches` (training: seeded shuffle, augmentation, normalisatio
 the global batch size, resumable with `skip_batches`), `eval_batches`, `search_split`. All
 randomness is stateless and derived from (seed, epoch, example index), so a batch depends
 only on those and not on parallelism, the TF global seed or what ran before.
+
+Protocols (`load_for_training(protocol, ...)`): "cifar" trains on images of one size with
+DARTS' CIFAR pad-crop + flip (+ cutout); "imagenet" is DARTS' ImageNet protocol: training
+images at their native sizes, each randomly resized-cropped to `image_size` (torchvision's
+RandomResizedCrop), flipped and colour-jittered; test images resized (shorter side) to
+image_size * 256 / 224 and centre-cropped to image_size.
 """
 
 import dataclasses
@@ -37,6 +43,12 @@ _KNOWN_STATS = {
 }
 _IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 _SHUFFLE_STREAM, _AUGMENT_STREAM = 1, 2
+# Bytes assumed per image when sizes vary (ImageNet's are about 500x400 RGB): sizes the
+# default shuffle buffer.
+_VARYING_IMAGE_BYTES = 500 * 400 * 3
+# ImageNet evaluation: the shorter side resized to 256 for 224 crops (and in proportion).
+_EVAL_RESIZE_RATIO = 256 / 224
+PROTOCOLS = ("cifar", "imagenet")
 
 
 class DatasetError(errors.InputError):
@@ -70,18 +82,40 @@ class Augmentation:
   cutout: int = 0
 
 
+@dataclasses.dataclass(frozen=True)
+class ResizedCropAugmentation:
+  """DARTS' ImageNet training augmentation, as torchvision's RandomResizedCrop(size) (a box of
+  `scale` times the image area and aspect ratio w/h in `ratio`, log-uniform; after 10 misses
+  the central crop of the ratio nearest the image's), RandomHorizontalFlip and
+  ColorJitter(brightness, contrast, saturation, hue); then cutout of side `cutout`."""
+  size: int = 224
+  scale: Tuple[float, float] = (0.08, 1.0)
+  ratio: Tuple[float, float] = (3 / 4, 4 / 3)
+  flip: bool = True
+  brightness: float = 0.4
+  contrast: float = 0.4
+  saturation: float = 0.4
+  hue: float = 0.2
+  cutout: int = 0
+
+
+def _flips(info: DatasetInfo) -> bool:
+  """Whether mirrored images stay in their class: not for digits."""
+  return info.name != "digits"
+
+
 def default_augmentation(info: DatasetInfo, cutout: int = 0) -> Augmentation:
   """DARTS' CIFAR augmentation scaled to the image size: pad 4 at 32 px, 1 at 8 px; no flip
   for digits (a mirrored digit is not the same digit)."""
   height = info.image_shape[0] or 32
-  return Augmentation(pad=max(1, round(height / 8)), flip=info.name != "digits", cutout=cutout)
+  return Augmentation(pad=max(1, round(height / 8)), flip=_flips(info), cutout=cutout)
 
 
 # ----------------------------------------------------------------------------------- sources
 
 def load_dataset(dataset: str, data_dir: Optional[str] = None, download: bool = False,
                  image_size: Union[int, Sequence[int], None] = None,
-                 test_fraction: float = 0.2) -> Dataset:
+                 test_fraction: float = 0.2, native_size: bool = False) -> Dataset:
   """Loads a dataset by name (see the module docstring).
 
   Args:
@@ -91,7 +125,11 @@ def load_dataset(dataset: str, data_dir: Optional[str] = None, download: bool = 
     image_size: image_folder and tfds: resize every image to this (int or (H, W)); for
       image_folder None means the size of the first image.
     test_fraction: image_folder without train/test folders: share of each class held out.
+    native_size: image_folder and tfds: keep every image's own size (image_shape is then
+      (None, None, C); image_folder decodes the files as they are read); needs no image_size.
   """
+  if native_size and image_size:
+    raise ValueError("load_dataset: pass image_size or native_size, not both")
   size = (image_size, image_size) if isinstance(image_size, int) else image_size
   if dataset == "digits":
     if not os.path.exists(DIGITS_PATH):
@@ -105,7 +143,7 @@ def load_dataset(dataset: str, data_dir: Optional[str] = None, download: bool = 
   if dataset in ("cifar10_binary", "cifar100_binary"):
     return _load_cifar_binary(dataset == "cifar100_binary", data_dir)
   if dataset == "image_folder":
-    return _load_image_folder(data_dir, size, test_fraction)
+    return _load_image_folder(data_dir, size, test_fraction, native_size)
   return _load_tfds(dataset, data_dir, download, size)
 
 
@@ -191,7 +229,7 @@ def _list_images(path):
                 if f.lower().endswith(_IMAGE_EXTENSIONS))
 
 
-def _load_image_folder(data_dir, size, test_fraction) -> Dataset:
+def _load_image_folder(data_dir, size, test_fraction, native_size=False) -> Dataset:
   how = ("pass --dataset=image_folder --data_dir=DIR with DIR/train/<class>/*.png|jpg and "
          "DIR/test/<class>/*, or DIR/<class>/*")
   if not data_dir:
@@ -224,11 +262,18 @@ def _load_image_folder(data_dir, size, test_fraction) -> Dataset:
   train = [train[i] for i in rng.permutation(len(train))]  # mix classes (for search_split)
   first = tf.io.decode_image(tf.io.read_file(train[0][0]), expand_animations=False)
   channels = 1 if first.shape[-1] == 1 else 3
+
+  def decode_native(path):
+    image = tf.io.decode_image(tf.io.read_file(path), channels=channels, expand_animations=False)
+    image.set_shape([None, None, channels])
+    return image
+
+  if native_size:
+    return _image_files(class_names, train, test, decode_native, channels)
   size = tuple(size) if size else tuple(int(d) for d in first.shape[:2])
 
   def decode(path):
-    image = tf.io.decode_image(tf.io.read_file(path), channels=channels, expand_animations=False)
-    image.set_shape([None, None, channels])
+    image = decode_native(path)
     same = tf.reduce_all(tf.equal(tf.shape(image)[:2], size))
     resized = lambda: tf.cast(tf.clip_by_value(tf.round(
         tf.image.resize(image, size, antialias=True)), 0, 255), tf.uint8)
@@ -249,6 +294,38 @@ def _load_image_folder(data_dir, size, test_fraction) -> Dataset:
   train_x, train_y = read(train)
   test_x, test_y = read(test)
   return _in_memory("image_folder", train_x, train_y, test_x, test_y, class_names)
+
+
+def _image_files(class_names, train, test, decode, channels) -> Dataset:
+  """An image folder read lazily at native sizes; statistics from its first images."""
+  def files(pairs):
+    paths = tf.constant([p for p, _ in pairs], tf.string, shape=[len(pairs)])
+    labels = tf.constant([c for _, c in pairs], tf.int64, shape=[len(pairs)])
+    return tf.data.Dataset.from_tensor_slices((paths, labels)).map(
+        lambda path, label: (decode(path), label), num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True)
+  train_ds, test_ds = files(train), files(test)
+  try:
+    mean, std = _estimated_stats(train_ds)
+  except tf.errors.OpError as e:
+    raise DatasetError(f"cannot decode an image of the image folder "
+                       f"({e.message.splitlines()[0]}): remove or fix it") from None
+  info = DatasetInfo(name="image_folder", image_shape=(None, None, channels),
+                     num_classes=len(class_names), class_names=tuple(class_names),
+                     num_examples={"train": len(train), "test": len(test)}, mean=mean, std=std)
+  return Dataset(info, train_ds, test_ds)
+
+
+def _estimated_stats(train: tf.data.Dataset, limit: int = 10_000):
+  """Per-channel mean and std (0..1 units, std 0 -> 1) of the first `limit` images."""
+  total, total_sq, count = 0.0, 0.0, 0
+  for image, _ in train.take(limit).as_numpy_iterator():
+    x = image.astype(np.float64) / 255.0
+    total, total_sq = total + x.sum(axis=(0, 1)), total_sq + (x * x).sum(axis=(0, 1))
+    count += x.shape[0] * x.shape[1]
+  mean = total / max(count, 1)
+  std = np.sqrt(np.maximum(total_sq / max(count, 1) - mean * mean, 0.0))
+  return tuple(float(v) for v in mean), tuple(float(v) if v > 0 else 1.0 for v in std)
 
 
 def _load_tfds(name, data_dir, download, size) -> Dataset:
@@ -311,15 +388,8 @@ def _load_tfds(name, data_dir, download, size) -> Dataset:
   train, test = split("train"), split(test_split)
   if base in _KNOWN_STATS and shape[-1] == 3:
     stats = _KNOWN_STATS[base]
-  else:  # estimated from (at most) the first 10,000 training examples
-    total, total_sq, count = 0.0, 0.0, 0
-    for image, _ in train.take(10_000).as_numpy_iterator():
-      x = image.astype(np.float64) / 255.0
-      total, total_sq = total + x.sum(axis=(0, 1)), total_sq + (x * x).sum(axis=(0, 1))
-      count += x.shape[0] * x.shape[1]
-    mean = total / max(count, 1)
-    std = np.sqrt(np.maximum(total_sq / max(count, 1) - mean * mean, 0.0))
-    stats = (tuple(float(v) for v in mean), tuple(float(v) if v > 0 else 1.0 for v in std))
+  else:
+    stats = _estimated_stats(train)
   label = features[keys[1]]
   info = DatasetInfo(name=base, image_shape=shape, num_classes=label.num_classes,
                      class_names=tuple(label.names),
@@ -361,8 +431,11 @@ def _seed(*data) -> tf.Tensor:
   return seed
 
 
-def augment_image(image, seed, augmentation: Augmentation, mean, std):
-  """One uint8 image [H, W, C] -> augmented, normalised float32 image; `seed` is int [2]."""
+def augment_image(image, seed, augmentation, mean, std):
+  """One uint8 image [H, W, C] -> augmented, normalised float32 image; `seed` is int [2];
+  `augmentation` an Augmentation or a ResizedCropAugmentation."""
+  if isinstance(augmentation, ResizedCropAugmentation):
+    return _resized_crop_augment(image, seed, augmentation, mean, std)
   crop_seed, flip_seed, y_seed, x_seed = tf.unstack(
       tf.random.experimental.stateless_split(seed, num=4))
   if augmentation.pad:
@@ -372,33 +445,132 @@ def augment_image(image, seed, augmentation: Augmentation, mean, std):
     image = tf.image.stateless_random_crop(padded, shape, seed=crop_seed)
   if augmentation.flip:
     image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
-  image = normalize(image, mean, std)
-  if augmentation.cutout:  # as DARTS: a zeroed square (after normalisation), clipped at edges
-    h, w = tf.shape(image)[0], tf.shape(image)[1]
-    cy = tf.random.stateless_uniform([], y_seed, minval=0, maxval=h, dtype=tf.int32)
-    cx = tf.random.stateless_uniform([], x_seed, minval=0, maxval=w, dtype=tf.int32)
-    half = augmentation.cutout // 2
-    ys, xs = tf.range(h)[:, None], tf.range(w)[None, :]
-    inside = ((ys >= cy - half) & (ys < cy + half) & (xs >= cx - half) & (xs < cx + half))
-    image = image * tf.cast(~inside, tf.float32)[:, :, None]
+  return _cutout(normalize(image, mean, std), augmentation.cutout, y_seed, x_seed)
+
+
+def _cutout(image, side, y_seed, x_seed):
+  """As DARTS: a zeroed square of `side` (after normalisation), clipped at the edges."""
+  if not side:
+    return image
+  h, w = tf.shape(image)[0], tf.shape(image)[1]
+  cy = tf.random.stateless_uniform([], y_seed, minval=0, maxval=h, dtype=tf.int32)
+  cx = tf.random.stateless_uniform([], x_seed, minval=0, maxval=w, dtype=tf.int32)
+  half = side // 2
+  ys, xs = tf.range(h)[:, None], tf.range(w)[None, :]
+  inside = ((ys >= cy - half) & (ys < cy + half) & (xs >= cx - half) & (xs < cx + half))
+  return image * tf.cast(~inside, image.dtype)[:, :, None]
+
+
+def resized_crop_box(height, width, seed, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
+                     attempts: int = 10):
+  """(top, left, box height, box width), int32, of torchvision's RandomResizedCrop for an
+  image of `height` x `width`: the first of `attempts` draws (area fraction uniform in
+  `scale`, aspect ratio w/h log-uniform in `ratio`, sides rounded) that fits, at a uniform
+  position; if none fits, the central crop of the ratio in `ratio` nearest the image's."""
+  area_seed, ratio_seed, top_seed, left_seed = tf.unstack(
+      tf.random.experimental.stateless_split(seed, num=4))
+  height_f, width_f = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+  area = height_f * width_f * tf.random.stateless_uniform(
+      [attempts], area_seed, minval=scale[0], maxval=scale[1])
+  aspect = tf.exp(tf.random.stateless_uniform(
+      [attempts], ratio_seed, minval=np.log(ratio[0]), maxval=np.log(ratio[1])))
+  box_w = tf.cast(tf.round(tf.sqrt(area * aspect)), tf.int32)
+  box_h = tf.cast(tf.round(tf.sqrt(area / aspect)), tf.int32)
+  fits = (box_w > 0) & (box_w <= width) & (box_h > 0) & (box_h <= height)
+  first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)  # 0 when none fits
+  box_h, box_w = box_h[first], box_w[first]
+  # Uniform integer offsets in [0, free]: floor(u * (free + 1)), u in [0, 1).
+  offset = lambda free, s: tf.cast(tf.floor(tf.random.stateless_uniform([], s) * tf.cast(
+      free + 1, tf.float32)), tf.int32)
+  drawn = (offset(height - box_h, top_seed), offset(width - box_w, left_seed), box_h, box_w)
+  in_ratio = width_f / height_f
+  fallback_w = tf.where(in_ratio > ratio[1],
+                        tf.cast(tf.round(height_f * ratio[1]), tf.int32), width)
+  fallback_h = tf.where(in_ratio < ratio[0],
+                        tf.cast(tf.round(width_f / ratio[0]), tf.int32), height)
+  central = ((height - fallback_h) // 2, (width - fallback_w) // 2, fallback_h, fallback_w)
+  return tuple(tf.where(fits[first], d, c) for d, c in zip(drawn, central))
+
+
+def _blend(image, other, factor):
+  """torchvision's blend: factor * image + (1 - factor) * other, clipped to [0, 1]."""
+  return tf.clip_by_value(factor * image + (1.0 - factor) * other, 0.0, 1.0)
+
+
+def color_jitter(image, seed, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.2):
+  """torchvision's ColorJitter on a float image [H, W, C] in [0, 1]: brightness, contrast and
+  saturation factors uniform in [1 - b, 1 + b], a hue shift uniform in [-hue, hue] (turns),
+  applied in a random order. One-channel images get brightness and contrast only."""
+  factor_seed, order_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
+  low = tf.constant([max(0.0, 1 - brightness), max(0.0, 1 - contrast),
+                     max(0.0, 1 - saturation), -hue])
+  high = tf.constant([1 + brightness, 1 + contrast, 1 + saturation, hue])
+  factors = tf.random.stateless_uniform([4], factor_seed) * (high - low) + low
+  rgb = image.shape[-1] == 3
+  gray = lambda x: tf.image.rgb_to_grayscale(x) if rgb else x
+  adjust = [
+      lambda x: _blend(x, tf.zeros_like(x), factors[0]),
+      lambda x: _blend(x, tf.reduce_mean(gray(x)), factors[1]),
+      lambda x: _blend(x, gray(x), factors[2]) if rgb else x,
+      lambda x: tf.image.adjust_hue(x, factors[3]) if rgb else x,
+  ]
+  order = tf.random.experimental.stateless_shuffle(tf.range(4), seed=order_seed)
+  for i in range(4):
+    image = tf.ensure_shape(tf.switch_case(order[i], [lambda f=f: f(image) for f in adjust]),
+                            image.shape)
   return image
+
+
+def _resized_crop_augment(image, seed, augmentation: ResizedCropAugmentation, mean, std):
+  a = augmentation
+  box_seed, flip_seed, jitter_seed, y_seed, x_seed = tf.unstack(
+      tf.random.experimental.stateless_split(seed, num=5))
+  shape = tf.shape(image)
+  top, left, box_h, box_w = resized_crop_box(shape[0], shape[1], box_seed, a.scale, a.ratio)
+  crop = tf.slice(image, tf.stack([top, left, 0]), tf.stack([box_h, box_w, -1]))
+  crop = tf.image.resize(tf.cast(crop, tf.float32) / 255.0, [a.size, a.size], antialias=True)
+  crop = tf.clip_by_value(crop, 0.0, 1.0)
+  if a.flip:
+    crop = tf.image.stateless_random_flip_left_right(crop, seed=flip_seed)
+  crop = color_jitter(crop, jitter_seed, a.brightness, a.contrast, a.saturation, a.hue)
+  return _cutout(normalize(crop * 255.0, mean, std), a.cutout, y_seed, x_seed)
+
+
+def center_crop(image, size: int):
+  """The ImageNet evaluation view of a uint8 image [H, W, C]: the shorter side resized to
+  round(size * 256 / 224) (the longer in proportion, truncated, as torchvision's Resize),
+  then the central size x size crop (offsets rounded half to even, as torchvision)."""
+  short = int(round(size * _EVAL_RESIZE_RATIO))
+  shape = tf.shape(image)
+  height, width = shape[0], shape[1]
+  longer = lambda long_side, short_side: tf.cast(
+      short * long_side // short_side, tf.int32)  # int(short * long / short_side) for ints
+  new_h = tf.where(height <= width, short, longer(height, width))
+  new_w = tf.where(height <= width, longer(width, height), short)
+  resized = tf.image.resize(image, tf.stack([new_h, new_w]), antialias=True)
+  top = tf.cast(tf.round(tf.cast(new_h - size, tf.float32) / 2), tf.int32)
+  left = tf.cast(tf.round(tf.cast(new_w - size, tf.float32) / 2), tf.int32)
+  crop = tf.slice(resized, tf.stack([top, left, 0]), [size, size, -1])
+  crop = tf.cast(tf.clip_by_value(tf.round(crop), 0, 255), tf.uint8)
+  return tf.ensure_shape(crop, [size, size, image.shape[-1]])
 
 
 def _shuffle(dataset, buffer_size, seed):
   """Stateless shuffle of (index, image, label) elements: each block of `buffer_size`
   consecutive elements is permuted (the whole set when buffer_size >= its size). Images of
-  varying size cannot be batched: they fall back to tf.data's shuffle (seeded, but its order
-  then also depends on the TF global seed: resize them with `image_size` to avoid that)."""
-  if not dataset.element_spec[1].shape.is_fully_defined():  # varying sizes: cannot batch
-    return dataset.shuffle(buffer_size, seed=int(seed.numpy()[0] % 2**31),
-                           reshuffle_each_iteration=False)
+  varying size are blocked as ragged tensors."""
+  varying = not dataset.element_spec[1].shape.is_fully_defined()
 
   def permute(block, elements):
     order = tf.random.experimental.stateless_shuffle(
         tf.range(tf.shape(elements[0])[0]), seed=tf.random.experimental.stateless_fold_in(
             seed, block))
     return tuple(tf.gather(t, order) for t in elements)
-  return dataset.batch(buffer_size).enumerate().map(permute).unbatch()
+  if not varying:
+    return dataset.batch(buffer_size).enumerate().map(permute).unbatch()
+  blocks = dataset.ragged_batch(buffer_size).enumerate().map(permute).unbatch()
+  dense = lambda t: t.to_tensor() if isinstance(t, tf.RaggedTensor) else t  # [H, (W), C]
+  return blocks.map(lambda index, image, label: (index, dense(image), label))
 
 
 def epoch_batches(dataset: tf.data.Dataset, batch_size: int, *, mean, std, seed: int,
@@ -411,14 +583,15 @@ def epoch_batches(dataset: tf.data.Dataset, batch_size: int, *, mean, std, seed:
   The order depends only on (seed, epoch) and the augmentation of an example only on (seed,
   epoch, its index in `dataset`), so `skip_batches=k` yields exactly batches k, k+1, ... of
   the same epoch without it (for resuming). Use different seeds for different streams (e.g.
-  the weights and architecture parts of `search_split`). `augmentation=None` only normalises.
+  the weights and architecture parts of `search_split`). `augmentation`: an Augmentation or a
+  ResizedCropAugmentation (which takes images of any size); None only normalises.
   `shuffle_buffer` defaults to the examples fitting in ~1 GiB, at most 50,000 (all of CIFAR).
   """
   ds = dataset.enumerate().map(lambda index, example: (index,) + tuple(example))
   if shuffle:
     if shuffle_buffer is None:
       shape = dataset.element_spec[0].shape
-      size = shape.num_elements() if shape.is_fully_defined() else 224 * 224 * 3
+      size = shape.num_elements() if shape.is_fully_defined() else _VARYING_IMAGE_BYTES
       shuffle_buffer = int(max(1000, min(50_000, 2**30 // max(size, 1))))
     ds = _shuffle(ds, shuffle_buffer, _seed(seed, _SHUFFLE_STREAM, epoch))
   if skip_batches:
@@ -438,3 +611,30 @@ def eval_batches(dataset: tf.data.Dataset, batch_size: int, *, mean, std) -> tf.
   ds = dataset.map(lambda image, label: (normalize(image, mean, std), label),
                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+# --------------------------------------------------------------------------------- protocols
+
+def load_for_training(protocol: str, dataset: str, data_dir: Optional[str] = None,
+                      download: bool = False, image_size: Optional[int] = None,
+                      cutout: int = 0):
+  """(Dataset, training augmentation) of a re-training protocol (see the module docstring).
+
+  "cifar": `load_dataset(dataset, data_dir, download, image_size)` and default_augmentation.
+  "imagenet": training images at native size with ResizedCropAugmentation(image_size or 224,
+  cutout=cutout) (no flip for digits); test images through `center_crop`; `info.image_shape`
+  is the network's input (size, size, C), which both splits then deliver.
+  """
+  if protocol not in PROTOCOLS:
+    raise ValueError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
+  if protocol == "cifar":
+    loaded = load_dataset(dataset, data_dir, download, image_size=image_size)
+    return loaded, default_augmentation(loaded.info, cutout)
+  size = image_size or 224
+  loaded = load_dataset(dataset, data_dir, download, native_size=True)
+  channels = loaded.info.image_shape[-1]
+  test = loaded.test.map(lambda image, label: (center_crop(image, size), label),
+                         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  info = dataclasses.replace(loaded.info, image_shape=(size, size, channels))
+  augmentation = ResizedCropAugmentation(size=size, flip=_flips(info), cutout=cutout)
+  return Dataset(info, loaded.train, test), augmentation

@@ -202,8 +202,9 @@ def train(config, output_dir, strategy=None, *, resume=False, overwrite=False,
     distribute.check_global_batch(config.batch_size, strategy)
     if export_dir and chief:
         export.check_export_dir(export_dir, overwrite)
-    dataset = data.load_dataset(config.dataset, config.data_dir, download,
-                                image_size=config.image_size)
+    dataset, augmentation = data.load_for_training(config.network, config.dataset,
+                                                   config.data_dir, download,
+                                                   config.image_size, config.cutout)
     info = dataset.info
     if None in info.image_shape:
         raise ValueError(f"images of {config.dataset} vary in size: set image_size")
@@ -254,7 +255,6 @@ def train(config, output_dir, strategy=None, *, resume=False, overwrite=False,
 
     progress = run_dir.Progress(config.epochs * steps_per_epoch, config.batch_size,
                                 stream=progress_stream, enabled=chief)
-    augmentation = data.default_augmentation(info, config.cutout)
     stopped, learning_rates, line, valid = False, {}, {}, {}
     with writer.as_default():
         while epoch < config.epochs and not stopped:
