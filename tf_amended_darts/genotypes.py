@@ -29,6 +29,12 @@ from tf_amended_darts import errors, io_utils, operations
 class GenotypeError(errors.InputError):
     """A genotype that cannot be built; the message lists each problem once."""
 
+    @classmethod
+    def listing(cls, problems, shown=10):
+        """One line: the first `shown` problems, then how many more there are."""
+        more = len(problems) - shown
+        return cls("; ".join(problems[:shown]) + (f"; and {more} more" if more > 0 else ""))
+
 
 # Values quoted in messages stay short however large or deep the user's input is.
 _SHORT = reprlib.Repr()
@@ -71,7 +77,8 @@ def _concat_problems(concat, where):
 
 def unknown_operation_problems(names, where):
     """One problem per name that operations.OPS does not know."""
-    return [f"{where}: unknown operation {name!r} (known: {', '.join(sorted(operations.OPS))})"
+    return [f"{where}: unknown operation {_show(name)} (known: "
+            f"{', '.join(sorted(operations.OPS))})"
             for name in dict.fromkeys(names) if name not in operations.OPS]
 
 
@@ -88,7 +95,7 @@ class CellGenotype:
     def __post_init__(self):
         found = _cell_type_problems(self.nodes, self.concat, "cell")
         if found:
-            raise GenotypeError("; ".join(found))
+            raise GenotypeError.listing(found)
         object.__setattr__(self, "nodes",
                            tuple(tuple((str(op), int(j)) for op, j in node) for node in self.nodes))
         object.__setattr__(self, "concat", tuple(int(c) for c in self.concat))
@@ -112,7 +119,8 @@ class CellGenotype:
         found = []
         k = self.inputs_per_node
         if [len(node) for node in self.nodes] != _edges_per_node(self.steps, k):
-            found.append(f"{where}: wrong number of edges per node {[len(n) for n in self.nodes]}"
+            found.append(f"{where}: wrong number of edges per node "
+                         f"{_show([len(n) for n in self.nodes])}"
                          f" (node i keeps min({k}, 2 + i) edges)")
         found += unknown_operation_problems([op for op, _ in self.edges], where)
         for i, node in enumerate(self.nodes):
@@ -127,12 +135,13 @@ class CellGenotype:
                 2 <= c <= last for c in self.concat):
             # The cell inputs 0 and 1 are not concatenated: in a reduction cell they have
             # twice the output's height and width.
-            found.append(f"{where}: concat {list(self.concat)} must be distinct intermediate "
-                         f"nodes in 2..{last}")
+            found.append(f"{where}: concat {_show(list(self.concat))} must be distinct "
+                         f"intermediate nodes in 2..{last}")
         elif last not in self.concat:
             # The DARTS string form has no node count: it takes the highest concat entry as
             # the last node, so a cell without it would not read back as itself.
-            found.append(f"{where}: concat {list(self.concat)} leaves out the last node {last}")
+            found.append(f"{where}: concat {_show(list(self.concat))} leaves out the last node "
+                         f"{last}")
         return found
 
     @classmethod
@@ -141,7 +150,7 @@ class CellGenotype:
         concat; node i keeps min(k, 2 + i) edges for the k that fits the number of edges."""
         found = _edge_list_problems(edges, where) + _concat_problems(concat, where)
         if found:
-            raise GenotypeError("; ".join(found))
+            raise GenotypeError.listing(found)
         edges, concat = [tuple(e) for e in edges], list(concat)
         steps = max(concat, default=1) - 1
         if not 1 <= steps <= len(edges):  # each node has an edge; also bounds the loop below
@@ -154,7 +163,7 @@ class CellGenotype:
                 starts = [sum(counts[:i]) for i in range(steps)]
                 return cls(tuple(tuple(edges[s:s + n]) for s, n in zip(starts, counts)), concat)
         raise GenotypeError(f"{where}: wrong number of edges: {len(edges)} edges do not give the "
-                            f"{steps} nodes of concat {concat} min(k, 2 + i) inputs each")
+                            f"{steps} nodes of concat {_show(concat)} min(k, 2 + i) inputs each")
 
     def to_dict(self):
         return {"nodes": [[list(e) for e in node] for node in self.nodes],
@@ -179,7 +188,7 @@ def _collect(makers):
         except GenotypeError as e:
             found.append(str(e))
     if found:
-        raise GenotypeError("; ".join(found))
+        raise GenotypeError.listing(found)
     return results
 
 
@@ -204,7 +213,7 @@ class Genotype:
                 else:
                     found += cell.problems(where)
         if found:
-            raise GenotypeError("; ".join(found))
+            raise GenotypeError.listing(found)
 
     @property
     def per_stage(self):
@@ -370,7 +379,7 @@ def _cell_from_dict(cell, where):
                             f'"concat": [...]}}, got {_show(cell)}')
     found = _cell_type_problems(cell["nodes"], cell["concat"], where)
     if found:
-        raise GenotypeError("; ".join(found))
+        raise GenotypeError.listing(found)
     return CellGenotype(cell["nodes"], cell["concat"])
 
 
