@@ -33,12 +33,21 @@ class DescribeTest(tf.test.TestCase):
         self.assertEqual(json.loads(out.stdout)["arch_params"], 2 * 14 * 8)
 
     def test_bad_input_is_one_line(self):
+        deep = '{"normal": ' + "[" * 20_000 + "]" * 20_000 + ', "reduce": []}'  # < ARG_MAX
         for flags, message in (
                 (["--genotype=Genotype(normal=[('conv_9x9', 0)], normal_concat=[2], "
                   "reduce=[('skip_connect', 0)], reduce_concat=[2])"], "unknown operation"),
                 (["--genotype=missing.json"], "neither a published genotype"),
-                (["--genotype=DARTS_V2", "--layers=0"], "--layers must be positive"),
-                (["--genotype=DARTS_V2", "--search_space=darts"], "exactly one of")):
+                (["--genotype=DARTS_V2", "--search_space=darts"], "exactly one of"),
+                # Each crashed with a traceback before: TypeError, RecursionError, and a
+                # reduction cell concatenating its input (twice the size of its nodes).
+                (["--genotype=Genotype(normal=[('skip_connect', 0)], normal_concat=2.5, "
+                  "reduce=[('skip_connect', 0)], reduce_concat=[2])"],
+                 "genotype: normal: concat must be a list of node numbers, got 2.5"),
+                ([f"--genotype={deep}"], "genotype: malformed JSON: nested too deeply"),
+                (["--genotype=Genotype(normal=[('skip_connect', 0)], normal_concat=[2], "
+                  "reduce=[('skip_connect', 0)], reduce_concat=[0, 2])"],
+                 "reduce: concat [0, 2] must be distinct intermediate nodes in 2..2")):
             with self.subTest(flags=flags):
                 out = describe(*flags)
                 self.assertEqual(out.returncode, 2)
@@ -46,6 +55,12 @@ class DescribeTest(tf.test.TestCase):
                 lines = out.stderr.strip().splitlines()
                 self.assertLen(lines, 1, out.stderr)
                 self.assertIn(message, lines[0])
+
+    def test_a_flag_out_of_range_is_refused_by_absl_naming_it(self):
+        out = describe("--genotype=DARTS_V2", "--layers=0")
+        self.assertEqual(out.returncode, 1)
+        self.assertEqual(out.stdout, "")
+        self.assertIn("flag --layers=0: must be an integer >= 3", out.stderr)
 
 
 if __name__ == "__main__":

@@ -99,12 +99,12 @@ def _corrupt_copy(directory, target):
     return target
 
 
-@pytest.mark.parametrize("case", ["estimators", "batch_size", "missing", "corrupt", "layers"])
+@pytest.mark.parametrize("case", ["estimators", "no_estimators", "missing", "corrupt", "layers"])
 def test_bad_input_is_one_line_and_exit_2(case, searched, tmp_path):
     directory = searched[0]
     flags, message = {
         "estimators": (["--estimators=third_order"], "unknown estimator 'third_order'"),
-        "batch_size": (["--batch_size=0"], "--batch_size must be >= 1"),
+        "no_estimators": (["--estimators=,"], "--estimators is empty"),
         "missing": ([f"--search_dir={tmp_path}/none"], "holds no search run"),
         "corrupt": ([f"--search_dir={_corrupt_copy(directory, str(tmp_path / 'c'))}"],
                     "ckpt-2 does not fit the supernet"),

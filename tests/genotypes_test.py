@@ -72,13 +72,13 @@ class GenotypesTest(tf.test.TestCase):
                 "normal": [{"nodes": [[["skip_connect", 0]] * 2] * 2 + [[["skip_connect", 0]] * 3],
                             "concat": [2, 3, 4]}], "reduce": [{"nodes": [[["skip_connect", 0]]],
                                                                "concat": [2]}]}),
-            "malformed genotype text": V2[:-5],
+            "malformed DARTS text": V2[:-5],
             "expected Genotype\\(normal": "Genotype([], [], [], [])",
             "fields \\['normal', 'normal_concat', 'reduce'\\]":
                 V2.replace(", reduce_concat=[2, 3, 4, 5]", ""),
             "is not an \\(operation, input\\) pair": V2.replace("('dil_conv_3x3', 2)",
                                                                 "('dil_conv_3x3', '2')"),
-            "malformed genotype JSON": '{"normal": [',
+            "malformed JSON": '{"normal": [',
             "concat \\[2, 9\\]": json.dumps({
                 "normal": [{"nodes": [[["skip_connect", 0]]], "concat": [2, 9]}],
                 "reduce": [{"nodes": [[["skip_connect", 0]]], "concat": [2]}]}),
@@ -87,6 +87,66 @@ class GenotypesTest(tf.test.TestCase):
             with self.subTest(message=message):
                 with self.assertRaisesRegex(GenotypeError, message):
                     genotypes.load_genotype(text)
+
+    def test_wrong_types_and_ranges_are_refused_in_both_text_forms(self):
+        nodes = [[["skip_connect", 0], ["skip_connect", 1]]]
+
+        def as_json(concat=(2,), cell_nodes=nodes, deep=""):
+            text = json.dumps({"normal": [{"nodes": cell_nodes, "concat": concat}],
+                               "reduce": [{"nodes": nodes, "concat": [2]}]})
+            return text.replace('"concat": [2]}]}', '"concat": [2]}]' + deep + "}")
+
+        def as_text(concat):
+            return V2.replace("normal_concat=[2, 3, 4, 5]", f"normal_concat={concat}")
+
+        cases = {
+            "concat must be a list of node numbers, got 2.5": [as_text("2.5"), as_json(2.5)],
+            "concat must be a list of node numbers, got 5": [as_text("5"), as_json(5)],
+            "concat \\['2', '3'\\] holds '2', not a node number": [
+                as_text("['2', '3']"), as_json(["2", "3"])],
+            "holds 3.0, not a node number": [as_text("[2, 3.0, 4, 5]")],
+            "holds True, not a node number": [as_text("[True, 3, 4, 5]")],
+            "holds inf, not a node number": [as_text("[2, 3, 4, 1e999]"),
+                                             as_json().replace("[2]", "[1e999]", 1)],
+            "normal: no intermediate nodes": [as_json(cell_nodes=[])],
+            "concat \\[0, 2, 3, 4, 5\\] must be distinct intermediate nodes in 2..5": [
+                as_text("[0, 2, 3, 4, 5]")],
+            "concat \\[1, 2\\] must be distinct intermediate nodes in 2..2": [
+                as_json([1, 2])],
+            "concat \\[2, 3, 4\\] leaves out the last node 5": [
+                json.dumps(Genotype.parse(V2).to_dict()).replace("[2, 3, 4, 5]", "[2, 3, 4]", 1)],
+            "malformed JSON: nested too deeply": [as_json(deep=', "x": ' + "[" * 100_000
+                                                           + "]" * 100_000)],
+            "malformed JSON: NaN is not a number": [as_json().replace("[2]", "[NaN]", 1)],
+            "keys \\['normal', 'reduce', 'x'\\]": [as_json(deep=', "x": 1')],
+            "normal_concat= given twice": [as_text("[2, 3, 4, 5], normal_concat=[2]")],
+            "'range\\(2, 10000000000\\)' is too long": [as_text("range(2, 10000000000)")],
+            "is not range\\(start, stop\\) of integers": [as_text("range(2, '6')")],
+        }
+        for message, texts in cases.items():
+            for text in texts:
+                with self.subTest(message=message, text=text[:80]):
+                    with self.assertRaisesRegex(GenotypeError, "^genotype: .*" + message) as c:
+                        genotypes.load_genotype(text)
+                    self.assertNotIn("\n", str(c.exception))
+                    self.assertLess(len(str(c.exception)), 400)
+
+    def test_a_huge_genotype_gives_a_short_line(self):
+        edges = [["sep_conv_3x3" + "x" * 1000, "9"]] * 100_000
+        text = json.dumps({"normal": edges, "normal_concat": [2], "reduce": edges,
+                           "reduce_concat": [2]})
+        with self.assertRaisesRegex(GenotypeError, "and [0-9]+ more$") as c:
+            genotypes.load_genotype(text)
+        self.assertLess(len(str(c.exception)), 2000)
+
+    def test_cells_built_in_code_are_checked_too(self):
+        with self.assertRaisesRegex(GenotypeError, "concat must be a list of node numbers"):
+            genotypes.CellGenotype(((("skip_connect", 0),),), 2)
+        with self.assertRaisesRegex(GenotypeError, "node 2: \\('skip_connect', 0.5\\) is not"):
+            genotypes.CellGenotype(((("skip_connect", 0.5),),), (2,))
+        cell = genotypes.CellGenotype(((("skip_connect", 0),),), (2,))
+        with self.assertRaisesRegex(GenotypeError, "reduce: expected a CellGenotype"):
+            Genotype((cell,), ("cell",))
 
     def test_problems_are_all_listed(self):
         text = V2.replace("'dil_conv_3x3', 2", "'conv_9x9', 2").replace(

@@ -64,17 +64,26 @@ class SearchBinaryTest(tf.test.TestCase):
         out = os.path.join(self.get_temp_dir(), "bad")
         cases = [(["--dataset=no_such_dataset"], "unknown dataset 'no_such_dataset'"),
                  (["--operations=none,bogus_op"], "unknown operation 'bogus_op'"),
-                 (["--arch_gradient=zeroth_order"], "unknown estimator 'zeroth_order'"),
-                 (["--learning_rate=-0.1"], "learning_rate must be"),
                  (["--logical_cpus=2", "--strategy=mirrored", "--batch_size=15"],
                   "global batch size 15 is not a positive multiple of the 2 replicas")]
         for extra, message in cases:
             run = _search(f"--output_dir={out}", "--overwrite", *TINY, *extra)
             self.assertEqual(run.returncode, 2, run.stderr[-2000:])
-            last = run.stderr.strip().splitlines()[-1]
-            self.assertStartsWith(last, "search: error: ")
-            self.assertIn(message, last)
+            self.assertLen(run.stderr.strip().splitlines(), 1, run.stderr[-2000:])
+            self.assertStartsWith(run.stderr, "search: error: ")
+            self.assertIn(message, run.stderr)
+            self.assertFalse(os.path.exists(out))
 
+    def test_flags_out_of_range_are_refused_by_absl_before_anything_is_written(self):
+        out = os.path.join(self.get_temp_dir(), "bad_flag")
+        for flag, message in (("--arch_gradient=zeroth_order", "must be one of first_order"),
+                              ("--learning_rate=-0.1", "must be a finite number >= 0"),
+                              ("--logical_cpus=0", "must be an integer >= 1"),
+                              ("--seed=-1", "must be an integer in [0, 4294967295]")):
+            run = _search(f"--output_dir={out}", *TINY, flag)
+            self.assertEqual(run.returncode, 1, run.stderr[-2000:])
+            self.assertIn(f"flag {flag}: {message}", run.stderr.splitlines()[0])
+            self.assertFalse(os.path.exists(out))
 
 if __name__ == "__main__":
     tf.test.main()

@@ -74,6 +74,20 @@ class TrainBinaryTest(tf.test.TestCase):
         self.assertIn("unknown operation 'bogus_op'", last)
         self.assertFalse(os.path.exists(out))
 
+    def test_genotype_that_crashed_the_build_is_refused_before_the_run_directory(self):
+        # A reduction cell concatenating its input (twice its nodes' size) used to fail in
+        # the network build, with a traceback, after run.json and log.txt were written.
+        out = os.path.join(self.get_temp_dir(), "bad_concat")
+        bad = ("--genotype=Genotype(normal=[('skip_connect', 0), ('skip_connect', 1)], "
+               "normal_concat=[2], reduce=[('max_pool_3x3', 0), ('skip_connect', 1)], "
+               "reduce_concat=[0, 2])")
+        run = _run("train", f"--output_dir={out}", *TINY, bad)
+        self.assertEqual(run.returncode, 2, run.stderr[-2000:])
+        self.assertLen(run.stderr.strip().splitlines(), 1, run.stderr[-2000:])
+        self.assertIn("train: error: genotype: reduce: concat [0, 2] must be distinct "
+                      "intermediate nodes", run.stderr)
+        self.assertFalse(os.path.exists(out))
+
 
 if __name__ == "__main__":
     tf.test.main()

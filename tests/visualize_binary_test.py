@@ -116,7 +116,8 @@ class VisualizeFunctionTest(absltest.TestCase):
         self.assertCountEqual(os.listdir(out), [os.path.basename(p) for p in written])
 
     def test_bad_input(self):
-        from tf_amended_darts.bin import cli, visualize as binary
+        from tf_amended_darts import errors
+        from tf_amended_darts.bin import visualize as binary
         folder = self.tempdir()
         history = alphas_history(2)
         history["records"][1]["probabilities"].pop()
@@ -132,8 +133,7 @@ class VisualizeFunctionTest(absltest.TestCase):
                 ({"genotype": "DARTS_V2", "prefix": "a/b"}, "plain file name prefix"),
                 ({"genotype": "DARTS_V2", "formats": ["png", "bmp"]}, "expected some of")):
             with self.subTest(kwargs=kwargs):
-                with self.assertRaisesRegex((ValueError, OSError, cli.UserError),
-                                            message) as raised:
+                with self.assertRaisesRegex(errors.InputError, message) as raised:
                     binary.visualize(output_dir=folder, **kwargs)
                 self.assertNotIn("\n", str(raised.exception))
         self.assertCountEqual(os.listdir(folder), ["alphas_history.json", "empty.json"])

@@ -269,8 +269,11 @@ class AlphaHistoryTest(TestCase):
         path = self.tempfile("g.json", json.dumps({"operations": ["a"]}))
         with self.assertRaisesRegex(ValueError, "g.json: missing key"):
             visualize.load_alpha_history(path)
-        with self.assertRaises(OSError):
+        with self.assertRaisesRegex(visualize.AlphaHistoryError,
+                                    "cannot read .*g.json.missing: No such file"):
             visualize.load_alpha_history(path + ".missing")
+        with self.assertRaisesRegex(visualize.AlphaHistoryError, "cannot read .*: Is a directory"):
+            visualize.load_alpha_history(os.path.dirname(path))
 
 
 if __name__ == "__main__":

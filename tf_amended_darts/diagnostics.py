@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_amended_darts import data, estimators, search, search_model, search_space as ss
+from tf_amended_darts import data, errors, estimators, search, search_model, search_space as ss
 from tf_amended_darts import training
 
 WEIGHT_LR, WEIGHT_MOMENTUM, WEIGHT_DECAY, XI = 0.025, 0.9, 3e-4, 0.025
@@ -40,27 +40,27 @@ def _cosine(a, b):
 
 def _check(search_dir, search_space, init_channels, layers, steps, batch_size, estimator_names,
            cg_iterations, warmup_steps, repeats):
-    """The estimator names, or ValueError on bad values (before anything is loaded)."""
+    """The estimator names, or errors.InputError on bad values (before anything is loaded)."""
     for name, value, minimum in (("init_channels", init_channels, 1), ("layers", layers, 3),
                                  ("steps", steps, 1), ("batch_size", batch_size, 1),
                                  ("cg_iterations", cg_iterations, 1), ("repeats", repeats, 1),
                                  ("warmup_steps", warmup_steps, 0)):
         if value is not None and value < minimum:
-            raise ValueError(f"--{name} must be >= {minimum}, got {value}")
+            raise errors.InputError(f"--{name} must be >= {minimum}, got {value}")
     if search_dir:
         given = [name for name, value in (("search_space", search_space),
                                           ("init_channels", init_channels), ("layers", layers),
                                           ("steps", steps), ("warmup_steps", warmup_steps or None))
                  if value is not None]
         if given:
-            raise ValueError(f"--search_dir takes the supernet and its weights from the search "
-                             f"run: drop --{', --'.join(given)}")
+            raise errors.InputError(f"--search_dir takes the supernet and its weights from the "
+                                    f"search run: drop --{', --'.join(given)}")
     names = list(dict.fromkeys(n.strip() for n in estimator_names if n.strip()))
     if not names:
-        raise ValueError("--estimators is empty")
+        raise errors.InputError("--estimators is empty")
     for n in names:
         if n not in KNOWN:
-            raise ValueError(f"unknown estimator {n!r}; expected some of {', '.join(KNOWN)}")
+            raise errors.InputError(f"unknown estimator {n!r}; expected some of {', '.join(KNOWN)}")
     return names
 
 
@@ -75,7 +75,7 @@ def _searched_supernet(search_dir, dataset, data_dir):
     fits = (list(ds.info.image_shape) == list(run.dataset_info["image_shape"])
             and ds.info.num_classes == run.dataset_info["num_classes"])
     if not fits:
-        raise ValueError(f"dataset {ds.info.name} ({tuple(ds.info.image_shape)}, "
+        raise errors.InputError(f"dataset {ds.info.name} ({tuple(ds.info.image_shape)}, "
                          f"{ds.info.num_classes} classes) does not fit the searched supernet "
                          f"({tuple(run.dataset_info['image_shape'])}, "
                          f"{run.dataset_info['num_classes']} classes)")

@@ -16,16 +16,20 @@ import os
 
 import tensorflow as tf
 
+from tf_amended_darts import errors
+
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 
 
 def configure_logical_cpus(count):
-    """Splits the first CPU into `count` logical devices (no-op for count <= 1).
+    """Splits the first CPU into `count` logical devices (no-op for 1 or None).
 
     Must run before TensorFlow initialises its devices (any op or device listing);
-    afterwards it raises ValueError saying so.
+    afterwards it raises errors.InputError saying so.
     """
-    if count is None or count <= 1:
+    if count is not None and count < 1:
+        raise errors.InputError(f"--logical_cpus must be at least 1, got {count}")
+    if count is None or count == 1:
         return
     cpus = tf.config.list_physical_devices("CPU")
     try:
@@ -34,22 +38,23 @@ def configure_logical_cpus(count):
     except RuntimeError:
         present = len(tf.config.list_logical_devices("CPU"))
         if present != count:
-            raise ValueError(f"cannot split the CPU into {count} logical devices: TensorFlow "
-                             f"is already initialised with {present}") from None
+            raise errors.InputError(f"cannot split the CPU into {count} logical devices: "
+                                    f"TensorFlow is already initialised with {present}") from None
 
 
 def _num_workers_in_tf_config():
     try:
         cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
     except json.JSONDecodeError as e:
-        raise ValueError(f"TF_CONFIG is not valid JSON: {e}") from None
+        raise errors.InputError(f"TF_CONFIG is not valid JSON: {e}") from None
     return sum(len(cluster.get(kind, [])) for kind in ("chief", "worker"))
 
 
 def make_strategy(name="auto"):
     """The tf.distribute strategy `name` (see the module docstring)."""
     if name not in STRATEGIES:
-        raise ValueError(f"unknown strategy {name!r}; expected one of {', '.join(STRATEGIES)}")
+        raise errors.InputError(f"unknown strategy {name!r}; expected one of "
+                                f"{', '.join(STRATEGIES)}")
     if name == "auto":
         if _num_workers_in_tf_config() > 1:
             name = "multi_worker"
@@ -60,7 +65,8 @@ def make_strategy(name="auto"):
             name = "one_device"
     if name == "multi_worker":
         if not os.environ.get("TF_CONFIG"):
-            raise ValueError("--strategy=multi_worker needs the TF_CONFIG environment variable")
+            raise errors.InputError("--strategy=multi_worker needs the TF_CONFIG environment "
+                                    "variable")
         return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "mirrored":
         gpus = tf.config.list_logical_devices("GPU")
@@ -77,11 +83,11 @@ def make_strategy(name="auto"):
 
 
 def check_global_batch(global_batch_size, strategy):
-    """Raises ValueError unless the global batch splits evenly over the replicas."""
+    """Raises errors.InputError unless the global batch splits evenly over the replicas."""
     replicas = strategy.num_replicas_in_sync
     if global_batch_size < 1 or global_batch_size % replicas:
-        raise ValueError(f"the global batch size {global_batch_size} is not a positive "
-                         f"multiple of the {replicas} replicas")
+        raise errors.InputError(f"the global batch size {global_batch_size} is not a positive "
+                                f"multiple of the {replicas} replicas")
     return global_batch_size // replicas
 
 

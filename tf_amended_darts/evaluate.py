@@ -7,12 +7,13 @@ tracing, batch), trainable parameters and mult-adds of one image.
 """
 
 import json
+import os
 import time
 
 import numpy as np
 import tensorflow as tf
 
-from tf_amended_darts import data, export, train
+from tf_amended_darts import data, errors, export, train
 
 
 def _counts(probabilities, labels, k):
@@ -41,7 +42,7 @@ def evaluate_probabilities(predict, examples, num_classes, batch_size=256):
         else:
             timed += n
     if count == 0:
-        raise ValueError("the split holds no examples")
+        raise errors.InputError("the split holds no examples")
     seconds = time.perf_counter() - start
     return {"examples": count, "top1": top1 / count, "top5": top5 / count, "top5_k": k,
             "loss": loss / count,
@@ -62,20 +63,31 @@ def load_checkpoint(run_directory, checkpoint=None, genotype=None):
 
 
 def load_saved_model(directory):
-    """(predict, description, class names) of a SavedModel written by export.py."""
+    """(predict, description, class names) of a SavedModel written by export.py; ExportError
+    (one line) for a directory that holds none, or a truncated or corrupt one."""
+    fingerprint = os.path.join(directory, "fingerprint.pb")
     try:
+        if os.path.isfile(fingerprint):  # TF would log a traceback for it and load on
+            tf.saved_model.experimental.read_fingerprint(directory)
         loaded = tf.saved_model.load(directory)
-    except (OSError, tf.errors.OpError) as e:
+    # What TF raises for a damaged SavedModel depends on the damaged file: a truncated
+    # variables file gives IndexError, an empty saved_model.pb ValueError, a bad
+    # fingerprint.pb RuntimeError.
+    except (OSError, tf.errors.OpError, ValueError, IndexError, RuntimeError) as e:
         first = (str(getattr(e, "message", e)).strip().splitlines() or [type(e).__name__])[0]
-        raise ValueError(f"cannot load a SavedModel from {directory}: {first[:300]}") from None
+        raise export.ExportError(f"cannot load a SavedModel from {directory}: "
+                                 f"{first[:300]}") from None
     genotype_json, class_names, description = export.read_metadata(loaded)
     serve = loaded.signatures[export.SIGNATURE]
 
     def predict(images):
         return serve(**{export.INPUT_NAME: images})["probabilities"]
     from tf_amended_darts import genotypes  # pylint: disable=g-import-not-at-top
-    description = {**description, "source": directory,
-                   "genotype": genotypes.Genotype.from_json(genotype_json).to_string()}
+    try:
+        genotype = genotypes.Genotype.from_json(genotype_json)
+    except genotypes.GenotypeError as e:
+        raise genotypes.GenotypeError(f"the genotype of SavedModel {directory}: {e}") from None
+    description = {**description, "source": directory, "genotype": genotype.to_string()}
     return predict, description, class_names
 
 
@@ -87,9 +99,9 @@ def evaluate(run_dir=None, saved_model=None, checkpoint=None, genotype=None, dat
     must have the network's shape.
     """
     if (run_dir is None) == (saved_model is None):
-        raise ValueError("give exactly one of --run_dir and --saved_model")
+        raise errors.InputError("give exactly one of --run_dir and --saved_model")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        raise errors.InputError(f"--batch_size must be at least 1, got {batch_size}")
     image_size = None
     if run_dir is not None:
         meta = train.run_dir.read_metadata(run_dir) or {}
@@ -100,22 +112,24 @@ def evaluate(run_dir=None, saved_model=None, checkpoint=None, genotype=None, dat
         predict, description, _ = load_checkpoint(run_dir, checkpoint, genotype)
     else:
         if checkpoint is not None or genotype is not None:
-            raise ValueError("--checkpoint and --genotype go with --run_dir, not --saved_model")
+            raise errors.InputError("--checkpoint and --genotype go with --run_dir, not "
+                                    "--saved_model")
         predict, description, _ = load_saved_model(saved_model)
         if dataset is None:
-            raise ValueError("--saved_model needs --dataset (and --data_dir if it needs one)")
+            raise errors.InputError("--saved_model needs --dataset (and --data_dir if it needs "
+                                    "one)")
     shape = tuple(description["image_shape"])
     loaded = data.load_dataset(dataset, data_dir, download,
                                image_size=image_size or (shape[0] if shape[0] == shape[1]
                                                          else shape[:2]))
     if tuple(loaded.info.image_shape) != shape:
-        raise ValueError(f"dataset {dataset} has images {loaded.info.image_shape}, the network "
-                         f"takes {shape}")
+        raise errors.InputError(f"dataset {dataset} has images {loaded.info.image_shape}, the "
+                                f"network takes {shape}")
     if loaded.info.num_classes != description["num_classes"]:
-        raise ValueError(f"dataset {dataset} has {loaded.info.num_classes} classes, the network "
-                         f"{description['num_classes']}")
+        raise errors.InputError(f"dataset {dataset} has {loaded.info.num_classes} classes, the "
+                                f"network {description['num_classes']}")
     if split not in ("train", "test"):
-        raise ValueError(f"unknown split {split!r}; expected train or test")
+        raise errors.InputError(f"unknown split {split!r}; expected train or test")
     examples = loaded.train if split == "train" else loaded.test
     metrics = evaluate_probabilities(predict, examples, description["num_classes"], batch_size)
     return {"dataset": dataset, "split": split, **metrics, **description}

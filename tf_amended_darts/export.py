@@ -129,9 +129,13 @@ def _umask():
 def read_metadata(loaded):
     """(genotype JSON str, class names list, description dict) of a tf.saved_model.load result."""
     if not hasattr(loaded, METADATA):
-        raise ValueError("this SavedModel was not written by tf_amended_darts export (it has no "
-                         f"{METADATA!r} endpoint)")
+        raise ExportError("this SavedModel was not written by tf_amended_darts export (it has no "
+                          f"{METADATA!r} endpoint)")
     values = getattr(loaded, METADATA)()
-    return (values["genotype"].numpy().decode(),
-            [c.decode() for c in values["class_names"].numpy()],
-            json.loads(values["description"].numpy().decode()))
+    try:
+        return (values["genotype"].numpy().decode(),
+                [c.decode() for c in values["class_names"].numpy()],
+                json.loads(values["description"].numpy().decode()))
+    except (KeyError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ExportError(f"this SavedModel's {METADATA!r} endpoint is not the one export "
+                          f"writes ({type(e).__name__}: {e})") from None

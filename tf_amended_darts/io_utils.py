@@ -3,22 +3,32 @@
 import os
 import tempfile
 
+from tf_amended_darts import errors
+
 
 def write_atomic(path, data):
-    """Writes str or bytes to `path` via a temporary file in the same folder and a rename."""
+    """Writes str or bytes to `path` via a temporary file in the same folder and a rename.
+
+    A folder that cannot be created or written (permission denied, a file in the way, disk
+    full) raises errors.InputError naming the path: the user chose it."""
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-" + os.path.basename(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-" + os.path.basename(path))
+    except OSError as e:
+        raise errors.InputError(f"cannot write {path}: {e.strerror or e}") from None
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make results owner-only
     try:
         with os.fdopen(fd, "wb") as f:
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make results owner-only
             f.write(data.encode("utf-8") if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError):
+            raise errors.InputError(f"cannot write {path}: {e.strerror or e}") from None
         raise

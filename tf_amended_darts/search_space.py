@@ -2,7 +2,7 @@
 
 import dataclasses
 
-from tf_amended_darts import operations
+from tf_amended_darts import errors, genotypes, operations
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,17 +32,19 @@ class SearchSpace:
 
     def __post_init__(self):
         object.__setattr__(self, "operations", tuple(self.operations))
-        for name in self.operations:
-            operations.check_operation(name)
+        unknown = genotypes.unknown_operation_problems(self.operations, "search space")
+        if unknown:
+            raise errors.InputError("; ".join(unknown))
         if len(set(self.operations)) != len(self.operations):
-            raise ValueError(f"operations are repeated: {self.operations}")
+            raise errors.InputError(f"operations are repeated: {self.operations}")
         if not [op for op in self.operations if op != "none"]:
-            raise ValueError("a search space needs at least one operation other than 'none'")
+            raise errors.InputError("a search space needs at least one operation other than 'none'")
         for field in ("steps", "inputs_per_node", "layers", "init_channels", "stem_multiplier"):
             if getattr(self, field) < 1:
-                raise ValueError(f"{field} must be at least 1, got {getattr(self, field)}")
+                raise errors.InputError(f"{field} must be at least 1, got {getattr(self, field)}")
         if self.layers < 3:
-            raise ValueError(f"layers must be at least 3 (two reduction cells), got {self.layers}")
+            raise errors.InputError(f"layers must be at least 3 (two reduction cells), got "
+                                    f"{self.layers}")
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
@@ -95,5 +97,6 @@ PRESETS = {
 
 def get_search_space(name):
     if name not in PRESETS:
-        raise ValueError(f"unknown search space {name!r}; presets: {', '.join(sorted(PRESETS))}")
+        raise errors.InputError(f"unknown search space {name!r}; presets: "
+                                f"{', '.join(sorted(PRESETS))}")
     return PRESETS[name]

@@ -84,13 +84,13 @@ def genotype_cells(genotype):
 
 
 def check_formats(formats):
-    """The formats as a list without duplicates; ValueError for one not in FORMATS."""
+    """The formats as a list without duplicates; errors.InputError for one not in FORMATS."""
     if isinstance(formats, str):
         formats = [formats]
     formats = [f.strip().lower() for f in formats]
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
-        raise ValueError(f"picture format(s) {bad or '(none)'}: expected some of "
+        raise errors.InputError(f"picture format(s) {bad or '(none)'}: expected some of "
                          f"{', '.join(FORMATS)}")
     return list(dict.fromkeys(formats))
 
@@ -209,8 +209,8 @@ def _is_int(value):
 
 def validate_alpha_history(history, where="alphas history"):
     """Checks the format of `alphas_history.json`; returns (operations, slots, records) with
-    records sorted by (epoch, step) and probabilities as float arrays. AlphaHistoryError (a
-    ValueError) names the first problem."""
+    records sorted by (epoch, step) and probabilities as float arrays. AlphaHistoryError (an
+    errors.InputError) names the first problem."""
     def fail(message):
         raise AlphaHistoryError(f"{where}: {message}")
 
@@ -271,11 +271,15 @@ def validate_alpha_history(history, where="alphas history"):
 
 
 def load_alpha_history(path):
-    """Reads and validates an `alphas_history.json` (ValueError naming the problem; OSError if
-    unreadable). Returns the history dict as stored."""
+    """Reads and validates an `alphas_history.json` (AlphaHistoryError naming the problem, an
+    unreadable file included). Returns the history dict as stored."""
     try:
         with open(path, encoding="utf-8") as f:
             history = json.load(f)
+    except OSError as e:
+        raise AlphaHistoryError(f"cannot read {path}: {e.strerror or e}") from None
+    except RecursionError:
+        raise AlphaHistoryError(f"{path}: not valid JSON: nested too deeply") from None
     except json.JSONDecodeError as e:
         raise AlphaHistoryError(f"{path}: not valid JSON: {e}") from None
     except UnicodeDecodeError as e:
@@ -297,7 +301,7 @@ def plot_alpha_history(history, path):
     Saved as PNG, SVG or PDF by the extension of `path`, atomically. Returns `path`."""
     fmt = os.path.splitext(str(path))[1].lower().lstrip(".")
     if fmt not in FORMATS:
-        raise ValueError(f"{path}: plot format by extension must be one of "
+        raise errors.InputError(f"{path}: plot format by extension must be one of "
                          f"{', '.join('.' + f for f in FORMATS)}")
     operations, slots, records = validate_alpha_history(history)
     if not records:

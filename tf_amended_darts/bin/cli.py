@@ -1,14 +1,90 @@
-"""What every binary shares: one clear line and a non-zero exit for bad input."""
+"""What every binary shares: bad input (errors.InputError) is one line and exit status 2;
+any other exception is a bug and shows its traceback (absl re-raises it: exit status 1)."""
 
 import logging as python_logging
+import math
 import os
 import sys
 
 from absl import app, flags, logging
 
+from tf_amended_darts import errors
 
-class UserError(Exception):
-    """Bad input found by a binary itself (an impossible flag combination, say)."""
+
+# Checks of a flag on its own, by flag name (a name means the same in every binary); absl runs
+# them while parsing, before main, and reports `flag --name=value: message` (exit status 1).
+# Checks that need several flags raise errors.InputError in the library instead.
+def _integer_at_least(low, high=None):
+    if high is None:
+        return (lambda v: v >= low), f"must be an integer >= {low}"
+    return (lambda v: low <= v <= high), f"must be an integer in [{low}, {high}]"
+
+
+def _number_in(low, high=math.inf, low_open=False, high_open=False):
+    def check(v):
+        return (math.isfinite(v) and (v > low if low_open else v >= low)
+                and (v < high if high_open else v <= high))
+    if high == math.inf:
+        return check, f"must be a finite number {'>' if low_open else '>='} {low}"
+    return check, (f"must be in {'(' if low_open else '['}{low}, {high}"
+                   f"{')' if high_open else ']'}")
+
+
+def _not_empty():
+    return (lambda v: bool(str(v).strip())), "must not be empty"
+
+
+def _one_of(choices):
+    return (lambda v: v in choices), f"must be one of {', '.join(choices)}"
+
+
+def _flag_rules():
+    # Imported here: the registries live in modules that import TensorFlow.
+    from tf_amended_darts import distribute, estimators, search_space
+    rules = {
+        # Seeds reach numpy's global seed (keras.utils.set_random_seed): 0 .. 2**32 - 1.
+        "seed": _integer_at_least(0, 2**32 - 1), "tuner_seed": _integer_at_least(0, 2**32 - 1),
+        "arch_beta_1": _number_in(0, 1, high_open=True),
+        "arch_beta_2": _number_in(0, 1, high_open=True),
+        "drop_path": _number_in(0, 1, high_open=True),
+        "label_smoothing": _number_in(0, 1, high_open=True),
+        "train_portion": _number_in(0, 1, low_open=True, high_open=True),
+        "fd_radius": _number_in(0, low_open=True),
+        "strategy": _one_of(distribute.STRATEGIES),
+        "arch_gradient": _one_of(tuple(estimators.ESTIMATORS)),
+        "products": _one_of(estimators.PRODUCTS),
+        "search_space": _one_of(tuple(sorted(search_space.PRESETS))),
+    }
+    for names, rule in (
+            (("checkpoint_every", "warmup_epochs", "warmup_steps", "cutout"),
+             _integer_at_least(0)),
+            (("stop_after_steps", "logical_cpus", "image_size", "nodes", "channels", "steps",
+              "implicit_iterations", "epochs", "steps_per_epoch", "batch_size", "init_channels",
+              "num_classes", "input_size", "input_channels", "cg_iterations", "repeats",
+              "max_trials", "initial_points", "eval_channels", "eval_epochs",
+              "eval_steps_per_epoch", "eval_validation_steps", "eval_batch_size"),
+             _integer_at_least(1)),
+            (("cells", "layers", "eval_layers"), _integer_at_least(3)),  # two are reductions
+            (("amending_coefficient", "learning_rate", "learning_rate_min", "momentum",
+              "weight_decay", "grad_clip", "arch_learning_rate", "arch_weight_decay",
+              "auxiliary_weight", "lr_decay", "eta", "damping", "eval_learning_rate",
+              "eval_momentum", "eval_weight_decay"), _number_in(0)),
+            (("dataset", "data_dir", "output_dir", "export_dir", "run_dir", "checkpoint",
+              "saved_model", "search_dir", "directory", "project_name", "alphas_history",
+              "genotype"), _not_empty())):
+        rules.update(dict.fromkeys(names, rule))
+    return rules
+
+
+def validate_flags(holders):
+    """Registers the checks above for a binary's FlagHolders (`globals().values()`; other
+    values are skipped); an unset flag (None) passes."""
+    rules = _flag_rules()
+    for holder in holders:
+        if isinstance(holder, flags.FlagHolder) and holder.name in rules:
+            check, message = rules[holder.name]
+            flags.register_validator(holder, lambda v, check=check: v is None or check(v),
+                                     message)
 
 
 def flag_values(namespace):
@@ -27,8 +103,9 @@ def make_strategy(name, deterministic=False):
     return distribute.make_strategy(name)
 
 
-def run(main, expected=(ValueError, OSError, UserError)):
-    """`app.run(main)`, with the expected errors printed as one line (exit status 2)."""
+def run(main):
+    """`app.run(main)`, with bad input (errors.InputError) printed as one line (exit status 2).
+    """
     def guarded(argv):
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -38,7 +115,7 @@ def run(main, expected=(ValueError, OSError, UserError)):
             python_logging.getLogger("tensorflow").setLevel(python_logging.WARNING)
         try:
             return main(argv)
-        except expected as e:
+        except errors.InputError as e:
             name = os.path.basename(sys.argv[0]).removesuffix(".py")
             print(f"{name}: error: {e}", file=sys.stderr)
             sys.exit(2)

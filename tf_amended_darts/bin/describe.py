@@ -9,6 +9,7 @@ import json
 
 from absl import flags
 
+from tf_amended_darts import errors
 from tf_amended_darts.bin import cli
 
 _GENOTYPE = flags.DEFINE_string("genotype", None, "Published name, JSON file, or genotype text.")
@@ -26,6 +27,7 @@ _INPUT_SIZE = flags.DEFINE_integer("input_size", None,
                                    "Input height = width (default: cifar 32, imagenet 224).")
 _INPUT_CHANNELS = flags.DEFINE_integer("input_channels", 3, "Input channels.")
 _FORMAT = flags.DEFINE_enum("format", "text", ["text", "json"], "Output format.")
+cli.validate_flags(globals().values())
 
 _DEFAULTS = {"cifar": (36, 20, 10, 32), "imagenet": (48, 14, 1000, 224)}
 
@@ -37,13 +39,8 @@ def describe(genotype=None, search_space=None, network="cifar", init_channels=No
     c, n, k, size = _DEFAULTS[network]
     num_classes = num_classes or k
     input_shape = (input_size or size, input_size or size, input_channels)
-    for name, value in (("init_channels", init_channels), ("layers", layers),
-                        ("num_classes", num_classes), ("input_size", input_size),
-                        ("input_channels", input_channels)):
-        if value is not None and value < 1:
-            raise ValueError(f"--{name} must be positive, got {value}")
     if (genotype is None) == (search_space is None):
-        raise ValueError("give exactly one of --genotype and --search_space")
+        raise errors.InputError("give exactly one of --genotype and --search_space")
     if search_space is not None:
         space = ss.get_search_space(search_space)
         space = space.replace(init_channels=init_channels or space.init_channels,

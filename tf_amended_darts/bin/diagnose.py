@@ -37,6 +37,7 @@ _WARMUP_STEPS = flags.DEFINE_integer("warmup_steps", None, "SGD steps on a prese
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls per estimator after the first.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the supernet and of the batch order.")
 _FORMAT = flags.DEFINE_enum("format", "text", ["text", "json"], "Output format.")
+cli.validate_flags(globals().values())
 
 
 def main(argv):

@@ -21,6 +21,7 @@ _DOWNLOAD = flags.DEFINE_bool("download", False, "tensorflow-datasets: build it 
 _SPLIT = flags.DEFINE_enum("split", "test", ["test", "train"], "Split to evaluate.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 256, "Batch size.")
 _FORMAT = flags.DEFINE_enum("format", "text", ["text", "json"], "Output format.")
+cli.validate_flags(globals().values())
 
 
 def main(argv):

@@ -21,6 +21,7 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an existing --export
 
 flags.mark_flag_as_required("run_dir")
 flags.mark_flag_as_required("export_dir")
+cli.validate_flags(globals().values())
 
 
 def main(argv):

@@ -61,6 +61,7 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of initialisation and data order."
 _VALIDATE = flags.DEFINE_bool("validate", True, "Evaluate on the architecture part per epoch.")
 
 flags.mark_flag_as_required("output_dir")
+cli.validate_flags(globals().values())
 
 
 def main(argv):

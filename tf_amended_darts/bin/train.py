@@ -60,6 +60,7 @@ _VALIDATE = flags.DEFINE_bool("validate", True, "Evaluate on the test split ever
 
 flags.mark_flag_as_required("output_dir")
 flags.mark_flag_as_required("genotype")
+cli.validate_flags(globals().values())
 
 
 def main(argv):

@@ -31,6 +31,7 @@ import os
 
 from absl import flags
 
+from tf_amended_darts import errors, io_utils
 from tf_amended_darts.bin import cli
 
 _MODE = flags.DEFINE_enum("mode", "architectures", ["architectures", "search_options"],
@@ -86,6 +87,8 @@ _SEARCH_FLAGS = {
     for name in names}
 
 flags.mark_flag_as_required("directory")
+cli.validate_flags(globals().values())
+cli.validate_flags(_SEARCH_FLAGS.values())
 
 
 def _search_config():
@@ -106,8 +109,8 @@ def main(argv):
     del argv
     if _EXPORT_DIR.value:
         if _MODE.value != "architectures":
-            raise cli.UserError("--export_dir needs --mode=architectures (search_options trials "
-                                "train no network to export)")
+            raise errors.InputError("--export_dir needs --mode=architectures (search_options "
+                                    "trials train no network to export)")
         from tf_amended_darts import export  # pylint: disable=g-import-not-at-top
         export.check_export_dir(_EXPORT_DIR.value, _OVERWRITE_EXPORT.value, "--overwrite_export")
     config = _search_config()
@@ -120,10 +123,10 @@ def main(argv):
                       weight_decay=_EVAL_WD.value, batch_size=_EVAL_BATCH.value)
     if _MODE.value == "architectures":
         if not _SEARCH_DIR.value:
-            raise cli.UserError("--mode=architectures needs --search_dir")
+            raise errors.InputError("--mode=architectures needs --search_dir")
         if _is_worker() and tuner.load_search_result(_SEARCH_DIR.value, config) is None:
-            raise cli.UserError(f"{_SEARCH_DIR.value} holds no finished search with these "
-                                "options: run the search before the workers")
+            raise errors.InputError(f"{_SEARCH_DIR.value} holds no finished search with these "
+                                    "options: run the search before the workers")
         oracle = tuner.DartsOracle(search_config=config, search_dir=_SEARCH_DIR.value,
                                    search_kwargs={"render": False}, max_trials=_MAX_TRIALS.value,
                                    seed=_TUNER_SEED.value)
@@ -145,7 +148,7 @@ def main(argv):
                 oracle = kt.oracles.BayesianOptimizationOracle(
                     num_initial_points=_INITIAL_POINTS.value, **options)
             except ImportError as e:  # keras-tuner's GP needs scikit-learn and scipy
-                raise cli.UserError(f"--oracle=bayesian: {e}") from None
+                raise errors.InputError(f"--oracle=bayesian: {e}") from None
         evaluation.pop("batch_size")
         keras_tuner = tuner.SearchTuner(
             oracle, config, tune=_TUNE.value, arch_gradients=_ARCH_GRADIENTS.value,
@@ -173,8 +176,7 @@ def main(argv):
     else:
         best = tuner.best_search_config(keras_tuner, config)
         path = os.path.join(project, "best_search_config.json")
-        with open(path, "w") as f:
-            json.dump(best.to_dict(), f, indent=2, sort_keys=True)
+        io_utils.write_atomic(path, json.dumps(best.to_dict(), indent=2, sort_keys=True))
         trial = keras_tuner.oracle.get_best_trials(1)[0]
         print(f"best trial {trial.trial_id}: {tuner.OBJECTIVE}={trial.score:.4f} "
               f"search options: " + " ".join(f"{k}={v}" for k, v in

@@ -14,6 +14,7 @@ import os
 
 from absl import flags
 
+from tf_amended_darts import errors
 from tf_amended_darts.bin import cli
 
 _GENOTYPE = flags.DEFINE_string("genotype", None,
@@ -27,6 +28,7 @@ _RUN_DIR = flags.DEFINE_string("run_dir", None,
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", ".", "Where to write the pictures.")
 _PREFIX = flags.DEFINE_string("prefix", "genotype", "File name prefix of the cell pictures.")
 _FORMATS = flags.DEFINE_list("formats", ["png", "svg"], "Picture formats: png, svg, pdf.")
+cli.validate_flags(globals().values())
 
 HISTORY_NAME = "alphas_history"
 
@@ -35,18 +37,18 @@ def inputs(genotype=None, alphas_history=None, run_dir=None):
     """(genotype spec, history path) from the flags, resolving --run_dir."""
     if run_dir is not None:
         if not os.path.isdir(run_dir):
-            raise cli.UserError(f"--run_dir {run_dir} is not a directory")
+            raise errors.InputError(f"--run_dir {run_dir} is not a directory")
         found = {name: os.path.join(run_dir, name)
                  for name in ("genotype.json", HISTORY_NAME + ".json")}
         found = {name: path for name, path in found.items() if os.path.isfile(path)}
         if not found and genotype is None and alphas_history is None:
-            raise cli.UserError(f"--run_dir {run_dir} holds neither genotype.json nor "
-                                f"{HISTORY_NAME}.json")
+            raise errors.InputError(f"--run_dir {run_dir} holds neither genotype.json nor "
+                                    f"{HISTORY_NAME}.json")
         genotype = genotype if genotype is not None else found.get("genotype.json")
         alphas_history = (alphas_history if alphas_history is not None
                           else found.get(HISTORY_NAME + ".json"))
     if genotype is None and alphas_history is None:
-        raise cli.UserError("give --genotype, --alphas_history or --run_dir")
+        raise errors.InputError("give --genotype, --alphas_history or --run_dir")
     return genotype, alphas_history
 
 
@@ -57,11 +59,11 @@ def visualize(genotype=None, alphas_history=None, run_dir=None, output_dir=".",
     genotype, alphas_history = inputs(genotype, alphas_history, run_dir)
     formats = vis.check_formats(formats)
     if not prefix or os.sep in prefix or prefix in (".", ".."):
-        raise cli.UserError(f"--prefix {prefix!r} must be a plain file name prefix")
+        raise errors.InputError(f"--prefix {prefix!r} must be a plain file name prefix")
     # Check every input before writing anything.
     history = vis.load_alpha_history(alphas_history) if alphas_history is not None else None
     if history is not None and not history["records"]:
-        raise cli.UserError(f"{alphas_history} has no records yet")
+        raise errors.InputError(f"{alphas_history} has no records yet")
     g = None
     if genotype is not None:
         from tf_amended_darts import genotypes
