@@ -7,18 +7,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+import file_tree
 from tf_amended_darts import checkpointing
-
-
-def tree(directory):
-    """{relative path: (size, mtime_ns)} of every file and folder under `directory`."""
-    found = {}
-    for root, folders, files in os.walk(directory):
-        for name in folders + files:
-            path = os.path.join(root, name)
-            status = os.stat(path)
-            found[os.path.relpath(path, directory)] = (status.st_size, status.st_mtime_ns)
-    return found
 
 
 def truncate(directory, prefix):
@@ -118,13 +108,13 @@ class CheckpointerTest(tf.test.TestCase):
         self._saved(directory, (1, 2))
         truncate(directory, "ckpt-1")
         truncate(directory, "ckpt-2")
-        before = tree(directory)
+        before = file_tree.snapshot(directory)
         with self.assertRaisesRegex(checkpointing.CheckpointError,
                                     r"^none of the 2 checkpoints in .* can be restored.*ckpt-2"
                                     r".*--overwrite$") as caught:
             self._checkpointer(directory).restore()
         self.assertNotIn("\n", str(caught.exception))
-        self.assertEqual(tree(directory), before)
+        self.assertEqual(file_tree.snapshot(directory), before)
 
     def test_state_file_without_checkpoints_is_refused(self):
         directory = self.get_temp_dir() + "/gone"

@@ -11,20 +11,10 @@ import sys
 
 import tensorflow as tf
 
+import file_tree
 from tf_amended_darts import run_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tree(directory):
-    """{relative path: (size, mtime_ns)} of `directory` itself and everything under it."""
-    found = {".": os.stat(directory).st_mtime_ns}
-    for root, folders, files in os.walk(directory):
-        for name in folders + files:
-            path = os.path.join(root, name)
-            status = os.stat(path)
-            found[os.path.relpath(path, directory)] = (status.st_size, status.st_mtime_ns)
-    return found
 
 
 def one_line(error):
@@ -49,12 +39,12 @@ class RunDirTest(tf.test.TestCase):
         directory = self._run("run")
         with open(os.path.join(directory, "genotype.json"), "w") as f:
             f.write("{}")
-        before = tree(directory)
+        before = file_tree.snapshot(directory)
         with self.assertRaisesRegex(run_dir.RunDirError, "different search.*differs in: a"):
             run_dir.prepare(directory, {"a": 2}, "search", resume=True)
         with self.assertRaisesRegex(run_dir.RunDirError, "--resume"):
             run_dir.prepare(directory, {"a": 1}, "search")
-        self.assertEqual(tree(directory), before)
+        self.assertEqual(file_tree.snapshot(directory), before)
         self.assertTrue(run_dir.prepare(directory, {"a": 1}, "search", resume=True))
         run_dir.release(directory)
         self.assertFalse(run_dir.prepare(directory, {"a": 2}, "search", overwrite=True,
@@ -69,11 +59,11 @@ class RunDirTest(tf.test.TestCase):
         self.assertFalse(os.path.exists(missing))
         empty = os.path.join(self.get_temp_dir(), "empty")
         os.makedirs(empty)
-        before = tree(empty)
+        before = file_tree.snapshot(empty)
         with self.assertRaisesRegex(run_dir.RunDirError, "no run to continue") as caught:
             run_dir.prepare(empty, {"a": 1}, "search", resume=True)
         one_line(caught.exception)
-        self.assertEqual(tree(empty), before)
+        self.assertEqual(file_tree.snapshot(empty), before)
 
     def test_corrupt_run_json_is_one_line_and_changes_nothing(self):
         for name, text in (("list", "[1, 2]"), ("garbage", "{not json"),
@@ -82,12 +72,12 @@ class RunDirTest(tf.test.TestCase):
             os.makedirs(directory)
             with open(os.path.join(directory, run_dir.RUN_FILE), "w", encoding="latin-1") as f:
                 f.write(text)
-            before = tree(directory)
+            before = file_tree.snapshot(directory)
             for resume in (False, True):
                 with self.assertRaisesRegex(run_dir.RunDirError, "run.json") as caught:
                     run_dir.prepare(directory, {"a": 1}, "search", resume=resume)
                 one_line(caught.exception)
-            self.assertEqual(tree(directory), before)
+            self.assertEqual(file_tree.snapshot(directory), before)
             self.assertTrue(run_dir.holds_run(directory))
 
     def test_second_process_is_refused_until_the_owner_is_killed(self):
@@ -100,7 +90,7 @@ class RunDirTest(tf.test.TestCase):
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         try:
             self.assertEqual(owner.stdout.readline().strip(), "claimed")
-            before = tree(directory)
+            before = file_tree.snapshot(directory)
             with self.assertRaisesRegex(
                     run_dir.RunDirError,
                     rf"owned is in use by process {owner.pid} on {socket.gethostname()}") as c:
@@ -108,7 +98,7 @@ class RunDirTest(tf.test.TestCase):
             one_line(c.exception)
             with self.assertRaisesRegex(run_dir.RunDirError, "in use"):
                 run_dir.prepare(directory, {"a": 2}, "search", overwrite=True)
-            self.assertEqual(tree(directory), before)
+            self.assertEqual(file_tree.snapshot(directory), before)
         finally:
             owner.send_signal(signal.SIGKILL)
             owner.wait()
