@@ -182,7 +182,7 @@ class RecordsTest(tf.test.TestCase):
         directory = self.get_temp_dir() + "/rec"
         self._save(directory, '{"nodes": [1, 2]}', 1)
         with self.assertRaisesRegex(checkpointing.CheckpointError,
-                                    r"ckpt-1 was written with another genotype"):
+                                    r"ckpt-1 does not fit .* written with another genotype"):
             self._checkpointer(directory, '{"nodes": [2, 1]}').restore(
                 os.path.join(directory, "ckpt-1"))
         self._checkpointer(directory, '{\n "nodes": [1,  2]}').restore()
@@ -197,7 +197,7 @@ class RecordsTest(tf.test.TestCase):
         path = self._checkpointer(directory, "A").restore(report=notices.append)
         self.assertEqual(path, os.path.join(directory, "ckpt-1"))
         self.assertAllEqual(self.variable.numpy(), [1.0, 1.0])
-        self.assertRegex(notices[0], "ckpt-2 was written with another genotype")
+        self.assertRegex(notices[0], "ckpt-2 does not fit .* written with another genotype")
 
     def test_checkpoint_without_record_restores_with_a_notice(self):
         directory = self.get_temp_dir() + "/old"

@@ -157,8 +157,8 @@ def _compare_records(path, expected, what, report):
         stored = reader.get_tensor(key)
         stored = stored.decode("utf-8", "replace") if isinstance(stored, bytes) else str(stored)
         if _normal(stored) != _normal(value):
-            raise CheckpointError(f"checkpoint {path} was written with another {name} than "
-                                  f"{what}: {stored.replace(chr(10), ' ')[:300]}")
+            raise CheckpointError(f"checkpoint {path} does not fit {what}: it was written "
+                                  f"with another {name}: {stored.replace(chr(10), ' ')[:300]}")
 
 
 def _normal(text):
