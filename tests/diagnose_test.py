@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_amended_darts import search, training
+from tf_amended_darts import checkpointing, search
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The cheapest supernet with weights in every edge's candidates: 3 cells, 1 node, C=2.
@@ -66,7 +66,7 @@ def test_restore_search_network(searched):
         np.testing.assert_array_equal(restored.numpy(), searched_alphas)
     # Every variable (BatchNorm moving statistics included) holds the checkpoint's value.
     reader = tf.train.load_checkpoint(run.checkpoint)
-    variables = training.named_variables(run.network)
+    variables = checkpointing.named_variables(run.network)
     for name, variable in variables.items():  # tf.train.Checkpoint escapes "." as ".."
         key = f"network/{name.replace('.', '..')}/.ATTRIBUTES/VARIABLE_VALUE"
         np.testing.assert_array_equal(variable.numpy(), reader.get_tensor(key))

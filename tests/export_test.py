@@ -1,8 +1,10 @@
 """SavedModel export: same outputs as the Keras network, metadata, TFSMLayer, saved_model_cli,
-atomic and refusing to overwrite."""
+atomic, refusing to overwrite or to touch a run directory; a checkpoint of another genotype is
+refused."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -10,11 +12,24 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_amended_darts import data, export, train
+import file_tree
+from tf_amended_darts import checkpointing, data, export, genotypes, train
 
 TINY = dict(genotype="DARTS_V2", channels=4, cells=3, batch_size=32, epochs=1,
             steps_per_epoch=2, validate=False)
 CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def rewired(genotype):
+    """`genotype` with the inputs of its first node with two different inputs swapped: the same
+    operations in the same order (the same variables), another network."""
+    data_ = genotype.to_dict()
+    for node in data_["normal"][0]["nodes"]:
+        if node[0][1] != node[1][1]:
+            node[0][1], node[1][1] = node[1][1], node[0][1]
+            return genotypes.Genotype.from_dict(data_)
+    raise AssertionError("no node with two different inputs")
 
 
 class ExportTest(tf.test.TestCase):
@@ -82,6 +97,63 @@ class ExportTest(tf.test.TestCase):
             export.export_network(self.result.model, os.path.join(self.root, "broken"),
                                   self.result_config(), broken)
         self.assertEqual(sorted(os.listdir(self.root)), before)
+
+    def test_refuses_export_dir_that_is_contains_or_lies_inside_a_run(self):
+        run = os.path.join(self.root, "run")
+        before = file_tree.snapshot(self.root)
+        for target, where in ((run, "is"), (os.path.join(run, "model"), "lies inside"),
+                              (os.path.join(run, "checkpoints"), "lies inside"),
+                              (self.root, "contains")):
+            with self.assertRaisesRegex(export.ExportError,
+                                        rf"^--export_dir {target} {where} the run directory"):
+                export.check_export_dir(target, overwrite=True)
+        # A run about to start in the directory counts too (train --export_dir inside it).
+        fresh = os.path.join(self.root, "fresh")
+        for target in (fresh, os.path.join(fresh, "model"), self.root + "/x/.."):
+            with self.assertRaises(export.ExportError):
+                export.check_export_dir(target, overwrite=True, runs=(fresh,))
+        export.check_export_dir(os.path.join(self.root, "beside"), runs=(fresh,))
+        self.assertEqual(file_tree.snapshot(self.root), before)
+
+    def test_export_binary_onto_its_run_changes_nothing(self):
+        run = os.path.join(self.root, "run")
+        before = file_tree.snapshot(run)
+        env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
+        refused = subprocess.run([sys.executable, "-m", "tf_amended_darts.bin.export",
+                                  f"--run_dir={run}", f"--export_dir={run}", "--overwrite"],
+                                 cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        self.assertEqual(refused.returncode, 2, refused.stderr[-2000:])
+        last = refused.stderr.strip().splitlines()
+        self.assertLen(last, 1, refused.stderr)
+        self.assertRegex(last[0], r"^export: error: --export_dir .* is the run directory")
+        self.assertEqual(file_tree.snapshot(run), before)
+
+    def test_checkpoint_of_another_genotype_is_refused(self):
+        # A run of a rewired genotype (same variables) and the checkpoint of self's run.
+        other = os.path.join(self.root, "rewired")
+        meta = train.run_dir.read_metadata(os.path.join(self.root, "run"))
+        config = dict(meta["config"], genotype=rewired(self.result_config().genotype).to_dict())
+        train.run_dir.write_metadata(other, config, "train", extra={
+            "dataset_info": meta["dataset_info"]})
+        checkpoint = checkpointing.checkpoint_paths(
+            os.path.join(self.root, "run", "checkpoints"))[0]
+        with self.assertRaisesRegex(checkpointing.CheckpointError,
+                                    r"ckpt-\d+ does not fit the network of .*rewired.*: it "
+                                    r"was written with another genotype"):
+            train.restore_network(other, checkpoint=checkpoint)
+        # The same checkpoint without its record (an older version's): restored, with notice.
+        old = os.path.join(self.root, "old_run")
+        shutil.copytree(os.path.join(self.root, "run"), old,
+                        ignore=shutil.ignore_patterns("checkpoints"))
+        _, _, net, _ = train.restore_network(os.path.join(self.root, "run"))
+        tf.train.Checkpoint(network=checkpointing.named_variables(net)).save(
+            os.path.join(old, "checkpoints", "ckpt"))
+        with self.assertLogs("tf_amended_darts.checkpointing", "WARNING") as logs:
+            _, _, restored, path = train.restore_network(old)
+        self.assertEqual(path, os.path.join(old, "checkpoints", "ckpt-1"))
+        self.assertRegex(logs.output[0], "does not record its genotype")
+        for a, b in zip(net.variables, restored.variables):
+            self.assertAllEqual(a, b)
 
     def result_config(self):
         return train.TrainConfig(**TINY)

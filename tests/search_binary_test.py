@@ -1,10 +1,12 @@
 """End to end: the search binary on a tiny configuration for every estimator, deterministic
-stop-and-resume, and bad flags (non-zero exit, one clear line)."""
+stop-and-resume (also after kill -9 and a corrupt checkpoint), and bad flags (non-zero exit,
+one clear line)."""
 
 import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import tensorflow as tf
@@ -59,6 +61,42 @@ class SearchBinaryTest(tf.test.TestCase):
         with open(os.path.join(full, "genotype.json")) as a, \
                 open(os.path.join(part, "genotype.json")) as b:
             self.assertEqual(a.read(), b.read())
+
+    def test_kill_9_then_corrupt_checkpoint_resumes_from_older_one_identically(self):
+        # kill -9 once the second checkpoint is there, then damage the newest checkpoint, the
+        # state file, and leave an interrupted write: the resume starts from the newest one
+        # that restores, says so, and still ends with the uninterrupted run's alphas.
+        full, part = (os.path.join(self.get_temp_dir(), n) for n in ("full_k", "part_k"))
+        common = ["--deterministic", "--seed=5", "--arch_gradient=first_order", *TINY]
+        self.assertEqual(_search(f"--output_dir={full}", *common).returncode, 0)
+        env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
+        killed = subprocess.Popen(
+            [sys.executable, "-m", "tf_amended_darts.bin.search", f"--output_dir={part}",
+             "--checkpoint_every=1", *common], cwd=REPO, env=env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        checkpoints = os.path.join(part, "checkpoints")
+        deadline = time.time() + 600
+        while killed.poll() is None and time.time() < deadline and not os.path.exists(
+                os.path.join(checkpoints, "ckpt-2.index")):
+            time.sleep(0.05)
+        killed.kill()
+        killed.wait()
+        newest = sorted((int(n[5:-6]) for n in os.listdir(checkpoints)
+                         if n.startswith("ckpt-") and n.endswith(".index")))[-1]
+        data = os.path.join(checkpoints, f"ckpt-{newest}.data-00000-of-00001")
+        with open(data, "r+b") as f:
+            f.truncate(os.path.getsize(data) // 2)
+        with open(os.path.join(checkpoints, "checkpoint"), "w") as f:
+            f.write("garbage")
+        os.makedirs(os.path.join(checkpoints, "ckpt-7_temp"))
+        resumed = _search(f"--output_dir={part}", "--resume", *common)
+        self.assertEqual(resumed.returncode, 0, resumed.stderr[-3000:])
+        self.assertIn(f"newer one(s) cannot be restored (checkpoint {data[:-20]}", resumed.stdout)
+        self.assertIn(f"resumed from {os.path.join(checkpoints, f'ckpt-{newest - 1}')}",
+                      resumed.stdout)
+        self.assertAllEqual(_final_probabilities(full), _final_probabilities(part))
+        self.assertFalse(os.path.exists(os.path.join(checkpoints, "ckpt-7_temp")))
+        self.assertFalse(os.path.exists(os.path.join(part, "run.lock")))  # released at the end
 
     def test_bad_flags_exit_with_one_clear_line(self):
         out = os.path.join(self.get_temp_dir(), "bad")

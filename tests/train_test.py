@@ -6,7 +6,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from tf_amended_darts import checkpointing, distribute, genotypes, train, training
+from tf_amended_darts import checkpointing, distribute, genotypes, train
 
 TINY = dict(genotype="DARTS_V2", channels=4, cells=3, batch_size=32, cutout=0)
 
@@ -50,7 +50,7 @@ class TrainTest(tf.test.TestCase):
         self.assertAllClose(full.learning_rates[1], 0.75 * 0.025)
         with open(os.path.join(part_dir, "log.txt")) as f:
             self.assertIn("epoch 1, step 1 of the epoch, global step 4", f.read())
-        a, b = (training.named_variables(r.model) for r in (full, resumed))
+        a, b = (checkpointing.named_variables(r.model) for r in (full, resumed))
         self.assertEqual(sorted(a), sorted(b))
         for name in a:  # BN moving statistics and drop-path seeds included
             self.assertAllClose(a[name], b[name], atol=1e-5, rtol=1e-4, msg=name)

@@ -23,7 +23,7 @@ import tempfile
 import keras
 import tensorflow as tf
 
-from tf_amended_darts import data, errors, profiling, training
+from tf_amended_darts import checkpointing, data, errors, profiling, run_dir
 
 SIGNATURE = "serving_default"
 METADATA = "metadata"
@@ -34,13 +34,31 @@ class ExportError(errors.InputError):
     """The export cannot be written (target exists, ...)."""
 
 
-def check_export_dir(export_dir, overwrite=False, overwrite_flag="--overwrite"):
+def check_export_dir(export_dir, overwrite=False, overwrite_flag="--overwrite", runs=()):
     """ExportError unless `export_dir` can be written (`overwrite_flag`: the binary's flag
-    that allows replacing it, for the message)."""
+    that allows replacing it, for the message). A directory that is, contains or lies inside a
+    run directory (run.json of this project, or one of `runs`: runs about to start) is refused
+    even with `overwrite`: replacing it would delete the run."""
+    target = os.path.abspath(export_dir)
+    starting = {os.path.abspath(r) for r in runs}
+    folder = target
+    while True:
+        if folder in starting or run_dir.holds_run(folder):
+            where = "is" if folder == target else "lies inside"
+            raise ExportError(f"--export_dir {export_dir} {where} the run directory {folder}: "
+                              f"choose a directory outside the run")
+        if os.path.dirname(folder) == folder:
+            break
+        folder = os.path.dirname(folder)
+    inside = sorted([r for r in starting if r.startswith(target + os.sep)]
+                    + [root for root, _, _ in os.walk(target) if run_dir.holds_run(root)])
+    if inside:
+        raise ExportError(f"--export_dir {export_dir} contains the run directory {inside[0]}: "
+                          f"choose a directory that holds no run")
     if os.path.exists(export_dir) and not overwrite:
         raise ExportError(f"{export_dir} already exists: choose another --export_dir or pass "
                           f"{overwrite_flag} to replace it")
-    parent = os.path.dirname(os.path.abspath(export_dir))
+    parent = os.path.dirname(target)
     if os.path.exists(parent) and not os.path.isdir(parent):
         raise ExportError(f"cannot write {export_dir}: {parent} is not a directory")
 
@@ -51,7 +69,7 @@ def _without_auxiliary(net, config, dataset_info):
         return net
     copy = config.build_network(dataset_info["num_classes"], dataset_info["image_shape"],
                                 auxiliary=False)
-    training.copy_weights(net, copy)
+    checkpointing.copy_weights(net, copy)
     return copy
 
 

@@ -2,18 +2,24 @@
 
   prepare(directory, config, kind, resume, overwrite)  claims `directory` for a run described
       by the JSON-able dict `config`: refuses a directory holding another run (different
-      kind or config) unless overwrite, and one holding this run unless resume or overwrite.
+      kind or config) unless overwrite, one holding this run unless resume or overwrite, one
+      holding no run under resume, and one in use by another process (see claim).
+  claim(directory) / release(directory)           one process at a time owns a run directory.
+  holds_run(directory)                            whether run.json of this project is there.
   write_metadata(directory, config, kind, flags)  run.json: config, flags, seed, versions.
   summary_writer(directory, chief)                TensorBoard writer (a no-op off the chief);
   write_scalar / write_text / write_image         summaries without the tensorboard package.
   Progress(total_steps, images_per_step)          one-line progress bar with ETA and images/s.
 """
 
+import contextlib
+import fcntl
 import glob
 import json
 import os
 import platform
 import shutil
+import socket
 import sys
 import time
 
@@ -22,6 +28,7 @@ import tensorflow as tf
 from tf_amended_darts import errors, io_utils
 
 RUN_FILE = "run.json"
+LOCK_FILE = "run.lock"
 TENSORBOARD_DIR = "tensorboard"
 CHECKPOINT_DIR = "checkpoints"
 
@@ -40,36 +47,73 @@ def versions():
 
 
 def read_metadata(directory):
+    """The dict in `directory`/run.json, or None when there is no run.json."""
     path = os.path.join(directory, RUN_FILE)
     if not os.path.exists(path):
         return None
     try:
         with open(path) as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise RunDirError(f"{path} is unreadable ({e}): remove it or pass --overwrite") from None
+            data = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise RunDirError(f"{path} is unreadable ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:200]}): remove it or pass --overwrite"
+                          ) from None
+    if not isinstance(data, dict) or not isinstance(data.get("config", {}), dict):
+        raise RunDirError(f"{path} is not a run description (a JSON object with kind and "
+                          f"config): remove it or pass --overwrite")
+    return data
+
+
+def holds_run(directory):
+    """True when `directory` holds a run.json of this project (one naming its kind, or an
+    unreadable one: on the safe side)."""
+    try:
+        meta = read_metadata(directory)
+    except RunDirError:
+        return True
+    return meta is not None and "kind" in meta
+
+
+def _check(directory, config, kind, resume, overwrite):
+    """Reads only: RunDirError when `directory` cannot take this run; True when resuming."""
+    if overwrite:
+        return False
+    previous = read_metadata(directory)
+    if previous is None:
+        if resume:
+            raise RunDirError(f"--resume: there is no run to continue in {directory} (no "
+                              f"{RUN_FILE}): check the path, or drop --resume to start a run")
+        return False
+    same = previous.get("kind") == kind and previous.get("config") == config
+    if not same:
+        changed = sorted(k for k in set(config) | set(previous.get("config", {}))
+                         if config.get(k) != previous.get("config", {}).get(k))
+        raise RunDirError(
+            f"{directory} holds a different {previous.get('kind', 'run')} "
+            f"(differs in: {', '.join(changed) or 'kind'}): choose another directory or "
+            f"pass --overwrite to replace it")
+    if not resume:
+        raise RunDirError(f"{directory} already holds this run: pass --resume to continue "
+                          f"it or --overwrite to start over")
+    return True
 
 
 def prepare(directory, config, kind, resume=False, overwrite=False, owned=()):
-    """Makes `directory` ready; returns True when it holds this run to resume from.
+    """Makes `directory` ready and claims it for this process (release() when the run ends);
+    returns True when it holds this run to resume from.
 
     `owned` names the files/folders (besides run.json, checkpoints/, tensorboard/) that such
-    a run writes; --overwrite deletes exactly those, never anything else.
+    a run writes; --overwrite deletes exactly those, never anything else. A refusal changes
+    nothing in `directory`.
     """
-    previous = read_metadata(directory)
-    if previous is not None and not overwrite:
-        same = previous.get("kind") == kind and previous.get("config") == config
-        if not same:
-            changed = sorted(k for k in set(config) | set(previous.get("config", {}))
-                             if config.get(k) != previous.get("config", {}).get(k))
-            raise RunDirError(
-                f"{directory} holds a different {previous.get('kind', 'run')} "
-                f"(differs in: {', '.join(changed) or 'kind'}): choose another directory or "
-                f"pass --overwrite to replace it")
-        if not resume:
-            raise RunDirError(f"{directory} already holds this run: pass --resume to continue "
-                              f"it or --overwrite to start over")
-        return True
+    _check(directory, config, kind, resume, overwrite)
+    os.makedirs(directory, exist_ok=True)
+    claim(directory)
+    try:  # again, now that no other process can write run.json
+        resuming = _check(directory, config, kind, resume, overwrite)
+    except RunDirError:
+        release(directory)
+        raise
     if overwrite:
         names = (RUN_FILE, CHECKPOINT_DIR, TENSORBOARD_DIR) + tuple(owned)
         for path in sorted({p for n in names for p in glob.glob(os.path.join(directory, n))}):
@@ -77,8 +121,108 @@ def prepare(directory, config, kind, resume=False, overwrite=False, owned=()):
                 shutil.rmtree(path)
             elif os.path.exists(path):
                 os.remove(path)
-    os.makedirs(directory, exist_ok=True)
-    return False
+    return resuming
+
+
+# -- ownership ---------------------------------------------------------------------------------
+# run.lock names the owning process: {"pid", "host", "process_start", "since"}. It is read and
+# written only under an fcntl lock held for those few instructions (the kernel drops it when a
+# process dies, so it can never be left stale). A record whose process is gone on this host
+# (no such pid, a zombie, or a pid reused by a later process) is stale and taken over, so a
+# run killed with kill -9 never blocks its --resume. A record of another host is trusted.
+
+def _process_start(pid):
+    """(state letter, start time in clock ticks since boot) of `pid`, or None (no /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return fields[0], int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _this_process():
+    start = _process_start(os.getpid())
+    return {"pid": os.getpid(), "host": socket.gethostname(),
+            "process_start": start[1] if start else None}
+
+
+def _is_this_process(owner):
+    return {k: owner.get(k) for k in ("pid", "host", "process_start")} == _this_process()
+
+
+def _owner_alive(owner):
+    if owner.get("host") != socket.gethostname():
+        return True  # cannot be checked from here
+    pid = owner["pid"]
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # alive, another user's
+    state = _process_start(pid)
+    if state is None:
+        return True
+    recorded = owner.get("process_start")
+    return state[0] != "Z" and (recorded is None or recorded == state[1])
+
+
+@contextlib.contextmanager
+def _locked_record(directory, create):
+    """Yields (fd, owner dict or None) of `directory`/run.lock under an exclusive fcntl lock;
+    yields (None, None) when there is no lock file and not `create`. An unreadable record, or
+    one without pid and host, names no owner."""
+    path = os.path.join(directory, LOCK_FILE)
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), 0o644)
+        except FileNotFoundError:
+            yield None, None
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:  # the file may have been removed by its releasing owner meanwhile: retry
+                current = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                current = False
+            if not current:
+                continue
+            text = os.pread(fd, 4096, 0).decode("utf-8", "replace")
+            try:
+                owner = json.loads(text) if text.strip() else None
+            except json.JSONDecodeError:
+                owner = None
+            valid = (isinstance(owner, dict) and isinstance(owner.get("pid"), int)
+                     and isinstance(owner.get("host"), str))
+            yield fd, owner if valid else None
+            return
+        finally:
+            os.close(fd)
+
+
+def claim(directory):
+    """Records this process as the owner of `directory` (which must exist); RunDirError when
+    a live process of this host, or any process of another host, owns it."""
+    with _locked_record(directory, create=True) as (fd, owner):
+        if owner and not _is_this_process(owner) and _owner_alive(owner):
+            raise RunDirError(
+                f"{directory} is in use by process {owner.get('pid')} on "
+                f"{owner.get('host')} since {owner.get('since', '?')}: wait for it to end "
+                f"(or, if that process is gone, delete {os.path.join(directory, LOCK_FILE)})")
+        record = dict(_this_process(), since=time.strftime("%Y-%m-%d %H:%M:%S"))
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+        os.fsync(fd)
+
+
+def release(directory):
+    """Ends this process's ownership of `directory` (nothing when it does not own it)."""
+    with _locked_record(directory, create=False) as (_, owner):
+        if owner and _is_this_process(owner):
+            os.remove(os.path.join(directory, LOCK_FILE))
 
 
 def write_metadata(directory, config, kind, flags=None, extra=None):

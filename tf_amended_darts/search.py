@@ -291,10 +291,10 @@ def search(config, output_dir, strategy=None, *, resume=False, overwrite=False,
     seed_variable = tf.Variable(config.seed, dtype=tf.int64, trainable=False)
     checkpointer = checkpointing.Checkpointer(
         os.path.join(output_dir, run_dir.CHECKPOINT_DIR), strategy,
-        network=training.named_variables(model),
+        network=checkpointing.named_variables(model),
         weight_optimizer=searcher.weight_optimizer, arch_optimizer=searcher.arch_optimizer,
         seed=seed_variable, **position)
-    restored = checkpointer.restore() if resuming else None
+    restored = checkpointer.restore(report=log) if resuming else None
     epoch, step_in_epoch, global_step = (int(position[k].numpy()) for k in
                                          ("epoch", "step_in_epoch", "global_step"))
     history = _History(os.path.join(output_dir, HISTORY_FILE), space.operations,
@@ -374,6 +374,7 @@ def search(config, output_dir, strategy=None, *, resume=False, overwrite=False,
                 log(f"warning: no cell pictures: {e}")
     if log_file:
         log_file.close()
+    run_dir.release(output_dir)
     return SearchResult(genotype=genotype,
                         alphas=[keras.ops.convert_to_numpy(a) for a in model.arch_variables],
                         global_step=global_step, epoch=epoch, finished=epoch >= config.epochs,
@@ -411,9 +412,9 @@ def restore_search_network(directory, checkpoint=None):
     optimizer = keras.optimizers.SGD(config.learning_rate, momentum=config.momentum)
     optimizer.build(net.weight_variables)
     global_step = tf.Variable(0, dtype=tf.int64, trainable=False)
-    path = training.restore_checkpoint(
+    path = checkpointing.restore_checkpoint(
         directory, f"the supernet of the search in {directory}", checkpoint,
-        network=training.named_variables(net), weight_optimizer=optimizer,
+        network=checkpointing.named_variables(net), weight_optimizer=optimizer,
         global_step=global_step)
     return RestoredSearch(config, net, optimizer, info, path, int(global_step.numpy()))
 

@@ -201,7 +201,7 @@ def train(config, output_dir, strategy=None, *, resume=False, overwrite=False,
     chief = distribute.is_chief(strategy)
     distribute.check_global_batch(config.batch_size, strategy)
     if export_dir and chief:
-        export.check_export_dir(export_dir, overwrite)
+        export.check_export_dir(export_dir, overwrite, runs=(output_dir,))
     dataset, augmentation = data.load_for_training(config.network, config.dataset,
                                                    config.data_dir, download,
                                                    config.image_size, config.cutout)
@@ -233,9 +233,10 @@ def train(config, output_dir, strategy=None, *, resume=False, overwrite=False,
                 for name in ("epoch", "step_in_epoch", "global_step")}
     checkpointer = checkpointing.Checkpointer(
         os.path.join(output_dir, run_dir.CHECKPOINT_DIR), strategy,
-        network=training.named_variables(model), optimizer=trainer.optimizer, seed=tf.Variable(config.seed, dtype=tf.int64,
-                                                      trainable=False), **position)
-    restored = checkpointer.restore() if resuming else None
+        records={"genotype": config.genotype.to_json()},
+        network=checkpointing.named_variables(model), optimizer=trainer.optimizer,
+        seed=tf.Variable(config.seed, dtype=tf.int64, trainable=False), **position)
+    restored = checkpointer.restore(report=log) if resuming else None
     epoch, step_in_epoch, global_step = (int(position[k].numpy()) for k in
                                          ("epoch", "step_in_epoch", "global_step"))
     writer = run_dir.summary_writer(output_dir, chief)
@@ -299,6 +300,7 @@ def train(config, output_dir, strategy=None, *, resume=False, overwrite=False,
             log(f"exported SavedModel to {export_dir}")
     if log_file:
         log_file.close()
+    run_dir.release(output_dir)
     return TrainResult(model=model, global_step=global_step, epoch=epoch, finished=not stopped,
                        traces=dict(trainer.traces), learning_rates=learning_rates,
                        train_loss=line.get("train_loss", float("nan")), valid=valid,
@@ -325,7 +327,7 @@ def restore_network(directory, checkpoint=None, genotype=None):
     info = meta["dataset_info"]
     net = config.build_network(info["num_classes"], info["image_shape"], auxiliary=False)
     # The run's optimizer and auxiliary head are in the checkpoint too: they stay unread.
-    path = training.restore_checkpoint(
+    path = checkpointing.restore_checkpoint(
         directory, f"the network of {directory} ({config.genotype.to_string()})", checkpoint,
-        network=training.named_variables(net))
+        records={"genotype": config.genotype.to_json()}, network=checkpointing.named_variables(net))
     return config, info, net, path

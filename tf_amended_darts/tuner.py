@@ -34,7 +34,8 @@ import keras
 import keras_tuner as kt
 import numpy as np
 
-from tf_amended_darts import data, export, genotypes, model, operations, search, search_model
+from tf_amended_darts import data, export, genotypes, model, operations, run_dir, search
+from tf_amended_darts import search_model
 from tf_amended_darts import search_space as search_space_lib
 from tf_amended_darts import train as train_lib
 from tf_amended_darts import training
@@ -283,7 +284,8 @@ def _search_source(alphas, search_space, search_dir, search_config, search_kwarg
     if search_config is None:
         raise ValueError(f"DartsOracle: {search_dir} holds no finished search (pass "
                          "search_config to run it)")
-    result = search.search(search_config, search_dir, resume=True, **(search_kwargs or {}))
+    result = search.search(search_config, search_dir, resume=run_dir.holds_run(search_dir),
+                           **(search_kwargs or {}))
     if not result.finished:
         raise ValueError(f"DartsOracle: the search in {search_dir} stopped before its end")
     return search_config.space(), result.alphas
