@@ -8,7 +8,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from tf_amended_darts import genotypes, search, search_model
+from tf_amended_darts import distribute, genotypes, loop, search, search_model
 
 # A tiny supernet on 8x8 digits: 3 cells, 1 node, 4 operations, C=4.
 TINY = dict(cells=3, nodes=1, channels=4, batch_size=16,
@@ -74,11 +74,16 @@ class SearchTest(tf.test.TestCase):
             _run(directory, arch_gradient="first_order", epochs=1, steps_per_epoch=1,
                  validate=False, seed=1, resume=True)
 
-    def test_cosine_schedule_per_epoch(self):
+    def test_cosine_schedule_per_epoch_as_the_reference_steps_it(self):
+        # The reference calls scheduler.step() before each epoch: epoch e (from 0) runs at
+        # CosineAnnealingLR's closed form for e + 1, the last epoch at the minimum.
         config = search.SearchConfig(epochs=50)
-        self.assertAlmostEqual(config.learning_rate_at(0), 0.025)
-        self.assertAlmostEqual(config.learning_rate_at(25), 0.013)
-        self.assertAlmostEqual(config.learning_rate_at(50), 0.001)
+        closed_form = [0.001 + 0.024 * (1 + np.cos(np.pi * (e + 1) / 50)) / 2
+                       for e in range(50)]
+        self.assertAllClose([config.learning_rate_at(e) for e in range(50)], closed_form,
+                            rtol=1e-12, atol=0)
+        self.assertAlmostEqual(config.learning_rate_at(24), 0.013, places=12)
+        self.assertAlmostEqual(config.learning_rate_at(49), 0.001, places=12)
 
     def test_bad_configs(self):
         for kwargs, message in [({"learning_rate": -0.1}, "learning_rate"),
@@ -136,9 +141,10 @@ class StepArithmeticTest(tf.test.TestCase):
 
     @staticmethod
     def _sgd(config, weights, grads, momenta, lr):
-        """clip global norm -> + wd * w -> m = mu m - lr d; w += m. Returns (w, m, norm)."""
+        """clip global norm (unless grad_clip is 0) -> + wd * w -> m = mu m - lr d; w += m.
+        Returns (w, m, norm)."""
         norm = np.sqrt(sum((g * g).sum() for g in grads))
-        scale = config.grad_clip / max(norm, config.grad_clip)
+        scale = config.grad_clip / max(norm, config.grad_clip) if config.grad_clip else 1.0
         mu = float(np.float32(config.momentum))  # Keras keeps momentum as float32
         momenta = [mu * m - lr * (scale * g + config.weight_decay * w)
                    for g, w, m in zip(grads, weights, momenta)]
@@ -153,7 +159,7 @@ class StepArithmeticTest(tf.test.TestCase):
             self.assertAllClose(v.numpy(), expected, rtol=rtol, atol=atol, msg=v.path)
 
     def test_two_weight_steps_with_and_without_clipping(self):
-        for grad_clip, clipped in ((100.0, False), (1e-3, True)):
+        for grad_clip, clipped in ((100.0, False), (1e-3, True), (0.0, False)):  # 0: no clip
             with self.subTest(grad_clip=grad_clip):
                 config, searcher, batch, other = self._setup(grad_clip=grad_clip)
                 model, lr = searcher.model, config.learning_rate
@@ -163,11 +169,25 @@ class StepArithmeticTest(tf.test.TestCase):
                 for b in (batch, other):  # the second step uses the first's momentum
                     grads, _, non_trainable = self._grads(model, b)
                     weights, momenta, norm = self._sgd(config, weights, grads, momenta, lr)
-                    self.assertEqual(norm > grad_clip, clipped)
+                    self.assertEqual(grad_clip > 0 and norm > grad_clip, clipped)
                     metrics = searcher.weight_step(b)
                     self.assertAllClose(metrics["weight_grad_norm"], norm, rtol=1e-5)
                     self._check(model, weights, non_trainable, alphas)
                 self.assertEqual(searcher.traces["weight_step"], 1)
+
+    def test_weight_grad_norm_is_the_global_norm_under_two_replicas(self):
+        # The 2 logical CPUs of conftest.py; synchronized BatchNorm makes the global batch's
+        # gradient that of one device.
+        strategy = distribute.make_strategy("mirrored")
+        self.assertEqual(strategy.num_replicas_in_sync, 2)
+        config = search.SearchConfig(**{**self.CONFIG, "grad_clip": 100.0})
+        searcher = search._Searcher(config, strategy, (8, 8, 1), 10)
+        _, _, batch, _ = self._setup()
+        grads, _, _ = self._grads(searcher.model, batch)
+        norm = np.sqrt(sum((g * g).sum() for g in grads))
+        batches = strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(batch))
+        metrics = searcher.weight_step(next(iter(batches)))
+        self.assertAllClose(metrics["weight_grad_norm"], norm, rtol=1e-5)
 
     def test_first_order_search_step(self):
         config, searcher, train_batch, val_batch = self._setup(grad_clip=1e-3)
