@@ -8,11 +8,34 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from tf_amended_darts import distribute, genotypes, loop, search, search_model
+from tf_amended_darts import checkpointing, distribute, errors, genotypes, loop, search
+from tf_amended_darts import search_model
 
 # A tiny supernet on 8x8 digits: 3 cells, 1 node, 4 operations, C=4.
 TINY = dict(cells=3, nodes=1, channels=4, batch_size=16,
             operations=("none", "skip_connect", "avg_pool_3x3", "sep_conv_3x3"))
+
+
+def _files(directory):
+    """{relative path: bytes} of a run's outputs except log.txt and tensorboard/."""
+    found = {}
+    for root, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(root, name)
+            relative = os.path.relpath(path, directory)
+            if relative != "log.txt" and not relative.startswith("tensorboard"):
+                with open(path, "rb") as f:
+                    found[relative] = f.read()
+    return found
+
+
+def assert_checkpoints_finite(test, directory):
+    for path in tf.train.get_checkpoint_state(directory).all_model_checkpoint_paths:
+        reader = tf.train.load_checkpoint(path)
+        for name in reader.get_variable_to_shape_map():
+            value = np.asarray(reader.get_tensor(name))
+            if value.dtype.kind == "f":
+                test.assertTrue(np.isfinite(value).all(), f"{path}: {name}")
 
 
 def _run(directory, **kwargs):
@@ -66,6 +89,20 @@ class SearchTest(tf.test.TestCase):
         self.assertLen([k for k in saved if "moving_mean" in k],
                        len([v for v in model.variables if "moving_mean" in v.path]))
 
+    def test_resume_reads_checkpoints_that_still_hold_the_former_seed_entry(self):
+        # Checkpoints of earlier versions also held the config's seed (never read back); the
+        # loop's restore must take them without it.
+        directory = self.get_temp_dir() + "/old"
+        saved = tf.Variable([1.0, 2.0])
+        checkpointing.Checkpointer(directory, network={"w": saved}, global_step=tf.Variable(
+            7, dtype=tf.int64), seed=tf.Variable(3, dtype=tf.int64)).save(7)
+        restored, step = tf.Variable([0.0, 0.0]), tf.Variable(0, dtype=tf.int64)
+        checkpointer = checkpointing.Checkpointer(directory, network={"w": restored},
+                                                  global_step=step)
+        self.assertEqual(checkpointer.restore(), os.path.join(directory, "ckpt-7"))
+        self.assertAllEqual(restored, [1.0, 2.0])
+        self.assertEqual(int(step), 7)
+
     def test_refuses_directory_of_another_run(self):
         directory = self.get_temp_dir() + "/taken"
         _run(directory, arch_gradient="first_order", epochs=1, steps_per_epoch=1,
@@ -73,6 +110,27 @@ class SearchTest(tf.test.TestCase):
         with self.assertRaisesRegex(ValueError, "different search.*differs in: seed"):
             _run(directory, arch_gradient="first_order", epochs=1, steps_per_epoch=1,
                  validate=False, seed=1, resume=True)
+
+    def test_divergence_stops_at_once_and_keeps_the_last_good_outputs(self):
+        directory = self.get_temp_dir() + "/diverge"
+        # A constant weight learning rate of 1e6: the weights explode within a few steps.
+        common = dict(arch_gradient="first_order", epochs=8, steps_per_epoch=2, validate=False,
+                      learning_rate=1e6, learning_rate_min=1e6)
+        self.assertEqual(_run(directory, stop_after_steps=2, **common).global_step, 2)
+        good = _files(directory)
+        self.assertIn("genotype.json", good)
+        with self.assertRaisesRegex(loop.DivergedError, r"^diverged at global step (\d+): "
+                                    r"train_loss is (nan|inf).*lower --learning_rate") as caught:
+            _run(directory, resume=True, **common)
+        self.assertIsInstance(caught.exception, errors.InputError)  # one line, exit 2
+        self.assertGreater(int(str(caught.exception).split()[4].rstrip(":")), 2)
+        self.assertEqual(_files(directory), good)  # checkpoints, genotype, history untouched
+        assert_checkpoints_finite(self, os.path.join(directory, "checkpoints"))
+        with open(os.path.join(directory, search.HISTORY_FILE)) as f:
+            json.load(f, parse_constant=self.fail)  # strict JSON: no bare NaN
+        with open(os.path.join(directory, "log.txt")) as f:
+            self.assertEqual(f.read().strip().splitlines()[-1].split("] ", 1)[1],
+                             str(caught.exception))
 
     def test_cosine_schedule_per_epoch_as_the_reference_steps_it(self):
         # The reference calls scheduler.step() before each epoch: epoch e (from 0) runs at
@@ -183,11 +241,38 @@ class StepArithmeticTest(tf.test.TestCase):
         config = search.SearchConfig(**{**self.CONFIG, "grad_clip": 100.0})
         searcher = search._Searcher(config, strategy, (8, 8, 1), 10)
         _, _, batch, _ = self._setup()
-        grads, _, _ = self._grads(searcher.model, batch)
-        norm = np.sqrt(sum((g * g).sum() for g in grads))
+        model = searcher.model
+        weights, alphas = _numpy(model.weight_variables), _numpy(model.arch_variables)
+        grads, _, non_trainable = self._grads(model, batch)
+        weights, _, norm = self._sgd(config, weights, grads, [0 * w for w in weights],
+                                     config.learning_rate)
         batches = strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(batch))
         metrics = searcher.weight_step(next(iter(batches)))
         self.assertAllClose(metrics["weight_grad_norm"], norm, rtol=1e-5)
+        self._check(model, weights, non_trainable, alphas)  # the gradient summed once
+
+    def test_a_non_finite_step_changes_no_weight_alpha_or_optimizer_state(self):
+        config, searcher, train_batch, val_batch = self._setup()
+        model = searcher.model
+        state = lambda: _numpy(model.weight_variables + searcher.weight_optimizer.variables
+                               + model.arch_variables + searcher.arch_optimizer.variables)
+        weight_state = len(model.weight_variables + searcher.weight_optimizer.variables)
+        poison = lambda batch: (tf.tensor_scatter_nd_update(batch[0], [[0, 0, 0, 0]],
+                                                            [np.nan]), batch[1])
+        # A non-finite architecture step (first order: L_val) skips the weight step too; a
+        # non-finite weight step alone skips the weight update (the alphas' step was sound).
+        for train, val, unchanged in ((train_batch, poison(val_batch), None),
+                                      (poison(train_batch), val_batch, weight_state)):
+            before = state()
+            metrics = searcher.search_step(train, val)
+            self.assertGreater(float(metrics[loop.DIVERGED]), 0)
+            for a, b in list(zip(before, state()))[:unchanged]:
+                self.assertAllEqual(a, b)
+        before = state()
+        metrics = searcher.search_step(train_batch, val_batch)  # a good step still applies
+        self.assertEqual(float(metrics[loop.DIVERGED]), 0)
+        self.assertNotAllClose(state()[0], before[0])
+        self.assertEqual(searcher.traces["search_step"], 1)
 
     def test_first_order_search_step(self):
         config, searcher, train_batch, val_batch = self._setup(grad_clip=1e-3)

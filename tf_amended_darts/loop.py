@@ -322,13 +322,22 @@ class Runner:
         return summary, step_in_epoch, global_step, stopped
 
     def _diverged(self, metrics, step, hint):
-        bad = [k for k, v in metrics.items() if not math.isfinite(v)]
-        what = ", ".join(f"{k}={metrics[k]}" for k in bad) if bad else "the alphas"
-        message = (f"diverged at global step {step}: {what} not finite; the step was not "
-                   f"applied, the run stops and its last checkpoint and genotype are the last "
-                   f"good ones{'; ' + hint if hint else ''}")
+        """Logs and raises DivergedError naming the first non-finite quantity of the step."""
+        bad = sorted((k for k, v in metrics.items() if not math.isfinite(v)),
+                     key=lambda k: (k not in _FIRST_SUSPECTS, _FIRST_SUSPECTS.index(k)
+                                    if k in _FIRST_SUSPECTS else 0, k))
+        what = (f"{bad[0]} is {metrics[bad[0]]}" + (f" (and {', '.join(bad[1:])})"
+                                                   if bad[1:] else "")
+                if bad else "the alphas are not finite")
+        message = (f"diverged at global step {step}: {what}; the step was not applied and the "
+                   f"run stops: its last checkpoint and genotype are the last good ones"
+                   + (f"; try a {hint}" if hint else ""))
         self.log(message, echo=False)
         raise DivergedError(message)
+
+
+# The quantities a divergence shows first in, named first when several are non-finite.
+_FIRST_SUSPECTS = ("train_loss", "arch/val_loss", "weight_grad_norm", "arch/grad_norm")
 
 
 def _step_summaries(metrics, lr, batch_size, step):

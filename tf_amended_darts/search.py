@@ -163,7 +163,8 @@ class _Searcher:
             self.arch_optimizer = keras.optimizers.Adam(
                 config.arch_learning_rate, beta_1=config.arch_beta_1,
                 beta_2=config.arch_beta_2, epsilon=1e-8)
-            self.weight_optimizer.build(self.model.weight_variables)  # keras#23085
+            # Slots built here: Keras 3.15 cannot create them lazily inside strategy.run.
+            self.weight_optimizer.build(self.model.weight_variables)
             self.arch_optimizer.build(self.model.arch_variables)
         self.search_step = tf.function(self._search_step)
         self.weight_step = tf.function(self._weight_step)
@@ -309,7 +310,7 @@ def search(config, output_dir, strategy=None, *, resume=False, overwrite=False,
             task, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
             batch_size=config.batch_size, checkpoint_every=checkpoint_every,
             stop_after_steps=stop_after_steps,
-            divergence_hint="lower --learning_rate (weights) or --arch_learning_rate (alphas)")
+            divergence_hint="lower --learning_rate or --arch_learning_rate")
         genotype = model.genotype()
         if runner.chief:
             genotypes.write_genotype(genotype, os.path.join(output_dir, GENOTYPE_FILE))

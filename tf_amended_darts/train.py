@@ -159,7 +159,8 @@ class _Trainer:
         with strategy.scope():
             self.model = config.build_network(num_classes, image_shape)
             self.optimizer = keras.optimizers.SGD(config.learning_rate, momentum=config.momentum)
-            self.optimizer.build(self.model.trainable_variables)  # keras#23085
+            # Slots built here: Keras 3.15 cannot create them lazily inside strategy.run.
+            self.optimizer.build(self.model.trainable_variables)
         self.train_step = tf.function(self._train_step)
         self.eval_step = tf.function(loop.evaluation_step(self.model, strategy),
                                      reduce_retracing=True)
