@@ -94,7 +94,7 @@ def _warmed_up_supernet(space, ds, batches, warmup_steps, seed):
     keras.utils.set_random_seed(seed)
     model = search_model.SearchNetwork(space, ds.info.num_classes, seed=seed)
     model.build((None,) + tuple(ds.info.image_shape))
-    optimizer = keras.optimizers.SGD(WEIGHT_LR, momentum=WEIGHT_MOMENTUM)
+    optimizer = loop.SGD(WEIGHT_LR, momentum=WEIGHT_MOMENTUM)
     optimizer.build(model.weight_variables)
 
     @tf.function

@@ -6,7 +6,8 @@
                          the stop on divergence. A search or training supplies an EpochTask:
                          its step function and batches per epoch and its end-of-epoch work.
   sgd_weight_update      the SGD weight update of search, re-training and diagnostics' warm-up
-  apply_if_finite        optimizer.apply_gradients, skipped when a step's numbers are not finite
+  SGD, Adam              Keras' optimizers for gradients that are already global
+  apply_if_finite        their apply_gradients, skipped when a step's numbers are not finite
   DivergedError          a run whose loss, gradients or alphas became non-finite
   cosine_learning_rate   the per-epoch schedules, as the reference steps them
   exponential_learning_rate
@@ -71,24 +72,46 @@ def all_finite(*tensors):
     return tf.reduce_all([tf.reduce_all(tf.math.is_finite(t)) for t in tensors])
 
 
+class _GlobalGradients:
+    """A Keras optimizer that applies the gradients it is given as they are.
+
+    Keras' TensorFlow optimizers sum the gradients over the replicas inside apply_gradients.
+    The steps here all-reduce them once themselves (clipping needs the global norm), so that
+    second all-reduce would only add the same sum again: it is skipped.
+    """
+
+    def _all_reduce_sum_gradients(self, grads_and_vars):
+        return list(grads_and_vars)
+
+
+class SGD(_GlobalGradients, keras.optimizers.SGD):
+    """keras.optimizers.SGD for global gradients (the same on every replica)."""
+
+
+class Adam(_GlobalGradients, keras.optimizers.Adam):
+    """keras.optimizers.Adam for global gradients (the same on every replica)."""
+
+
 def apply_if_finite(optimizer, grads, variables, finite):
     """optimizer.apply_gradients(grads) of GLOBAL gradients (the same on every replica),
     skipped entirely (no variable, slot or iteration count changes) unless `finite`.
 
-    Keras sums the gradients over the replicas itself, so each replica passes its share. The
-    skip is a cond in cross-replica context: a cond in replica context may not contain the
-    merge_call that apply_gradients makes (Keras' LossScaleOptimizer does the same).
+    `optimizer` is a loop.SGD or loop.Adam. The skip is a cond in cross-replica context: a
+    cond in replica context may not contain the merge_call that apply_gradients makes
+    (Keras' LossScaleOptimizer does the same).
     """
-    share = [g / distribute.replicas_in_context() for g in grads]
+    if not isinstance(optimizer, _GlobalGradients):
+        raise TypeError(f"{type(optimizer).__name__} would sum global gradients over the "
+                        "replicas again: use loop.SGD or loop.Adam")
 
-    def cross_replica(strategy, finite, share):
+    def cross_replica(strategy, finite, grads):
         def apply():
             strategy.extended.call_for_each_replica(
-                lambda g, v: optimizer.apply_gradients(zip(g, v)), args=(share, variables))
+                lambda g, v: optimizer.apply_gradients(zip(g, v)), args=(grads, variables))
         # `finite` is computed from all-reduced values: every replica holds the same.
         tf.cond(strategy.experimental_local_results(finite)[0], apply, lambda: None)
 
-    tf.distribute.get_replica_context().merge_call(cross_replica, args=(finite, share))
+    tf.distribute.get_replica_context().merge_call(cross_replica, args=(finite, grads))
 
 
 def sgd_weight_update(optimizer, tape, loss, weights, *, grad_clip, weight_decay,

@@ -158,9 +158,8 @@ class _Searcher:
         with strategy.scope():
             self.model = search_model.SearchNetwork(config.space(), num_classes, seed=config.seed)
             self.model.build((None,) + tuple(input_shape))
-            self.weight_optimizer = keras.optimizers.SGD(config.learning_rate,
-                                                         momentum=config.momentum)
-            self.arch_optimizer = keras.optimizers.Adam(
+            self.weight_optimizer = loop.SGD(config.learning_rate, momentum=config.momentum)
+            self.arch_optimizer = loop.Adam(
                 config.arch_learning_rate, beta_1=config.arch_beta_1,
                 beta_2=config.arch_beta_2, epsilon=1e-8)
             # Slots built here: Keras 3.15 cannot create them lazily inside strategy.run.

@@ -158,7 +158,7 @@ class _Trainer:
         keras.utils.set_random_seed(config.seed)
         with strategy.scope():
             self.model = config.build_network(num_classes, image_shape)
-            self.optimizer = keras.optimizers.SGD(config.learning_rate, momentum=config.momentum)
+            self.optimizer = loop.SGD(config.learning_rate, momentum=config.momentum)
             # Slots built here: Keras 3.15 cannot create them lazily inside strategy.run.
             self.optimizer.build(self.model.trainable_variables)
         self.train_step = tf.function(self._train_step)
