@@ -8,11 +8,34 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from tf_amended_darts import genotypes, search, search_model
+from tf_amended_darts import checkpointing, distribute, errors, genotypes, loop, search
+from tf_amended_darts import search_model
 
 # A tiny supernet on 8x8 digits: 3 cells, 1 node, 4 operations, C=4.
 TINY = dict(cells=3, nodes=1, channels=4, batch_size=16,
             operations=("none", "skip_connect", "avg_pool_3x3", "sep_conv_3x3"))
+
+
+def _files(directory):
+    """{relative path: bytes} of a run's outputs except log.txt and tensorboard/."""
+    found = {}
+    for root, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(root, name)
+            relative = os.path.relpath(path, directory)
+            if relative != "log.txt" and not relative.startswith("tensorboard"):
+                with open(path, "rb") as f:
+                    found[relative] = f.read()
+    return found
+
+
+def assert_checkpoints_finite(test, directory):
+    for path in tf.train.get_checkpoint_state(directory).all_model_checkpoint_paths:
+        reader = tf.train.load_checkpoint(path)
+        for name in reader.get_variable_to_shape_map():
+            value = np.asarray(reader.get_tensor(name))
+            if value.dtype.kind == "f":
+                test.assertTrue(np.isfinite(value).all(), f"{path}: {name}")
 
 
 def _run(directory, **kwargs):
@@ -66,6 +89,20 @@ class SearchTest(tf.test.TestCase):
         self.assertLen([k for k in saved if "moving_mean" in k],
                        len([v for v in model.variables if "moving_mean" in v.path]))
 
+    def test_resume_reads_checkpoints_that_still_hold_the_former_seed_entry(self):
+        # Checkpoints of earlier versions also held the config's seed (never read back); the
+        # loop's restore must take them without it.
+        directory = self.get_temp_dir() + "/old"
+        saved = tf.Variable([1.0, 2.0])
+        checkpointing.Checkpointer(directory, network={"w": saved}, global_step=tf.Variable(
+            7, dtype=tf.int64), seed=tf.Variable(3, dtype=tf.int64)).save(7)
+        restored, step = tf.Variable([0.0, 0.0]), tf.Variable(0, dtype=tf.int64)
+        checkpointer = checkpointing.Checkpointer(directory, network={"w": restored},
+                                                  global_step=step)
+        self.assertEqual(checkpointer.restore(), os.path.join(directory, "ckpt-7"))
+        self.assertAllEqual(restored, [1.0, 2.0])
+        self.assertEqual(int(step), 7)
+
     def test_refuses_directory_of_another_run(self):
         directory = self.get_temp_dir() + "/taken"
         _run(directory, arch_gradient="first_order", epochs=1, steps_per_epoch=1,
@@ -74,11 +111,37 @@ class SearchTest(tf.test.TestCase):
             _run(directory, arch_gradient="first_order", epochs=1, steps_per_epoch=1,
                  validate=False, seed=1, resume=True)
 
-    def test_cosine_schedule_per_epoch(self):
+    def test_divergence_stops_at_once_and_keeps_the_last_good_outputs(self):
+        directory = self.get_temp_dir() + "/diverge"
+        # A constant weight learning rate of 1e6: the weights explode within a few steps.
+        common = dict(arch_gradient="first_order", epochs=8, steps_per_epoch=2, validate=False,
+                      learning_rate=1e6, learning_rate_min=1e6)
+        self.assertEqual(_run(directory, stop_after_steps=2, **common).global_step, 2)
+        good = _files(directory)
+        self.assertIn("genotype.json", good)
+        with self.assertRaisesRegex(loop.DivergedError, r"^diverged at global step (\d+): "
+                                    r"train_loss is (nan|inf).*lower --learning_rate") as caught:
+            _run(directory, resume=True, **common)
+        self.assertIsInstance(caught.exception, errors.InputError)  # one line, exit 2
+        self.assertGreater(int(str(caught.exception).split()[4].rstrip(":")), 2)
+        self.assertEqual(_files(directory), good)  # checkpoints, genotype, history untouched
+        assert_checkpoints_finite(self, os.path.join(directory, "checkpoints"))
+        with open(os.path.join(directory, search.HISTORY_FILE)) as f:
+            json.load(f, parse_constant=self.fail)  # strict JSON: no bare NaN
+        with open(os.path.join(directory, "log.txt")) as f:
+            self.assertEqual(f.read().strip().splitlines()[-1].split("] ", 1)[1],
+                             str(caught.exception))
+
+    def test_cosine_schedule_per_epoch_as_the_reference_steps_it(self):
+        # The reference calls scheduler.step() before each epoch: epoch e (from 0) runs at
+        # CosineAnnealingLR's closed form for e + 1, the last epoch at the minimum.
         config = search.SearchConfig(epochs=50)
-        self.assertAlmostEqual(config.learning_rate_at(0), 0.025)
-        self.assertAlmostEqual(config.learning_rate_at(25), 0.013)
-        self.assertAlmostEqual(config.learning_rate_at(50), 0.001)
+        closed_form = [0.001 + 0.024 * (1 + np.cos(np.pi * (e + 1) / 50)) / 2
+                       for e in range(50)]
+        self.assertAllClose([config.learning_rate_at(e) for e in range(50)], closed_form,
+                            rtol=1e-12, atol=0)
+        self.assertAlmostEqual(config.learning_rate_at(24), 0.013, places=12)
+        self.assertAlmostEqual(config.learning_rate_at(49), 0.001, places=12)
 
     def test_bad_configs(self):
         for kwargs, message in [({"learning_rate": -0.1}, "learning_rate"),
@@ -136,9 +199,10 @@ class StepArithmeticTest(tf.test.TestCase):
 
     @staticmethod
     def _sgd(config, weights, grads, momenta, lr):
-        """clip global norm -> + wd * w -> m = mu m - lr d; w += m. Returns (w, m, norm)."""
+        """clip global norm (unless grad_clip is 0) -> + wd * w -> m = mu m - lr d; w += m.
+        Returns (w, m, norm)."""
         norm = np.sqrt(sum((g * g).sum() for g in grads))
-        scale = config.grad_clip / max(norm, config.grad_clip)
+        scale = config.grad_clip / max(norm, config.grad_clip) if config.grad_clip else 1.0
         mu = float(np.float32(config.momentum))  # Keras keeps momentum as float32
         momenta = [mu * m - lr * (scale * g + config.weight_decay * w)
                    for g, w, m in zip(grads, weights, momenta)]
@@ -153,7 +217,7 @@ class StepArithmeticTest(tf.test.TestCase):
             self.assertAllClose(v.numpy(), expected, rtol=rtol, atol=atol, msg=v.path)
 
     def test_two_weight_steps_with_and_without_clipping(self):
-        for grad_clip, clipped in ((100.0, False), (1e-3, True)):
+        for grad_clip, clipped in ((100.0, False), (1e-3, True), (0.0, False)):  # 0: no clip
             with self.subTest(grad_clip=grad_clip):
                 config, searcher, batch, other = self._setup(grad_clip=grad_clip)
                 model, lr = searcher.model, config.learning_rate
@@ -163,11 +227,52 @@ class StepArithmeticTest(tf.test.TestCase):
                 for b in (batch, other):  # the second step uses the first's momentum
                     grads, _, non_trainable = self._grads(model, b)
                     weights, momenta, norm = self._sgd(config, weights, grads, momenta, lr)
-                    self.assertEqual(norm > grad_clip, clipped)
+                    self.assertEqual(grad_clip > 0 and norm > grad_clip, clipped)
                     metrics = searcher.weight_step(b)
                     self.assertAllClose(metrics["weight_grad_norm"], norm, rtol=1e-5)
                     self._check(model, weights, non_trainable, alphas)
                 self.assertEqual(searcher.traces["weight_step"], 1)
+
+    def test_weight_grad_norm_is_the_global_norm_under_two_replicas(self):
+        # The 2 logical CPUs of conftest.py; synchronized BatchNorm makes the global batch's
+        # gradient that of one device.
+        strategy = distribute.make_strategy("mirrored")
+        self.assertEqual(strategy.num_replicas_in_sync, 2)
+        config = search.SearchConfig(**{**self.CONFIG, "grad_clip": 100.0})
+        searcher = search._Searcher(config, strategy, (8, 8, 1), 10)
+        _, _, batch, _ = self._setup()
+        model = searcher.model
+        weights, alphas = _numpy(model.weight_variables), _numpy(model.arch_variables)
+        grads, _, non_trainable = self._grads(model, batch)
+        weights, _, norm = self._sgd(config, weights, grads, [0 * w for w in weights],
+                                     config.learning_rate)
+        batches = strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(batch))
+        metrics = searcher.weight_step(next(iter(batches)))
+        self.assertAllClose(metrics["weight_grad_norm"], norm, rtol=1e-5)
+        self._check(model, weights, non_trainable, alphas)  # the gradient summed once
+
+    def test_a_non_finite_step_changes_no_weight_alpha_or_optimizer_state(self):
+        config, searcher, train_batch, val_batch = self._setup()
+        model = searcher.model
+        state = lambda: _numpy(model.weight_variables + searcher.weight_optimizer.variables
+                               + model.arch_variables + searcher.arch_optimizer.variables)
+        weight_state = len(model.weight_variables + searcher.weight_optimizer.variables)
+        poison = lambda batch: (tf.tensor_scatter_nd_update(batch[0], [[0, 0, 0, 0]],
+                                                            [np.nan]), batch[1])
+        # A non-finite architecture step (first order: L_val) skips the weight step too; a
+        # non-finite weight step alone skips the weight update (the alphas' step was sound).
+        for train, val, unchanged in ((train_batch, poison(val_batch), None),
+                                      (poison(train_batch), val_batch, weight_state)):
+            before = state()
+            metrics = searcher.search_step(train, val)
+            self.assertGreater(float(metrics[loop.DIVERGED]), 0)
+            for a, b in list(zip(before, state()))[:unchanged]:
+                self.assertAllEqual(a, b)
+        before = state()
+        metrics = searcher.search_step(train_batch, val_batch)  # a good step still applies
+        self.assertEqual(float(metrics[loop.DIVERGED]), 0)
+        self.assertNotAllClose(state()[0], before[0])
+        self.assertEqual(searcher.traces["search_step"], 1)
 
     def test_first_order_search_step(self):
         config, searcher, train_batch, val_batch = self._setup(grad_clip=1e-3)

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from tf_amended_darts import checkpointing, distribute, genotypes, train
+from tf_amended_darts import checkpointing, distribute, genotypes, loop, train
 
 TINY = dict(genotype="DARTS_V2", channels=4, cells=3, batch_size=32, cutout=0)
 
@@ -47,13 +47,31 @@ class TrainTest(tf.test.TestCase):
         config = train.TrainConfig(**{**TINY, **common})
         # The resumed process starts in epoch 1 (step 1 of it), with epoch 1's rate.
         self.assertEqual(resumed.learning_rates, {e: config.learning_rate_at(e) for e in (1, 2)})
-        self.assertAllClose(full.learning_rates[1], 0.75 * 0.025)
+        self.assertAllClose(full.learning_rates[1], 0.25 * 0.025)  # (1 + cos(2 pi / 3)) / 2
         with open(os.path.join(part_dir, "log.txt")) as f:
             self.assertIn("epoch 1, step 1 of the epoch, global step 4", f.read())
         a, b = (checkpointing.named_variables(r.model) for r in (full, resumed))
         self.assertEqual(sorted(a), sorted(b))
         for name in a:  # BN moving statistics and drop-path seeds included
             self.assertAllClose(a[name], b[name], atol=1e-5, rtol=1e-4, msg=name)
+
+    def test_divergence_stops_at_once_and_keeps_the_last_good_checkpoint(self):
+        directory = self.get_temp_dir() + "/diverge"
+        common = dict(epochs=10, steps_per_epoch=2, validate=False, auxiliary=False,
+                      learning_rate=1e6, lr_schedule="exponential", lr_decay=1.0)
+        self.assertEqual(_run(directory, stop_after_steps=1, **common).global_step, 1)
+        checkpoints = os.path.join(directory, "checkpoints")
+        good = {n: open(os.path.join(checkpoints, n), "rb").read()
+                for n in os.listdir(checkpoints)}
+        with self.assertRaisesRegex(loop.DivergedError, r"^diverged at global step \d+: "
+                                    r"(train_loss|weight_grad_norm) is (nan|inf).*"
+                                    r"lower --learning_rate$"):
+            _run(directory, resume=True, **common)
+        self.assertEqual({n: open(os.path.join(checkpoints, n), "rb").read()
+                          for n in os.listdir(checkpoints)}, good)
+        _, _, net, _ = train.restore_network(directory)  # the last good checkpoint
+        for name, variable in checkpointing.named_variables(net).items():
+            self.assertTrue(np.isfinite(variable.numpy()).all(), name)
 
     def test_mirrored_strategy_matches_one_device(self):
         common = dict(epochs=1, steps_per_epoch=2, validate=False, drop_path=0.0,
@@ -93,13 +111,17 @@ class TrainTest(tf.test.TestCase):
             with self.assertRaisesRegex(ValueError, message):
                 train.TrainConfig(**{**TINY, **kwargs})
 
-    def test_schedules(self):
-        cosine = train.TrainConfig(**TINY, epochs=4, learning_rate=0.1, learning_rate_min=0.0)
+    def test_schedules_as_the_reference_steps_them(self):
+        # The reference calls scheduler.step() before each epoch: epoch e (from 0) runs at the
+        # schedulers' closed forms for e + 1; the cosine's last epoch at the minimum.
+        cosine = train.TrainConfig(**TINY, epochs=4, learning_rate=0.1, learning_rate_min=0.01)
         self.assertAllClose([cosine.learning_rate_at(e) for e in range(4)],
-                            [0.1, 0.1 * (1 + np.cos(np.pi / 4)) / 2, 0.05,
-                             0.1 * (1 + np.cos(3 * np.pi / 4)) / 2])
+                            [0.01 + 0.09 * (1 + np.cos(np.pi * k / 4)) / 2 for k in (1, 2, 3, 4)],
+                            rtol=1e-12, atol=0)
+        self.assertEqual(cosine.learning_rate_at(3), 0.01)
         decay = train.TrainConfig(**TINY, learning_rate=0.1, lr_schedule="exponential")
-        self.assertAllClose(decay.learning_rate_at(3), 0.1 * 0.97 ** 3)
+        self.assertAllClose([decay.learning_rate_at(e) for e in range(3)],
+                            [0.1 * 0.97, 0.1 * 0.97 ** 2, 0.1 * 0.97 ** 3], rtol=1e-12, atol=0)
         self.assertAllClose(cosine.drop_path_at(2), 0.1)
         self.assertEqual(train.TrainConfig.from_dict(cosine.to_dict()), cosine)
 

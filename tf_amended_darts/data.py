@@ -66,6 +66,13 @@ class DatasetInfo:
   std: Tuple[float, ...]
 
 
+def dataset_info_dict(info: DatasetInfo) -> dict:
+  """The JSON form of a DatasetInfo that run.json records (without the split sizes)."""
+  return {"name": info.name, "image_shape": list(info.image_shape),
+          "num_classes": info.num_classes, "class_names": list(info.class_names),
+          "mean": list(info.mean), "std": list(info.std)}
+
+
 @dataclasses.dataclass(frozen=True)
 class Dataset:
   """`train` and `test` yield (uint8 image [H, W, C], int64 label), in a fixed order."""

@@ -7,9 +7,10 @@ total), and wall time per call inside tf.function (median of `repeats` calls aft
 trace + first call, whose time is reported separately).
 
 The supernet is either
-- a search-space preset (`search_space` plus overrides), fresh, after `warmup_steps` SGD steps
-  (lr 0.025, momentum 0.9, weight decay 3e-4) on the weight half of the training set, so H is
-  not measured at random initialisation; or
+- a search-space preset (`search_space` plus overrides), fresh, after `warmup_steps` weight
+  steps of the search (loop.sgd_weight_update: lr 0.025, momentum 0.9, weight decay 3e-4,
+  gradient clipped to norm 5) on the weight half of the training set, so H is not measured at
+  random initialisation; or
 - the latest checkpoint of a search run (`search_dir`): its weights, BatchNorm statistics and
   alphas, and the weight optimizer's learning rate and momentum buffers for the unrolled step
   (search.restore_search_network), on the run's dataset and split unless `dataset` is given.
@@ -22,10 +23,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_amended_darts import data, errors, estimators, search, search_model, search_space as ss
-from tf_amended_darts import training
+from tf_amended_darts import data, errors, estimators, loop, search, search_model
+from tf_amended_darts import search_space as ss
 
-WEIGHT_LR, WEIGHT_MOMENTUM, WEIGHT_DECAY, XI = 0.025, 0.9, 3e-4, 0.025
+WEIGHT_LR, WEIGHT_MOMENTUM, WEIGHT_DECAY, GRAD_CLIP, XI = 0.025, 0.9, 3e-4, 5.0, 0.025
 KNOWN = ("first_order", "second_order", "amended", "implicit")
 
 
@@ -60,7 +61,8 @@ def _check(search_dir, search_space, init_channels, layers, steps, batch_size, e
         raise errors.InputError("--estimators is empty")
     for n in names:
         if n not in KNOWN:
-            raise errors.InputError(f"unknown estimator {n!r}; expected some of {', '.join(KNOWN)}")
+            raise errors.InputError(
+                f"unknown estimator {n!r}; expected some of {', '.join(KNOWN)}")
     return names
 
 
@@ -76,9 +78,9 @@ def _searched_supernet(search_dir, dataset, data_dir):
             and ds.info.num_classes == run.dataset_info["num_classes"])
     if not fits:
         raise errors.InputError(f"dataset {ds.info.name} ({tuple(ds.info.image_shape)}, "
-                         f"{ds.info.num_classes} classes) does not fit the searched supernet "
-                         f"({tuple(run.dataset_info['image_shape'])}, "
-                         f"{run.dataset_info['num_classes']} classes)")
+                                f"{ds.info.num_classes} classes) does not fit the searched "
+                                f"supernet ({tuple(run.dataset_info['image_shape'])}, "
+                                f"{run.dataset_info['num_classes']} classes)")
     state = estimators.weight_state_from_keras_sgd(
         run.weight_optimizer, run.network.weight_variables, config.weight_decay)
     return (run.network, state, ds, config.train_portion,
@@ -92,16 +94,15 @@ def _warmed_up_supernet(space, ds, batches, warmup_steps, seed):
     keras.utils.set_random_seed(seed)
     model = search_model.SearchNetwork(space, ds.info.num_classes, seed=seed)
     model.build((None,) + tuple(ds.info.image_shape))
-    optimizer = keras.optimizers.SGD(WEIGHT_LR, momentum=WEIGHT_MOMENTUM)
+    optimizer = loop.SGD(WEIGHT_LR, momentum=WEIGHT_MOMENTUM)
     optimizer.build(model.weight_variables)
 
     @tf.function
     def weight_step(x, y):
         with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(training.cross_entropy(y, model(x, training=True)))
-        grads = tape.gradient(loss, model.weight_variables)
-        grads = [g + WEIGHT_DECAY * w for g, w in zip(grads, model.weight_variables)]
-        optimizer.apply_gradients(zip(grads, model.weight_variables))
+            loss = tf.reduce_mean(loop.cross_entropy(y, model(x, training=True)))
+        loop.sgd_weight_update(optimizer, tape, loss, model.weight_variables,
+                               grad_clip=GRAD_CLIP, weight_decay=WEIGHT_DECAY)
         return loss
 
     losses = [float(weight_step(*next(batches))) for _ in range(warmup_steps)]
@@ -164,7 +165,8 @@ def diagnose(search_space=None, init_channels=None, layers=None, steps=None, dat
     for name, est in [("implicit", reference)] + [(n, e) for n, e in compared.items()
                                                   if n != "implicit" or e.products != "exact"]:
         key = name if name != "implicit" or est is reference else "implicit_" + products
-        fn = tf.function(lambda t, v, est=est: est.estimate(model, training.cross_entropy, t, v, state))
+        fn = tf.function(lambda t, v, est=est: est.estimate(model, loop.cross_entropy, t, v,
+                                                            state))
         start = time.perf_counter()
         grads, diag = fn(train_batch, val_batch)
         first = time.perf_counter() - start
@@ -189,7 +191,7 @@ def diagnose(search_space=None, init_channels=None, layers=None, steps=None, dat
         g1 = vectors["first_order"]
     else:  # the first-order gradient is needed for the corrections
         g1 = _flat(tf.function(lambda t, v: estimators.FirstOrderEstimator().estimate(
-            model, training.cross_entropy, t, v))(train_batch, val_batch)[0])
+            model, loop.cross_entropy, t, v))(train_batch, val_batch)[0])
     keys = list(vectors)
     for key in keys:
         results[key]["cosine_to_implicit"] = _cosine(vectors[key], vectors["implicit"])

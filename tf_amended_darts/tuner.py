@@ -38,7 +38,6 @@ from tf_amended_darts import data, export, genotypes, model, operations, run_dir
 from tf_amended_darts import search_model
 from tf_amended_darts import search_space as search_space_lib
 from tf_amended_darts import train as train_lib
-from tf_amended_darts import training
 
 OBJECTIVE = "val_accuracy"
 _EDGE_NAME = re.compile(r"^(normal|reduce)_(\d+)\.node(\d+)\.edge(\d+)\.(op|input)$")
@@ -465,7 +464,7 @@ def export_best_trial(keras_tuner, export_dir, dataset, *, data_dir=None, image_
         raise ValueError("no trial has completed yet: nothing to export")
     trial = best[0]
     genotype, network = architecture_from_trial(trial)
-    info = training.dataset_info_dict(data.load_dataset(dataset, data_dir,
+    info = data.dataset_info_dict(data.load_dataset(dataset, data_dir,
                                                         image_size=image_size).info)
     if info["num_classes"] != network["num_classes"]:
         raise ValueError(f"trial {trial.trial_id} classifies {network['num_classes']} classes, "

@@ -1,0 +1,376 @@
+"""The custom training loop that the search (search.py) and re-training (train.py) share.
+
+  Runner                 one run in an output directory: run.json and log.txt, the loop
+                         position (epoch, step in epoch, global step), checkpoints, resume and
+                         stop, the epoch loop, per-step and per-epoch summaries, progress, and
+                         the stop on divergence. A search or training supplies an EpochTask:
+                         its step function and batches per epoch and its end-of-epoch work.
+  sgd_weight_update      the SGD weight update of search, re-training and diagnostics' warm-up
+  SGD, Adam              Keras' optimizers for gradients that are already global
+  apply_if_finite        their apply_gradients, skipped when a step's numbers are not finite
+  DivergedError          a run whose loss, gradients or alphas became non-finite
+  cosine_learning_rate   the per-epoch schedules, as the reference steps them
+  exponential_learning_rate
+  cross_entropy, correct_count, reduce_sum, evaluation_step, validate   step pieces
+
+Step functions run under a tf.distribute strategy (`strategy.run` inside tf.function) on
+global batches split over the replicas; they return a dict of per-replica values that
+`reduce_sum` adds up, so global quantities (norms) are returned as their share 1/replicas.
+"""
+
+import dataclasses
+import math
+import os
+import sys
+import time
+from typing import Callable, Iterable, Protocol
+
+import keras
+import tensorflow as tf
+
+from tf_amended_darts import checkpointing, data, distribute, errors, run_dir
+
+POSITION = ("epoch", "step_in_epoch", "global_step")  # checkpoint keys of the loop position
+DIVERGED = "diverged"  # the step metric that says a step's update was skipped
+
+
+class DivergedError(errors.InputError):
+    """The run's loss, gradients or alphas stopped being finite (usually too large a learning
+    rate): the run stops without saving; its last checkpoint and genotype stay as they were."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Learning-rate schedules. The reference calls scheduler.step() BEFORE each epoch, so epoch e
+# (0-based) runs at the schedule's value for e + 1 and the last epoch at the minimum.
+
+def cosine_learning_rate(epoch, epochs, maximum, minimum):
+    """CosineAnnealingLR(T_max=epochs, eta_min=minimum) as the reference steps it."""
+    return minimum + (maximum - minimum) * (1 + math.cos(math.pi * (epoch + 1) / epochs)) / 2
+
+
+def exponential_learning_rate(epoch, initial, decay):
+    """StepLR(step_size=1, gamma=decay) as the reference (train_imagenet.py) steps it."""
+    return initial * decay ** (epoch + 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Step pieces (replica context unless said otherwise).
+
+def cross_entropy(labels, logits):
+    """Per-example sparse softmax cross-entropy on logits."""
+    return keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+
+
+def correct_count(labels, logits):
+    """Number of examples whose top logit is the label (float32)."""
+    return tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1), tf.cast(labels, tf.int64)),
+                                 tf.float32))
+
+
+def all_finite(*tensors):
+    """Scalar bool: every element of every tensor is finite."""
+    return tf.reduce_all([tf.reduce_all(tf.math.is_finite(t)) for t in tensors])
+
+
+class _GlobalGradients:
+    """A Keras optimizer that applies the gradients it is given as they are.
+
+    Keras' TensorFlow optimizers sum the gradients over the replicas inside apply_gradients.
+    The steps here all-reduce them once themselves (clipping needs the global norm), so that
+    second all-reduce would only add the same sum again: it is skipped.
+    """
+
+    def _all_reduce_sum_gradients(self, grads_and_vars):
+        return list(grads_and_vars)
+
+
+class SGD(_GlobalGradients, keras.optimizers.SGD):
+    """keras.optimizers.SGD for global gradients (the same on every replica)."""
+
+
+class Adam(_GlobalGradients, keras.optimizers.Adam):
+    """keras.optimizers.Adam for global gradients (the same on every replica)."""
+
+
+def apply_if_finite(optimizer, grads, variables, finite):
+    """optimizer.apply_gradients(grads) of GLOBAL gradients (the same on every replica),
+    skipped entirely (no variable, slot or iteration count changes) unless `finite`.
+
+    `optimizer` is a loop.SGD or loop.Adam. The skip is a cond in cross-replica context: a
+    cond in replica context may not contain the merge_call that apply_gradients makes
+    (Keras' LossScaleOptimizer does the same).
+    """
+    if not isinstance(optimizer, _GlobalGradients):
+        raise TypeError(f"{type(optimizer).__name__} would sum global gradients over the "
+                        "replicas again: use loop.SGD or loop.Adam")
+
+    def cross_replica(strategy, finite, grads):
+        def apply():
+            strategy.extended.call_for_each_replica(
+                lambda g, v: optimizer.apply_gradients(zip(g, v)), args=(grads, variables))
+        # `finite` is computed from all-reduced values: every replica holds the same.
+        tf.cond(strategy.experimental_local_results(finite)[0], apply, lambda: None)
+
+    tf.distribute.get_replica_context().merge_call(cross_replica, args=(finite, grads))
+
+
+def sgd_weight_update(optimizer, tape, loss, weights, *, grad_clip, weight_decay,
+                      proceed=True):
+    """The weight update of the DARTS protocol (search, re-training, warm-ups), as the
+    reference: the global gradient of `loss` (recorded on `tape`; its mean over the global
+    batch) is clipped to norm `grad_clip` (0: no clipping), `weight_decay * w` is added
+    (coupled L2, as PyTorch's SGD weight_decay), then `optimizer` (Keras SGD with momentum)
+    applies it. Gradients and loss are all-reduced once, together.
+
+    Nothing is applied unless the loss and the gradient norm are finite and `proceed` (a
+    scalar bool of the caller's own checks). Returns {"weight_grad_norm": the global norm
+    before clipping, as this replica's share} and the finite flag (including `proceed`).
+    """
+    grads = tape.gradient(loss, weights, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    *grads, global_loss = distribute.all_reduce_sum(grads + [loss])
+    norm = tf.linalg.global_norm(grads)
+    if grad_clip:
+        grads, _ = tf.clip_by_global_norm(grads, grad_clip, use_norm=norm)
+    grads = [g + weight_decay * w for g, w in zip(grads, weights)]
+    finite = tf.logical_and(proceed, all_finite(global_loss, norm))
+    apply_if_finite(optimizer, grads, weights, finite)
+    return {"weight_grad_norm": norm / distribute.replicas_in_context()}, finite
+
+
+def diverged_metric(finite):
+    """The step metric DIVERGED (this replica's share of 1 when the step was skipped)."""
+    return (1.0 - tf.cast(finite, tf.float32)) / distribute.replicas_in_context()
+
+
+def reduce_sum(strategy, per_replica):
+    """{name: sum over the replicas} of the dict a `strategy.run` returned."""
+    return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+            for k, v in per_replica.items()}
+
+
+def evaluation_step(model, strategy):
+    """batch -> {loss, correct, count} summed over the batch and the replicas (inference
+    mode); wrap it in tf.function. `validate` turns the sums into means over a split."""
+    def replica(batch):
+        x, y = batch
+        logits = model(x, training=False)
+        return {"loss": tf.reduce_sum(cross_entropy(y, logits)),
+                "correct": correct_count(y, logits),
+                "count": tf.cast(tf.shape(y)[0], tf.float32)}
+    return lambda batch: reduce_sum(strategy, strategy.run(replica, args=(batch,)))
+
+
+def validate(eval_step, strategy, dataset, info, batch_size):
+    """Mean loss and accuracy of `eval_step` (returning summed loss, correct, count) on a split."""
+    totals = {"loss": 0.0, "correct": 0.0, "count": 0.0}
+    batches = data.eval_batches(dataset, batch_size, mean=info.mean, std=info.std)
+    for batch in distribute.distribute_dataset(strategy, batches):
+        for k, v in eval_step(batch).items():
+            totals[k] += float(v)
+    count = max(totals["count"], 1.0)
+    return {"valid_loss": totals["loss"] / count, "valid_acc": totals["correct"] / count}
+
+
+# ---------------------------------------------------------------------------------------------
+# The run loop.
+
+@dataclasses.dataclass
+class Epoch:
+    """What a task runs in one epoch (EpochTask.start_epoch)."""
+    step: Callable          # batch -> dict of global metrics (train_loss, train_correct, ...)
+    batches: Iterable       # the rest of the epoch's batches (already skipping the done ones)
+    scalars: dict           # logged and summarised with the epoch (must hold "lr")
+    note: str = ""          # appended to the epoch's log line label
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What Runner.run ends with."""
+    stopped: bool            # by stop_after_steps, before the last epoch ended
+    line: dict               # the last completed epoch's summary (empty if none ran)
+    epoch: int               # epochs completed
+    global_step: int
+    images_per_second: float
+
+
+class EpochTask(Protocol):
+    """What a search or a training supplies to Runner.run."""
+
+    def start_epoch(self, epoch: int, skip_batches: int) -> Epoch:
+        """Sets the epoch's hyperparameters (learning rate...) and returns its Epoch."""
+
+    def end_epoch(self, epochs_done: int, global_step: int, line: dict) -> str:
+        """End-of-epoch work (validation into `line`, outputs); returns a log-line suffix."""
+
+
+class Runner:
+    """One run (search or training) in `output_dir`; see the module docstring.
+
+    Use: runner = Runner(...); with runner: runner.start(metadata, trackables); log lines;
+    runner.run(task, ...). The directory is prepared (run_dir.prepare: refuses another run,
+    `resume` continues this one) when the Runner is made.
+    """
+
+    def __init__(self, output_dir, strategy, *, kind, config, resume, overwrite, owned,
+                 log_stream=None, progress_stream=None):
+        self.output_dir, self.strategy = output_dir, strategy
+        self.chief = distribute.is_chief(strategy)
+        self.resuming = (run_dir.prepare(output_dir, config, kind, resume, overwrite,
+                                         owned=owned) if self.chief
+                         else resume and os.path.isdir(output_dir))
+        self._log_stream, self._progress_stream = log_stream, progress_stream
+        self._log_file = (open(os.path.join(output_dir, "log.txt"), "a") if self.chief
+                          else None)
+        self.position = {name: tf.Variable(0, dtype=tf.int64, trainable=False, name=name)
+                         for name in POSITION}
+        self.checkpointer = None
+        self.writer = None
+        self.progress = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.writer is not None:
+            self.writer.flush()
+        if self.checkpointer is not None:
+            self.checkpointer.close()
+        if self._log_file:
+            self._log_file.close()
+            self._log_file = None
+        if self.chief:
+            run_dir.release(self.output_dir)
+
+    def log(self, message, echo=True):
+        """A time-stamped line in log.txt (chief) and, with `echo`, on the log stream."""
+        line = f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {message}"
+        if echo:
+            print(line, file=self._log_stream or sys.stdout, flush=True)
+        if self._log_file:
+            self._log_file.write(line + "\n")
+            self._log_file.flush()
+
+    @property
+    def epoch(self):
+        return int(self.position["epoch"].numpy())
+
+    @property
+    def step_in_epoch(self):
+        return int(self.position["step_in_epoch"].numpy())
+
+    @property
+    def global_step(self):
+        return int(self.position["global_step"].numpy())
+
+    def start(self, trackables, metadata, records=None):
+        """Checkpoints `trackables` (plus the position, and `records`: strings kept with each
+        checkpoint and compared on restore) from now on, restores the newest checkpoint that
+        restores when resuming, writes run.json (config + `metadata`) and opens the
+        summaries; returns the restored checkpoint path or None."""
+        self.checkpointer = checkpointing.Checkpointer(
+            os.path.join(self.output_dir, run_dir.CHECKPOINT_DIR), self.strategy,
+            records=records, **trackables, **self.position)
+        restored = self.checkpointer.restore(report=self.log) if self.resuming else None
+        self.writer = run_dir.summary_writer(self.output_dir, self.chief)
+        if self.chief:
+            run_dir.write_metadata(self.output_dir, **metadata)
+        return restored
+
+    def log_resumed(self, restored):
+        self.log(f"resumed from {restored}: epoch {self.epoch}, step {self.step_in_epoch} of "
+                 f"the epoch, global step {self.global_step}")
+
+    def save(self, epoch, step_in_epoch, global_step):
+        """Records the loop position (the data pipeline resumes from it) and checkpoints."""
+        for name, value in zip(POSITION, (epoch, step_in_epoch, global_step)):
+            self.position[name].assign(value)
+        self.checkpointer.save(global_step)
+
+    def run(self, task, *, epochs, steps_per_epoch, batch_size, checkpoint_every=0,
+            stop_after_steps=None, divergence_hint=""):
+        """Runs the epochs left: per epoch task.start_epoch, the steps (progress, per-step
+        summaries, a checkpoint every `checkpoint_every` steps and when the global step
+        reaches `stop_after_steps`), task.end_epoch, epoch summaries, a checkpoint and the
+        epoch's log line.
+
+        Returns an Outcome (`line`: the last completed epoch's summary). Raises
+        DivergedError (message + `divergence_hint`) at the first step whose numbers are not
+        finite, before anything of that step is saved.
+        """
+        epoch, step_in_epoch, global_step = self.epoch, self.step_in_epoch, self.global_step
+        self.progress = run_dir.Progress(epochs * steps_per_epoch, batch_size,
+                                         stream=self._progress_stream, enabled=self.chief)
+        stopped, line = False, {}
+        with self.writer.as_default():
+            while epoch < epochs and not stopped:
+                plan = task.start_epoch(epoch, step_in_epoch)
+                summary, step_in_epoch, global_step, stopped = self._run_epoch(
+                    plan, batch_size=batch_size, steps_per_epoch=steps_per_epoch, epoch=epoch,
+                    step_in_epoch=step_in_epoch, global_step=global_step,
+                    checkpoint_every=checkpoint_every, stop_after_steps=stop_after_steps,
+                    divergence_hint=divergence_hint)
+                if stopped and step_in_epoch < steps_per_epoch:
+                    break
+                epoch, step_in_epoch = epoch + 1, 0
+                line = {**plan.scalars, **summary}
+                suffix = task.end_epoch(epoch, global_step, line)
+                for k, v in line.items():
+                    run_dir.write_scalar(f"epoch/{k}", v, step=global_step)
+                self.save(epoch, 0, global_step)
+                self.log(f"epoch {epoch}/{epochs}{plan.note} "
+                         + " ".join(f"{k}={v:.4g}" for k, v in line.items()) + suffix)
+        return Outcome(stopped=stopped, line=line, epoch=epoch, global_step=global_step,
+                       images_per_second=self.progress.images_per_second(global_step))
+
+    def _run_epoch(self, plan, *, batch_size, steps_per_epoch, epoch, step_in_epoch,
+                   global_step, checkpoint_every, stop_after_steps, divergence_hint):
+        """The steps of the rest of an epoch; returns (summary, step_in_epoch, global_step,
+        stopped); summary: mean train_loss and train_acc of the steps run."""
+        sums, ran, stopped = {}, 0, False
+        for batch in plan.batches:
+            metrics = {k: float(v) for k, v in plan.step(batch).items()}
+            if metrics.pop(DIVERGED, 0.0) > 0:
+                self._diverged(metrics, global_step + 1, divergence_hint)
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + v
+            step_in_epoch, global_step, ran = step_in_epoch + 1, global_step + 1, ran + 1
+            self.progress.update(global_step, epoch=epoch, loss=metrics["train_loss"])
+            _step_summaries(metrics, plan.scalars["lr"], batch_size, global_step)
+            stopped = stop_after_steps is not None and global_step >= stop_after_steps
+            if step_in_epoch < steps_per_epoch and (stopped or (
+                    checkpoint_every and global_step % checkpoint_every == 0)):
+                self.save(epoch, step_in_epoch, global_step)
+            if stopped:
+                break
+        ran = max(ran, 1)
+        summary = {"train_loss": sums.get("train_loss", 0.0) / ran,
+                   "train_acc": sums.get("train_correct", 0.0) / (ran * batch_size)}
+        return summary, step_in_epoch, global_step, stopped
+
+    def _diverged(self, metrics, step, hint):
+        """Logs and raises DivergedError naming the first non-finite quantity of the step."""
+        bad = sorted((k for k, v in metrics.items() if not math.isfinite(v)),
+                     key=lambda k: (k not in _FIRST_SUSPECTS, _FIRST_SUSPECTS.index(k)
+                                    if k in _FIRST_SUSPECTS else 0, k))
+        what = (f"{bad[0]} is {metrics[bad[0]]}" + (f" (and {', '.join(bad[1:])})"
+                                                   if bad[1:] else "")
+                if bad else "the alphas are not finite")
+        message = (f"diverged at global step {step}: {what}; the step was not applied and the "
+                   f"run stops: its last checkpoint and genotype are the last good ones"
+                   + (f"; try a {hint}" if hint else ""))
+        self.log(message, echo=False)
+        raise DivergedError(message)
+
+
+# The quantities a divergence shows first in, named first when several are non-finite.
+_FIRST_SUSPECTS = ("train_loss", "arch/val_loss", "weight_grad_norm", "arch/grad_norm")
+
+
+def _step_summaries(metrics, lr, batch_size, step):
+    run_dir.write_scalar("train/loss", metrics["train_loss"], step)
+    run_dir.write_scalar("train/accuracy", metrics["train_correct"] / batch_size, step)
+    run_dir.write_scalar("train/weight_grad_norm", metrics["weight_grad_norm"], step)
+    run_dir.write_scalar("train/learning_rate", lr, step)
+    for k, v in metrics.items():
+        if k.startswith("arch/"):  # estimator diagnostics: val_loss, g1_norm, correction_norm..
+            run_dir.write_scalar(k, v, step)
