@@ -1,6 +1,7 @@
-"""The tune binary end to end: architectures from a finished search (and the best trial's
-SavedModel), the search's options with BayesianOptimization, keras-tuner's distributed tuning
-(a chief and one worker on localhost), and bad flags (exit 2, one clear line)."""
+"""The tune binary end to end: architectures from a finished search (each trial the train
+binary's protocol; the best trial's SavedModel), the search's options with BayesianOptimization,
+keras-tuner's distributed tuning (a chief and one worker on localhost), and bad flags (exit 2,
+one clear line)."""
 
 import json
 import os
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_amended_darts import genotypes, model, search
+from tf_amended_darts import data, genotypes, search, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPS = ("none", "skip_connect", "avg_pool_3x3", "sep_conv_3x3")
@@ -23,7 +24,12 @@ SEARCH_FLAGS = ["--cells=3", "--nodes=1", "--channels=4", "--batch_size=16", "--
                 "--steps_per_epoch=2", "--arch_gradient=first_order", "--validate=false",
                 f"--operations={','.join(OPS)}"]
 EVAL_FLAGS = ["--eval_channels=4", "--eval_layers=3", "--eval_epochs=1",
-              "--eval_steps_per_epoch=2", "--eval_validation_steps=2", "--eval_batch_size=16"]
+              "--eval_steps_per_epoch=2", "--eval_batch_size=16"]
+# The TrainConfig those flags mean: the train binary's protocol (coupled L2 3e-4, cosine
+# schedule from 0.025, clipping at 5, auxiliary head, drop-path 0.2; no cutout by default).
+TRAINING = dict(dataset="digits", channels=4, cells=3, epochs=1, steps_per_epoch=2,
+                batch_size=16, learning_rate=0.025, momentum=0.9, weight_decay=3e-4,
+                grad_clip=5.0, auxiliary=True, drop_path=0.2, cutout=0, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -65,16 +71,24 @@ def test_architectures_end_to_end(search_dir, tmp_path):
     assert "best trial" in run.stdout and f"to {export_dir}" in run.stdout
     path = tmp_path / "tune" / "best_genotype.json"
     genotype = genotypes.load_genotype(str(path))
-    net = model.NetworkCIFAR(genotype, init_channels=4, layers_count=3, num_classes=10)
-    assert net(tf.zeros((1, 8, 8, 1))).shape == (1, 10)
     trials = _trials(str(tmp_path / "tune"))
     assert [t["status"] for t in trials] == ["COMPLETED"] * 2
     assert trials[0]["hyperparameters"]["values"] != trials[1]["hyperparameters"]["values"]
-    # The best trial's SavedModel serves uint8 digits and carries the best genotype.
+    best = max(trials, key=lambda t: t["score"])
+    # The best trial is the train binary's protocol: a train.train run of the TrainConfig the
+    # flags mean has the trial's score, and its network is what the SavedModel serves.
+    with open(os.devnull, "w") as quiet:
+        reference = train.train(train.TrainConfig(genotype=genotype, **TRAINING),
+                                str(tmp_path / "reference"), log_stream=quiet,
+                                progress_stream=quiet)
+    assert best["score"] == pytest.approx(reference.valid["valid_acc"], abs=1e-6)
+    images = np.load(data.DIGITS_PATH)["test_images"][:8]
+    info = data.load_dataset("digits").info
+    expected = tf.nn.softmax(reference.model(data.normalize(images, info.mean, info.std),
+                                             training=False)).numpy()
     loaded = tf.saved_model.load(export_dir)
-    served = loaded.signatures["serving_default"](images=tf.zeros((3, 8, 8, 1), tf.uint8))
-    assert served["probabilities"].shape == (3, 10)
-    np.testing.assert_allclose(served["probabilities"].numpy().sum(-1), 1, rtol=1e-5)
+    served = loaded.signatures["serving_default"](images=tf.constant(images))
+    np.testing.assert_allclose(served["probabilities"].numpy(), expected, rtol=1e-5, atol=1e-6)
     assert genotypes.Genotype.from_json(loaded.metadata()["genotype"].numpy().decode()) == \
         genotype
 

@@ -3,7 +3,7 @@ architecture gradient of Bi et al. (arXiv:1910.11831)."""
 
 __version__ = "0.1.0"
 
-_LAZY = {"DartsOracle": "tuner", "GenotypeHyperModel": "tuner"}
+_LAZY = {"DartsOracle": "tuner", "ArchitectureTuner": "tuner"}
 
 
 def __getattr__(name):

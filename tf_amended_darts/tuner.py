@@ -1,185 +1,63 @@
-"""keras-tuner integration: DARTS architectures as trials, and tuning the search itself.
+"""keras-tuner over DARTS: architectures as trials, and tuning the search itself.
 
-Architectures (keras-tuner's Tuner runs the trials, `DartsOracle` picks the architectures):
+Every trial ends in a short re-training of one genotype by `train.train`, so a trial is the
+protocol it stands in for: coupled L2 weight decay, the learning-rate schedule, gradient
+clipping, auxiliary head, drop-path and cutout as its training options say. Its score,
+`val_accuracy`, is that run's last validation accuracy (`TrainResult.valid`); the run lives in
+<trial dir>/train, where `load_model` (so `get_best_models`) and `export_best_trial` restore
+its network from (`train.restore_network`).
+
+Architectures: `DartsOracle` proposes genotypes (proposals.py: the searched one first, then
+the next most probable under softmax(alpha), each once); `ArchitectureTuner` trains them:
 
     oracle = DartsOracle(search_config=SearchConfig(...), search_dir="runs/s", max_trials=8)
-    tuner = keras_tuner.Tuner(oracle=oracle, hypermodel=GenotypeHyperModel(num_classes=10),
-                              directory="runs/tune", project_name="digits")
-    tuner.search(train_batches, validation_data=val_batches)
-    genotype, network = architecture_from_trial(oracle.get_best_trials()[0])
-    export_best_trial(tuner, "runs/model", "digits")  # SavedModel of the best trial's weights
+    tuner = ArchitectureTuner(oracle, {"dataset": "digits", "channels": 8, "cells": 5,
+                                       "epochs": 2}, directory="runs/tune", project_name="p")
+    tuner.search()
+    export_best_trial(tuner, "runs/model")  # SavedModel of the best trial's network
 
-`DartsOracle` starts from a search result (alphas), proposes the derived genotype first and
-then the next most probable genotypes under softmax(alpha) (`propose_genotypes`), each once.
 A trial's hyperparameters hold one choice per kept edge: `normal_0.node3.edge1.op` (an
-operation) and `normal_0.node3.edge1.input` (0, 1: the cell inputs, 2..: earlier nodes).
-The network and training settings are hyperparameters of `GenotypeHyperModel`; DartsOracle
-gives every hyperparameter it does not own its default value.
+operation) and `normal_0.node3.edge1.input` (0, 1: the cell inputs, 2..: earlier nodes), and
+its training options as Fixed values `train.<TrainConfig field>`; DartsOracle gives every
+hyperparameter it does not own its default value.
 
-The search's own hyperparameters (`SearchTuner`): any stock oracle (RandomSearchOracle,
+The search's hyperparameters (`SearchTuner`): any stock oracle (RandomSearchOracle,
 BayesianOptimizationOracle) proposes SearchConfig values; each trial runs a short search and
-scores the derived genotype by a short training of its evaluation network on the weights part
-of the search split, validated on the architecture part (`val_accuracy`). The supernet's own
-validation accuracy is not used: it measures the supernet, not the derived architecture.
+trains its derived genotype as above. The supernet's own validation accuracy is not used: it
+measures the supernet, not the derived architecture.
 """
 
 import dataclasses
-import heapq
 import json
 import math
 import os
 import re
 
-import keras
 import keras_tuner as kt
 import numpy as np
 
-from tf_amended_darts import data, export, genotypes, model, operations, run_dir, search
+from tf_amended_darts import errors, export, genotypes, operations, proposals, run_dir, search
 from tf_amended_darts import search_model
 from tf_amended_darts import search_space as search_space_lib
 from tf_amended_darts import train as train_lib
 
 OBJECTIVE = "val_accuracy"
+TRAIN_PREFIX = "train."  # hyperparameter names of the training options
+TRAIN_DIR = "train"      # a trial's train.train run, inside its trial directory
 _EDGE_NAME = re.compile(r"^(normal|reduce)_(\d+)\.node(\d+)\.edge(\d+)\.(op|input)$")
 
 
-# -- alphas, genotypes and their hyperparameters ----------------------------------------------
+# -- a genotype as trial hyperparameters ------------------------------------------------------
 
-def slot_names(space):
+def _slot_names(space):
     return ([f"normal_{i}" for i in range(space.num_normal_slots)]
             + [f"reduce_{i}" for i in range(space.num_reduce_slots)])
-
-
-def check_alphas(space, alphas):
-    """The alphas as float64 arrays; ValueError (one line) when they do not fit `space`."""
-    expected = (space.num_normal_slots + space.num_reduce_slots,
-                space.num_edges, len(space.operations))
-    try:
-        alphas = [np.asarray(a, np.float64) for a in alphas]
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"invalid search result: alphas are not numeric arrays ({e})") from None
-    shapes = [a.shape for a in alphas]
-    if len(alphas) != expected[0] or any(s != expected[1:] for s in shapes):
-        raise ValueError(f"invalid search result: the search space ({len(space.operations)} "
-                         f"operations, {space.steps} nodes, per_stage={space.per_stage}) needs "
-                         f"{expected[0]} alpha arrays of shape {expected[1:]}, got {shapes}")
-    if not all(np.isfinite(a).all() for a in alphas):
-        raise ValueError("invalid search result: alphas hold NaN or infinite values")
-    return alphas
-
-
-def _log_softmax(a):
-    a = a - a.max(axis=-1, keepdims=True)
-    return a - np.log(np.exp(a).sum(axis=-1, keepdims=True))
-
-
-def canonical_key(genotype):
-    """Identity of an architecture: the JSON with each node's edges sorted (a node sums them)."""
-    def cell(c):
-        return {"nodes": [sorted([op, j] for op, j in node) for node in c.nodes],
-                "concat": sorted(c.concat)}
-    return json.dumps({"normal": [cell(c) for c in genotype.normal_cells],
-                       "reduce": [cell(c) for c in genotype.reduce_cells]}, sort_keys=True)
-
-
-def log_probability(space, alphas, genotype):
-    """sum over the genotype's edges of log softmax(alpha)[edge, op]."""
-    logp = [_log_softmax(a) for a in check_alphas(space, alphas)]
-    total = 0.0
-    for s, cell in enumerate(genotype.normal_cells + genotype.reduce_cells):
-        for i, node in enumerate(cell.nodes):
-            start = sum(2 + n for n in range(i))
-            total += sum(logp[s][start + j, space.operations.index(op)] for op, j in node)
-    return float(total)
-
-
-class _Lazy:
-    """A best-first sequence of (score, item) drawn from an iterator on demand."""
-
-    def __init__(self, iterable):
-        self._iterator, self._items = iter(iterable), []
-
-    def get(self, index):
-        while len(self._items) <= index:
-            item = next(self._iterator, None)
-            if item is None:
-                return None
-            self._items.append(item)
-        return self._items[index]
-
-
-def _best_first(components, start, accept=lambda v: True, expand=lambda v: True):
-    """Yields (score, rank vector) over the product of best-first `_Lazy` sequences, in order
-    of the summed score (highest first): a rank vector's successors raise one rank by one."""
-    def score(vector):
-        return sum(components[p].get(r)[0] for p, r in enumerate(vector))
-    heap, visited = [(-score(start), start)], {start}
-    while heap:
-        negative, vector = heapq.heappop(heap)
-        if accept(vector):
-            yield -negative, vector
-        for p in range(len(vector)):
-            successor = vector[:p] + (vector[p] + 1,) + vector[p + 1:]
-            if (successor not in visited and components[p].get(successor[p]) is not None
-                    and expand(successor)):
-                visited.add(successor)
-                heapq.heappush(heap, (-score(successor), successor))
-
-
-def _node_configurations(logp, space, i):
-    """Best-first (score, edges) of node 2 + i: min(k, 2 + i) edges with distinct inputs, each
-    any non-'none' operation; `logp` holds the node's rows of log softmax(alpha)."""
-    candidates = _Lazy(sorted(((float(logp[j, k]), (name, j)) for j in range(2 + i)
-                               for k, name in enumerate(space.operations) if name != "none"),
-                              key=lambda c: (-c[0], c[1][1], c[1][0])))
-    k = min(space.inputs_per_node, 2 + i)
-
-    def edges(vector):
-        return [candidates.get(r)[1] for r in vector]
-    for score, vector in _best_first(
-            [candidates] * k, tuple(range(k)),
-            accept=lambda v: len({j for _, j in edges(v)}) == k,
-            expand=lambda v: all(a < b for a, b in zip(v, v[1:]))):
-        yield score, edges(vector)
-
-
-def propose_genotypes(space, alphas):
-    """Yields (genotype, log-probability), most probable first, each architecture once.
-
-    The first is the derived genotype (the DARTS rule). A genotype's log-probability is the
-    sum over its kept edges of log softmax(alpha)[edge, op]; it is a sum over nodes, so the
-    alternatives come from a best-first enumeration over the product of each node's own
-    best-first configurations (k edges with distinct inputs, any non-'none' operations): the
-    weakest decisions (smallest drops) change first. Deterministic and lazy (the DARTS space
-    has ~1e20 genotypes).
-    """
-    alphas = check_alphas(space, alphas)
-    derived = search_model.derive_genotype(space, alphas)
-    nodes = []
-    for a in alphas:
-        logp, start = _log_softmax(a), 0
-        for i in range(space.steps):
-            nodes.append(_Lazy(_node_configurations(logp[start:start + 2 + i], space, i)))
-            start += 2 + i
-    seen = {canonical_key(derived)}
-    yield derived, log_probability(space, alphas, derived)
-    for score, vector in _best_first(nodes, (0,) * len(nodes)):
-        configurations = [nodes[n].get(r)[1] for n, r in enumerate(vector)]
-        cells = [genotypes.CellGenotype(configurations[s:s + space.steps],
-                                        range(2, 2 + space.steps))
-                 for s in range(0, len(configurations), space.steps)]
-        genotype = genotypes.Genotype(cells[:space.num_normal_slots],
-                                      cells[space.num_normal_slots:])
-        key = canonical_key(genotype)
-        if key not in seen:
-            seen.add(key)
-            yield genotype, score
 
 
 def genotype_values(genotype, space):
     """The trial hyperparameter values of a genotype: one op and one input per kept edge."""
     values = {}
-    for name, cell in zip(slot_names(space), genotype.normal_cells + genotype.reduce_cells):
+    for name, cell in zip(_slot_names(space), genotype.normal_cells + genotype.reduce_cells):
         for i, node in enumerate(cell.nodes):
             for e, (op, j) in enumerate(node):
                 values[f"{name}.node{2 + i}.edge{e}.op"] = op
@@ -266,27 +144,30 @@ def _as_space(space):
         return search_space_lib.get_search_space(space)
     if isinstance(space, dict):
         return search_space_lib.SearchSpace.from_dict(space)
-    raise ValueError(f"search_space must be a SearchSpace, a preset name or a dict, got {space!r}")
+    raise errors.InputError(f"search_space must be a SearchSpace, a preset name or a dict, "
+                            f"got {space!r}")
 
 
 def _search_source(alphas, search_space, search_dir, search_config, search_kwargs):
     if alphas is not None:
         if search_space is None:
-            raise ValueError("DartsOracle: alphas need their search_space")
+            raise errors.InputError("DartsOracle: alphas need their search_space")
         return _as_space(search_space), alphas
     if search_dir is None:
-        raise ValueError("DartsOracle needs alphas and search_space, a search_dir holding a "
-                         "finished search, or a search_config (and search_dir) to run one")
+        raise errors.InputError("DartsOracle needs alphas and search_space, a search_dir "
+                                "holding a finished search, or a search_config (and "
+                                "search_dir) to run one")
     found = load_search_result(search_dir, search_config)
     if found is not None:
         return found
     if search_config is None:
-        raise ValueError(f"DartsOracle: {search_dir} holds no finished search (pass "
-                         "search_config to run it)")
+        raise errors.InputError(f"DartsOracle: {search_dir} holds no finished search (pass "
+                                "search_config to run it)")
     result = search.search(search_config, search_dir, resume=run_dir.holds_run(search_dir),
                            **(search_kwargs or {}))
     if not result.finished:
-        raise ValueError(f"DartsOracle: the search in {search_dir} stopped before its end")
+        raise errors.InputError(f"DartsOracle: the search in {search_dir} stopped before its "
+                                "end")
     return search_config.space(), result.alphas
 
 
@@ -314,7 +195,7 @@ class DartsOracle(kt.Oracle):
         space, alphas = _search_source(alphas, search_space, search_dir, search_config,
                                        search_kwargs)
         self.search_space = space
-        self.alphas = check_alphas(space, alphas)
+        self.alphas = proposals.check_alphas(space, alphas)
         self.max_proposals = max_proposals
         self.proposals = []  # [{"genotype": dict, "log_probability": float}]
         self._proposed = set()
@@ -329,9 +210,9 @@ class DartsOracle(kt.Oracle):
         if self.max_proposals is not None and len(self.proposals) >= self.max_proposals:
             return {"status": kt.engine.trial.TrialStatus.STOPPED, "values": None}
         if self._generator is None:
-            self._generator = propose_genotypes(self.search_space, self.alphas)
+            self._generator = proposals.propose_genotypes(self.search_space, self.alphas)
         for genotype, logp in self._generator:
-            key = canonical_key(genotype)
+            key = proposals.canonical_key(genotype)
             if key in self._proposed:
                 continue
             self._proposed.add(key)
@@ -352,158 +233,144 @@ class DartsOracle(kt.Oracle):
         super().set_state(state)
         saved = state.get("darts")
         if saved is None:
-            raise ValueError("DartsOracle: this project was not tuned by a DartsOracle; use "
-                             "another project_name or overwrite=True")
+            raise errors.InputError("DartsOracle: this project was not tuned by a DartsOracle; "
+                                    "use another project_name or overwrite=True")
         same = (_as_space(saved["search_space"]) == self.search_space
                 and len(saved["alphas"]) == len(self.alphas)
                 and all(np.allclose(np.asarray(a), b, rtol=1e-6, atol=1e-9)
                         for a, b in zip(saved["alphas"], self.alphas)))
         if not same:
-            raise ValueError("DartsOracle: the project was tuned from another search result "
-                             "(search space or alphas differ); use another project_name or "
-                             "overwrite=True")
+            raise errors.InputError("DartsOracle: the project was tuned from another search "
+                                    "result (search space or alphas differ); use another "
+                                    "project_name or overwrite=True")
         self.proposals = list(saved["proposals"])
-        self._proposed = {canonical_key(genotypes.Genotype.from_dict(p["genotype"]))
+        self._proposed = {proposals.canonical_key(genotypes.Genotype.from_dict(p["genotype"]))
                           for p in self.proposals}
         self._generator = None
 
 
-# -- the hypermodel ----------------------------------------------------------------------------
+# -- a trial's training: train.train -----------------------------------------------------------
 
-def _declare(hp, name, value):
-    """A list/tuple value makes a Choice, anything else a Fixed hyperparameter."""
-    if isinstance(value, (list, tuple)):
-        return hp.Choice(name, list(value))
-    return hp.Fixed(name, value)
+_NOT_OPTIONS = ("genotype", "validate")  # the trial's genotype; a trial always validates
 
 
-def compile_network(net, learning_rate, momentum, weight_decay):
-    """SGD with momentum; weight decay is Keras' decoupled form (w -= lr * wd * w)."""
-    net.compile(optimizer=keras.optimizers.SGD(learning_rate, momentum=momentum,
-                                               weight_decay=weight_decay or None),
-                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                metrics=["accuracy"])
-    return net
+def check_train_options(options):
+    """The training options of the trials (TrainConfig fields but genotype and validate; None
+    means TrainConfig's default) without the Nones; InputError (one line) when TrainConfig
+    refuses them."""
+    fields = {f.name for f in dataclasses.fields(train_lib.TrainConfig)} - set(_NOT_OPTIONS)
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise errors.InputError(f"unknown training options {unknown}; options are "
+                                f"TrainConfig's fields: {', '.join(sorted(fields))}")
+    options = {k: v for k, v in options.items() if v is not None}
+    try:  # TrainConfig's checks do not depend on the genotype
+        train_lib.TrainConfig(genotype=genotypes.PUBLISHED["DARTS_V2"], **options)
+    except ValueError as e:
+        raise errors.InputError(f"invalid training options for the trials: {e}") from None
+    return options
 
 
-class GenotypeHyperModel(kt.HyperModel):
-    """Builds NetworkCIFAR from a trial's genotype hyperparameters.
+def _train_options_of(values):
+    return {name[len(TRAIN_PREFIX):]: value for name, value in _values_of(values).items()
+            if name.startswith(TRAIN_PREFIX)}
 
-    `channels`, `layers`, `learning_rate`, `momentum`, `weight_decay`, `epochs`, `batch_size`
-    become hyperparameters of the same names (a list/tuple makes a Choice, a value a Fixed),
-    so the summaries and `get_best_hyperparameters` show them; `num_classes` is Fixed.
-    `fit` trains for `epochs` unless the `search(...)` call passes its own; `batch_size` is
-    used for array inputs (datasets come batched).
+
+def trial_config(trial, genotype=None):
+    """The TrainConfig of a trial (or HyperParameters, or values): its `train.*` options and
+    `genotype` (default: the one its edge hyperparameters encode)."""
+    if genotype is None:
+        genotype = genotype_from_values(trial)
+    return train_lib.TrainConfig(genotype=genotype, validate=True, **_train_options_of(trial))
+
+
+def _quietly(run, *args, **kwargs):
+    """`run(...)` with its log and progress lines discarded, unless `kwargs` route them."""
+    with open(os.devnull, "w") as quiet:
+        return run(*args, **{"log_stream": quiet, "progress_stream": quiet, **kwargs})
+
+
+class _TrainingTuner(kt.Tuner):
+    """A Tuner whose trials end in `train.train` of a genotype (`train_genotype`).
+
+    `train_options` (see `check_train_options`) become Fixed `train.<field>` hyperparameters,
+    so each trial records how it trained; a project tuned with other options is refused on
+    reload. `train_kwargs`: more arguments for train.train (strategy, log_stream, ...).
     """
 
-    def __init__(self, num_classes, *, channels=16, layers=8, learning_rate=0.025,
-                 momentum=0.9, weight_decay=3e-4, epochs=10, batch_size=64, **kwargs):
-        super().__init__(**kwargs)
-        self.num_classes = num_classes
-        self.settings = {"channels": channels, "layers": layers, "learning_rate": learning_rate,
-                         "momentum": momentum, "weight_decay": weight_decay, "epochs": epochs,
-                         "batch_size": batch_size}
+    def __init__(self, oracle, train_options, *, train_kwargs=None, **kwargs):
+        options = check_train_options(train_options)
+        hp = oracle.get_space()
+        for name, value in options.items():
+            hp.Fixed(TRAIN_PREFIX + name, value)
+        oracle.update_space(hp)
+        super().__init__(oracle, **kwargs)
+        # A reloaded project keeps the options it was tuned with (update_space adds no
+        # existing name): trials trained otherwise would not be comparable.
+        saved = _train_options_of({p.name: p.default for p in oracle.get_space().space})
+        if saved != options:
+            changed = sorted(k for k in set(saved) | set(options)
+                             if saved.get(k) != options.get(k))
+            raise errors.InputError(f"the project was tuned with other training options "
+                                    f"(differ in: {', '.join(changed)}); use another "
+                                    "project_name or overwrite=True")
+        self.train_kwargs = train_kwargs or {}
 
-    def _values(self, hp):
-        values = {name: _declare(hp, name, v) for name, v in self.settings.items()}
-        values["num_classes"] = hp.Fixed("num_classes", self.num_classes)
-        return values
+    def trial_run_dir(self, trial_id):
+        return os.path.join(self.get_trial_dir(trial_id), TRAIN_DIR)
 
-    def build(self, hp):
-        v = self._values(hp)
-        net = model.NetworkCIFAR(genotype_from_values(hp), v["channels"], v["layers"],
-                                 v["num_classes"])
-        return compile_network(net, v["learning_rate"], v["momentum"], v["weight_decay"])
+    def train_genotype(self, trial, genotype=None):
+        """Trains the trial's TrainConfig (`trial_config`); returns the metrics to report."""
+        result = _quietly(train_lib.train, trial_config(trial, genotype),
+                          self.trial_run_dir(trial.trial_id), overwrite=True,
+                          **self.train_kwargs)
+        return {OBJECTIVE: result.valid["valid_acc"], "val_loss": result.valid["valid_loss"],
+                "train_loss": result.train_loss}
 
-    def fit(self, hp, net, *args, **kwargs):
-        v = self._values(hp)
-        kwargs.setdefault("epochs", v["epochs"])
-        x = args[0] if args else kwargs.get("x")
-        if isinstance(x, np.ndarray):
-            kwargs.setdefault("batch_size", v["batch_size"])
-        return net.fit(*args, **kwargs)
+    def load_model(self, trial):
+        """The trial's trained network (without auxiliary head), as `get_best_models` gives."""
+        return train_lib.restore_network(self.trial_run_dir(trial.trial_id))[2]
 
 
-def architecture_from_trial(trial):
-    """Export hook: (Genotype, network config) of a trial (or HyperParameters, or values).
+class ArchitectureTuner(_TrainingTuner):
+    """Trains the architectures a DartsOracle proposes, each with train.train.
 
-    `model.NetworkCIFAR(genotype, **config)` rebuilds the evaluated network; the config keys
-    are NetworkCIFAR's (init_channels, layers_count, num_classes, auxiliary).
+    Args:
+      oracle: a DartsOracle.
+      train_options: TrainConfig fields but genotype (dataset, channels, cells, epochs,
+        steps_per_epoch, learning_rate, weight_decay, grad_clip, auxiliary, drop_path, cutout,
+        ...); the rest keep TrainConfig's defaults.
+      train_kwargs: more arguments for train.train.
+      directory, project_name, overwrite and the rest: as keras_tuner.Tuner.
     """
-    values = _values_of(trial)
-    genotype = genotype_from_values(values)
-    config = {"init_channels": values.get("channels", 16), "layers_count": values.get("layers", 8),
-              "num_classes": values.get("num_classes", 10), "auxiliary": False}
-    return genotype, config
+
+    def run_trial(self, trial, *args, **kwargs):
+        return self.train_genotype(trial)
 
 
-def write_best_genotype(oracle_or_tuner, path):
-    """Writes the best trial's genotype.json; returns (trial, genotype, network config)."""
+def _best_trial(oracle_or_tuner):
     oracle = getattr(oracle_or_tuner, "oracle", oracle_or_tuner)
     best = oracle.get_best_trials(1)
     if not best:
-        raise ValueError("no trial has completed yet")
-    genotype, config = architecture_from_trial(best[0])
-    genotypes.write_genotype(genotype, path)
-    return best[0], genotype, config
+        raise errors.InputError("no trial has completed yet")
+    return best[0]
 
 
-def export_best_trial(keras_tuner, export_dir, dataset, *, data_dir=None, image_size=None,
-                      overwrite=False):
-    """Exports the best trial's trained network as a SavedModel (export.export_network);
-    returns (trial, description dict).
+def write_best_genotype(oracle_or_tuner, path):
+    """Writes the best DartsOracle trial's genotype.json; returns (trial, its TrainConfig)."""
+    trial = _best_trial(oracle_or_tuner)
+    config = trial_config(trial)
+    genotypes.write_genotype(config.genotype, path)
+    return trial, config
 
-    The weights are keras-tuner's checkpoint of the trial's best epoch (what
-    `keras_tuner.get_best_models()` loads; a `keras_tuner.Tuner` with GenotypeHyperModel writes
-    it), not a re-training. `dataset` (with data_dir, image_size) gives the serving signature's
-    image shape, normalisation and class names: the one the trials were trained on.
-    """
-    export.check_export_dir(export_dir, overwrite)
-    best = keras_tuner.oracle.get_best_trials(1)
-    if not best:
-        raise ValueError("no trial has completed yet: nothing to export")
-    trial = best[0]
-    genotype, network = architecture_from_trial(trial)
-    info = data.dataset_info_dict(data.load_dataset(dataset, data_dir,
-                                                        image_size=image_size).info)
-    if info["num_classes"] != network["num_classes"]:
-        raise ValueError(f"trial {trial.trial_id} classifies {network['num_classes']} classes, "
-                         f"dataset {dataset} has {info['num_classes']}")
-    try:
-        net = keras_tuner.load_model(trial)
-    except (OSError, ValueError, KeyError) as e:
-        raise ValueError(f"cannot load the trained weights of trial {trial.trial_id} from "
-                         f"{keras_tuner.get_trial_dir(trial.trial_id)} (a keras_tuner.Tuner "
-                         f"with GenotypeHyperModel writes them): "
-                         f"{(str(e).splitlines() or [type(e).__name__])[0]}") from None
-    values = trial.hyperparameters.values
-    config = train_lib.TrainConfig(
-        genotype=genotype, dataset=dataset, data_dir=data_dir, image_size=image_size,
-        channels=network["init_channels"], cells=network["layers_count"], auxiliary=False,
-        drop_path=0.0, cutout=0, grad_clip=0.0,
-        **{k: values[k] for k in ("epochs", "batch_size", "learning_rate", "momentum",
-                                  "weight_decay") if k in values})
+
+def export_best_trial(training_tuner, export_dir, *, overwrite=False):
+    """Exports the best trial's trained network (the end of its train.train run) as a
+    SavedModel with export.export_network; returns (trial, description dict)."""
+    trial = _best_trial(training_tuner)
+    config, info, net, _ = train_lib.restore_network(
+        training_tuner.trial_run_dir(trial.trial_id))
     return trial, export.export_network(net, export_dir, config, info, overwrite=overwrite)
-
-
-# -- data for keras fit ------------------------------------------------------------------------
-
-def fit_datasets(dataset, batch_size, *, data_dir=None, image_size=None, train_portion=0.5,
-                 seed=0, steps_per_epoch=None, validation_steps=None):
-    """(train, validation, info) tf.data for `fit`: the weights / architecture parts of the
-    search split (as the search uses them), normalised, train shuffled (no augmentation)."""
-    loaded = data.load_dataset(dataset, data_dir, image_size=image_size)
-    info = loaded.info
-    train, validation = data.search_split(loaded.train, info.num_examples["train"],
-                                          train_portion)
-    train = data.epoch_batches(train, batch_size, mean=info.mean, std=info.std, seed=seed,
-                               epoch=0, augmentation=None)
-    validation = data.eval_batches(validation, batch_size, mean=info.mean, std=info.std)
-    if steps_per_epoch:
-        train = train.take(steps_per_epoch)
-    if validation_steps:
-        validation = validation.take(validation_steps)
-    return train, validation, info
 
 
 # -- tuning the search itself ------------------------------------------------------------------
@@ -530,7 +397,7 @@ def declare_search_hyperparameters(hp, config, names=SEARCH_HYPERPARAMETERS,
     }
     for name in names:
         if name not in declare:
-            raise ValueError(f"cannot tune {name!r}; tunable: {', '.join(declare)}")
+            raise errors.InputError(f"cannot tune {name!r}; tunable: {', '.join(declare)}")
         declare[name]()
     return hp
 
@@ -542,70 +409,39 @@ def search_config_from_values(base_config, values):
     return dataclasses.replace(base_config, **{k: v for k, v in values.items() if k in fields})
 
 
-class SearchTuner(kt.Tuner):
+class SearchTuner(_TrainingTuner):
     """Tunes the search's hyperparameters with any keras-tuner oracle.
 
     Each trial runs `search.search` with `base_config` plus the trial's values (every
     hyperparameter named like a SearchConfig field; by default `SEARCH_HYPERPARAMETERS`,
-    declared here) in the trial's directory, then scores the derived genotype by a short
-    training of its NetworkCIFAR (`eval_*` settings) on the weights part of the search split,
-    validated on the architecture part: metrics val_accuracy (the objective), val_loss,
-    parameter_free_ops.
+    declared here) in <trial dir>/search, then trains the derived genotype with train.train
+    (`train_options`, on the search's dataset and seed unless they say otherwise): metrics
+    val_accuracy (the objective), val_loss, train_loss, parameter_free_ops.
     """
 
-    def __init__(self, oracle, base_config, *, tune=SEARCH_HYPERPARAMETERS,
-                 arch_gradients=("first_order", "second_order", "amended"), eval_channels=16,
-                 eval_layers=8, eval_epochs=2, eval_steps_per_epoch=None,
-                 eval_validation_steps=None,
-                 eval_batch_size=None,
-                 eval_learning_rate=0.025, eval_momentum=0.9, eval_weight_decay=3e-4,
-                 search_kwargs=None, **kwargs):
+    def __init__(self, oracle, base_config, train_options, *, tune=SEARCH_HYPERPARAMETERS,
+                 arch_gradients=("first_order", "second_order", "amended"), search_kwargs=None,
+                 **kwargs):
         self.base_config = base_config
-        self.evaluation = dict(channels=eval_channels, layers=eval_layers, epochs=eval_epochs,
-                               steps_per_epoch=eval_steps_per_epoch,
-                               validation_steps=eval_validation_steps,
-                               batch_size=eval_batch_size or base_config.batch_size,
-                               learning_rate=eval_learning_rate, momentum=eval_momentum,
-                               weight_decay=eval_weight_decay)
         self.search_kwargs = search_kwargs or {}
         hp = oracle.get_space()
         oracle.update_space(declare_search_hyperparameters(hp, base_config, tune,
                                                            arch_gradients))
-        super().__init__(oracle, **kwargs)
+        data_options = {k: getattr(base_config, k)
+                        for k in ("dataset", "data_dir", "image_size", "seed")}
+        super().__init__(oracle, {**data_options, **train_options}, **kwargs)
 
     def run_trial(self, trial, *args, **kwargs):
         config = search_config_from_values(self.base_config, trial.hyperparameters)
         directory = os.path.join(self.get_trial_dir(trial.trial_id), "search")
-        with open(os.devnull, "w") as quiet:
-            options = {"render": False, "log_stream": quiet, "progress_stream": quiet,
-                       **self.search_kwargs}
-            result = search.search(config, directory, overwrite=True, **options)
-        metrics = evaluate_genotype(result.genotype, config, **self.evaluation)
+        result = _quietly(search.search, config, directory, overwrite=True,
+                          **{"render": False, **self.search_kwargs})
+        metrics = self.train_genotype(trial, result.genotype)
         metrics["parameter_free_ops"] = float(
             result.genotype.count_ops(operations.PARAMETER_FREE_OPS))
         return metrics
 
 
-def evaluate_genotype(genotype, config, *, channels, layers, epochs, steps_per_epoch,
-                      validation_steps, batch_size, learning_rate, momentum, weight_decay):
-    """Short training of the genotype's NetworkCIFAR on the weights part of `config`'s search
-    split; returns the last epoch's val_accuracy and val_loss on the architecture part."""
-    train, validation, info = fit_datasets(
-        config.dataset, batch_size, data_dir=config.data_dir, image_size=config.image_size,
-        train_portion=config.train_portion, seed=config.seed, steps_per_epoch=steps_per_epoch,
-        validation_steps=validation_steps)
-    keras.utils.set_random_seed(config.seed)
-    net = compile_network(model.NetworkCIFAR(genotype, channels, layers, info.num_classes),
-                          learning_rate, momentum, weight_decay)
-    history = net.fit(train, validation_data=validation, epochs=epochs, verbose=0)
-    return {"val_accuracy": float(history.history["val_accuracy"][-1]),
-            "val_loss": float(history.history["val_loss"][-1])}
-
-
 def best_search_config(oracle_or_tuner, base_config):
     """The SearchConfig of the best trial."""
-    oracle = getattr(oracle_or_tuner, "oracle", oracle_or_tuner)
-    best = oracle.get_best_trials(1)
-    if not best:
-        raise ValueError("no trial has completed yet")
-    return search_config_from_values(base_config, best[0].hyperparameters)
+    return search_config_from_values(base_config, _best_trial(oracle_or_tuner).hyperparameters)

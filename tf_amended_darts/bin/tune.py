@@ -1,18 +1,18 @@
 """keras-tuner over DARTS: architectures from a search, or the search's own hyperparameters.
 
-Architectures (DartsOracle + GenotypeHyperModel in keras-tuner's Tuner): the search given by
-the search flags runs in --search_dir unless it already finished there (same flagfile as the
-search binary), then each trial trains one proposed architecture:
+Architectures (DartsOracle + ArchitectureTuner): the search given by the search flags runs in
+--search_dir unless it already finished there (same flagfile as the search binary), then each
+trial trains one proposed architecture with the train binary's code (--eval_* options):
 
   python -m tf_amended_darts.bin.tune --flagfile=flags/quickstart_search.cfg \\
       --search_dir=runs/quickstart --directory=runs/tune --max_trials=4 \\
       --export_dir=runs/tune_model
 
---export_dir exports the best trial's trained network (keras-tuner's checkpoint of its best
-epoch) as a SavedModel with the export code (serving_default on uint8 images).
+--export_dir exports the best trial's trained network (the end of its training run) as a
+SavedModel with the export code (serving_default on uint8 images).
 
 The search's hyperparameters (SearchTuner with a stock oracle; each trial runs a search and
-scores its genotype by a short training):
+scores its genotype by the same short training):
 
   python -m tf_amended_darts.bin.tune --mode=search_options --oracle=bayesian --epochs=2 \\
       --directory=runs/tune_search --max_trials=4 --initial_points=2 \\
@@ -54,19 +54,28 @@ _INITIAL_POINTS = flags.DEFINE_integer(
     "process proposes (default keras-tuner's: 3 per tuned option).")
 _TUNER_SEED = flags.DEFINE_integer("tuner_seed", 1, "Seed of the oracle.")
 _EXPORT_DIR = flags.DEFINE_string("export_dir", None, "architectures: export the best trial's "
-                                  "trained network (its best epoch) there as a SavedModel.")
+                                  "trained network there as a SavedModel.")
 _OVERWRITE_EXPORT = flags.DEFINE_bool("overwrite_export", False, "Replace an existing "
                                       "--export_dir.")
+# How each trial trains its network (the train binary's options of the same names, on the
+# search's dataset and seed; cosine schedule).
 _EVAL_CHANNELS = flags.DEFINE_integer("eval_channels", 16, "Trained networks: channels C.")
 _EVAL_LAYERS = flags.DEFINE_integer("eval_layers", 8, "Trained networks: cells.")
 _EVAL_EPOCHS = flags.DEFINE_integer("eval_epochs", 2, "Trained networks: epochs.")
 _EVAL_STEPS = flags.DEFINE_integer("eval_steps_per_epoch", None, "Cap on steps per epoch.")
-_EVAL_VAL_STEPS = flags.DEFINE_integer("eval_validation_steps", None, "Cap on validation "
-                                       "batches.")
 _EVAL_BATCH = flags.DEFINE_integer("eval_batch_size", 64, "Trained networks: batch size.")
 _EVAL_LR = flags.DEFINE_float("eval_learning_rate", 0.025, "Trained networks: SGD rate.")
 _EVAL_MOMENTUM = flags.DEFINE_float("eval_momentum", 0.9, "Trained networks: momentum.")
-_EVAL_WD = flags.DEFINE_float("eval_weight_decay", 3e-4, "Trained networks: weight decay.")
+_EVAL_WD = flags.DEFINE_float("eval_weight_decay", 3e-4, "Trained networks: coupled L2 weight "
+                              "decay.")
+_EVAL_GRAD_CLIP = flags.DEFINE_float("eval_grad_clip", 5.0, "Trained networks: gradient norm "
+                                     "clip (0: none).")
+_EVAL_AUXILIARY = flags.DEFINE_bool("eval_auxiliary", True, "Trained networks: auxiliary head "
+                                    "(loss weight 0.4).")
+_EVAL_DROP_PATH = flags.DEFINE_float("eval_drop_path", 0.2, "Trained networks: final drop-path "
+                                     "probability.")
+_EVAL_CUTOUT = flags.DEFINE_integer("eval_cutout", 0, "Trained networks: cutout size (the "
+                                    "CIFAR protocol: 16; 0: none).")
 
 # The search's options, named as in the search binary (so its flagfiles work here); unset
 # flags keep SearchConfig's defaults.
@@ -109,35 +118,34 @@ def main(argv):
     del argv
     if _EXPORT_DIR.value:
         if _MODE.value != "architectures":
-            raise errors.InputError("--export_dir needs --mode=architectures (search_options "
-                                    "trials train no network to export)")
+            raise errors.InputError("--export_dir needs --mode=architectures (search_options trials "
+                                "train no network to export)")
         from tf_amended_darts import export  # pylint: disable=g-import-not-at-top
         export.check_export_dir(_EXPORT_DIR.value, _OVERWRITE_EXPORT.value, "--overwrite_export")
     config = _search_config()
     import keras_tuner as kt  # pylint: disable=g-import-not-at-top
-    from tf_amended_darts import genotypes, tuner  # pylint: disable=g-import-not-at-top
+    from tf_amended_darts import tuner  # pylint: disable=g-import-not-at-top
     common = dict(directory=_DIRECTORY.value, project_name=_PROJECT.value,
                   overwrite=_OVERWRITE.value)
-    evaluation = dict(channels=_EVAL_CHANNELS.value, layers=_EVAL_LAYERS.value,
-                      learning_rate=_EVAL_LR.value, momentum=_EVAL_MOMENTUM.value,
-                      weight_decay=_EVAL_WD.value, batch_size=_EVAL_BATCH.value)
+    train_options = tuner.check_train_options(dict(
+        dataset=config.dataset, data_dir=config.data_dir, image_size=config.image_size,
+        seed=config.seed, channels=_EVAL_CHANNELS.value, cells=_EVAL_LAYERS.value,
+        epochs=_EVAL_EPOCHS.value, steps_per_epoch=_EVAL_STEPS.value,
+        batch_size=_EVAL_BATCH.value, learning_rate=_EVAL_LR.value,
+        momentum=_EVAL_MOMENTUM.value, weight_decay=_EVAL_WD.value,
+        grad_clip=_EVAL_GRAD_CLIP.value, auxiliary=_EVAL_AUXILIARY.value,
+        drop_path=_EVAL_DROP_PATH.value, cutout=_EVAL_CUTOUT.value))
     if _MODE.value == "architectures":
         if not _SEARCH_DIR.value:
             raise errors.InputError("--mode=architectures needs --search_dir")
         if _is_worker() and tuner.load_search_result(_SEARCH_DIR.value, config) is None:
             raise errors.InputError(f"{_SEARCH_DIR.value} holds no finished search with these "
-                                    "options: run the search before the workers")
+                                "options: run the search before the workers")
         oracle = tuner.DartsOracle(search_config=config, search_dir=_SEARCH_DIR.value,
                                    search_kwargs={"render": False}, max_trials=_MAX_TRIALS.value,
                                    seed=_TUNER_SEED.value)
-        train, validation, info = tuner.fit_datasets(
-            config.dataset, _EVAL_BATCH.value, data_dir=config.data_dir,
-            image_size=config.image_size, train_portion=config.train_portion, seed=config.seed,
-            steps_per_epoch=_EVAL_STEPS.value, validation_steps=_EVAL_VAL_STEPS.value)
-        hypermodel = tuner.GenotypeHyperModel(info.num_classes, epochs=_EVAL_EPOCHS.value,
-                                              **evaluation)
-        keras_tuner = kt.Tuner(oracle=oracle, hypermodel=hypermodel, **common)
-        keras_tuner.search(train, validation_data=validation, verbose=0 if _is_worker() else 1)
+        keras_tuner = tuner.ArchitectureTuner(oracle, train_options, **common)
+        keras_tuner.search(verbose=0 if _is_worker() else 1)
     else:
         options = dict(objective=kt.Objective(tuner.OBJECTIVE, "max"),
                        max_trials=_MAX_TRIALS.value, seed=_TUNER_SEED.value)
@@ -149,12 +157,8 @@ def main(argv):
                     num_initial_points=_INITIAL_POINTS.value, **options)
             except ImportError as e:  # keras-tuner's GP needs scikit-learn and scipy
                 raise errors.InputError(f"--oracle=bayesian: {e}") from None
-        evaluation.pop("batch_size")
-        keras_tuner = tuner.SearchTuner(
-            oracle, config, tune=_TUNE.value, arch_gradients=_ARCH_GRADIENTS.value,
-            eval_epochs=_EVAL_EPOCHS.value, eval_steps_per_epoch=_EVAL_STEPS.value,
-            eval_validation_steps=_EVAL_VAL_STEPS.value, eval_batch_size=_EVAL_BATCH.value,
-            **{f"eval_{k}": v for k, v in evaluation.items()}, **common)
+        keras_tuner = tuner.SearchTuner(oracle, config, train_options, tune=_TUNE.value,
+                                        arch_gradients=_ARCH_GRADIENTS.value, **common)
         keras_tuner.search(verbose=0 if _is_worker() else 1)
     if _is_worker():
         print("worker finished")
@@ -163,16 +167,16 @@ def main(argv):
     keras_tuner.results_summary(num_trials=3)
     if _MODE.value == "architectures":
         path = os.path.join(project, "best_genotype.json")
-        trial, genotype, network = tuner.write_best_genotype(keras_tuner, path)
+        trial, trained = tuner.write_best_genotype(keras_tuner, path)
         print(f"best trial {trial.trial_id}: {tuner.OBJECTIVE}={trial.score:.4f} "
-              f"network={json.dumps(network)} genotype={genotypes.Genotype.to_string(genotype)}")
+              f"({trained.cells} cells, C={trained.channels}, {trained.epochs} epochs) "
+              f"genotype={trained.genotype.to_string()}")
         print(f"wrote {path}")
         if _EXPORT_DIR.value:
-            _, description = tuner.export_best_trial(
-                keras_tuner, _EXPORT_DIR.value, config.dataset, data_dir=config.data_dir,
-                image_size=config.image_size, overwrite=_OVERWRITE_EXPORT.value)
-            print(f"exported trial {trial.trial_id} (its best epoch's weights, "
-                  f"{description['trainable_params']:,} parameters) to {_EXPORT_DIR.value}")
+            _, description = tuner.export_best_trial(keras_tuner, _EXPORT_DIR.value,
+                                                     overwrite=_OVERWRITE_EXPORT.value)
+            print(f"exported trial {trial.trial_id} ({description['trainable_params']:,} "
+                  f"parameters) to {_EXPORT_DIR.value}")
     else:
         best = tuner.best_search_config(keras_tuner, config)
         path = os.path.join(project, "best_search_config.json")
