@@ -5,10 +5,10 @@
       --estimators=first_order,second_order,amended --products=exact,finite_difference
 
 Every (estimator, products, grappler) choice runs in a fresh process, so its peak memory is its
-own. The process builds the supernet and both optimizers as the search does (search._Searcher) and, on
-random data of the setting's shape (the input pipeline is not measured), times `--steps` weight
-steps and `--steps` search steps (one architecture step + one weight step, the search's
-iteration), each after one first call that traces it. Reported per pair:
+own. The process builds the supernet and both optimizers as the search does
+(search._Searcher) and, on random data of the setting's shape (the input pipeline is not
+measured), times `--steps` weight steps and `--steps` search steps (one architecture step + one
+weight step, the search's iteration), each after one first call that traces it. Reported per pair:
   search s/step and images/s   (batch / search step: the search's throughput),
   arch ms/step                 (search step - weight step: the estimator + the Adam step),
   x first order, x second order  (arch-step time ratios, same products),
@@ -32,7 +32,8 @@ from absl import app, flags
 
 _SETTING = flags.DEFINE_enum("setting", "small", ["small", "paper"],
                              "small: the quickstart's supernet (digits 8x8, 5 cells, 2 nodes, "
-                             "C=8, batch 32); paper: CIFAR 32x32x3, 8 cells, 4 nodes, C=16, batch 64.")
+                             "C=8, batch 32); paper: CIFAR 32x32x3, 8 cells, 4 nodes, C=16, "
+                             "batch 64.")
 _ESTIMATORS = flags.DEFINE_list("estimators", "first_order,second_order,amended,implicit",
                                 "Estimators to time.")
 _PRODUCTS = flags.DEFINE_list("products", "exact",
@@ -99,7 +100,8 @@ def measure(setting, estimator, products, steps, implicit_iterations, grappler):
 
 
 def _run_child(pair):
-    """Runs `pair` ("estimator:products:grappler") in a fresh interpreter; returns its dict (or an error entry)."""
+    """Runs `pair` ("estimator:products:grappler") in a fresh interpreter; returns its dict
+    (or an error entry)."""
     command = [sys.executable, os.path.abspath(__file__), f"--child={pair}",
                f"--setting={_SETTING.value}", f"--steps={_STEPS.value}",
                f"--implicit_iterations={_IMPLICIT_ITERATIONS.value}"]
@@ -129,15 +131,17 @@ def _add_ratios(results):
 def _table(results):
     def ratio(x):
         return "" if x is None else f"{x:.2f}"
-    lines = ["| estimator | products | grappler | search s/step | images/s | arch ms/step | x first order "
-             "| x second order | first call s | peak RSS MB | RSS after build MB | traces |",
+    lines = ["| estimator | products | grappler | search s/step | images/s | arch ms/step "
+             "| x first order | x second order | first call s | peak RSS MB | RSS after build MB "
+             "| traces |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         if "error" in r:
             lines.append(f"| {r['estimator']} | failed: {r['error']} |")
             continue
         lines.append(
-            f"| {r['estimator']} | {r['products']} | {r['grappler']} | {r['search_s']:.3f} | {r['images_per_s']:.1f} "
+            f"| {r['estimator']} | {r['products']} | {r['grappler']} | {r['search_s']:.3f} "
+            f"| {r['images_per_s']:.1f} "
             f"| {r['arch_ms']:.0f} | {ratio(r['x_first_order'])} | {ratio(r['x_second_order'])} "
             f"| {r['first_call_s']:.0f} | {r['peak_rss_mb']:.0f} | {r['rss_after_build_mb']:.0f} "
             f"| {r['traces']['search_step']}+{r['traces']['weight_step']} |")

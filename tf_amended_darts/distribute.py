@@ -4,7 +4,7 @@
                               MirroredStrategy can be tried and tested without GPUs
   make_strategy(name)         "auto" | "one_device" | "mirrored" | "multi_worker"
   check_global_batch(b, s)    the global batch must split evenly over the replicas
-  is_chief(s) / worker_index(s)
+  is_chief(s)                 the one process that writes outputs
 
 "auto": MirroredStrategy over all visible GPUs when there are any (or over the logical CPUs
 when the CPU was split), MultiWorkerMirroredStrategy when TF_CONFIG names several workers,
@@ -89,14 +89,6 @@ def check_global_batch(global_batch_size, strategy):
         raise errors.InputError(f"the global batch size {global_batch_size} is not a positive "
                                 f"multiple of the {replicas} replicas")
     return global_batch_size // replicas
-
-
-def worker_index(strategy):
-    """This process' task id among the workers (0 outside multi-worker training)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.cluster_spec().as_dict():
-        return 0
-    return resolver.task_id or 0
 
 
 def is_chief(strategy):

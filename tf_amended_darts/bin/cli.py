@@ -1,6 +1,7 @@
 """What every binary shares: bad input (errors.InputError) is one line and exit status 2;
 any other exception is a bug and shows its traceback (absl re-raises it: exit status 1)."""
 
+import importlib
 import logging as python_logging
 import math
 import os
@@ -120,3 +121,22 @@ def run(main):
             print(f"{name}: error: {e}", file=sys.stderr)
             sys.exit(2)
     app.run(guarded)
+
+
+def _console_script(binary):
+    """The function a console script calls (pyproject.toml [project.scripts]): `run` of
+    bin/<binary>.py's main, as `python -m tf_amended_darts.bin.<binary>` does."""
+    def console_main():
+        run(importlib.import_module(f"tf_amended_darts.bin.{binary}").main)
+    console_main.__name__ = binary
+    return console_main
+
+
+describe = _console_script("describe")
+diagnose = _console_script("diagnose")
+evaluate = _console_script("evaluate")
+export = _console_script("export")
+search = _console_script("search")
+train = _console_script("train")
+tune = _console_script("tune")
+visualize = _console_script("visualize")
