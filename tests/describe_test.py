@@ -19,14 +19,15 @@ def describe(*flags):
 class DescribeTest(tf.test.TestCase):
 
     def test_json_for_darts_v2_with_auxiliary_head(self):
-        out = describe("--genotype=DARTS_V2", "--network=cifar", "--init_channels=36",
-                       "--layers=20", "--num_classes=10", "--auxiliary", "--format=json")
+        out = describe("--genotype=DARTS_V2", "--network=cifar", "--channels=36",
+                       "--cells=20", "--num_classes=10", "--auxiliary", "--format=json")
         self.assertEqual(out.returncode, 0, out.stderr)
         d = json.loads(out.stdout)
         self.assertEqual(d["trainable_params"], 3_825_768)
         self.assertGreater(d["mult_adds"], 0)
 
     def test_supernet_of_a_preset(self):
+        # --layers and --init_channels: the deprecated names of --cells and --channels.
         out = describe("--search_space=darts", "--layers=5", "--init_channels=4",
                        "--format=json")
         self.assertEqual(out.returncode, 0, out.stderr)
@@ -57,10 +58,10 @@ class DescribeTest(tf.test.TestCase):
                 self.assertIn(message, lines[0])
 
     def test_a_flag_out_of_range_is_refused_by_absl_naming_it(self):
-        out = describe("--genotype=DARTS_V2", "--layers=0")
+        out = describe("--genotype=DARTS_V2", "--cells=0")
         self.assertEqual(out.returncode, 1)
         self.assertEqual(out.stdout, "")
-        self.assertIn("flag --layers=0: must be an integer >= 3", out.stderr)
+        self.assertIn("flag --cells=0: must be an integer >= 3", out.stderr)
 
 
 if __name__ == "__main__":

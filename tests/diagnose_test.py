@@ -42,7 +42,7 @@ def searched(tmp_path_factory):
 
 
 def test_json_on_a_tiny_supernet():
-    out = diagnose("--layers=3", "--init_channels=2", "--steps=1", "--warmup_steps=1", *FAST)
+    out = diagnose("--cells=3", "--channels=2", "--nodes=1", "--warmup_steps=1", *FAST)
     assert out.returncode == 0, out.stderr
     d = json.loads(out.stdout)  # one JSON object
     assert set(d["estimators"]) == {"implicit", "first_order"}
@@ -99,7 +99,8 @@ def _corrupt_copy(directory, target):
     return target
 
 
-@pytest.mark.parametrize("case", ["estimators", "no_estimators", "missing", "corrupt", "layers"])
+@pytest.mark.parametrize("case", ["estimators", "no_estimators", "missing", "corrupt", "cells",
+                                  "deprecated_layers"])
 def test_bad_input_is_one_line_and_exit_2(case, searched, tmp_path):
     directory = searched[0]
     flags, message = {
@@ -108,7 +109,9 @@ def test_bad_input_is_one_line_and_exit_2(case, searched, tmp_path):
         "missing": ([f"--search_dir={tmp_path}/none"], "holds no search run"),
         "corrupt": ([f"--search_dir={_corrupt_copy(directory, str(tmp_path / 'c'))}"],
                     "ckpt-2 does not fit the supernet"),
-        "layers": ([f"--search_dir={directory}", "--layers=5"], "drop --layers"),
+        "cells": ([f"--search_dir={directory}", "--cells=5"], "drop --cells"),
+        # The old name of --cells, kept as an alias for one release.
+        "deprecated_layers": ([f"--search_dir={directory}", "--layers=5"], "drop --cells"),
     }[case]
     out = diagnose(*flags)
     assert out.returncode == 2, out.stderr[-2000:]

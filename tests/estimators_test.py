@@ -503,7 +503,7 @@ class ToyNetworkTest(tf.test.TestCase):
             estimators.FirstOrderEstimator().estimate(model, squared_error, (x, x[:, 0]), (x, x[:, 0]))
 
 
-TINY_SPACE = search_space.get_search_space("darts").replace(layers=3, init_channels=4, steps=2)
+TINY_SPACE = search_space.get_search_space("darts").replace(cells=3, channels=4, nodes=2)
 
 
 def build_tiny_search_network(dtype):

@@ -34,7 +34,7 @@ class NetworkTest(tf.test.TestCase):
         self.assertEqual((tuple(logits.shape), tuple(aux.shape)), ((1, 20), (1, 20)))
 
     def test_per_stage_genotype_builds_distinct_stages(self):
-        space = search_space.get_search_space("enlarged").replace(layers=5, init_channels=4)
+        space = search_space.get_search_space("enlarged").replace(cells=5, channels=4)
         net = search_model.SearchNetwork(space, 10, seed=0)
         g = net.genotype()
         self.assertTrue(g.per_stage)
@@ -42,7 +42,7 @@ class NetworkTest(tf.test.TestCase):
         self.assertEqual(tuple(ev(tf.zeros((1, 16, 16, 3))).shape), (1, 10))
         # cells 0 and 3 are normal cells of stages 0 and 1; cell 1 and 4 reductions 0 and 1
         self.assertEqual([c.cell_genotype for c in ev.cells],
-                         [g.cell(*space.replace(layers=5).cell_slot(i)) for i in range(5)])
+                         [g.cell(*space.cell_slot(i)) for i in range(5)])
 
     def test_drop_path(self):
         net = model.NetworkCIFAR(V2, 4, 3, 10)
@@ -73,6 +73,15 @@ class NetworkTest(tf.test.TestCase):
             self.assertAllEqual(loaded(x, training=False), y)
             self.assertEqual(loaded.genotype, V2)
             self.assertAllClose(loaded.drop_path_rate, 0.1)
+
+    def test_config_with_the_old_argument_names_still_loads(self):
+        # .keras files of version 0.1.0 name the width and depth init_channels and layers_count.
+        config = model.NetworkCIFAR(V2, channels=4, cells=3, num_classes=10).get_config()
+        old = {{"channels": "init_channels", "cells": "layers_count"}.get(k, k): v
+               for k, v in config.items()}
+        loaded = model.NetworkCIFAR.from_config(old)
+        self.assertEqual((loaded.channels, loaded.num_cells, len(loaded.cells)), (4, 3, 3))
+        self.assertEqual(loaded.get_config(), config)
 
     def test_genotype_given_as_text(self):
         net = model.NetworkCIFAR("DARTS_V1", 4, 3, 10)

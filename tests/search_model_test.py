@@ -10,7 +10,7 @@ import tensorflow as tf
 from tf_amended_darts import search_space
 from tf_amended_darts.search_model import MixedOp, SearchNetwork, derive_genotype
 
-TINY = search_space.get_search_space("darts").replace(layers=3, init_channels=4, steps=2)
+TINY = search_space.get_search_space("darts").replace(cells=3, channels=4, nodes=2)
 OPS = search_space.get_search_space("darts").operations
 
 

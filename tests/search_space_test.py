@@ -11,7 +11,7 @@ class SearchSpaceTest(tf.test.TestCase):
         space = search_space.get_search_space("darts")
         self.assertEqual(len(space.operations), 8)
         self.assertEqual(space.num_edges, 14)
-        self.assertEqual(space.reduction_layers, (2, 5))
+        self.assertEqual(space.reduction_cells, (2, 5))
         self.assertEqual([space.cell_slot(i) for i in range(8)],
                          [(False, 0)] * 2 + [(True, 0)] + [(False, 0)] * 2 + [(True, 0)]
                          + [(False, 0)] * 2)
@@ -20,7 +20,7 @@ class SearchSpaceTest(tf.test.TestCase):
         space = search_space.get_search_space("enlarged")
         darts = search_space.get_search_space("darts")
         self.assertGreater(len(space.operations), len(darts.operations))
-        self.assertGreater(space.steps, darts.steps)
+        self.assertGreater(space.nodes, darts.nodes)
         self.assertGreater(space.inputs_per_node, darts.inputs_per_node)
         self.assertTrue(space.per_stage)
         self.assertEqual(space.num_edges, 2 + 3 + 4 + 5 + 6)
@@ -29,8 +29,16 @@ class SearchSpaceTest(tf.test.TestCase):
                          + [(False, 2)] * 2)
 
     def test_replace_and_dict_round_trip(self):
-        space = search_space.get_search_space("darts").replace(layers=5, init_channels=4)
+        space = search_space.get_search_space("darts").replace(cells=5, channels=4)
         self.assertEqual(search_space.SearchSpace.from_dict(space.to_dict()), space)
+
+    def test_from_dict_reads_the_old_field_names(self):
+        # run.json files written before the rename name the fields steps/layers/init_channels.
+        old = {"operations": ["none", "skip_connect"], "steps": 2, "inputs_per_node": 2,
+               "per_stage": False, "layers": 5, "init_channels": 4, "stem_multiplier": 3}
+        space = search_space.SearchSpace.from_dict(old)
+        self.assertEqual((space.nodes, space.cells, space.channels), (2, 5, 4))
+        self.assertEqual(set(space.to_dict()) & {"steps", "layers", "init_channels"}, set())
 
     def test_invalid(self):
         with self.assertRaisesRegex(ValueError, "unknown search space 'nope'"):
@@ -39,12 +47,12 @@ class SearchSpaceTest(tf.test.TestCase):
             search_space.SearchSpace(operations=("none", "bogus"))
         with self.assertRaisesRegex(ValueError, "other than 'none'"):
             search_space.SearchSpace(operations=("none",))
-        with self.assertRaisesRegex(ValueError, "steps must be at least 1"):
-            search_space.SearchSpace(steps=0)
+        with self.assertRaisesRegex(ValueError, "nodes must be at least 1"):
+            search_space.SearchSpace(nodes=0)
         with self.assertRaisesRegex(ValueError, "repeated"):
             search_space.SearchSpace(operations=("skip_connect", "skip_connect"))
-        with self.assertRaisesRegex(ValueError, "layers must be at least 3"):
-            search_space.SearchSpace(layers=2)
+        with self.assertRaisesRegex(ValueError, "cells must be at least 3"):
+            search_space.SearchSpace(cells=2)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ TINY = search.SearchConfig(cells=3, nodes=1, channels=4, batch_size=16, operatio
 SEARCH_FLAGS = ["--cells=3", "--nodes=1", "--channels=4", "--batch_size=16", "--epochs=1",
                 "--steps_per_epoch=2", "--arch_gradient=first_order", "--validate=false",
                 f"--operations={','.join(OPS)}"]
-EVAL_FLAGS = ["--eval_channels=4", "--eval_layers=3", "--eval_epochs=1",
+EVAL_FLAGS = ["--eval_channels=4", "--eval_cells=3", "--eval_epochs=1",
               "--eval_steps_per_epoch=2", "--eval_batch_size=16"]
 # The TrainConfig those flags mean: the train binary's protocol (coupled L2 3e-4, cosine
 # schedule from 0.025, clipping at 5, auxiliary head, drop-path 0.2; no cutout by default).

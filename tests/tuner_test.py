@@ -51,7 +51,7 @@ def _random_alphas(space, seed=0):
 # -- proposals (numpy only) --------------------------------------------------------------------
 
 def test_proposals_enumerate_every_genotype_once_most_probable_first():
-    space = search_space.SearchSpace(operations=OPS, steps=2, layers=3)
+    space = search_space.SearchSpace(operations=OPS, nodes=2, cells=3)
     alphas = _random_alphas(space)
     ranked = list(proposals.propose_genotypes(space, alphas))
     # Per cell: node 2 keeps inputs {0, 1} (3 x 3 ops), node 3 two of three inputs (3 x 9).
@@ -68,7 +68,7 @@ def test_proposals_enumerate_every_genotype_once_most_probable_first():
 
 
 def test_second_proposal_changes_the_weakest_decision():
-    space = search_space.SearchSpace(operations=OPS, steps=1, layers=3)
+    space = search_space.SearchSpace(operations=OPS, nodes=1, cells=3)
     alphas = [np.zeros((2, 4)), np.zeros((2, 4))]
     alphas[0][0] = [0, 5, 0, 0]      # normal, input 0: skip_connect, certain
     alphas[0][1] = [0, 0, 1.0, 0.9]  # normal, input 1: avg_pool barely ahead of sep_conv
@@ -99,7 +99,7 @@ def test_hyperparameter_values_round_trip():
 
 
 def test_invalid_search_result_fails_with_one_clear_error():
-    space = search_space.SearchSpace(operations=OPS, steps=1, layers=3)
+    space = search_space.SearchSpace(operations=OPS, nodes=1, cells=3)
     with pytest.raises(ValueError, match=r"needs 2 alpha arrays of shape \(2, 4\), got "
                                          r"\[\(2, 4\), \(3, 4\)\]"):
         DartsOracle([np.zeros((2, 4)), np.zeros((3, 4))], space)
@@ -215,7 +215,7 @@ def test_bad_training_options_fail_with_one_clear_error():
 
 def test_oracle_stops_when_proposals_are_exhausted(tmp_path):
     space = search_space.SearchSpace(operations=("none", "skip_connect", "avg_pool_3x3"),
-                                     steps=1, inputs_per_node=1, layers=3, init_channels=4)
+                                     nodes=1, inputs_per_node=1, cells=3, channels=4)
     oracle = DartsOracle(_random_alphas(space), space, max_trials=100)
     oracle._set_project_dir(str(tmp_path), "p")  # what a Tuner does
     seen = set()

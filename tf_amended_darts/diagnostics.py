@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_amended_darts import data, errors, estimators, loop, search, search_model
-from tf_amended_darts import search_space as ss
+from tf_amended_darts import search_space as search_space_lib
 
 WEIGHT_LR, WEIGHT_MOMENTUM, WEIGHT_DECAY, GRAD_CLIP, XI = 0.025, 0.9, 3e-4, 5.0, 0.025
 KNOWN = ("first_order", "second_order", "amended", "implicit")
@@ -39,19 +39,19 @@ def _cosine(a, b):
     return float(a @ b / (na * nb)) if na > 0 and nb > 0 else float("nan")
 
 
-def _check(search_dir, search_space, init_channels, layers, steps, batch_size, estimator_names,
+def _check(search_dir, search_space, channels, cells, nodes, batch_size, estimator_names,
            cg_iterations, warmup_steps, repeats):
     """The estimator names, or errors.InputError on bad values (before anything is loaded)."""
-    for name, value, minimum in (("init_channels", init_channels, 1), ("layers", layers, 3),
-                                 ("steps", steps, 1), ("batch_size", batch_size, 1),
+    for name, value, minimum in (("channels", channels, 1), ("cells", cells, 3),
+                                 ("nodes", nodes, 1), ("batch_size", batch_size, 1),
                                  ("cg_iterations", cg_iterations, 1), ("repeats", repeats, 1),
                                  ("warmup_steps", warmup_steps, 0)):
         if value is not None and value < minimum:
             raise errors.InputError(f"--{name} must be >= {minimum}, got {value}")
     if search_dir:
         given = [name for name, value in (("search_space", search_space),
-                                          ("init_channels", init_channels), ("layers", layers),
-                                          ("steps", steps), ("warmup_steps", warmup_steps or None))
+                                          ("channels", channels), ("cells", cells),
+                                          ("nodes", nodes), ("warmup_steps", warmup_steps or None))
                  if value is not None]
         if given:
             raise errors.InputError(f"--search_dir takes the supernet and its weights from the "
@@ -112,7 +112,7 @@ def _warmed_up_supernet(space, ds, batches, warmup_steps, seed):
     return model, state, losses
 
 
-def diagnose(search_space=None, init_channels=None, layers=None, steps=None, dataset=None,
+def diagnose(search_space=None, channels=None, cells=None, nodes=None, dataset=None,
              data_dir=None, batch_size=32,
              estimator_names=("first_order", "second_order", "amended"), eta=0.1,
              cg_iterations=20, damping=0.0, products="exact", fd_radius=0.01, warmup_steps=None,
@@ -120,10 +120,10 @@ def diagnose(search_space=None, init_channels=None, layers=None, steps=None, dat
     """Returns the measurements as a JSON-ready dict (see the module docstring).
 
     Without `search_dir`: the preset `search_space` (default darts) with the overrides
-    `init_channels`, `layers`, `steps`, warmed up for `warmup_steps` (default 20) on `dataset`
+    `channels`, `cells`, `nodes`, warmed up for `warmup_steps` (default 20) on `dataset`
     (default digits). With `search_dir`: those must be None (ValueError otherwise).
     """
-    names = _check(search_dir, search_space, init_channels, layers, steps, batch_size,
+    names = _check(search_dir, search_space, channels, cells, nodes, batch_size,
                    estimator_names, cg_iterations, warmup_steps, repeats)
     compared = {}
     for n in names:
@@ -146,9 +146,9 @@ def diagnose(search_space=None, init_channels=None, layers=None, steps=None, dat
         space = model.search_space
     else:
         search_space = search_space or "darts"
-        space = ss.get_search_space(search_space).replace(**{
-            k: v for k, v in (("init_channels", init_channels), ("layers", layers),
-                              ("steps", steps)) if v is not None})
+        space = search_space_lib.get_search_space(search_space).replace(**{
+            k: v for k, v in (("channels", channels), ("cells", cells),
+                              ("nodes", nodes)) if v is not None})
         ds, portion = data.load_dataset(dataset or "digits", data_dir), 0.5
         warmup_steps = 20 if warmup_steps is None else warmup_steps
         source = {"search_space": search_space,

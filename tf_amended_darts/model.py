@@ -114,28 +114,28 @@ class _Network(keras.Model):
     loop raises it linearly), so changing it neither retraces nor rebuilds anything.
     """
 
-    def __init__(self, genotype, init_channels, layers_count, num_classes, auxiliary,
-                 reduction_prev, **kwargs):
+    def __init__(self, genotype, channels, cells, num_classes, auxiliary, reduction_prev,
+                 **kwargs):
         super().__init__(**kwargs)
         if isinstance(genotype, (str, dict)):
             genotype = (genotypes.Genotype.from_dict(genotype) if isinstance(genotype, dict)
                         else genotypes.load_genotype(genotype))
         self.genotype = genotype
-        self.init_channels = init_channels
-        self.layers_count = layers_count
+        self.channels = channels
+        # `self.cells` holds the Cell layers (their checkpoint path), hence num_cells.
+        self.num_cells = cells
         self.num_classes = num_classes
         self.auxiliary = auxiliary
-        layout = SearchSpace(layers=layers_count, per_stage=genotype.per_stage,
-                             steps=max(c.steps for c in genotype.cells()))
+        layout = SearchSpace(cells=cells, per_stage=genotype.per_stage,
+                             nodes=max(c.steps for c in genotype.cells()))
         self.cells = []
-        channels = init_channels
-        for i in range(layers_count):
+        for i in range(cells):
             reduction, slot = layout.cell_slot(i)
             channels *= 2 if reduction else 1
             self.cells.append(Cell(genotype.cell(reduction, slot), channels, reduction,
                                    reduction_prev, name=f"cell_{i}"))
             reduction_prev = reduction
-        self.aux_position = 2 * layers_count // 3
+        self.aux_position = 2 * cells // 3
         self.auxiliary_head = (AuxiliaryHead(num_classes, *self._aux_args) if auxiliary else None)
         self.global_pooling = layers.GlobalAveragePooling2D()
         self.classifier = layers.Dense(num_classes)
@@ -162,20 +162,26 @@ class _Network(keras.Model):
 
     def get_config(self):
         return {**super().get_config(), "genotype": self.genotype.to_dict(),
-                "init_channels": self.init_channels, "layers_count": self.layers_count,
+                "channels": self.channels, "cells": self.num_cells,
                 "num_classes": self.num_classes, "auxiliary": self.auxiliary}
+
+    @classmethod
+    def from_config(cls, config):
+        # .keras files saved by version 0.1.0 name these init_channels and layers_count.
+        renamed = {"init_channels": "channels", "layers_count": "cells"}
+        return super().from_config({renamed.get(k, k): v for k, v in config.items()})
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class NetworkCIFAR(_Network):
-    """3x3 conv stem with 3C channels, `layers_count` cells, auxiliary head at 2/3 depth."""
+    """3x3 conv stem with 3C channels, `cells` cells, auxiliary head at 2/3 depth."""
     _aux_args = (3, True)
 
-    def __init__(self, genotype, init_channels=36, layers_count=20, num_classes=10,
-                 auxiliary=False, **kwargs):
-        super().__init__(genotype, init_channels, layers_count, num_classes, auxiliary,
+    def __init__(self, genotype, channels=36, cells=20, num_classes=10, auxiliary=False,
+                 **kwargs):
+        super().__init__(genotype, channels, cells, num_classes, auxiliary,
                          reduction_prev=False, **kwargs)
-        self.stem_layers = operations.conv_bn(3 * init_channels, 1)
+        self.stem_layers = operations.conv_bn(3 * channels, 1)
 
     def stem(self, x, training):
         x = operations.apply_layers(self.stem_layers, x, training)
@@ -184,14 +190,14 @@ class NetworkCIFAR(_Network):
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class NetworkImageNet(_Network):
-    """Two stride-2 stems (224 -> 56 -> 28), `layers_count` cells, auxiliary head at 2/3 depth."""
+    """Two stride-2 stems (224 -> 56 -> 28), `cells` cells, auxiliary head at 2/3 depth."""
     _aux_args = (2, False)
 
-    def __init__(self, genotype, init_channels=48, layers_count=14, num_classes=1000,
-                 auxiliary=False, **kwargs):
-        super().__init__(genotype, init_channels, layers_count, num_classes, auxiliary,
+    def __init__(self, genotype, channels=48, cells=14, num_classes=1000, auxiliary=False,
+                 **kwargs):
+        super().__init__(genotype, channels, cells, num_classes, auxiliary,
                          reduction_prev=True, **kwargs)
-        c = init_channels
+        c = channels
         self.stem0 = operations.conv_bn(c // 2, 2) + [layers.ReLU()] + operations.conv_bn(c, 2)
         self.stem1 = [layers.ReLU()] + operations.conv_bn(c, 2)
 

@@ -28,7 +28,7 @@ def check_alphas(space, alphas):
     if len(alphas) != expected[0] or any(s != expected[1:] for s in shapes):
         raise errors.InputError(
             f"invalid search result: the search space ({len(space.operations)} operations, "
-            f"{space.steps} nodes, per_stage={space.per_stage}) needs {expected[0]} alpha "
+            f"{space.nodes} nodes, per_stage={space.per_stage}) needs {expected[0]} alpha "
             f"arrays of shape {expected[1:]}, got {shapes}")
     if not all(np.isfinite(a).all() for a in alphas):
         raise errors.InputError("invalid search result: alphas hold NaN or infinite values")
@@ -125,16 +125,16 @@ def propose_genotypes(space, alphas):
     nodes = []
     for a in alphas:
         logp, start = _log_softmax(a), 0
-        for i in range(space.steps):
+        for i in range(space.nodes):
             nodes.append(_Lazy(_node_configurations(logp[start:start + 2 + i], space, i)))
             start += 2 + i
     seen = {canonical_key(derived)}
     yield derived, log_probability(space, alphas, derived)
     for score, vector in _best_first(nodes, (0,) * len(nodes)):
         configurations = [nodes[n].get(r)[1] for n, r in enumerate(vector)]
-        cells = [genotypes.CellGenotype(configurations[s:s + space.steps],
-                                        range(2, 2 + space.steps))
-                 for s in range(0, len(configurations), space.steps)]
+        cells = [genotypes.CellGenotype(configurations[s:s + space.nodes],
+                                        range(2, 2 + space.nodes))
+                 for s in range(0, len(configurations), space.nodes)]
         genotype = genotypes.Genotype(cells[:space.num_normal_slots],
                                       cells[space.num_normal_slots:])
         key = canonical_key(genotype)

@@ -105,8 +105,8 @@ class SearchConfig:
 
     def space(self):
         """The SearchSpace: the preset with the overrides applied (ValueError if invalid)."""
-        changes = {"operations": self.operations, "steps": self.nodes,
-                   "layers": self.cells, "init_channels": self.channels}
+        changes = {"operations": self.operations, "nodes": self.nodes,
+                   "cells": self.cells, "channels": self.channels}
         return search_space.get_search_space(self.search_space).replace(
             **{k: v for k, v in changes.items() if v is not None})
 

@@ -47,10 +47,10 @@ def preprocess(channels, reduction_prev, affine, dtype=None):
 class SearchCell(operations.Composite):
     """A DARTS cell with a MixedOp on every edge; output = concat of the intermediate nodes."""
 
-    def __init__(self, candidates, steps, channels, reduction, reduction_prev, **kwargs):
+    def __init__(self, candidates, nodes, channels, reduction, reduction_prev, **kwargs):
         super().__init__(**kwargs)
         self.candidates = tuple(candidates)
-        self.steps = steps
+        self.nodes = nodes
         self.channels = channels
         self.reduction = reduction
         self.reduction_prev = reduction_prev
@@ -58,26 +58,26 @@ class SearchCell(operations.Composite):
                                                         dtype=self.dtype_policy)
         self.edges = [MixedOp(candidates, channels, 2 if reduction and j < 2 else 1,
                               dtype=self.dtype_policy)
-                      for i in range(steps) for j in range(2 + i)]
+                      for i in range(nodes) for j in range(2 + i)]
 
     def call(self, s0, s1, weights, training=False):
         states = [self.preprocess0(s0, training=training), self.preprocess1(s1, training=training)]
         offset = 0
-        for _ in range(self.steps):
+        for _ in range(self.nodes):
             states.append(sum(self.edges[offset + j](h, weights[offset + j], training=training)
                               for j, h in enumerate(states)))
             offset += len(states) - 1
         return ops.concatenate(states[2:], axis=-1)
 
     def get_config(self):
-        return {**super().get_config(), "candidates": list(self.candidates), "steps": self.steps,
+        return {**super().get_config(), "candidates": list(self.candidates), "nodes": self.nodes,
                 "channels": self.channels, "reduction": self.reduction,
                 "reduction_prev": self.reduction_prev}
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class SearchNetwork(keras.Model):
-    """The supernet: stem, `layers` search cells, global pooling, classifier.
+    """The supernet: stem, `search_space.cells` search cells, global pooling, classifier.
 
     `arch_variables` are the alphas (one [num_edges, num_ops] logit matrix per cell slot: normal
     slots first, then reduction slots); `weight_variables` are all other trainable variables.
@@ -92,15 +92,15 @@ class SearchNetwork(keras.Model):
         self.search_space = space = search_space
         self.num_classes = num_classes
         self.seed = seed
-        c_stem = space.stem_multiplier * space.init_channels
+        c_stem = space.stem_multiplier * space.channels
         dtype = self.dtype_policy
         self.stem = operations.conv_bn(c_stem, 1, dtype=dtype)
         self.cells = []
-        channels, reduction_prev = space.init_channels, False
-        for i in range(space.layers):
+        channels, reduction_prev = space.channels, False
+        for i in range(space.cells):
             reduction, _ = space.cell_slot(i)
             channels *= 2 if reduction else 1
-            self.cells.append(SearchCell(space.operations, space.steps, channels, reduction,
+            self.cells.append(SearchCell(space.operations, space.nodes, channels, reduction,
                                          reduction_prev, name=f"cell_{i}", dtype=dtype))
             reduction_prev = reduction
         self.global_pooling = layers.GlobalAveragePooling2D(dtype=dtype)
@@ -170,12 +170,12 @@ def derive_cell(probabilities, space):
     probabilities = np.asarray(probabilities)
     candidates = [k for k, name in enumerate(space.operations) if name != "none"]
     nodes, start = [], 0
-    for i in range(space.steps):
+    for i in range(space.nodes):
         w = probabilities[start:start + 2 + i][:, candidates]
         kept = sorted(range(2 + i), key=lambda j: -w[j].max())[:space.inputs_per_node]
         nodes.append([(space.operations[candidates[int(np.argmax(w[j]))]], j) for j in kept])
         start += 2 + i
-    return genotypes.CellGenotype(nodes, range(2, 2 + space.steps))
+    return genotypes.CellGenotype(nodes, range(2, 2 + space.nodes))
 
 
 def derive_genotype(space, alphas):

@@ -12,22 +12,22 @@ class SearchSpace:
     Attributes:
       operations: candidate operation names (see `operations.OPS`); 'none' may be among them and
         is never chosen when deriving a genotype.
-      steps: intermediate nodes per cell; node i has 2 + i incoming edges.
+      nodes: intermediate nodes per cell; node i has 2 + i incoming edges.
       inputs_per_node: incoming edges kept per node when deriving a genotype (DARTS: 2); node i
         keeps min(inputs_per_node, 2 + i), all it has.
       per_stage: False: all normal cells share one set of alphas and all reduction cells another
         (DARTS). True: each stage has its own normal cell and each reduction its own cell (the
         enlarged spaces of Bi et al.).
-      layers: number of cells; reductions sit at layers // 3 and 2 * layers // 3.
-      init_channels: channels C of the first cells (the stem has stem_multiplier * C).
-      stem_multiplier: see init_channels.
+      cells: number of cells; reductions sit at cells // 3 and 2 * cells // 3.
+      channels: channels C of the first cells (the stem has stem_multiplier * C).
+      stem_multiplier: see channels.
     """
     operations: tuple = operations.DARTS_OPS
-    steps: int = 4
+    nodes: int = 4
     inputs_per_node: int = 2
     per_stage: bool = False
-    layers: int = 8
-    init_channels: int = 16
+    cells: int = 8
+    channels: int = 16
     stem_multiplier: int = 3
 
     def __post_init__(self):
@@ -39,12 +39,11 @@ class SearchSpace:
             raise errors.InputError(f"operations are repeated: {self.operations}")
         if not [op for op in self.operations if op != "none"]:
             raise errors.InputError("a search space needs at least one operation other than 'none'")
-        for field in ("steps", "inputs_per_node", "layers", "init_channels", "stem_multiplier"):
+        for field in ("nodes", "inputs_per_node", "cells", "channels", "stem_multiplier"):
             if getattr(self, field) < 1:
                 raise errors.InputError(f"{field} must be at least 1, got {getattr(self, field)}")
-        if self.layers < 3:
-            raise errors.InputError(f"layers must be at least 3 (two reduction cells), got "
-                                    f"{self.layers}")
+        if self.cells < 3:
+            raise errors.InputError(f"cells must be at least 3 (two reduction cells), got {self.cells}")
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
@@ -52,22 +51,23 @@ class SearchSpace:
     @property
     def num_edges(self):
         """Edges of one cell: node i sees both cell inputs and the i nodes before it."""
-        return sum(2 + i for i in range(self.steps))
+        return sum(2 + i for i in range(self.nodes))
 
     @property
-    def reduction_layers(self):
-        return (self.layers // 3, 2 * self.layers // 3)
+    def reduction_cells(self):
+        """Positions of the two reduction cells among the network's cells."""
+        return (self.cells // 3, 2 * self.cells // 3)
 
-    def cell_slot(self, layer):
-        """(reduction, index) of the alphas/genotype cell that layer `layer` uses.
+    def cell_slot(self, cell):
+        """(reduction, index) of the alphas/genotype cell that the cell at position `cell` uses.
 
         Shared spaces have one normal and one reduction slot (index 0). Per-stage spaces have
         normal slots 0, 1, 2 (before, between, after the reductions) and reduction slots 0, 1.
         """
-        reductions = self.reduction_layers
-        if layer in reductions:
-            return True, reductions.index(layer) if self.per_stage else 0
-        return False, sum(layer > r for r in reductions) if self.per_stage else 0
+        reductions = self.reduction_cells
+        if cell in reductions:
+            return True, reductions.index(cell) if self.per_stage else 0
+        return False, sum(cell > r for r in reductions) if self.per_stage else 0
 
     @property
     def num_normal_slots(self):
@@ -82,7 +82,14 @@ class SearchSpace:
 
     @classmethod
     def from_dict(cls, config):
+        """The inverse of `to_dict`; also reads the field names of version 0.1.0's run.json
+        files (steps, layers, init_channels)."""
+        config = {_OLD_FIELD_NAMES.get(k, k): v for k, v in config.items()}
         return cls(**config)
+
+
+# SearchSpace.to_dict keys before nodes/cells/channels became the one vocabulary.
+_OLD_FIELD_NAMES = {"steps": "nodes", "layers": "cells", "init_channels": "channels"}
 
 
 # The enlarged space (Bi et al., section 4): more operations, one more node, three inputs kept
@@ -91,7 +98,7 @@ ENLARGED_OPS = operations.DARTS_OPS + ("sep_conv_7x7", "conv_7x1_1x7", "conv_1x1
 
 PRESETS = {
     "darts": SearchSpace(),
-    "enlarged": SearchSpace(operations=ENLARGED_OPS, steps=5, inputs_per_node=3, per_stage=True),
+    "enlarged": SearchSpace(operations=ENLARGED_OPS, nodes=5, inputs_per_node=3, per_stage=True),
 }
 
 

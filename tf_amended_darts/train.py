@@ -108,7 +108,7 @@ class TrainConfig:
     def build_network(self, num_classes, image_shape, auxiliary=None):
         """The network, built for images of `image_shape` (H, W, C)."""
         net = model_lib.NETWORKS[self.network](
-            self.genotype, init_channels=self.channels, layers_count=self.cells,
+            self.genotype, channels=self.channels, cells=self.cells,
             num_classes=num_classes, auxiliary=self.auxiliary if auxiliary is None else auxiliary)
         net.build((None,) + tuple(image_shape))
         return net

@@ -59,13 +59,12 @@ def _flag_rules():
     for names, rule in (
             (("checkpoint_every", "warmup_epochs", "warmup_steps", "cutout"),
              _integer_at_least(0)),
-            (("stop_after_steps", "logical_cpus", "image_size", "nodes", "channels", "steps",
-              "implicit_iterations", "epochs", "steps_per_epoch", "batch_size", "init_channels",
-              "num_classes", "input_size", "input_channels", "cg_iterations", "repeats",
+            (("stop_after_steps", "logical_cpus", "image_size", "nodes", "channels",
+              "implicit_iterations", "epochs", "steps_per_epoch", "batch_size", "num_classes", "input_size", "input_channels", "cg_iterations", "repeats",
               "max_trials", "initial_points", "eval_channels", "eval_epochs",
               "eval_steps_per_epoch", "eval_validation_steps", "eval_batch_size"),
              _integer_at_least(1)),
-            (("cells", "layers", "eval_layers"), _integer_at_least(3)),  # two are reductions
+            (("cells", "eval_cells"), _integer_at_least(3)),  # two are reductions
             (("amending_coefficient", "learning_rate", "learning_rate_min", "momentum",
               "weight_decay", "grad_clip", "arch_learning_rate", "arch_weight_decay",
               "auxiliary_weight", "lr_decay", "eta", "damping", "eval_learning_rate",

@@ -16,10 +16,13 @@ _GENOTYPE = flags.DEFINE_string("genotype", None, "Published name, JSON file, or
 _SEARCH_SPACE = flags.DEFINE_string("search_space", None,
                                     "Describe this preset's supernet instead of a genotype.")
 _NETWORK = flags.DEFINE_enum("network", "cifar", ["cifar", "imagenet"], "Evaluation network.")
-_INIT_CHANNELS = flags.DEFINE_integer("init_channels", None,
-                                      "C (default: cifar 36, imagenet 48, supernet: preset's).")
-_LAYERS = flags.DEFINE_integer("layers", None,
-                               "Cells (default: cifar 20, imagenet 14, supernet: preset's).")
+_CHANNELS = flags.DEFINE_integer("channels", None,
+                                  "C (default: cifar 36, imagenet 48, supernet: preset's).")
+_CELLS = flags.DEFINE_integer("cells", None,
+                              "Cells (default: cifar 20, imagenet 14, supernet: preset's).")
+# The names of version 0.1.0, deprecated: to be removed in the next release.
+flags.DEFINE_alias("init_channels", "channels")
+flags.DEFINE_alias("layers", "cells")
 _NUM_CLASSES = flags.DEFINE_integer("num_classes", None, "Classes (default: cifar 10, imagenet "
                                     "1000).")
 _AUXILIARY = flags.DEFINE_bool("auxiliary", False, "Count the auxiliary head's parameters.")
@@ -32,24 +35,24 @@ cli.validate_flags(globals().values())
 _DEFAULTS = {"cifar": (36, 20, 10, 32), "imagenet": (48, 14, 1000, 224)}
 
 
-def describe(genotype=None, search_space=None, network="cifar", init_channels=None, layers=None,
+def describe(genotype=None, search_space=None, network="cifar", channels=None, cells=None,
              num_classes=None, auxiliary=False, input_size=None, input_channels=3):
     """Returns {"trainable_params", "mult_adds", ...} for a genotype's network or a supernet."""
-    from tf_amended_darts import genotypes, model, profiling, search_model, search_space as ss
+    from tf_amended_darts import genotypes, model, profiling, search_model
+    from tf_amended_darts import search_space as search_space_lib
     c, n, k, size = _DEFAULTS[network]
     num_classes = num_classes or k
     input_shape = (input_size or size, input_size or size, input_channels)
     if (genotype is None) == (search_space is None):
         raise errors.InputError("give exactly one of --genotype and --search_space")
     if search_space is not None:
-        space = ss.get_search_space(search_space)
-        space = space.replace(init_channels=init_channels or space.init_channels,
-                              layers=layers or space.layers)
+        space = search_space_lib.get_search_space(search_space)
+        space = space.replace(channels=channels or space.channels, cells=cells or space.cells)
         net = search_model.SearchNetwork(space, num_classes)
         description = {"search_space": search_space, "arch_params": None}
     else:
         g = genotypes.load_genotype(genotype)
-        net = model.NETWORKS[network](g, init_channels or c, layers or n, num_classes,
+        net = model.NETWORKS[network](g, channels or c, cells or n, num_classes,
                                       auxiliary=auxiliary)
         description = {"genotype": g.to_string(), "network": network, "auxiliary": auxiliary}
     net.build((None,) + input_shape)
@@ -64,8 +67,8 @@ def describe(genotype=None, search_space=None, network="cifar", init_channels=No
 
 def main(argv):
     del argv
-    d = describe(_GENOTYPE.value, _SEARCH_SPACE.value, _NETWORK.value, _INIT_CHANNELS.value,
-                 _LAYERS.value, _NUM_CLASSES.value, _AUXILIARY.value, _INPUT_SIZE.value,
+    d = describe(_GENOTYPE.value, _SEARCH_SPACE.value, _NETWORK.value, _CHANNELS.value,
+                 _CELLS.value, _NUM_CLASSES.value, _AUXILIARY.value, _INPUT_SIZE.value,
                  _INPUT_CHANNELS.value)
     if _FORMAT.value == "json":
         print(json.dumps(d))

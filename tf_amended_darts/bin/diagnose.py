@@ -2,7 +2,7 @@
 a search-space preset (fresh, warmed up) or the latest checkpoint of a search run
 (--search_dir). What is measured: tf_amended_darts/diagnostics.py.
 
-  python -m tf_amended_darts.bin.diagnose --search_space=darts --layers=5 --init_channels=8
+  python -m tf_amended_darts.bin.diagnose --search_space=darts --cells=5 --channels=8
   python -m tf_amended_darts.bin.diagnose --estimators=amended --eta=0.05 --format=json
   python -m tf_amended_darts.bin.diagnose --search_dir=runs/quickstart --format=json
 """
@@ -16,9 +16,13 @@ from tf_amended_darts.bin import cli
 _SEARCH_DIR = flags.DEFINE_string("search_dir", None, "A search's --output_dir: its latest "
                                   "checkpoint's supernet instead of a preset.")
 _SEARCH_SPACE = flags.DEFINE_string("search_space", None, "Search-space preset (default darts).")
-_INIT_CHANNELS = flags.DEFINE_integer("init_channels", None, "Override the preset's C.")
-_LAYERS = flags.DEFINE_integer("layers", None, "Override the preset's number of cells.")
-_STEPS = flags.DEFINE_integer("steps", None, "Override the preset's intermediate nodes per cell.")
+_CHANNELS = flags.DEFINE_integer("channels", None, "Override the preset's C.")
+_CELLS = flags.DEFINE_integer("cells", None, "Override the preset's number of cells.")
+_NODES = flags.DEFINE_integer("nodes", None, "Override the preset's intermediate nodes per cell.")
+# The names of version 0.1.0, deprecated: to be removed in the next release.
+flags.DEFINE_alias("init_channels", "channels")
+flags.DEFINE_alias("layers", "cells")
+flags.DEFINE_alias("steps", "nodes")
 _DATASET = flags.DEFINE_string("dataset", None, "Dataset (tf_amended_darts.data.load_dataset); "
                                "default: digits, or the search run's.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Dataset directory, when it needs one.")
@@ -44,7 +48,7 @@ def main(argv):
     del argv
     from tf_amended_darts import diagnostics  # pylint: disable=g-import-not-at-top
     d = diagnostics.diagnose(
-        _SEARCH_SPACE.value, _INIT_CHANNELS.value, _LAYERS.value, _STEPS.value, _DATASET.value,
+        _SEARCH_SPACE.value, _CHANNELS.value, _CELLS.value, _NODES.value, _DATASET.value,
         _DATA_DIR.value, _BATCH_SIZE.value, _ESTIMATORS.value, _ETA.value, _CG_ITERATIONS.value,
         _DAMPING.value, _PRODUCTS.value, _FD_RADIUS.value, _WARMUP_STEPS.value, _REPEATS.value,
         _SEED.value, search_dir=_SEARCH_DIR.value)
@@ -52,8 +56,9 @@ def main(argv):
         print(json.dumps(d))
         return
     c = d["config"]
-    print(f"supernet {c['search_space']} (C={c['space']['init_channels']}, "
-          f"{c['space']['layers']} cells, {c['space']['steps']} nodes), {d['weight_count']:,} weights, "
+    print(f"supernet {c['search_space']} (C={c['space']['channels']}, "
+          f"{c['space']['cells']} cells, {c['space']['nodes']} nodes), "
+          f"{d['weight_count']:,} weights, "
           f"{c['dataset']} batch {c['batch_size']}; weights: {c['weights']}")
     print(f"reference: implicit, {c['cg_iterations']} CG iterations, damping {c['damping']}, "
           f"exact products; compared estimators use {c['products']} products")

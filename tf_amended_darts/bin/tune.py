@@ -60,7 +60,9 @@ _OVERWRITE_EXPORT = flags.DEFINE_bool("overwrite_export", False, "Replace an exi
 # How each trial trains its network (the train binary's options of the same names, on the
 # search's dataset and seed; cosine schedule).
 _EVAL_CHANNELS = flags.DEFINE_integer("eval_channels", 16, "Trained networks: channels C.")
-_EVAL_LAYERS = flags.DEFINE_integer("eval_layers", 8, "Trained networks: cells.")
+_EVAL_CELLS = flags.DEFINE_integer("eval_cells", 8, "Trained networks: cells.")
+# The name of version 0.1.0, deprecated: to be removed in the next release.
+flags.DEFINE_alias("eval_layers", "eval_cells")
 _EVAL_EPOCHS = flags.DEFINE_integer("eval_epochs", 2, "Trained networks: epochs.")
 _EVAL_STEPS = flags.DEFINE_integer("eval_steps_per_epoch", None, "Cap on steps per epoch.")
 _EVAL_BATCH = flags.DEFINE_integer("eval_batch_size", 64, "Trained networks: batch size.")
@@ -129,7 +131,7 @@ def main(argv):
                   overwrite=_OVERWRITE.value)
     train_options = tuner.check_train_options(dict(
         dataset=config.dataset, data_dir=config.data_dir, image_size=config.image_size,
-        seed=config.seed, channels=_EVAL_CHANNELS.value, cells=_EVAL_LAYERS.value,
+        seed=config.seed, channels=_EVAL_CHANNELS.value, cells=_EVAL_CELLS.value,
         epochs=_EVAL_EPOCHS.value, steps_per_epoch=_EVAL_STEPS.value,
         batch_size=_EVAL_BATCH.value, learning_rate=_EVAL_LR.value,
         momentum=_EVAL_MOMENTUM.value, weight_decay=_EVAL_WD.value,
