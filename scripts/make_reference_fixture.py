@@ -162,9 +162,11 @@ def imagenet_stem_fixture(ref, generator):
     network = prepared(network, generator)
     x = random_input(generator, BATCH, 3, 16, 16)
     s0 = network.stem0(x)
+    # stem1 starts with an in-place ReLU: keep s0 as stem0 returned it.
+    s1 = network.stem1(s0.clone())
     arrays = parameters(network.stem0, "imagenet_stem/param/stem0.")
     arrays.update(parameters(network.stem1, "imagenet_stem/param/stem1."))
-    arrays.update(as_arrays("imagenet_stem/", x=x, s0=s0, s1=network.stem1(s0),
+    arrays.update(as_arrays("imagenet_stem/", x=x, s0=s0, s1=s1,
                             channels=CHANNELS))
     return arrays
 
