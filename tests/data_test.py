@@ -390,6 +390,10 @@ class ImagenetProtocolTest(tf.test.TestCase):
     info = self.ds.info
     self.assertEqual(info.image_shape, (self.SIZE, self.SIZE, 3))
     self.assertEqual(info.num_examples, {"train": 6, "test": 3})
+    pixels = np.concatenate([image.reshape(-1, 3) for (split, _, _), (image, _)
+                             in self.written.items() if split == "train"]) / 255.0
+    self.assertAllClose(info.mean, pixels.mean(axis=0), atol=1e-6)  # over every pixel
+    self.assertAllClose(info.std, pixels.std(axis=0), atol=1e-6)
     self.assertEqual(self.aug, data.ResizedCropAugmentation(size=self.SIZE))
     for image, label in self.ds.train.as_numpy_iterator():  # native sizes, right labels
       expected, expected_label = self.written[("train",) + image.shape[:2]]
