@@ -102,10 +102,12 @@ def evaluate(run_dir=None, saved_model=None, checkpoint=None, genotype=None, dat
         raise errors.InputError("give exactly one of --run_dir and --saved_model")
     if batch_size < 1:
         raise errors.InputError(f"--batch_size must be at least 1, got {batch_size}")
-    image_size = None
+    image_size, protocol = None, "cifar"
     if run_dir is not None:
         meta = train.run_dir.read_metadata(run_dir) or {}
         config = meta.get("config", {})
+        # The ImageNet protocol evaluates on a 256/224 resize + centre crop, not a squash.
+        protocol = config.get("network", "cifar") if split == "test" else "cifar"
         if dataset is None:
             dataset, data_dir = config.get("dataset"), data_dir or config.get("data_dir")
             image_size = config.get("image_size")
@@ -119,9 +121,11 @@ def evaluate(run_dir=None, saved_model=None, checkpoint=None, genotype=None, dat
             raise errors.InputError("--saved_model needs --dataset (and --data_dir if it needs "
                                     "one)")
     shape = tuple(description["image_shape"])
-    loaded = data.load_dataset(dataset, data_dir, download,
-                               image_size=image_size or (shape[0] if shape[0] == shape[1]
-                                                         else shape[:2]))
+    size = image_size or (shape[0] if shape[0] == shape[1] else shape[:2])
+    if protocol == "imagenet":
+        loaded, _ = data.load_for_training("imagenet", dataset, data_dir, download, size)
+    else:
+        loaded = data.load_dataset(dataset, data_dir, download, image_size=size)
     if tuple(loaded.info.image_shape) != shape:
         raise errors.InputError(f"dataset {dataset} has images {loaded.info.image_shape}, the "
                                 f"network takes {shape}")
