@@ -54,8 +54,10 @@ def import_reference(path):
     import model
     import model_search
     import operations
-    return types.SimpleNamespace(genotypes=genotypes, model=model, model_search=model_search,
-                                 operations=operations)
+
+    return types.SimpleNamespace(
+        genotypes=genotypes, model=model, model_search=model_search, operations=operations
+    )
 
 
 def randomize_batch_norm(module, generator):
@@ -79,8 +81,11 @@ def prepared(module, generator):
 
 def parameters(module, prefix):
     """Every parameter and BN statistic as float32 arrays under `prefix` + state_dict name."""
-    return {prefix + name: value.detach().float().numpy()
-            for name, value in module.state_dict().items() if "num_batches_tracked" not in name}
+    return {
+        prefix + name: value.detach().float().numpy()
+        for name, value in module.state_dict().items()
+        if "num_batches_tracked" not in name
+    }
 
 
 def random_input(generator, *shape):
@@ -88,16 +93,20 @@ def random_input(generator, *shape):
 
 
 def as_arrays(prefix, **tensors):
-    return {f"{prefix}{name}": (t.detach().numpy() if torch.is_tensor(t) else np.asarray(t))
-            for name, t in tensors.items()}
+    return {
+        f"{prefix}{name}": (t.detach().numpy() if torch.is_tensor(t) else np.asarray(t))
+        for name, t in tensors.items()
+    }
 
 
 def operations_fixture(ref, generator):
     factories = dict(ref.operations.OPS)
     factories["conv_1x1"] = lambda c, stride, affine: ref.operations.ReLUConvBN(
-        c, c, 1, stride, 0, affine=affine)
+        c, c, 1, stride, 0, affine=affine
+    )
     factories["conv_3x3"] = lambda c, stride, affine: ref.operations.ReLUConvBN(
-        c, c, 3, stride, 1, affine=affine)
+        c, c, 3, stride, 1, affine=affine
+    )
     arrays = {"op/names": np.array(sorted(factories))}
     x = random_input(generator, BATCH, CHANNELS, 8, 8)
     arrays.update(as_arrays("op/", x=x))
@@ -129,18 +138,20 @@ def cell_fixture(ref, generator):
     """(kind, reduction, reduction_prev, s0 size): the preprocessing differs with both."""
     arrays = {}
     num_edges = 14
-    for kind, reduction, reduction_prev, s0_size in (("normal", False, True, 16),
-                                                     ("reduce", True, False, 8)):
-        cell = prepared(ref.model_search.Cell(4, 4, 6, 10, CHANNELS, reduction, reduction_prev),
-                        generator)
+    for kind, reduction, reduction_prev, s0_size in (
+        ("normal", False, True, 16),
+        ("reduce", True, False, 8),
+    ):
+        cell = prepared(
+            ref.model_search.Cell(4, 4, 6, 10, CHANNELS, reduction, reduction_prev), generator
+        )
         s0 = random_input(generator, BATCH, 6, s0_size, s0_size)
         s1 = random_input(generator, BATCH, 10, 8, 8)
         alphas = torch.randn(num_edges, len(ref.genotypes.PRIMITIVES), generator=generator)
         weights = torch.softmax(alphas, -1).double()
         prefix = f"cell/{kind}/"
         arrays.update(parameters(cell, prefix + "param/"))
-        arrays.update(as_arrays(prefix, s0=s0, s1=s1, weights=weights,
-                                out=cell(s0, s1, weights)))
+        arrays.update(as_arrays(prefix, s0=s0, s1=s1, weights=weights, out=cell(s0, s1, weights)))
     return arrays
 
 
@@ -166,15 +177,17 @@ def imagenet_stem_fixture(ref, generator):
     s1 = network.stem1(s0.clone())
     arrays = parameters(network.stem0, "imagenet_stem/param/stem0.")
     arrays.update(parameters(network.stem1, "imagenet_stem/param/stem1."))
-    arrays.update(as_arrays("imagenet_stem/", x=x, s0=s0, s1=s1,
-                            channels=CHANNELS))
+    arrays.update(as_arrays("imagenet_stem/", x=x, s0=s0, s1=s1, channels=CHANNELS))
     return arrays
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--reference", required=True,
-                        help="directory of the reference's operations.py, model.py, ...")
+    parser.add_argument(
+        "--reference",
+        required=True,
+        help="directory of the reference's operations.py, model.py, ...",
+    )
     parser.add_argument("--output", default=DEFAULT_OUTPUT)
     args = parser.parse_args()
     ref = import_reference(args.reference)
@@ -182,8 +195,13 @@ def main():
     generator = torch.Generator().manual_seed(0)
     arrays = {}
     with torch.no_grad():
-        for make in (operations_fixture, mixed_op_fixture, cell_fixture, network_fixture,
-                     imagenet_stem_fixture):
+        for make in (
+            operations_fixture,
+            mixed_op_fixture,
+            cell_fixture,
+            network_fixture,
+            imagenet_stem_fixture,
+        ):
             arrays.update(make(ref, generator))
     temporary = args.output + ".tmp.npz"
     np.savez_compressed(temporary, **arrays)

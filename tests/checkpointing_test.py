@@ -3,11 +3,11 @@ state file, truncated or interrupted writes), records compared on restore; named
 
 import os
 
+import file_tree
 import keras
 import numpy as np
 import tensorflow as tf
 
-import file_tree
 from tf_amended_darts import checkpointing
 
 
@@ -21,12 +21,12 @@ def truncate(directory, prefix):
 
 
 class CheckpointerTest(tf.test.TestCase):
-
     def _checkpointer(self, directory, value=0.0, records=None):
         self.variable = tf.Variable([value, value], name="w")
         self.step = tf.Variable(0, dtype=tf.int64)
-        return checkpointing.Checkpointer(directory, max_to_keep=3, records=records,
-                                          w=self.variable, step=self.step)
+        return checkpointing.Checkpointer(
+            directory, max_to_keep=3, records=records, w=self.variable, step=self.step
+        )
 
     def _saved(self, directory, numbers, records=None):
         saver = self._checkpointer(directory, records=records)
@@ -92,8 +92,10 @@ class CheckpointerTest(tf.test.TestCase):
         self.assertLen(notices, 1)
 
     def test_garbage_or_dangling_state_file_does_not_start_over(self):
-        for state in ("\x00\x01 not a checkpoint state {{",
-                      'model_checkpoint_path: "ckpt-99"\nall_model_checkpoint_paths: "ckpt-99"\n'):
+        for state in (
+            "\x00\x01 not a checkpoint state {{",
+            'model_checkpoint_path: "ckpt-99"\nall_model_checkpoint_paths: "ckpt-99"\n',
+        ):
             directory = os.path.join(self.get_temp_dir(), f"state{len(state)}")
             self._saved(directory, (1, 2))
             with open(os.path.join(directory, "checkpoint"), "w") as f:
@@ -109,9 +111,11 @@ class CheckpointerTest(tf.test.TestCase):
         truncate(directory, "ckpt-1")
         truncate(directory, "ckpt-2")
         before = file_tree.snapshot(directory)
-        with self.assertRaisesRegex(checkpointing.CheckpointError,
-                                    r"^none of the 2 checkpoints in .* can be restored.*ckpt-2"
-                                    r".*--overwrite$") as caught:
+        with self.assertRaisesRegex(
+            checkpointing.CheckpointError,
+            r"^none of the 2 checkpoints in .* can be restored.*ckpt-2"
+            r".*--overwrite$",
+        ) as caught:
             self._checkpointer(directory).restore()
         self.assertNotIn("\n", str(caught.exception))
         self.assertEqual(file_tree.snapshot(directory), before)
@@ -142,8 +146,13 @@ class CheckpointerTest(tf.test.TestCase):
             layer.build((None, 4))
             optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
             optimizer.build(layer.trainable_variables)
-            return layer, optimizer, checkpointing.Checkpointer(
-                directory, layer=checkpointing.named_variables(layer), optimizer=optimizer)
+            return (
+                layer,
+                optimizer,
+                checkpointing.Checkpointer(
+                    directory, layer=checkpointing.named_variables(layer), optimizer=optimizer
+                ),
+            )
 
         layer, optimizer, saver = build()
         saved = {}
@@ -156,8 +165,7 @@ class CheckpointerTest(tf.test.TestCase):
         with open(data, "r+b") as f:  # the tail of the data file lost
             f.truncate(os.path.getsize(data) - 8)
         layer, optimizer, restorer = build()
-        self.assertEqual(restorer.restore(report=lambda _: None),
-                         os.path.join(directory, "ckpt-1"))
+        self.assertEqual(restorer.restore(report=lambda _: None), os.path.join(directory, "ckpt-1"))
         restored = [v.numpy() for v in layer.variables + optimizer.variables]
         self.assertLen(restored, len(saved[1]))
         for value, expected in zip(restored, saved[1]):
@@ -170,8 +178,8 @@ class RecordsTest(tf.test.TestCase):
     def _checkpointer(self, directory, record):
         self.variable = tf.Variable([0.0, 0.0], name="w")
         return checkpointing.Checkpointer(
-            directory, records=None if record is None else {"genotype": record},
-            w=self.variable)
+            directory, records=None if record is None else {"genotype": record}, w=self.variable
+        )
 
     def _save(self, directory, record, number):
         saver = self._checkpointer(directory, record)
@@ -181,10 +189,12 @@ class RecordsTest(tf.test.TestCase):
     def test_other_record_is_refused_and_json_formatting_does_not_matter(self):
         directory = self.get_temp_dir() + "/rec"
         self._save(directory, '{"nodes": [1, 2]}', 1)
-        with self.assertRaisesRegex(checkpointing.CheckpointError,
-                                    r"ckpt-1 does not fit .* written with another genotype"):
+        with self.assertRaisesRegex(
+            checkpointing.CheckpointError, r"ckpt-1 does not fit .* written with another genotype"
+        ):
             self._checkpointer(directory, '{"nodes": [2, 1]}').restore(
-                os.path.join(directory, "ckpt-1"))
+                os.path.join(directory, "ckpt-1")
+            )
         self._checkpointer(directory, '{\n "nodes": [1,  2]}').restore()
         self.assertAllEqual(self.variable.numpy(), [1.0, 1.0])
 
@@ -204,15 +214,19 @@ class RecordsTest(tf.test.TestCase):
         self._save(directory, None, 1)
         notices = []
         path = checkpointing.restore_checkpoint(
-            os.path.dirname(directory), "the network", os.path.join(directory, "ckpt-1"),
-            records={"genotype": "A"}, report=notices.append, w=tf.Variable([5.0, 5.0]))
+            os.path.dirname(directory),
+            "the network",
+            os.path.join(directory, "ckpt-1"),
+            records={"genotype": "A"},
+            report=notices.append,
+            w=tf.Variable([5.0, 5.0]),
+        )
         self.assertEqual(path, os.path.join(directory, "ckpt-1"))
         self.assertLen(notices, 1)
         self.assertRegex(notices[0], "does not record its genotype")
 
 
 class NamedVariablesTest(tf.test.TestCase):
-
     def test_copy_weights_between_instances(self):
         keras.utils.set_random_seed(0)
         a, b = keras.layers.Dense(2), keras.layers.Dense(2)

@@ -16,8 +16,11 @@ from tf_amended_darts.bin import cli
 def _run(main):
     """(SystemExit code or the exception raised, stderr) of cli.run(main) on no flags."""
     stderr = io.StringIO()
-    with flagsaver.flagsaver(), mock.patch.object(sys, "argv", ["prog"]), \
-            contextlib.redirect_stderr(stderr):
+    with (
+        flagsaver.flagsaver(),
+        mock.patch.object(sys, "argv", ["prog"]),
+        contextlib.redirect_stderr(stderr),
+    ):
         try:
             cli.run(main)
             outcome = None
@@ -29,12 +32,14 @@ def _run(main):
 
 
 class RunTest(absltest.TestCase):
-
     def test_bad_input_is_one_line_and_exit_2(self):
         def main(argv):
             del argv
-            genotypes.load_genotype("Genotype(normal=[('skip_connect', 0)], normal_concat=2.5, "
-                                    "reduce=[('skip_connect', 0)], reduce_concat=[2])")
+            genotypes.load_genotype(
+                "Genotype(normal=[('skip_connect', 0)], normal_concat=2.5, "
+                "reduce=[('skip_connect', 0)], reduce_concat=[2])"
+            )
+
         code, stderr = _run(main)
         self.assertEqual(code, 2)
         self.assertEqual(stderr.count("\n"), 1, stderr)
@@ -52,7 +57,6 @@ class RunTest(absltest.TestCase):
 
 
 class FlagRulesTest(absltest.TestCase):
-
     def _parse(self, define, name, value):
         """Defines flag `name` in a fresh FlagValues, registers cli's checks, parses value."""
         values = flags.FlagValues()
@@ -63,22 +67,24 @@ class FlagRulesTest(absltest.TestCase):
 
     def test_values_that_cannot_run_are_refused_naming_the_flag(self):
         for define, name, value, message in (
-                (flags.DEFINE_integer, "logical_cpus", "0", "must be an integer >= 1"),
-                (flags.DEFINE_integer, "logical_cpus", "-3", "must be an integer >= 1"),
-                (flags.DEFINE_integer, "seed", "-1", "must be an integer in \\[0, 4294967295\\]"),
-                (flags.DEFINE_integer, "cells", "2", "must be an integer >= 3"),
-                (flags.DEFINE_integer, "checkpoint_every", "-1", "must be an integer >= 0"),
-                (flags.DEFINE_string, "dataset", "", "must not be empty"),
-                (flags.DEFINE_string, "output_dir", " ", "must not be empty"),
-                (flags.DEFINE_string, "strategy", "mirored", "must be one of auto, "),
-                (flags.DEFINE_float, "learning_rate", "nan", "must be a finite number >= 0"),
-                (flags.DEFINE_float, "grad_clip", "-1", "must be a finite number >= 0"),
-                (flags.DEFINE_float, "train_portion", "1", "must be in \\(0, 1\\)"),
-                (flags.DEFINE_float, "drop_path", "1", "must be in \\[0, 1\\)"),
-                (flags.DEFINE_float, "fd_radius", "0", "must be a finite number > 0")):
+            (flags.DEFINE_integer, "logical_cpus", "0", "must be an integer >= 1"),
+            (flags.DEFINE_integer, "logical_cpus", "-3", "must be an integer >= 1"),
+            (flags.DEFINE_integer, "seed", "-1", "must be an integer in \\[0, 4294967295\\]"),
+            (flags.DEFINE_integer, "cells", "2", "must be an integer >= 3"),
+            (flags.DEFINE_integer, "checkpoint_every", "-1", "must be an integer >= 0"),
+            (flags.DEFINE_string, "dataset", "", "must not be empty"),
+            (flags.DEFINE_string, "output_dir", " ", "must not be empty"),
+            (flags.DEFINE_string, "strategy", "mirored", "must be one of auto, "),
+            (flags.DEFINE_float, "learning_rate", "nan", "must be a finite number >= 0"),
+            (flags.DEFINE_float, "grad_clip", "-1", "must be a finite number >= 0"),
+            (flags.DEFINE_float, "train_portion", "1", "must be in \\(0, 1\\)"),
+            (flags.DEFINE_float, "drop_path", "1", "must be in \\[0, 1\\)"),
+            (flags.DEFINE_float, "fd_radius", "0", "must be a finite number > 0"),
+        ):
             with self.subTest(flag=name, value=value):
-                with self.assertRaisesRegex(flags.IllegalFlagValueError,
-                                            f"flag --{name}=.*: {message}"):
+                with self.assertRaisesRegex(
+                    flags.IllegalFlagValueError, f"flag --{name}=.*: {message}"
+                ):
                     self._parse(define, name, value)
 
     def test_usable_values_pass(self):

@@ -12,6 +12,7 @@ NUM_LOGICAL_CPUS = 2
 try:
     tf.config.set_logical_device_configuration(
         tf.config.list_physical_devices("CPU")[0],
-        [tf.config.LogicalDeviceConfiguration()] * NUM_LOGICAL_CPUS)
+        [tf.config.LogicalDeviceConfiguration()] * NUM_LOGICAL_CPUS,
+    )
 except RuntimeError:  # TensorFlow already initialised (e.g. another conftest ran an op)
     pass

@@ -12,15 +12,27 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def describe(*flags):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-m", "tf_amended_darts.bin.describe", *flags],
-                          capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "tf_amended_darts.bin.describe", *flags],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=ROOT,
+    )
 
 
 class DescribeTest(tf.test.TestCase):
-
     def test_json_for_darts_v2_with_auxiliary_head(self):
-        out = describe("--genotype=DARTS_V2", "--network=cifar", "--channels=36",
-                       "--cells=20", "--num_classes=10", "--auxiliary", "--format=json")
+        out = describe(
+            "--genotype=DARTS_V2",
+            "--network=cifar",
+            "--channels=36",
+            "--cells=20",
+            "--num_classes=10",
+            "--auxiliary",
+            "--format=json",
+        )
         self.assertEqual(out.returncode, 0, out.stderr)
         d = json.loads(out.stdout)
         self.assertEqual(d["trainable_params"], 3_825_768)
@@ -28,27 +40,40 @@ class DescribeTest(tf.test.TestCase):
 
     def test_supernet_of_a_preset(self):
         # --layers and --init_channels: the deprecated names of --cells and --channels.
-        out = describe("--search_space=darts", "--layers=5", "--init_channels=4",
-                       "--format=json")
+        out = describe("--search_space=darts", "--layers=5", "--init_channels=4", "--format=json")
         self.assertEqual(out.returncode, 0, out.stderr)
         self.assertEqual(json.loads(out.stdout)["arch_params"], 2 * 14 * 8)
 
     def test_bad_input_is_one_line(self):
         deep = '{"normal": ' + "[" * 20_000 + "]" * 20_000 + ', "reduce": []}'  # < ARG_MAX
         for flags, message in (
-                (["--genotype=Genotype(normal=[('conv_9x9', 0)], normal_concat=[2], "
-                  "reduce=[('skip_connect', 0)], reduce_concat=[2])"], "unknown operation"),
-                (["--genotype=missing.json"], "neither a published genotype"),
-                (["--genotype=DARTS_V2", "--search_space=darts"], "exactly one of"),
-                # Each crashed with a traceback before: TypeError, RecursionError, and a
-                # reduction cell concatenating its input (twice the size of its nodes).
-                (["--genotype=Genotype(normal=[('skip_connect', 0)], normal_concat=2.5, "
-                  "reduce=[('skip_connect', 0)], reduce_concat=[2])"],
-                 "genotype: normal: concat must be a list of node numbers, got 2.5"),
-                ([f"--genotype={deep}"], "genotype: malformed JSON: nested too deeply"),
-                (["--genotype=Genotype(normal=[('skip_connect', 0)], normal_concat=[2], "
-                  "reduce=[('skip_connect', 0)], reduce_concat=[0, 2])"],
-                 "reduce: concat [0, 2] must be distinct intermediate nodes in 2..2")):
+            (
+                [
+                    "--genotype=Genotype(normal=[('conv_9x9', 0)], normal_concat=[2], "
+                    "reduce=[('skip_connect', 0)], reduce_concat=[2])"
+                ],
+                "unknown operation",
+            ),
+            (["--genotype=missing.json"], "neither a published genotype"),
+            (["--genotype=DARTS_V2", "--search_space=darts"], "exactly one of"),
+            # Each crashed with a traceback before: TypeError, RecursionError, and a
+            # reduction cell concatenating its input (twice the size of its nodes).
+            (
+                [
+                    "--genotype=Genotype(normal=[('skip_connect', 0)], normal_concat=2.5, "
+                    "reduce=[('skip_connect', 0)], reduce_concat=[2])"
+                ],
+                "genotype: normal: concat must be a list of node numbers, got 2.5",
+            ),
+            ([f"--genotype={deep}"], "genotype: malformed JSON: nested too deeply"),
+            (
+                [
+                    "--genotype=Genotype(normal=[('skip_connect', 0)], normal_concat=[2], "
+                    "reduce=[('skip_connect', 0)], reduce_concat=[0, 2])"
+                ],
+                "reduce: concat [0, 2] must be distinct intermediate nodes in 2..2",
+            ),
+        ):
             with self.subTest(flags=flags):
                 out = describe(*flags)
                 self.assertEqual(out.returncode, 2)

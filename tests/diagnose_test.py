@@ -17,18 +17,41 @@ from tf_amended_darts import checkpointing, search
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The cheapest supernet with weights in every edge's candidates: 3 cells, 1 node, C=2.
-TINY_SEARCH = dict(cells=3, nodes=1, channels=2, batch_size=8, epochs=1, steps_per_epoch=2,
-                   operations=("none", "skip_connect", "avg_pool_3x3", "conv_1x1"),
-                   arch_gradient="first_order", arch_learning_rate=0.1, validate=False)
-FAST = ["--batch_size=8", "--estimators=first_order", "--cg_iterations=1", "--repeats=1",
-        "--format=json"]
+TINY_SEARCH = dict(
+    cells=3,
+    nodes=1,
+    channels=2,
+    batch_size=8,
+    epochs=1,
+    steps_per_epoch=2,
+    operations=("none", "skip_connect", "avg_pool_3x3", "conv_1x1"),
+    arch_gradient="first_order",
+    arch_learning_rate=0.1,
+    validate=False,
+)
+FAST = [
+    "--batch_size=8",
+    "--estimators=first_order",
+    "--cg_iterations=1",
+    "--repeats=1",
+    "--format=json",
+]
 
 
 def diagnose(*flags):
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run([sys.executable, "-m", "tf_amended_darts.bin.diagnose", *flags],
-                          capture_output=True, text=True, env=env, timeout=1200, cwd=ROOT)
+    env = dict(
+        os.environ,
+        PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        TF_CPP_MIN_LOG_LEVEL="2",
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "tf_amended_darts.bin.diagnose", *flags],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1200,
+        cwd=ROOT,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +59,13 @@ def searched(tmp_path_factory):
     """(directory, SearchResult) of a 2-step search."""
     directory = str(tmp_path_factory.mktemp("diagnose") / "search")
     with open(os.devnull, "w") as quiet:
-        result = search.search(search.SearchConfig(**TINY_SEARCH), directory, render=False,
-                               log_stream=quiet, progress_stream=quiet)
+        result = search.search(
+            search.SearchConfig(**TINY_SEARCH),
+            directory,
+            render=False,
+            log_stream=quiet,
+            progress_stream=quiet,
+        )
     return directory, result
 
 
@@ -50,8 +78,14 @@ def test_json_on_a_tiny_supernet():
     assert d["estimators"]["implicit"]["cosine_to_implicit"] == pytest.approx(1.0, abs=1e-6)
     assert d["estimators"]["first_order"]["correction_norm"] == 0.0
     for r in d["estimators"].values():
-        for key in ("g1_norm", "correction_norm", "total_norm", "seconds_per_call",
-                    "first_call_seconds", "cosine_to_implicit"):
+        for key in (
+            "g1_norm",
+            "correction_norm",
+            "total_norm",
+            "seconds_per_call",
+            "first_call_seconds",
+            "cosine_to_implicit",
+        ):
             assert math.isfinite(r[key]), (key, r)
     assert d["config"]["weights"] == "fresh supernet after 1 SGD steps"
     assert len(d["warmup_losses"]) == 1
@@ -99,16 +133,19 @@ def _corrupt_copy(directory, target):
     return target
 
 
-@pytest.mark.parametrize("case", ["estimators", "no_estimators", "missing", "corrupt", "cells",
-                                  "deprecated_layers"])
+@pytest.mark.parametrize(
+    "case", ["estimators", "no_estimators", "missing", "corrupt", "cells", "deprecated_layers"]
+)
 def test_bad_input_is_one_line_and_exit_2(case, searched, tmp_path):
     directory = searched[0]
     flags, message = {
         "estimators": (["--estimators=third_order"], "unknown estimator 'third_order'"),
         "no_estimators": (["--estimators=,"], "--estimators is empty"),
         "missing": ([f"--search_dir={tmp_path}/none"], "holds no search run"),
-        "corrupt": ([f"--search_dir={_corrupt_copy(directory, str(tmp_path / 'c'))}"],
-                    "ckpt-2 does not fit the supernet"),
+        "corrupt": (
+            [f"--search_dir={_corrupt_copy(directory, str(tmp_path / 'c'))}"],
+            "ckpt-2 does not fit the supernet",
+        ),
         "cells": ([f"--search_dir={directory}", "--cells=5"], "drop --cells"),
         # The old name of --cells, kept as an alias for one release.
         "deprecated_layers": ([f"--search_dir={directory}", "--layers=5"], "drop --cells"),

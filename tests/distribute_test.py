@@ -17,8 +17,15 @@ if __name__ == "__main__":
     distribute.configure_logical_cpus(2)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = dict(cells=3, nodes=1, channels=4, batch_size=16, epochs=1, steps_per_epoch=3,
-            operations=("none", "skip_connect", "avg_pool_3x3", "sep_conv_3x3"))
+TINY = dict(
+    cells=3,
+    nodes=1,
+    channels=4,
+    batch_size=16,
+    epochs=1,
+    steps_per_epoch=3,
+    operations=("none", "skip_connect", "avg_pool_3x3", "sep_conv_3x3"),
+)
 
 WORKER = """
 import json, os, sys
@@ -46,12 +53,17 @@ def _free_ports(count):
 
 def _search(directory, strategy, **overrides):
     with open(os.devnull, "w") as quiet:
-        return search.search(search.SearchConfig(**{**TINY, **overrides}), directory, strategy,
-                             render=False, log_stream=quiet, progress_stream=quiet)
+        return search.search(
+            search.SearchConfig(**{**TINY, **overrides}),
+            directory,
+            strategy,
+            render=False,
+            log_stream=quiet,
+            progress_stream=quiet,
+        )
 
 
 class DistributeTest(tf.test.TestCase):
-
     def test_strategy_names_and_batch_check(self):
         with self.assertRaisesRegex(ValueError, "unknown strategy 'gpu'"):
             distribute.make_strategy("gpu")
@@ -59,18 +71,23 @@ class DistributeTest(tf.test.TestCase):
         mirrored = distribute.make_strategy("mirrored")
         self.assertEqual(mirrored.num_replicas_in_sync, 2)
         self.assertEqual(distribute.check_global_batch(32, mirrored), 16)
-        with self.assertRaisesRegex(ValueError, "batch size 15 is not a positive multiple of "
-                                                "the 2 replicas"):
+        with self.assertRaisesRegex(
+            ValueError, "batch size 15 is not a positive multiple of the 2 replicas"
+        ):
             distribute.check_global_batch(15, mirrored)
         self.assertTrue(distribute.is_chief(mirrored))
 
     def test_two_replicas_match_one_device(self):
         mirrored = distribute.make_strategy("mirrored")
         for estimator in ("amended",):
-            one = _search(self.get_temp_dir() + "/one_" + estimator,
-                          tf.distribute.get_strategy(), arch_gradient=estimator)
-            two = _search(self.get_temp_dir() + "/two_" + estimator, mirrored,
-                          arch_gradient=estimator)
+            one = _search(
+                self.get_temp_dir() + "/one_" + estimator,
+                tf.distribute.get_strategy(),
+                arch_gradient=estimator,
+            )
+            two = _search(
+                self.get_temp_dir() + "/two_" + estimator, mirrored, arch_gradient=estimator
+            )
             for a, b in zip(one.alphas, two.alphas):
                 self.assertAllClose(a, b, atol=1e-4, rtol=0)
                 self.assertGreater(abs(a).max(), 1e-3)  # the alphas did move
@@ -79,17 +96,35 @@ class DistributeTest(tf.test.TestCase):
     def test_two_workers_on_localhost_agree(self):
         ports = _free_ports(2)
         cluster = {"worker": [f"localhost:{p}" for p in ports]}
-        config = json.dumps({**TINY, "arch_gradient": "first_order", "operations":
-                             list(TINY["operations"]), "validate": False})
+        config = json.dumps(
+            {
+                **TINY,
+                "arch_gradient": "first_order",
+                "operations": list(TINY["operations"]),
+                "validate": False,
+            }
+        )
         directory = self.get_temp_dir() + "/multi"
         processes = []
         for index in range(2):
-            env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2",
-                       TF_CONFIG=json.dumps({"cluster": cluster,
-                                             "task": {"type": "worker", "index": index}}))
-            processes.append(subprocess.Popen(
-                [sys.executable, "-c", WORKER, config, directory], cwd=REPO, env=env,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+            env = dict(
+                os.environ,
+                PYTHONPATH=REPO,
+                TF_CPP_MIN_LOG_LEVEL="2",
+                TF_CONFIG=json.dumps(
+                    {"cluster": cluster, "task": {"type": "worker", "index": index}}
+                ),
+            )
+            processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", WORKER, config, directory],
+                    cwd=REPO,
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            )
         results = []
         for p in processes:
             out, err = p.communicate(timeout=300)

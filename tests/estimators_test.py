@@ -16,14 +16,21 @@ import tensorflow as tf
 
 try:  # two logical CPUs before any TF op (a conftest.py may already have done it)
     tf.config.set_logical_device_configuration(
-        tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+        tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * 2
+    )
 except RuntimeError:
     pass
 
 import keras  # noqa: E402
 
-from tf_amended_darts import distribute, errors, estimators, operations, search_model  # noqa: E402
-from tf_amended_darts import search_space  # noqa: E402
+from tf_amended_darts import (  # noqa: E402
+    distribute,
+    errors,
+    estimators,
+    operations,
+    search_model,
+    search_space,  # noqa: E402
+)
 
 NAMES = ("first_order", "second_order", "amended", "implicit")
 
@@ -38,8 +45,12 @@ def cross_entropy(labels, logits):
 
 def rel_err(actual, expected):
     actual = np.concatenate([np.ravel(a) for a in actual]) if isinstance(actual, list) else actual
-    expected = np.concatenate([np.ravel(e) for e in expected]) if isinstance(expected, list) else expected
-    return np.linalg.norm(np.ravel(actual) - np.ravel(expected)) / np.linalg.norm(np.ravel(expected))
+    expected = (
+        np.concatenate([np.ravel(e) for e in expected]) if isinstance(expected, list) else expected
+    )
+    return np.linalg.norm(np.ravel(actual) - np.ravel(expected)) / np.linalg.norm(
+        np.ravel(expected)
+    )
 
 
 class RidgeModel(keras.Model):
@@ -107,7 +118,10 @@ class RidgeProblem:
         return model
 
     def batches(self):
-        return (tf.constant(self.x), tf.constant(self.y)), (tf.constant(self.xv), tf.constant(self.yv))
+        return (tf.constant(self.x), tf.constant(self.y)), (
+            tf.constant(self.xv),
+            tf.constant(self.yv),
+        )
 
 
 class MaxPool3x3(keras.layers.Layer):
@@ -127,23 +141,38 @@ class ToyMixedNet(keras.Model):
         super().__init__(dtype=dtype)
         init = lambda s: keras.initializers.GlorotUniform(seed=seed + s)  # noqa: E731
         bn = lambda affine: keras.layers.BatchNormalization(  # noqa: E731
-            synchronized=True, center=affine, scale=affine, momentum=0.9, epsilon=1e-5, dtype=dtype)
-        self.stem = keras.layers.Conv2D(channels, 3, padding="same", use_bias=False,
-                                        kernel_initializer=init(0), dtype=dtype)
+            synchronized=True, center=affine, scale=affine, momentum=0.9, epsilon=1e-5, dtype=dtype
+        )
+        self.stem = keras.layers.Conv2D(
+            channels, 3, padding="same", use_bias=False, kernel_initializer=init(0), dtype=dtype
+        )
         self.stem_bn = bn(True)
         self.ops, self.op_bns = [], []
         for e in range(2):
             self.ops += [
-                keras.layers.Conv2D(channels, 3, padding="same", use_bias=False,
-                                    kernel_initializer=init(10 * e + 1), dtype=dtype),
-                keras.layers.Conv2D(channels, 1, use_bias=False,
-                                    kernel_initializer=init(10 * e + 2), dtype=dtype),
-                MaxPool3x3(dtype=dtype)]
+                keras.layers.Conv2D(
+                    channels,
+                    3,
+                    padding="same",
+                    use_bias=False,
+                    kernel_initializer=init(10 * e + 1),
+                    dtype=dtype,
+                ),
+                keras.layers.Conv2D(
+                    channels, 1, use_bias=False, kernel_initializer=init(10 * e + 2), dtype=dtype
+                ),
+                MaxPool3x3(dtype=dtype),
+            ]
             self.op_bns += [bn(False) for _ in range(3)]
         self.head = keras.layers.Dense(num_classes, kernel_initializer=init(100), dtype=dtype)
-        self.alphas = [self.add_weight(shape=(3,), name=f"alpha_{e}",
-                                       initializer=keras.initializers.RandomNormal(0.0, 0.5, seed + 200 + e))
-                       for e in range(2)]
+        self.alphas = [
+            self.add_weight(
+                shape=(3,),
+                name=f"alpha_{e}",
+                initializer=keras.initializers.RandomNormal(0.0, 0.5, seed + 200 + e),
+            )
+            for e in range(2)
+        ]
 
     @property
     def arch_variables(self):
@@ -158,16 +187,23 @@ class ToyMixedNet(keras.Model):
         h = tf.nn.relu(self.stem_bn(self.stem(x), training=training))
         for e, alpha in enumerate(self.alphas):
             p = tf.nn.softmax(alpha)
-            mixed = [p[k] * self.op_bns[3 * e + k](self.ops[3 * e + k](tf.nn.relu(h)), training=training)
-                     for k in range(3)]
+            mixed = [
+                p[k] * self.op_bns[3 * e + k](self.ops[3 * e + k](tf.nn.relu(h)), training=training)
+                for k in range(3)
+            ]
             h = h + tf.add_n(mixed)
         return self.head(tf.reduce_mean(h, axis=[1, 2]))
 
 
 def toy_batches(seed, batch=8, size=6, num_classes=3, dtype=tf.float64):
     rng = np.random.default_rng(seed)
-    make = lambda: (tf.constant(rng.normal(size=(batch, size, size, 2)), dtype=dtype),  # noqa: E731
-                    tf.constant(rng.integers(0, num_classes, size=batch), dtype=tf.int32))
+
+    def make():
+        return (
+            tf.constant(rng.normal(size=(batch, size, size, 2)), dtype=dtype),  # noqa: E731
+            tf.constant(rng.integers(0, num_classes, size=batch), dtype=tf.int32),
+        )
+
     return make(), make()
 
 
@@ -180,23 +216,32 @@ def build_toy(dtype="float64"):
 def toy_weight_state(model, seed=3):
     rng = np.random.default_rng(seed)
     return estimators.WeightOptimizerState(
-        learning_rate=tf.constant(0.05, tf.float64), momentum=tf.constant(0.9, tf.float64),
+        learning_rate=tf.constant(0.05, tf.float64),
+        momentum=tf.constant(0.9, tf.float64),
         weight_decay=tf.constant(3e-4, tf.float64),
-        momentum_buffers=[tf.constant(0.1 * rng.normal(size=v.shape)) for v in model.weight_variables])
+        momentum_buffers=[
+            tf.constant(0.1 * rng.normal(size=v.shape)) for v in model.weight_variables
+        ],
+    )
 
 
 def all_estimators(products="exact"):
-    return [estimators.make_estimator(name, products=products, **({"iterations": 2} if name == "implicit" else {}))
-            for name in NAMES]
+    return [
+        estimators.make_estimator(
+            name, products=products, **({"iterations": 2} if name == "implicit" else {})
+        )
+        for name in NAMES
+    ]
 
 
 class RidgeGroundTruthTest(tf.test.TestCase):
-
     def setUp(self):
         super().setUp()
         self.problem = RidgeProblem()
         self.train, self.val = self.problem.batches()
-        self.state = estimators.WeightOptimizerState(weight_decay=tf.constant(self.problem.wd, tf.float64))
+        self.state = estimators.WeightOptimizerState(
+            weight_decay=tf.constant(self.problem.wd, tf.float64)
+        )
 
     def test_numpy_hypergradient_is_the_derivative_of_the_val_loss_at_w_star(self):
         # Guards the ground truth itself: IFT formula vs central differences of L_val(w*(a), a).
@@ -215,7 +260,8 @@ class RidgeGroundTruthTest(tf.test.TestCase):
     def test_first_order_is_grad_alpha_of_val_loss(self):
         w = self.problem.w_star()
         grads, diag = estimators.FirstOrderEstimator().estimate(
-            self.problem.model(w), squared_error, self.train, self.val)
+            self.problem.model(w), squared_error, self.train, self.val
+        )
         self.assertLess(rel_err(grads[0].numpy(), self.problem.val_grads(w)[0]), 1e-10)
         self.assertAllClose(diag["val_loss"], self.problem.val_loss(w, self.problem.a), rtol=1e-12)
         self.assertEqual(float(diag["correction_norm"]), 0.0)
@@ -225,11 +271,15 @@ class RidgeGroundTruthTest(tf.test.TestCase):
         expected = self.problem.hypergradient()
         lam_max = np.linalg.eigvalsh(self.problem.hessian()).max()
         for products in estimators.PRODUCTS:
-            for params in ({"solver": "cg", "iterations": 10},
-                           {"solver": "neumann", "iterations": 150, "neumann_scale": 1.0 / lam_max}):
+            for params in (
+                {"solver": "cg", "iterations": 10},
+                {"solver": "neumann", "iterations": 150, "neumann_scale": 1.0 / lam_max},
+            ):
                 with self.subTest(products=products, **params):
                     est = estimators.make_estimator("implicit", products=products, **params)
-                    grads, diag = est.estimate(model, squared_error, self.train, self.val, self.state)
+                    grads, diag = est.estimate(
+                        model, squared_error, self.train, self.val, self.state
+                    )
                     self.assertLess(rel_err(grads[0].numpy(), expected), 1e-3)
                     self.assertLess(float(diag["residual_norm"]), 1e-3)
 
@@ -242,9 +292,12 @@ class RidgeGroundTruthTest(tf.test.TestCase):
         for products in estimators.PRODUCTS:
             with self.subTest(products=products):
                 grads, diag = estimators.AmendedEstimator(eta=0.3, products=products).estimate(
-                    p.model(w), squared_error, self.train, self.val, self.state)
+                    p.model(w), squared_error, self.train, self.val, self.state
+                )
                 self.assertLess(rel_err(grads[0].numpy() - g1, expected_correction), 1e-6)
-                self.assertAllClose(diag["correction_norm"], np.linalg.norm(expected_correction), rtol=1e-6)
+                self.assertAllClose(
+                    diag["correction_norm"], np.linalg.norm(expected_correction), rtol=1e-6
+                )
                 self.assertAllClose(diag["g1_norm"], np.linalg.norm(g1), rtol=1e-10)
 
     def test_second_order_is_derivative_of_unrolled_objective(self):
@@ -254,8 +307,11 @@ class RidgeGroundTruthTest(tf.test.TestCase):
         buf = rng.normal(size=p.d)
         xi, momentum = 0.05, 0.9
         state = estimators.WeightOptimizerState(
-            learning_rate=tf.constant(xi, tf.float64), momentum=tf.constant(momentum, tf.float64),
-            weight_decay=tf.constant(p.wd, tf.float64), momentum_buffers=[tf.constant(buf)])
+            learning_rate=tf.constant(xi, tf.float64),
+            momentum=tf.constant(momentum, tf.float64),
+            weight_decay=tf.constant(p.wd, tf.float64),
+            momentum_buffers=[tf.constant(buf)],
+        )
 
         def unrolled_objective(a):  # train_grad_w includes wd * w
             return p.val_loss(w - xi * (p.train_grad_w(w, a) + momentum * buf), a)
@@ -268,7 +324,8 @@ class RidgeGroundTruthTest(tf.test.TestCase):
         for products in estimators.PRODUCTS:
             with self.subTest(products=products):
                 grads, _ = estimators.SecondOrderEstimator(products=products).estimate(
-                    p.model(w), squared_error, self.train, self.val, state)
+                    p.model(w), squared_error, self.train, self.val, state
+                )
                 self.assertLess(rel_err(grads[0].numpy(), np.array(numeric)), 1e-6)
 
     def test_product_helpers_match_explicit_matrices(self):
@@ -278,10 +335,17 @@ class RidgeGroundTruthTest(tf.test.TestCase):
         vector = np.random.default_rng(2).normal(size=p.d)
         for products, tol in (("exact", 1e-12), ("finite_difference", 1e-7)):
             with self.subTest(products=products):
-                hv = estimators.hessian_vector_product(model, squared_error, self.train, [tf.constant(vector)],
-                                                       products=products, weight_decay=p.wd)
-                bu = estimators.mixed_vector_product(model, squared_error, self.train, [tf.constant(vector)],
-                                                     products=products)
+                hv = estimators.hessian_vector_product(
+                    model,
+                    squared_error,
+                    self.train,
+                    [tf.constant(vector)],
+                    products=products,
+                    weight_decay=p.wd,
+                )
+                bu = estimators.mixed_vector_product(
+                    model, squared_error, self.train, [tf.constant(vector)], products=products
+                )
                 self.assertLess(rel_err(hv[0].numpy(), p.hessian() @ vector), tol)
                 self.assertLess(rel_err(bu[0].numpy(), p.mixed(w) @ vector), tol)
 
@@ -305,29 +369,42 @@ class RidgeGroundTruthTest(tf.test.TestCase):
             term, total = term - scale * damped @ term, total + term
         decay_only = estimators.WeightOptimizerState(weight_decay=p.wd)
         cases = {
-            "amended": (estimators.AmendedEstimator(eta=0.1), decay_only,
-                        g1 - 0.1 * mixed @ hessian @ v),
-            "second_order": (estimators.SecondOrderEstimator(), estimators.WeightOptimizerState(
-                learning_rate=xi, momentum=momentum, weight_decay=p.wd, momentum_buffers=[buf]),
-                g1_unrolled - xi * mixed @ v_unrolled),
-            "implicit": (estimators.ImplicitEstimator(
-                solver="neumann", iterations=iterations, damping=damping, neumann_scale=scale),
-                decay_only, g1 - mixed @ (scale * total)),
+            "amended": (
+                estimators.AmendedEstimator(eta=0.1),
+                decay_only,
+                g1 - 0.1 * mixed @ hessian @ v,
+            ),
+            "second_order": (
+                estimators.SecondOrderEstimator(),
+                estimators.WeightOptimizerState(
+                    learning_rate=xi, momentum=momentum, weight_decay=p.wd, momentum_buffers=[buf]
+                ),
+                g1_unrolled - xi * mixed @ v_unrolled,
+            ),
+            "implicit": (
+                estimators.ImplicitEstimator(
+                    solver="neumann", iterations=iterations, damping=damping, neumann_scale=scale
+                ),
+                decay_only,
+                g1 - mixed @ (scale * total),
+            ),
         }
         for name, (estimator, state, expected) in cases.items():
             with self.subTest(name):
                 grads, _ = estimator.estimate(model, squared_error, train, val, state)
                 self.assertLess(rel_err(grads[0].numpy(), expected), 1e-12)
-        hv = estimators.hessian_vector_product(model, squared_error, train, [tf.constant(v)],
-                                               weight_decay=p.wd)
+        hv = estimators.hessian_vector_product(
+            model, squared_error, train, [tf.constant(v)], weight_decay=p.wd
+        )
         self.assertLess(rel_err(hv[0].numpy(), hessian @ v), 1e-12)
 
     def test_val_loss_is_at_the_current_weights_for_every_estimator(self):
         p = self.problem
         w = p.w_star() + 0.2 * np.random.default_rng(6).normal(size=p.d)
         xi = 0.05
-        state = estimators.WeightOptimizerState(learning_rate=tf.constant(xi, tf.float64),
-                                                weight_decay=tf.constant(p.wd, tf.float64))
+        state = estimators.WeightOptimizerState(
+            learning_rate=tf.constant(xi, tf.float64), weight_decay=tf.constant(p.wd, tf.float64)
+        )
         diagnostics = {}
         for estimator in all_estimators():
             with self.subTest(estimator.name):
@@ -335,8 +412,12 @@ class RidgeGroundTruthTest(tf.test.TestCase):
                 diagnostics[estimator.name] = diag
                 self.assertAllClose(diag["val_loss"], p.val_loss(w, p.a), rtol=1e-12, atol=0)
         unrolled = w - xi * p.train_grad_w(w, p.a)  # no momentum buffers
-        self.assertAllClose(diagnostics["second_order"]["unrolled_val_loss"],
-                            p.val_loss(unrolled, p.a), rtol=1e-12, atol=0)
+        self.assertAllClose(
+            diagnostics["second_order"]["unrolled_val_loss"],
+            p.val_loss(unrolled, p.a),
+            rtol=1e-12,
+            atol=0,
+        )
         self.assertGreater(abs(p.val_loss(unrolled, p.a) / p.val_loss(w, p.a) - 1), 1e-3)
 
     def test_second_order_requires_the_weight_learning_rate(self):
@@ -345,7 +426,8 @@ class RidgeGroundTruthTest(tf.test.TestCase):
             with self.subTest(state=state):
                 with self.assertRaisesRegex(ValueError, "^second_order needs weight_state"):
                     estimators.SecondOrderEstimator().estimate(
-                        model, squared_error, self.train, self.val, state)
+                        model, squared_error, self.train, self.val, state
+                    )
 
     def test_keras_sgd_state_predicts_the_next_keras_step(self):
         p = self.problem
@@ -365,7 +447,6 @@ class RidgeGroundTruthTest(tf.test.TestCase):
 
 
 class ToyNetworkTest(tf.test.TestCase):
-
     def test_no_side_effects(self):
         keras.utils.set_random_seed(0)
         model = build_toy()
@@ -374,9 +455,13 @@ class ToyNetworkTest(tf.test.TestCase):
         arch_optimizer = keras.optimizers.Adam(3e-4, beta_1=0.5)
         with tf.GradientTape() as tape:  # one real step so slots and BN statistics are non-trivial
             loss = tf.reduce_mean(cross_entropy(train[1], model(train[0], training=True)))
-        weight_optimizer.apply_gradients(zip(tape.gradient(loss, model.weight_variables), model.weight_variables))
+        weight_optimizer.apply_gradients(
+            zip(tape.gradient(loss, model.weight_variables), model.weight_variables)
+        )
         arch_optimizer.build(model.arch_variables)
-        state = estimators.weight_state_from_keras_sgd(weight_optimizer, model.weight_variables, 3e-4)
+        state = estimators.weight_state_from_keras_sgd(
+            weight_optimizer, model.weight_variables, 3e-4
+        )
         tracked = model.variables + weight_optimizer.variables + arch_optimizer.variables
         before = [v.numpy().copy() for v in tracked]
         self.assertTrue(any(np.any(v.numpy() != 0) for v in weight_optimizer.variables[2:]))
@@ -394,8 +479,9 @@ class ToyNetworkTest(tf.test.TestCase):
                         tf.function(est.estimate)(model, cross_entropy, train, val, state)
                 self.assertEqual(created, [], f"{est!r} created variables")
                 for variable, value in zip(tracked, before):
-                    self.assertTrue(np.array_equal(variable.numpy(), value),
-                                    f"{est!r} changed {variable.path}")
+                    self.assertTrue(
+                        np.array_equal(variable.numpy(), value), f"{est!r} changed {variable.path}"
+                    )
 
     def test_exact_and_finite_difference_agree(self):
         # float64 and a small radius: the reference's R = 0.01 / ||v|| crosses ReLU / max-pool
@@ -405,10 +491,15 @@ class ToyNetworkTest(tf.test.TestCase):
         state = toy_weight_state(model)
         for name in NAMES:
             params = {"iterations": 3, "damping": 1.0} if name == "implicit" else {}
-            exact, _ = estimators.make_estimator(name, **params).estimate(model, cross_entropy, train, val, state)
-            fd, _ = estimators.make_estimator(name, products="finite_difference", fd_radius=1e-5,
-                                              **params).estimate(model, cross_entropy, train, val, state)
-            self.assertLess(rel_err([g.numpy() for g in fd], [g.numpy() for g in exact]), 1e-6, name)
+            exact, _ = estimators.make_estimator(name, **params).estimate(
+                model, cross_entropy, train, val, state
+            )
+            fd, _ = estimators.make_estimator(
+                name, products="finite_difference", fd_radius=1e-5, **params
+            ).estimate(model, cross_entropy, train, val, state)
+            self.assertLess(
+                rel_err([g.numpy() for g in fd], [g.numpy() for g in exact]), 1e-6, name
+            )
 
     def test_float32_hessian_vector_product_matches_float64(self):
         model64, model32 = build_toy("float64"), build_toy("float32")
@@ -416,9 +507,15 @@ class ToyNetworkTest(tf.test.TestCase):
         (x, y), _ = toy_batches(2)
         rng = np.random.default_rng(5)
         vector = [rng.normal(size=v.shape) for v in model64.weight_variables]
-        hv64 = estimators.hessian_vector_product(model64, cross_entropy, (x, y), [tf.constant(v) for v in vector])
-        hv32 = estimators.hessian_vector_product(model32, cross_entropy, (tf.cast(x, tf.float32), y),
-                                                 [tf.constant(v, tf.float32) for v in vector])
+        hv64 = estimators.hessian_vector_product(
+            model64, cross_entropy, (x, y), [tf.constant(v) for v in vector]
+        )
+        hv32 = estimators.hessian_vector_product(
+            model32,
+            cross_entropy,
+            (tf.cast(x, tf.float32), y),
+            [tf.constant(v, tf.float32) for v in vector],
+        )
         self.assertLess(rel_err([h.numpy() for h in hv32], [h.numpy() for h in hv64]), 1e-4)
 
     def test_architecture_step_traces_once(self):
@@ -452,12 +549,18 @@ class ToyNetworkTest(tf.test.TestCase):
             nodes = []
             for iterations in (2, 6):
                 est = estimators.ImplicitEstimator(solver=solver, iterations=iterations)
-                step = tf.function(lambda t, v, est=est: est.estimate(model, cross_entropy, t, v, state))
+                step = tf.function(
+                    lambda t, v, est=est: est.estimate(model, cross_entropy, t, v, state)
+                )
                 nodes.append(len(step.get_concrete_function(train, val).graph.as_graph_def().node))
                 traced, traced_diag = step(train, val)
                 eager, eager_diag = est.estimate(model, cross_entropy, train, val, state)
-                self.assertLess(rel_err([g.numpy() for g in traced], [g.numpy() for g in eager]), 1e-10)
-                self.assertAllClose(traced_diag["residual_norm"], eager_diag["residual_norm"], rtol=1e-10)
+                self.assertLess(
+                    rel_err([g.numpy() for g in traced], [g.numpy() for g in eager]), 1e-10
+                )
+                self.assertAllClose(
+                    traced_diag["residual_norm"], eager_diag["residual_norm"], rtol=1e-10
+                )
             self.assertEqual(nodes[0], nodes[1], solver)
 
     def test_mismatched_vectors_raise_value_errors_naming_the_argument(self):
@@ -469,9 +572,12 @@ class ToyNetworkTest(tf.test.TestCase):
         kernel = next(i for i, v in enumerate(variables) if len(v.shape) == 4)
         broadcastable = list(matching)
         broadcastable[kernel] = tf.ones(variables[kernel].shape[-1:], tf.float64)
-        mismatched = {"shorter": matching[:-1], "broadcastable": broadcastable,
-                      "scalars": [tf.constant(1.0, tf.float64) for _ in variables],
-                      "one tensor": matching[kernel]}
+        mismatched = {
+            "shorter": matching[:-1],
+            "broadcastable": broadcastable,
+            "scalars": [tf.constant(1.0, tf.float64) for _ in variables],
+            "one tensor": matching[kernel],
+        }
         for case, vectors in mismatched.items():
             for product in (estimators.hessian_vector_product, estimators.mixed_vector_product):
                 with self.subTest(case=case, function=product.__name__):
@@ -480,16 +586,25 @@ class ToyNetworkTest(tf.test.TestCase):
             with self.subTest(case=case, function="second_order"):
                 state = toy_weight_state(model)._replace(momentum_buffers=vectors)
                 with self.assertRaisesRegex(ValueError, r"^weight_state\.momentum_buffers[^\n]*$"):
-                    estimators.SecondOrderEstimator().estimate(model, cross_entropy, train, val,
-                                                               state)
+                    estimators.SecondOrderEstimator().estimate(
+                        model, cross_entropy, train, val, state
+                    )
         with self.assertRaisesRegex(ValueError, "vector has"):  # raised while tracing
-            tf.function(lambda b, v: estimators.hessian_vector_product(
-                model, cross_entropy, b, v))(train, matching[:-1])
+            tf.function(lambda b, v: estimators.hessian_vector_product(model, cross_entropy, b, v))(
+                train, matching[:-1]
+            )
 
     def test_bad_parameters_raise_one_line_input_errors(self):
-        cases = [("amended", {"eta": -1.0}), ("implicit", {"iterations": 0}), ("implicit", {"solver": "lu"}),
-                 ("implicit", {"damping": -1e-3}), ("second_order", {"products": "magic"}),
-                 ("first_order", {"fd_radius": 0.0}), ("first_order", {"eta": 0.1}), ("third_order", {})]
+        cases = [
+            ("amended", {"eta": -1.0}),
+            ("implicit", {"iterations": 0}),
+            ("implicit", {"solver": "lu"}),
+            ("implicit", {"damping": -1e-3}),
+            ("second_order", {"products": "magic"}),
+            ("first_order", {"fd_radius": 0.0}),
+            ("first_order", {"eta": 0.1}),
+            ("third_order", {}),
+        ]
         for name, params in cases:
             with self.subTest(name=name, **params):
                 with self.assertRaises(errors.InputError) as raised:
@@ -500,7 +615,9 @@ class ToyNetworkTest(tf.test.TestCase):
         model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
         x = tf.zeros([2, 3])
         with self.assertRaisesRegex(ValueError, "arch_variables"):
-            estimators.FirstOrderEstimator().estimate(model, squared_error, (x, x[:, 0]), (x, x[:, 0]))
+            estimators.FirstOrderEstimator().estimate(
+                model, squared_error, (x, x[:, 0]), (x, x[:, 0])
+            )
 
 
 TINY_SPACE = search_space.get_search_space("darts").replace(cells=3, channels=4, nodes=2)
@@ -526,8 +643,13 @@ def build_tiny_search_network(dtype):
 
 def tiny_batches(dtype, seed=1, batch=8):
     rng = np.random.default_rng(seed)
-    make = lambda: (tf.constant(rng.normal(size=(batch, 8, 8, 1)), dtype),  # noqa: E731
-                    tf.constant(rng.integers(0, 10, size=batch), tf.int32))
+
+    def make():
+        return (
+            tf.constant(rng.normal(size=(batch, 8, 8, 1)), dtype),  # noqa: E731
+            tf.constant(rng.integers(0, 10, size=batch), tf.int32),
+        )
+
     return make(), make()
 
 
@@ -552,16 +674,19 @@ class TinySearchNetworkTest(tf.test.TestCase):
 
     def test_exact_and_finite_difference_agree_in_float64(self):
         train, val = tiny_batches(tf.float64)
-        state = estimators.WeightOptimizerState(learning_rate=tf.constant(0.025, tf.float64),
-                                                weight_decay=tf.constant(3e-4, tf.float64))
+        state = estimators.WeightOptimizerState(
+            learning_rate=tf.constant(0.025, tf.float64), weight_decay=tf.constant(3e-4, tf.float64)
+        )
         # Implicit uses the same two products (tested on the toy net); skipped here for time.
         for name in ("second_order", "amended"):
             with self.subTest(name=name):
                 params = {}
                 exact, diag = estimators.make_estimator(name, **params).estimate(
-                    self.net64, cross_entropy, train, val, state)
-                fd, _ = estimators.make_estimator(name, products="finite_difference", fd_radius=3e-6,
-                                                  **params).estimate(self.net64, cross_entropy, train, val, state)
+                    self.net64, cross_entropy, train, val, state
+                )
+                fd, _ = estimators.make_estimator(
+                    name, products="finite_difference", fd_radius=3e-6, **params
+                ).estimate(self.net64, cross_entropy, train, val, state)
                 self.assertGreater(float(diag["correction_norm"]), 1e-3)  # the products matter
                 self.assertLess(rel_err([g.numpy() for g in fd], [g.numpy() for g in exact]), 1e-6)
 
@@ -570,11 +695,15 @@ class TinySearchNetworkTest(tf.test.TestCase):
         (x, y), val = tiny_batches(tf.float64)
         rng = np.random.default_rng(5)
         vector = [rng.normal(size=v.shape) for v in self.net64.weight_variables]
-        hv64 = estimators.hessian_vector_product(self.net64, cross_entropy, (x, y),
-                                                 [tf.constant(v) for v in vector], weight_decay=3e-4)
+        hv64 = estimators.hessian_vector_product(
+            self.net64, cross_entropy, (x, y), [tf.constant(v) for v in vector], weight_decay=3e-4
+        )
         batch32 = (tf.cast(x, tf.float32), y)
-        hv32 = tf.function(lambda b, v: estimators.hessian_vector_product(
-            self.net32, cross_entropy, b, v, weight_decay=3e-4))(batch32, [tf.constant(v, tf.float32) for v in vector])
+        hv32 = tf.function(
+            lambda b, v: estimators.hessian_vector_product(
+                self.net32, cross_entropy, b, v, weight_decay=3e-4
+            )
+        )(batch32, [tf.constant(v, tf.float32) for v in vector])
         self.assertLess(rel_err([h.numpy() for h in hv32], [h.numpy() for h in hv64]), 1e-4)
 
 
@@ -606,7 +735,6 @@ class MaxPoolSecondDerivativeTest(tf.test.TestCase):
 
 
 class DistributedTest(tf.test.TestCase):
-
     def test_two_replicas_match_one_device(self):
         strategy = distribute.make_strategy("mirrored")
         single = build_toy()
@@ -621,25 +749,39 @@ class DistributedTest(tf.test.TestCase):
         def split(batch):
             half = global_batch // 2
             return strategy.experimental_distribute_values_from_function(
-                lambda ctx: tuple(t[ctx.replica_id_in_sync_group * half:(ctx.replica_id_in_sync_group + 1) * half]
-                                  for t in batch))
+                lambda ctx: tuple(
+                    t[
+                        ctx.replica_id_in_sync_group * half : (ctx.replica_id_in_sync_group + 1)
+                        * half
+                    ]
+                    for t in batch
+                )
+            )
 
         dist_train, dist_val = split(train), split(val)
-        # Finite differences add no new reduction path beyond amended's (H v and B u): test that one.
+        # Finite differences add no new reduction path beyond amended's (H v and B u):
+        # test that one.
         # The replica functions run eagerly (MirroredStrategy runs them in one thread per replica
         # and all-reduces through the same merge_call code); tracing each under the strategy took
         # 2-11 s apiece (48 s in all). The traced path is arch_step below, checked by value.
-        configs = all_estimators("exact") + [estimators.AmendedEstimator(products="finite_difference")]
+        configs = all_estimators("exact") + [
+            estimators.AmendedEstimator(products="finite_difference")
+        ]
         for estimator in configs:
             with self.subTest(estimator=repr(estimator)):
-                expected, expected_diag = estimator.estimate(single, cross_entropy, train, val,
-                                                             toy_weight_state(single), global_batch)
+                expected, expected_diag = estimator.estimate(
+                    single, cross_entropy, train, val, toy_weight_state(single), global_batch
+                )
                 grads, diag = strategy.run(
                     lambda t, v, estimator=estimator: estimator.estimate(
-                        mirrored, cross_entropy, t, v, toy_weight_state(mirrored), global_batch),
-                    args=(dist_train, dist_val))
+                        mirrored, cross_entropy, t, v, toy_weight_state(mirrored), global_batch
+                    ),
+                    args=(dist_train, dist_val),
+                )
                 total = [strategy.reduce("SUM", g, axis=None) for g in grads]
-                self.assertLess(rel_err([g.numpy() for g in total], [g.numpy() for g in expected]), 1e-4)
+                self.assertLess(
+                    rel_err([g.numpy() for g in total], [g.numpy() for g in expected]), 1e-4
+                )
                 for key, value in expected_diag.items():
                     for local in strategy.experimental_local_results(diag[key]):
                         self.assertAllClose(local, value, rtol=1e-4, atol=1e-10, msg=key)
@@ -647,14 +789,17 @@ class DistributedTest(tf.test.TestCase):
         @tf.function
         def arch_step(t, v):
             def replica_fn(t, v):
-                grads, diag = estimators.AmendedEstimator().estimate(mirrored, cross_entropy, t, v,
-                                                                     toy_weight_state(mirrored), global_batch)
+                grads, diag = estimators.AmendedEstimator().estimate(
+                    mirrored, cross_entropy, t, v, toy_weight_state(mirrored), global_batch
+                )
                 arch_optimizer.apply_gradients(zip(grads, mirrored.arch_variables))
                 return grads, diag
+
             return strategy.run(replica_fn, args=(t, v))
 
         expected, expected_diag = estimators.AmendedEstimator().estimate(
-            single, cross_entropy, train, val, toy_weight_state(single), global_batch)
+            single, cross_entropy, train, val, toy_weight_state(single), global_batch
+        )
         alphas_before = [a.numpy() for a in single.arch_variables]
         grads, diag = arch_step(dist_train, dist_val)
         total = [strategy.reduce("SUM", g, axis=None) for g in grads]

@@ -1,5 +1,6 @@
 """Genotypes: DARTS string form, JSON, per-stage cells, validation, published registry."""
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -9,20 +10,20 @@ import tensorflow as tf
 from tf_amended_darts import genotypes
 from tf_amended_darts.genotypes import Genotype, GenotypeError
 
-V2 = ("Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), "
-      "('sep_conv_3x3', 1), ('sep_conv_3x3', 1), ('skip_connect', 0), ('skip_connect', 0), "
-      "('dil_conv_3x3', 2)], normal_concat=[2, 3, 4, 5], reduce=[('max_pool_3x3', 0), "
-      "('max_pool_3x3', 1), ('skip_connect', 2), ('max_pool_3x3', 1), ('max_pool_3x3', 0), "
-      "('skip_connect', 2), ('skip_connect', 2), ('max_pool_3x3', 1)], reduce_concat=[2, 3, 4, 5])")
+V2 = (
+    "Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), "
+    "('sep_conv_3x3', 1), ('sep_conv_3x3', 1), ('skip_connect', 0), ('skip_connect', 0), "
+    "('dil_conv_3x3', 2)], normal_concat=[2, 3, 4, 5], reduce=[('max_pool_3x3', 0), "
+    "('max_pool_3x3', 1), ('skip_connect', 2), ('max_pool_3x3', 1), ('max_pool_3x3', 0), "
+    "('skip_connect', 2), ('skip_connect', 2), ('max_pool_3x3', 1)], reduce_concat=[2, 3, 4, 5])"
+)
 
 
 def _cell(k_edges, ops=("sep_conv_3x3",)):
-    return [(ops[e % len(ops)], e % (2 + node)) for node, n in enumerate(k_edges)
-            for e in range(n)]
+    return [(ops[e % len(ops)], e % (2 + node)) for node, n in enumerate(k_edges) for e in range(n)]
 
 
 class GenotypesTest(tf.test.TestCase):
-
     def test_darts_string_round_trip(self):
         g = Genotype.parse(V2)
         self.assertEqual(g.to_string(), V2)
@@ -39,24 +40,33 @@ class GenotypesTest(tf.test.TestCase):
     def test_json_round_trip(self):
         g = genotypes.PUBLISHED["DARTS_V1"]
         self.assertEqual(Genotype.from_json(g.to_json()), g)
-        flat = json.dumps({"normal": g.normal, "normal_concat": g.normal_concat,
-                           "reduce": g.reduce, "reduce_concat": g.reduce_concat})
+        flat = json.dumps(
+            {
+                "normal": g.normal,
+                "normal_concat": g.normal_concat,
+                "reduce": g.reduce,
+                "reduce_concat": g.reduce_concat,
+            }
+        )
         self.assertEqual(Genotype.from_json(flat), g)
 
     def test_per_stage_and_three_inputs(self):
         cell = genotypes.CellGenotype.from_edges(_cell([2, 3, 3, 3, 3]), range(2, 7))
         self.assertEqual(cell.inputs_per_node, 3)
         self.assertEqual([len(n) for n in cell.nodes], [2, 3, 3, 3, 3])
-        other = genotypes.CellGenotype.from_edges(_cell([2, 3, 3, 3, 3], ("conv_1x1",)),
-                                                  range(2, 7))
+        other = genotypes.CellGenotype.from_edges(
+            _cell([2, 3, 3, 3, 3], ("conv_1x1",)), range(2, 7)
+        )
         g = Genotype((cell, other, cell), (other, cell))
         self.assertTrue(g.per_stage)
         self.assertEqual(Genotype.parse(g.to_string()), g)
         self.assertEqual(Genotype.from_json(g.to_json()), g)
         self.assertEqual(g.cell(False, 1), other)
         self.assertEqual(g.cell(True, 1), cell)
-        self.assertEqual(genotypes.PUBLISHED["DARTS_V2"].cell(True, 1),
-                         genotypes.PUBLISHED["DARTS_V2"].reduce_cells[0])
+        self.assertEqual(
+            genotypes.PUBLISHED["DARTS_V2"].cell(True, 1),
+            genotypes.PUBLISHED["DARTS_V2"].reduce_cells[0],
+        )
 
     def test_count_ops(self):
         g = genotypes.PUBLISHED["DARTS_V2"]
@@ -65,23 +75,36 @@ class GenotypesTest(tf.test.TestCase):
     def test_each_malformed_genotype_gives_its_error(self):
         cases = {
             "unknown operation 'conv_9x9'": V2.replace("'dil_conv_3x3', 2", "'conv_9x9', 2"),
-            "node 5 takes input 7, which is out of range 0..4":
-                V2.replace("'dil_conv_3x3', 2", "'dil_conv_3x3', 7"),
+            "node 5 takes input 7, which is out of range 0..4": V2.replace(
+                "'dil_conv_3x3', 2", "'dil_conv_3x3', 7"
+            ),
             "wrong number of edges: 7 edges": V2.replace("('dil_conv_3x3', 2)]", "]"),
-            "wrong number of edges per node \\[2, 2, 3\\]": json.dumps({
-                "normal": [{"nodes": [[["skip_connect", 0]] * 2] * 2 + [[["skip_connect", 0]] * 3],
-                            "concat": [2, 3, 4]}], "reduce": [{"nodes": [[["skip_connect", 0]]],
-                                                               "concat": [2]}]}),
+            "wrong number of edges per node \\[2, 2, 3\\]": json.dumps(
+                {
+                    "normal": [
+                        {
+                            "nodes": [[["skip_connect", 0]] * 2] * 2 + [[["skip_connect", 0]] * 3],
+                            "concat": [2, 3, 4],
+                        }
+                    ],
+                    "reduce": [{"nodes": [[["skip_connect", 0]]], "concat": [2]}],
+                }
+            ),
             "malformed DARTS text": V2[:-5],
             "expected Genotype\\(normal": "Genotype([], [], [], [])",
-            "fields \\['normal', 'normal_concat', 'reduce'\\]":
-                V2.replace(", reduce_concat=[2, 3, 4, 5]", ""),
-            "is not an \\(operation, input\\) pair": V2.replace("('dil_conv_3x3', 2)",
-                                                                "('dil_conv_3x3', '2')"),
+            "fields \\['normal', 'normal_concat', 'reduce'\\]": V2.replace(
+                ", reduce_concat=[2, 3, 4, 5]", ""
+            ),
+            "is not an \\(operation, input\\) pair": V2.replace(
+                "('dil_conv_3x3', 2)", "('dil_conv_3x3', '2')"
+            ),
             "malformed JSON": '{"normal": [',
-            "concat \\[2, 9\\]": json.dumps({
-                "normal": [{"nodes": [[["skip_connect", 0]]], "concat": [2, 9]}],
-                "reduce": [{"nodes": [[["skip_connect", 0]]], "concat": [2]}]}),
+            "concat \\[2, 9\\]": json.dumps(
+                {
+                    "normal": [{"nodes": [[["skip_connect", 0]]], "concat": [2, 9]}],
+                    "reduce": [{"nodes": [[["skip_connect", 0]]], "concat": [2]}],
+                }
+            ),
         }
         for message, text in cases.items():
             with self.subTest(message=message):
@@ -92,8 +115,12 @@ class GenotypesTest(tf.test.TestCase):
         nodes = [[["skip_connect", 0], ["skip_connect", 1]]]
 
         def as_json(concat=(2,), cell_nodes=nodes, deep=""):
-            text = json.dumps({"normal": [{"nodes": cell_nodes, "concat": concat}],
-                               "reduce": [{"nodes": nodes, "concat": [2]}]})
+            text = json.dumps(
+                {
+                    "normal": [{"nodes": cell_nodes, "concat": concat}],
+                    "reduce": [{"nodes": nodes, "concat": [2]}],
+                }
+            )
             return text.replace('"concat": [2]}]}', '"concat": [2]}]' + deep + "}")
 
         def as_text(concat):
@@ -103,20 +130,26 @@ class GenotypesTest(tf.test.TestCase):
             "concat must be a list of node numbers, got 2.5": [as_text("2.5"), as_json(2.5)],
             "concat must be a list of node numbers, got 5": [as_text("5"), as_json(5)],
             "concat \\['2', '3'\\] holds '2', not a node number": [
-                as_text("['2', '3']"), as_json(["2", "3"])],
+                as_text("['2', '3']"),
+                as_json(["2", "3"]),
+            ],
             "holds 3.0, not a node number": [as_text("[2, 3.0, 4, 5]")],
             "holds True, not a node number": [as_text("[True, 3, 4, 5]")],
-            "holds inf, not a node number": [as_text("[2, 3, 4, 1e999]"),
-                                             as_json().replace("[2]", "[1e999]", 1)],
+            "holds inf, not a node number": [
+                as_text("[2, 3, 4, 1e999]"),
+                as_json().replace("[2]", "[1e999]", 1),
+            ],
             "normal: no intermediate nodes": [as_json(cell_nodes=[])],
             "concat \\[0, 2, 3, 4, 5\\] must be distinct intermediate nodes in 2..5": [
-                as_text("[0, 2, 3, 4, 5]")],
-            "concat \\[1, 2\\] must be distinct intermediate nodes in 2..2": [
-                as_json([1, 2])],
+                as_text("[0, 2, 3, 4, 5]")
+            ],
+            "concat \\[1, 2\\] must be distinct intermediate nodes in 2..2": [as_json([1, 2])],
             "concat \\[2, 3, 4\\] leaves out the last node 5": [
-                json.dumps(Genotype.parse(V2).to_dict()).replace("[2, 3, 4, 5]", "[2, 3, 4]", 1)],
-            "malformed JSON: nested too deeply": [as_json(deep=', "x": ' + "[" * 100_000
-                                                           + "]" * 100_000)],
+                json.dumps(Genotype.parse(V2).to_dict()).replace("[2, 3, 4, 5]", "[2, 3, 4]", 1)
+            ],
+            "malformed JSON: nested too deeply": [
+                as_json(deep=', "x": ' + "[" * 100_000 + "]" * 100_000)
+            ],
             "malformed JSON: NaN is not a number": [as_json().replace("[2]", "[NaN]", 1)],
             "keys \\['normal', 'reduce', 'x'\\]": [as_json(deep=', "x": 1')],
             "normal_concat= given twice": [as_text("[2, 3, 4, 5], normal_concat=[2]")],
@@ -133,8 +166,9 @@ class GenotypesTest(tf.test.TestCase):
 
     def test_a_huge_genotype_gives_a_short_line(self):
         edges = [["sep_conv_3x3" + "x" * 100, "9"]] * 10_000
-        text = json.dumps({"normal": edges, "normal_concat": [2], "reduce": edges,
-                           "reduce_concat": [2]})
+        text = json.dumps(
+            {"normal": edges, "normal_concat": [2], "reduce": edges, "reduce_concat": [2]}
+        )
         with self.assertRaisesRegex(GenotypeError, "and [0-9]+ more$") as c:
             genotypes.load_genotype(text)
         self.assertLess(len(str(c.exception)), 4000)  # the problems alone: 2 MB
@@ -151,7 +185,8 @@ class GenotypesTest(tf.test.TestCase):
     def test_problems_are_all_listed(self):
         text = V2.replace("'dil_conv_3x3', 2", "'conv_9x9', 2").replace(
             "('max_pool_3x3', 0), ('max_pool_3x3', 1), ('skip_connect', 2)",
-            "('max_pool_3x3', 0), ('max_pool_3x3', 1), ('skip_connect', 3)")
+            "('max_pool_3x3', 0), ('max_pool_3x3', 1), ('skip_connect', 3)",
+        )
         with self.assertRaises(GenotypeError) as ctx:
             Genotype.parse(text)
         self.assertIn("normal: unknown operation 'conv_9x9'", str(ctx.exception))
@@ -178,7 +213,7 @@ class GenotypesTest(tf.test.TestCase):
 
     def test_immutable(self):
         g = genotypes.PUBLISHED["DARTS_V2"]
-        with self.assertRaises(Exception):
+        with self.assertRaises(dataclasses.FrozenInstanceError):
             g.normal_cells = ()
         self.assertIsInstance(g.normal_cells[0].nodes, tuple)
 

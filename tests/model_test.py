@@ -13,7 +13,6 @@ V2 = genotypes.PUBLISHED["DARTS_V2"]
 
 
 class NetworkTest(tf.test.TestCase):
-
     def test_cifar_outputs_and_auxiliary_head(self):
         net = model.NetworkCIFAR(V2, 8, 5, 10, auxiliary=True)
         x = tf.random.normal((2, 32, 32, 3), seed=0)
@@ -41,8 +40,9 @@ class NetworkTest(tf.test.TestCase):
         ev = model.NetworkCIFAR(g, 4, 5, 10)
         self.assertEqual(tuple(ev(tf.zeros((1, 16, 16, 3))).shape), (1, 10))
         # cells 0 and 3 are normal cells of stages 0 and 1; cell 1 and 4 reductions 0 and 1
-        self.assertEqual([c.cell_genotype for c in ev.cells],
-                         [g.cell(*space.cell_slot(i)) for i in range(5)])
+        self.assertEqual(
+            [c.cell_genotype for c in ev.cells], [g.cell(*space.cell_slot(i)) for i in range(5)]
+        )
 
     def test_drop_path(self):
         net = model.NetworkCIFAR(V2, 4, 3, 10)
@@ -58,7 +58,7 @@ class NetworkTest(tf.test.TestCase):
         per_example = y.reshape(20000, -1)
         self.assertTrue(np.all(per_example.min(1) == per_example.max(1)))
         self.assertAllClose(np.unique(y), [0.0, 1.0 / 0.75])
-        self.assertAllClose(y.mean(), 1.0, atol=0.02)   # 4 sigma of the Bernoulli mean
+        self.assertAllClose(y.mean(), 1.0, atol=0.02)  # 4 sigma of the Bernoulli mean
 
     def test_keras_round_trip_gives_identical_outputs(self):
         for cls, size in ((model.NetworkCIFAR, 16), (model.NetworkImageNet, 32)):
@@ -77,8 +77,10 @@ class NetworkTest(tf.test.TestCase):
     def test_config_with_the_old_argument_names_still_loads(self):
         # .keras files of version 0.1.0 name the width and depth init_channels and layers_count.
         config = model.NetworkCIFAR(V2, channels=4, cells=3, num_classes=10).get_config()
-        old = {{"channels": "init_channels", "cells": "layers_count"}.get(k, k): v
-               for k, v in config.items()}
+        old = {
+            {"channels": "init_channels", "cells": "layers_count"}.get(k, k): v
+            for k, v in config.items()
+        }
         loaded = model.NetworkCIFAR.from_config(old)
         self.assertEqual((loaded.channels, loaded.num_cells, len(loaded.cells)), (4, 3, 3))
         self.assertEqual(loaded.get_config(), config)

@@ -6,8 +6,8 @@ from keras import layers
 
 from tf_amended_darts import operations, search_space
 
-
 BUILT_IN = operations.DARTS_OPS + ("sep_conv_7x7", "conv_7x1_1x7", "conv_1x1", "conv_3x3")
+
 
 # Per operation, per spatial axis: its windows as (tap offsets around the centre, stride of
 # the op or 1). A k x k window with dilation d, padded symmetrically as the reference pads,
@@ -46,7 +46,6 @@ def _expected_reach(windows, pixel, size, stride):
 
 
 class OperationsTest(tf.test.TestCase):
-
     def test_impulse_reaches_the_reference_windows_at_every_stride(self):
         # Positive weights and an impulse: an output pixel is non-zero exactly when its
         # receptive field contains the impulse, so this compares window placement. TF's
@@ -103,8 +102,9 @@ class OperationsTest(tf.test.TestCase):
             op = operations.DilConv(5, k, stride=2, dilation=2, affine=True)
             x = tf.random.normal((2, 9, 9, 5), seed=2)
             y = op(x, training=False)
-            h = tf.nn.depthwise_conv2d(tf.nn.relu(x), op.depthwise.kernel, [1, 1, 1, 1], "SAME",
-                                       dilations=[2, 2])[:, ::2, ::2, :]
+            h = tf.nn.depthwise_conv2d(
+                tf.nn.relu(x), op.depthwise.kernel, [1, 1, 1, 1], "SAME", dilations=[2, 2]
+            )[:, ::2, ::2, :]
             expected = op.bn(op.pointwise(h), training=False)
             self.assertAllClose(y, expected, atol=1e-5)
 
@@ -112,8 +112,9 @@ class OperationsTest(tf.test.TestCase):
         op = operations.make_operation("sep_conv_3x3", 4, 1, affine=True)
         op(tf.zeros((1, 8, 8, 4)))
         # per block: depthwise 3*3*4 + pointwise 4*4 + BN gamma/beta 2*4; two blocks.
-        self.assertEqual(sum(int(np.prod(v.shape)) for v in op.trainable_variables),
-                         2 * (36 + 16 + 8))
+        self.assertEqual(
+            sum(int(np.prod(v.shape)) for v in op.trainable_variables), 2 * (36 + 16 + 8)
+        )
 
     def test_factorized_reduce_concatenates_offset_grids(self):
         op = operations.FactorizedReduce(4, affine=False)
@@ -143,20 +144,36 @@ class OperationsTest(tf.test.TestCase):
             return tape.gradient(d, s)
 
         s, h = tf.constant(1.3, tf.float64), 1e-6
-        ours = lambda z: operations.max_pool_3x3(z, 1)
-        same = lambda z: tf.nn.max_pool2d(z, 3, 1, "SAME")
+
+        def ours(z):
+            return operations.max_pool_3x3(z, 1)
+
+        def same(z):
+            return tf.nn.max_pool2d(z, 3, 1, "SAME")
+
         fd = (directional(ours, s + h) - directional(ours, s - h)) / (2 * h)
         self.assertAllClose(fd, -44.5956, atol=1e-3)
         self.assertAllClose(tf.function(lambda s: mixed(ours, s))(s), fd, rtol=1e-6)
-        self.assertAllClose(ours(x), same(x))   # same values as SAME at stride 1
+        self.assertAllClose(ours(x), same(x))  # same values as SAME at stride 1
 
         # Stride 2 (even and odd sizes) reads the reference's windows [2i - 1, 2i + 1].
         for size in (6, 7):
             z = rng.normal(size=(2, size, size, 3))
             out = (size + 1) // 2
             padded = np.pad(z, [(0, 0), (1, 1), (1, 1), (0, 0)], constant_values=-np.inf)
-            expected = np.stack([np.stack([padded[:, 2 * i:2 * i + 3, 2 * j:2 * j + 3].max((1, 2))
-                                           for j in range(out)], 1) for i in range(out)], 1)
+            expected = np.stack(
+                [
+                    np.stack(
+                        [
+                            padded[:, 2 * i : 2 * i + 3, 2 * j : 2 * j + 3].max((1, 2))
+                            for j in range(out)
+                        ],
+                        1,
+                    )
+                    for i in range(out)
+                ],
+                1,
+            )
             self.assertAllClose(operations.max_pool_3x3(tf.constant(z), 2), expected)
 
     def test_average_pool_excludes_padding(self):
@@ -170,7 +187,9 @@ class OperationsTest(tf.test.TestCase):
     def test_supernet_bn_has_no_affine_parameters(self):
         op = operations.make_operation("sep_conv_3x3", 4, 1, affine=False)
         op(tf.zeros((1, 8, 8, 4)))
-        self.assertFalse([v for v in op.trainable_variables if "gamma" in v.path or "beta" in v.path])
+        self.assertFalse(
+            [v for v in op.trainable_variables if "gamma" in v.path or "beta" in v.path]
+        )
 
     def test_unknown_operation(self):
         with self.assertRaisesRegex(ValueError, "unknown operation 'conv_9x9'"):
@@ -179,7 +198,8 @@ class OperationsTest(tf.test.TestCase):
     def test_register_operation_extends_search_spaces(self):
         name = "test_relu_conv_5x5"
         operations.register_operation(
-            name, lambda c, stride, affine: operations.ReLUConvBN(c, 5, stride, affine))
+            name, lambda c, stride, affine: operations.ReLUConvBN(c, 5, stride, affine)
+        )
         space = search_space.SearchSpace(operations=("none", "skip_connect", name))
         self.assertIn(name, space.operations)
         y = operations.make_operation(name, 4, 2, False)(tf.zeros((1, 8, 8, 4)))

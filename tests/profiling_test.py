@@ -38,7 +38,6 @@ class ReferenceParityTest(tf.test.TestCase):
 
 
 class MultAddsTest(tf.test.TestCase):
-
     def test_closed_form(self):
         inputs = keras.Input((10, 10, 3))
         x = keras.layers.Conv2D(8, 3, strides=2, padding="same", use_bias=False)(inputs)  # 5x5

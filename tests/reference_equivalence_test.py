@@ -15,13 +15,20 @@ import tensorflow as tf
 
 from tf_amended_darts import genotypes, model, operations, search_model
 
-FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "testdata",
-                       "reference_fixture.npz")
+FIXTURE = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "testdata", "reference_fixture.npz"
+)
 ATOL = 1e-5
 
 # Reference parameter name (last part) -> our variable name, for the same tensor.
-_SAME_TENSOR = {("weight", "kernel"), ("weight", "gamma"), ("bias", "beta"), ("bias", "bias"),
-                ("running_mean", "moving_mean"), ("running_var", "moving_variance")}
+_SAME_TENSOR = {
+    ("weight", "kernel"),
+    ("weight", "gamma"),
+    ("bias", "beta"),
+    ("bias", "bias"),
+    ("running_mean", "moving_mean"),
+    ("running_var", "moving_variance"),
+}
 _OUR_NAMES = {ours for _, ours in _SAME_TENSOR}
 
 
@@ -43,8 +50,7 @@ def transfer(fixture, prefix, layers):
     """Assigns the reference's parameters stored under `prefix` (its state_dict order, which
     follows module creation order) to the variables of `layers` (creation order too): the two
     orders agree, and each pair is checked by name and shape."""
-    theirs = [(key[len(prefix):], fixture[key]) for key in fixture.files
-              if key.startswith(prefix)]
+    theirs = [(key[len(prefix) :], fixture[key]) for key in fixture.files if key.startswith(prefix)]
     ours = [v for layer in layers for v in _model_variables(layer)]
     assert len(theirs) == len(ours), f"{prefix}: {len(theirs)} reference tensors, {len(ours)} ours"
     for (name, value), variable in zip(theirs, ours):
@@ -60,15 +66,15 @@ def nhwc(array):
 
 
 class ReferenceEquivalenceTest(tf.test.TestCase):
-
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
         cls.fixture = np.load(FIXTURE)
 
     def assert_matches(self, ours, reference_nchw):
-        expected = reference_nchw.transpose(0, 2, 3, 1) if reference_nchw.ndim == 4 else \
-            reference_nchw
+        expected = (
+            reference_nchw.transpose(0, 2, 3, 1) if reference_nchw.ndim == 4 else reference_nchw
+        )
         self.assertAllClose(ours, expected, atol=ATOL, rtol=0)
 
     def test_every_operation_at_stride_1_and_2(self):
@@ -116,8 +122,12 @@ class ReferenceEquivalenceTest(tf.test.TestCase):
     def test_darts_v2_network(self):
         f = self.fixture
         x = nhwc(f["network/x"])
-        net = model.NetworkCIFAR(genotypes.PUBLISHED["DARTS_V2"], int(f["network/channels"]),
-                                 int(f["network/cells"]), f["network/logits"].shape[1])
+        net = model.NetworkCIFAR(
+            genotypes.PUBLISHED["DARTS_V2"],
+            int(f["network/channels"]),
+            int(f["network/cells"]),
+            f["network/logits"].shape[1],
+        )
         net.build((None,) + tuple(x.shape[1:]))
         transfer(f, "network/param/stem.", net.stem_layers)
         for i, cell in enumerate(net.cells):
@@ -128,8 +138,9 @@ class ReferenceEquivalenceTest(tf.test.TestCase):
     def test_imagenet_stems(self):
         f = self.fixture
         x = nhwc(f["imagenet_stem/x"])
-        net = model.NetworkImageNet(genotypes.PUBLISHED["DARTS_V2"],
-                                    int(f["imagenet_stem/channels"]), 3, 10)
+        net = model.NetworkImageNet(
+            genotypes.PUBLISHED["DARTS_V2"], int(f["imagenet_stem/channels"]), 3, 10
+        )
         net.stem(x, training=False)  # builds the stems only
         transfer(f, "imagenet_stem/param/stem0.", net.stem0)
         transfer(f, "imagenet_stem/param/stem1.", net.stem1)

@@ -9,9 +9,9 @@ import socket
 import subprocess
 import sys
 
+import file_tree
 import tensorflow as tf
 
-import file_tree
 from tf_amended_darts import run_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,7 +24,6 @@ def one_line(error):
 
 
 class RunDirTest(tf.test.TestCase):
-
     def _run(self, name, config=None):
         """A directory holding a search run with `config` (and a user's file)."""
         directory = os.path.join(self.get_temp_dir(), name)
@@ -47,8 +46,9 @@ class RunDirTest(tf.test.TestCase):
         self.assertEqual(file_tree.snapshot(directory), before)
         self.assertTrue(run_dir.prepare(directory, {"a": 1}, "search", resume=True))
         run_dir.release(directory)
-        self.assertFalse(run_dir.prepare(directory, {"a": 2}, "search", overwrite=True,
-                                         owned=("genotype*",)))
+        self.assertFalse(
+            run_dir.prepare(directory, {"a": 2}, "search", overwrite=True, owned=("genotype*",))
+        )
         run_dir.release(directory)
         self.assertEqual(os.listdir(directory), ["notes.txt"])  # only owned files removed
 
@@ -66,8 +66,12 @@ class RunDirTest(tf.test.TestCase):
         self.assertEqual(file_tree.snapshot(empty), before)
 
     def test_corrupt_run_json_is_one_line_and_changes_nothing(self):
-        for name, text in (("list", "[1, 2]"), ("garbage", "{not json"),
-                           ("binary", "\xff\xfe"), ("config_list", '{"kind": "x", "config": []}')):
+        for name, text in (
+            ("list", "[1, 2]"),
+            ("garbage", "{not json"),
+            ("binary", "\xff\xfe"),
+            ("config_list", '{"kind": "x", "config": []}'),
+        ):
             directory = os.path.join(self.get_temp_dir(), "corrupt_" + name)
             os.makedirs(directory)
             with open(os.path.join(directory, run_dir.RUN_FILE), "w", encoding="latin-1") as f:
@@ -83,17 +87,25 @@ class RunDirTest(tf.test.TestCase):
     def test_second_process_is_refused_until_the_owner_is_killed(self):
         directory = self._run("owned")
         # Another process claims the directory (as a search starting there would).
-        script = ("import sys; from tf_amended_darts import run_dir; "
-                  "run_dir.claim(sys.argv[1]); print('claimed', flush=True); sys.stdin.read()")
-        owner = subprocess.Popen([sys.executable, "-c", script, directory], cwd=REPO,
-                                 env=dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3"),
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        script = (
+            "import sys; from tf_amended_darts import run_dir; "
+            "run_dir.claim(sys.argv[1]); print('claimed', flush=True); sys.stdin.read()"
+        )
+        owner = subprocess.Popen(
+            [sys.executable, "-c", script, directory],
+            cwd=REPO,
+            env=dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3"),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         try:
             self.assertEqual(owner.stdout.readline().strip(), "claimed")
             before = file_tree.snapshot(directory)
             with self.assertRaisesRegex(
-                    run_dir.RunDirError,
-                    rf"owned is in use by process {owner.pid} on {socket.gethostname()}") as c:
+                run_dir.RunDirError,
+                rf"owned is in use by process {owner.pid} on {socket.gethostname()}",
+            ) as c:
                 run_dir.prepare(directory, {"a": 1}, "search", resume=True)
             one_line(c.exception)
             with self.assertRaisesRegex(run_dir.RunDirError, "in use"):
@@ -142,8 +154,9 @@ class RunDirTest(tf.test.TestCase):
     def test_lock_of_another_host_is_respected(self):
         directory = self._run("remote")
         self._lock(directory, pid=os.getpid(), host="elsewhere.example", since="then")
-        with self.assertRaisesRegex(run_dir.RunDirError,
-                                    f"process {os.getpid()} on elsewhere.example since then"):
+        with self.assertRaisesRegex(
+            run_dir.RunDirError, f"process {os.getpid()} on elsewhere.example since then"
+        ):
             run_dir.prepare(directory, {"a": 1}, "search", resume=True)
         run_dir.release(directory)  # not ours: stays
         self.assertTrue(os.path.exists(os.path.join(directory, run_dir.LOCK_FILE)))

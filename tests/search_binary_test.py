@@ -12,15 +12,30 @@ import numpy as np
 import tensorflow as tf
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--cells=3", "--nodes=1", "--channels=4", "--batch_size=16", "--epochs=2",
-        "--steps_per_epoch=2", "--operations=none,skip_connect,avg_pool_3x3,sep_conv_3x3",
-        "--implicit_iterations=2", "--validate=false", "--render=false"]
+TINY = [
+    "--cells=3",
+    "--nodes=1",
+    "--channels=4",
+    "--batch_size=16",
+    "--epochs=2",
+    "--steps_per_epoch=2",
+    "--operations=none,skip_connect,avg_pool_3x3,sep_conv_3x3",
+    "--implicit_iterations=2",
+    "--validate=false",
+    "--render=false",
+]
 
 
 def _search(*args):
     env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run([sys.executable, "-m", "tf_amended_darts.bin.search", *args],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "tf_amended_darts.bin.search", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def _final_probabilities(directory):
@@ -29,7 +44,6 @@ def _final_probabilities(directory):
 
 
 class SearchBinaryTest(tf.test.TestCase):
-
     def test_every_estimator_end_to_end(self):
         for estimator in ("first_order", "second_order", "amended", "implicit"):
             directory = os.path.join(self.get_temp_dir(), estimator)
@@ -58,8 +72,10 @@ class SearchBinaryTest(tf.test.TestCase):
         self.assertEqual(resumed.returncode, 0, resumed.stderr[-3000:])
         self.assertIn("resumed from", resumed.stdout)
         self.assertAllEqual(_final_probabilities(full), _final_probabilities(part))
-        with open(os.path.join(full, "genotype.json")) as a, \
-                open(os.path.join(part, "genotype.json")) as b:
+        with (
+            open(os.path.join(full, "genotype.json")) as a,
+            open(os.path.join(part, "genotype.json")) as b,
+        ):
             self.assertEqual(a.read(), b.read())
 
     def test_kill_9_then_corrupt_checkpoint_resumes_from_older_one_identically(self):
@@ -71,18 +87,36 @@ class SearchBinaryTest(tf.test.TestCase):
         self.assertEqual(_search(f"--output_dir={full}", *common).returncode, 0)
         env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
         killed = subprocess.Popen(
-            [sys.executable, "-m", "tf_amended_darts.bin.search", f"--output_dir={part}",
-             "--checkpoint_every=1", *common], cwd=REPO, env=env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                sys.executable,
+                "-m",
+                "tf_amended_darts.bin.search",
+                f"--output_dir={part}",
+                "--checkpoint_every=1",
+                *common,
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         checkpoints = os.path.join(part, "checkpoints")
         deadline = time.time() + 600
-        while killed.poll() is None and time.time() < deadline and not os.path.exists(
-                os.path.join(checkpoints, "ckpt-2.index")):
+        while (
+            killed.poll() is None
+            and time.time() < deadline
+            and not os.path.exists(os.path.join(checkpoints, "ckpt-2.index"))
+        ):
             time.sleep(0.05)
         killed.kill()
         killed.wait()
-        newest = sorted((int(n[5:-6]) for n in os.listdir(checkpoints)
-                         if n.startswith("ckpt-") and n.endswith(".index")))[-1]
+        newest = sorted(
+            (
+                int(n[5:-6])
+                for n in os.listdir(checkpoints)
+                if n.startswith("ckpt-") and n.endswith(".index")
+            )
+        )[-1]
         data = os.path.join(checkpoints, f"ckpt-{newest}.data-00000-of-00001")
         with open(data, "r+b") as f:
             f.truncate(os.path.getsize(data) // 2)
@@ -92,18 +126,23 @@ class SearchBinaryTest(tf.test.TestCase):
         resumed = _search(f"--output_dir={part}", "--resume", *common)
         self.assertEqual(resumed.returncode, 0, resumed.stderr[-3000:])
         self.assertIn(f"newer one(s) cannot be restored (checkpoint {data[:-20]}", resumed.stdout)
-        self.assertIn(f"resumed from {os.path.join(checkpoints, f'ckpt-{newest - 1}')}",
-                      resumed.stdout)
+        self.assertIn(
+            f"resumed from {os.path.join(checkpoints, f'ckpt-{newest - 1}')}", resumed.stdout
+        )
         self.assertAllEqual(_final_probabilities(full), _final_probabilities(part))
         self.assertFalse(os.path.exists(os.path.join(checkpoints, "ckpt-7_temp")))
         self.assertFalse(os.path.exists(os.path.join(part, "run.lock")))  # released at the end
 
     def test_bad_flags_exit_with_one_clear_line(self):
         out = os.path.join(self.get_temp_dir(), "bad")
-        cases = [(["--dataset=no_such_dataset"], "unknown dataset 'no_such_dataset'"),
-                 (["--operations=none,bogus_op"], "unknown operation 'bogus_op'"),
-                 (["--logical_cpus=2", "--strategy=mirrored", "--batch_size=15"],
-                  "global batch size 15 is not a positive multiple of the 2 replicas")]
+        cases = [
+            (["--dataset=no_such_dataset"], "unknown dataset 'no_such_dataset'"),
+            (["--operations=none,bogus_op"], "unknown operation 'bogus_op'"),
+            (
+                ["--logical_cpus=2", "--strategy=mirrored", "--batch_size=15"],
+                "global batch size 15 is not a positive multiple of the 2 replicas",
+            ),
+        ]
         for extra, message in cases:
             run = _search(f"--output_dir={out}", "--overwrite", *TINY, *extra)
             self.assertEqual(run.returncode, 2, run.stderr[-2000:])
@@ -114,14 +153,17 @@ class SearchBinaryTest(tf.test.TestCase):
 
     def test_flags_out_of_range_are_refused_by_absl_before_anything_is_written(self):
         out = os.path.join(self.get_temp_dir(), "bad_flag")
-        for flag, message in (("--arch_gradient=zeroth_order", "must be one of first_order"),
-                              ("--learning_rate=-0.1", "must be a finite number >= 0"),
-                              ("--logical_cpus=0", "must be an integer >= 1"),
-                              ("--seed=-1", "must be an integer in [0, 4294967295]")):
+        for flag, message in (
+            ("--arch_gradient=zeroth_order", "must be one of first_order"),
+            ("--learning_rate=-0.1", "must be a finite number >= 0"),
+            ("--logical_cpus=0", "must be an integer >= 1"),
+            ("--seed=-1", "must be an integer in [0, 4294967295]"),
+        ):
             run = _search(f"--output_dir={out}", *TINY, flag)
             self.assertEqual(run.returncode, 1, run.stderr[-2000:])
             self.assertIn(f"flag {flag}: {message}", run.stderr.splitlines()[0])
             self.assertFalse(os.path.exists(out))
+
 
 if __name__ == "__main__":
     tf.test.main()

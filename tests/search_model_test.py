@@ -23,7 +23,6 @@ def _one_hot_alphas(space, choice):
 
 
 class MixedOpTest(tf.test.TestCase):
-
     def test_weighted_sum_by_hand(self):
         x = tf.random.normal((2, 6, 6, 4), seed=0)
         for stride in (1, 2):
@@ -43,7 +42,6 @@ class MixedOpTest(tf.test.TestCase):
 
 
 class SearchNetworkTest(tf.test.TestCase):
-
     def test_alphas_are_separate_from_weights(self):
         net = SearchNetwork(TINY, 10, seed=3)
         net.build((None, 8, 8, 1))
@@ -52,7 +50,7 @@ class SearchNetworkTest(tf.test.TestCase):
         self.assertFalse(arch & {id(v) for v in net.weight_variables})
         self.assertEqual(len(net.weight_variables) + 2, len(net.trainable_variables))
         values = np.concatenate([a.numpy().ravel() for a in net.arch_variables])
-        self.assertLess(np.abs(values).max(), 1e-2)      # 1e-3 * N(0, 1)
+        self.assertLess(np.abs(values).max(), 1e-2)  # 1e-3 * N(0, 1)
         self.assertGreater(values.std(), 2e-4)
         self.assertFalse(np.allclose(net.arch_variables[0], net.arch_variables[1]))
         self.assertEqual(tuple(net(tf.zeros((3, 8, 8, 1)), training=True).shape), (3, 10))
@@ -74,8 +72,9 @@ class SearchNetworkTest(tf.test.TestCase):
         self.assertLen(net.arch_variables, 2)
         self.assertNotEmpty([v for v in net.non_trainable_variables if "moving_mean" in v.path])
         # Same seed, same initial alphas as float32 (drawn in float32, then cast).
-        self.assertAllEqual(net.arch_variables[0],
-                            SearchNetwork(TINY, 10, seed=3).arch_variables[0].numpy())
+        self.assertAllEqual(
+            net.arch_variables[0], SearchNetwork(TINY, 10, seed=3).arch_variables[0].numpy()
+        )
         logits = net(tf.zeros((3, 8, 8, 1)), training=True)
         self.assertEqual(logits.dtype, tf.float64)
         self.assertEqual(tuple(logits.shape), (3, 10))
@@ -90,8 +89,9 @@ class SearchNetworkTest(tf.test.TestCase):
         for net in nets:
             net.build((None, 8, 8, 1))
         net32, net64 = nets
-        self.assertEqual([tuple(v.shape) for v in net32.variables],
-                         [tuple(v.shape) for v in net64.variables])
+        self.assertEqual(
+            [tuple(v.shape) for v in net32.variables], [tuple(v.shape) for v in net64.variables]
+        )
         rng = np.random.default_rng(0)
         for a in net32.arch_variables:
             a.assign(rng.normal(size=a.shape).astype(np.float32))
@@ -103,8 +103,9 @@ class SearchNetworkTest(tf.test.TestCase):
         def logits_and_grads(net):
             with tf.GradientTape() as tape:
                 logits = net(x, training=True)
-                loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
-                    y, logits, from_logits=True))
+                loss = tf.reduce_mean(
+                    keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
+                )
             return logits, tape.gradient(loss, net.trainable_variables)
 
         (l32, g32), (l64, g64) = logits_and_grads(net32), logits_and_grads(net64)
@@ -128,7 +129,6 @@ class SearchNetworkTest(tf.test.TestCase):
 
 
 class DeriveGenotypeTest(tf.test.TestCase):
-
     def test_none_is_excluded_even_when_strongest(self):
         space = TINY
         a = _one_hot_alphas(space, {e: (0, 10.0) for e in range(space.num_edges)})
@@ -138,16 +138,34 @@ class DeriveGenotypeTest(tf.test.TestCase):
 
     def test_top_k_edges_by_strongest_non_none_op(self):
         space = search_space.get_search_space("darts")
-        sep, skip, dil = OPS.index("sep_conv_3x3"), OPS.index("skip_connect"), OPS.index("dil_conv_5x5")
+        sep, skip, dil = (
+            OPS.index("sep_conv_3x3"),
+            OPS.index("skip_connect"),
+            OPS.index("dil_conv_5x5"),
+        )
         # Node 2 (edges 0,1), node 3 (2..4), node 4 (5..8), node 5 (9..13).
-        choice = {0: (sep, 1.0), 1: (skip, 2.0), 2: (dil, 0.5), 3: (sep, 3.0), 4: (skip, 2.5),
-                  5: (sep, 4.0), 8: (dil, 5.0), 9: (skip, 1.0), 12: (sep, 0.1), 13: (dil, 2.0)}
+        choice = {
+            0: (sep, 1.0),
+            1: (skip, 2.0),
+            2: (dil, 0.5),
+            3: (sep, 3.0),
+            4: (skip, 2.5),
+            5: (sep, 4.0),
+            8: (dil, 5.0),
+            9: (skip, 1.0),
+            12: (sep, 0.1),
+            13: (dil, 2.0),
+        }
         g = derive_genotype(space, [_one_hot_alphas(space, choice)] * 2)
-        self.assertEqual(g.normal_cells[0].nodes, (
-            (("skip_connect", 1), ("sep_conv_3x3", 0)),
-            (("sep_conv_3x3", 1), ("skip_connect", 2)),
-            (("dil_conv_5x5", 3), ("sep_conv_3x3", 0)),
-            (("dil_conv_5x5", 4), ("skip_connect", 0))))
+        self.assertEqual(
+            g.normal_cells[0].nodes,
+            (
+                (("skip_connect", 1), ("sep_conv_3x3", 0)),
+                (("sep_conv_3x3", 1), ("skip_connect", 2)),
+                (("dil_conv_5x5", 3), ("sep_conv_3x3", 0)),
+                (("dil_conv_5x5", 4), ("skip_connect", 0)),
+            ),
+        )
         self.assertEqual(g.normal_concat, [2, 3, 4, 5])
         # Three inputs per node: node 3 keeps all of 1, 2 and 0, strongest first.
         k3 = derive_genotype(space.replace(inputs_per_node=3), [_one_hot_alphas(space, choice)] * 2)
@@ -156,12 +174,15 @@ class DeriveGenotypeTest(tf.test.TestCase):
 
     def test_per_stage_cells_follow_their_own_alphas(self):
         space = TINY.replace(per_stage=True)
-        alphas = [_one_hot_alphas(space, {e: (op, 3.0) for e in range(space.num_edges)})
-                  for op in (4, 5, 6, 1, 2)]
+        alphas = [
+            _one_hot_alphas(space, {e: (op, 3.0) for e in range(space.num_edges)})
+            for op in (4, 5, 6, 1, 2)
+        ]
         g = derive_genotype(space, alphas)
         self.assertTrue(g.per_stage)
-        self.assertEqual([c.edges[0][0] for c in g.cells()],
-                         [OPS[4], OPS[5], OPS[6], OPS[1], OPS[2]])
+        self.assertEqual(
+            [c.edges[0][0] for c in g.cells()], [OPS[4], OPS[5], OPS[6], OPS[1], OPS[2]]
+        )
         net = SearchNetwork(space, 10)
         for v, a in zip(net.arch_variables, alphas):
             v.assign(a)

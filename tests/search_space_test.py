@@ -6,15 +6,15 @@ from tf_amended_darts import search_space
 
 
 class SearchSpaceTest(tf.test.TestCase):
-
     def test_darts_preset(self):
         space = search_space.get_search_space("darts")
         self.assertEqual(len(space.operations), 8)
         self.assertEqual(space.num_edges, 14)
         self.assertEqual(space.reduction_cells, (2, 5))
-        self.assertEqual([space.cell_slot(i) for i in range(8)],
-                         [(False, 0)] * 2 + [(True, 0)] + [(False, 0)] * 2 + [(True, 0)]
-                         + [(False, 0)] * 2)
+        self.assertEqual(
+            [space.cell_slot(i) for i in range(8)],
+            [(False, 0)] * 2 + [(True, 0)] + [(False, 0)] * 2 + [(True, 0)] + [(False, 0)] * 2,
+        )
 
     def test_enlarged_preset_has_more_ops_nodes_inputs_and_per_stage_cells(self):
         space = search_space.get_search_space("enlarged")
@@ -24,9 +24,10 @@ class SearchSpaceTest(tf.test.TestCase):
         self.assertGreater(space.inputs_per_node, darts.inputs_per_node)
         self.assertTrue(space.per_stage)
         self.assertEqual(space.num_edges, 2 + 3 + 4 + 5 + 6)
-        self.assertEqual([space.cell_slot(i) for i in range(8)],
-                         [(False, 0)] * 2 + [(True, 0)] + [(False, 1)] * 2 + [(True, 1)]
-                         + [(False, 2)] * 2)
+        self.assertEqual(
+            [space.cell_slot(i) for i in range(8)],
+            [(False, 0)] * 2 + [(True, 0)] + [(False, 1)] * 2 + [(True, 1)] + [(False, 2)] * 2,
+        )
 
     def test_replace_and_dict_round_trip(self):
         space = search_space.get_search_space("darts").replace(cells=5, channels=4)
@@ -34,8 +35,15 @@ class SearchSpaceTest(tf.test.TestCase):
 
     def test_from_dict_reads_the_old_field_names(self):
         # run.json files written before the rename name the fields steps/layers/init_channels.
-        old = {"operations": ["none", "skip_connect"], "steps": 2, "inputs_per_node": 2,
-               "per_stage": False, "layers": 5, "init_channels": 4, "stem_multiplier": 3}
+        old = {
+            "operations": ["none", "skip_connect"],
+            "steps": 2,
+            "inputs_per_node": 2,
+            "per_stage": False,
+            "layers": 5,
+            "init_channels": 4,
+            "stem_multiplier": 3,
+        }
         space = search_space.SearchSpace.from_dict(old)
         self.assertEqual((space.nodes, space.cells, space.channels), (2, 5, 4))
         self.assertEqual(set(space.to_dict()) & {"steps", "layers", "init_channels"}, set())

@@ -8,12 +8,24 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from tf_amended_darts import checkpointing, distribute, errors, genotypes, loop, search
-from tf_amended_darts import search_model
+from tf_amended_darts import (
+    checkpointing,
+    distribute,
+    errors,
+    genotypes,
+    loop,
+    search,
+    search_model,
+)
 
 # A tiny supernet on 8x8 digits: 3 cells, 1 node, 4 operations, C=4.
-TINY = dict(cells=3, nodes=1, channels=4, batch_size=16,
-            operations=("none", "skip_connect", "avg_pool_3x3", "sep_conv_3x3"))
+TINY = dict(
+    cells=3,
+    nodes=1,
+    channels=4,
+    batch_size=16,
+    operations=("none", "skip_connect", "avg_pool_3x3", "sep_conv_3x3"),
+)
 
 
 def assert_checkpoints_finite(test, directory):
@@ -26,20 +38,24 @@ def assert_checkpoints_finite(test, directory):
 
 
 def _run(directory, **kwargs):
-    options = {k: kwargs.pop(k) for k in ("resume", "overwrite", "stop_after_steps",
-                                          "checkpoint_every") if k in kwargs}
+    options = {
+        k: kwargs.pop(k)
+        for k in ("resume", "overwrite", "stop_after_steps", "checkpoint_every")
+        if k in kwargs
+    }
     config = search.SearchConfig(**{**TINY, **kwargs})
     with open(os.devnull, "w") as quiet:
-        return search.search(config, directory, render=False, log_stream=quiet,
-                             progress_stream=quiet, **options)
+        return search.search(
+            config, directory, render=False, log_stream=quiet, progress_stream=quiet, **options
+        )
 
 
 class SearchTest(tf.test.TestCase):
-
     def test_outputs_and_single_trace(self):
         directory = self.get_temp_dir() + "/out"
-        result = _run(directory, arch_gradient="amended", epochs=3, warmup_epochs=1,
-                      steps_per_epoch=2)
+        result = _run(
+            directory, arch_gradient="amended", epochs=3, warmup_epochs=1, steps_per_epoch=2
+        )
         self.assertTrue(result.finished)
         self.assertEqual(result.global_step, 6)
         # Each step function traced once, across epochs with fresh datasets.
@@ -48,8 +64,9 @@ class SearchTest(tf.test.TestCase):
             history = json.load(f)
         self.assertEqual(history["operations"], list(TINY["operations"]))
         self.assertEqual(history["slots"], ["normal_0", "reduce_0"])
-        self.assertEqual([(r["epoch"], r["step"]) for r in history["records"]],
-                         [(0, 0), (1, 2), (2, 4), (3, 6)])
+        self.assertEqual(
+            [(r["epoch"], r["step"]) for r in history["records"]], [(0, 0), (1, 2), (2, 4), (3, 6)]
+        )
         last = np.array(history["records"][-1]["probabilities"])
         self.assertEqual(last.shape, (2, 2, 4))
         self.assertAllClose(last.sum(-1), np.ones((2, 2)))
@@ -57,8 +74,9 @@ class SearchTest(tf.test.TestCase):
         first, warm = (np.array(history["records"][i]["probabilities"]) for i in (0, 1))
         self.assertAllClose(first, warm, atol=0, rtol=0)
         self.assertNotAllClose(warm, last)
-        self.assertEqual(genotypes.load_genotype(os.path.join(directory, "genotype.json")),
-                         result.genotype)
+        self.assertEqual(
+            genotypes.load_genotype(os.path.join(directory, "genotype.json")), result.genotype
+        )
         with open(os.path.join(directory, "run.json")) as f:
             self.assertIn("AmendedEstimator", json.load(f)["estimator"])
         with open(os.path.join(directory, "log.txt")) as f:
@@ -73,44 +91,69 @@ class SearchTest(tf.test.TestCase):
         model = search_model.SearchNetwork(search.SearchConfig(**TINY).space(), 10)
         model.build((None, 8, 8, 1))
         self.assertLen(saved, len(model.variables))
-        self.assertLen([k for k in saved if "moving_mean" in k],
-                       len([v for v in model.variables if "moving_mean" in v.path]))
+        self.assertLen(
+            [k for k in saved if "moving_mean" in k],
+            len([v for v in model.variables if "moving_mean" in v.path]),
+        )
 
     def test_resume_reads_checkpoints_that_still_hold_the_former_seed_entry(self):
         # Checkpoints of earlier versions also held the config's seed (never read back); the
         # loop's restore must take them without it.
         directory = self.get_temp_dir() + "/old"
         saved = tf.Variable([1.0, 2.0])
-        checkpointing.Checkpointer(directory, network={"w": saved}, global_step=tf.Variable(
-            7, dtype=tf.int64), seed=tf.Variable(3, dtype=tf.int64)).save(7)
+        checkpointing.Checkpointer(
+            directory,
+            network={"w": saved},
+            global_step=tf.Variable(7, dtype=tf.int64),
+            seed=tf.Variable(3, dtype=tf.int64),
+        ).save(7)
         restored, step = tf.Variable([0.0, 0.0]), tf.Variable(0, dtype=tf.int64)
-        checkpointer = checkpointing.Checkpointer(directory, network={"w": restored},
-                                                  global_step=step)
+        checkpointer = checkpointing.Checkpointer(
+            directory, network={"w": restored}, global_step=step
+        )
         self.assertEqual(checkpointer.restore(), os.path.join(directory, "ckpt-7"))
         self.assertAllEqual(restored, [1.0, 2.0])
         self.assertEqual(int(step), 7)
 
     def test_refuses_directory_of_another_run(self):
         directory = self.get_temp_dir() + "/taken"
-        _run(directory, arch_gradient="first_order", epochs=1, steps_per_epoch=1,
-             validate=False)
+        _run(directory, arch_gradient="first_order", epochs=1, steps_per_epoch=1, validate=False)
         with self.assertRaisesRegex(ValueError, "different search.*differs in: seed"):
-            _run(directory, arch_gradient="first_order", epochs=1, steps_per_epoch=1,
-                 validate=False, seed=1, resume=True)
+            _run(
+                directory,
+                arch_gradient="first_order",
+                epochs=1,
+                steps_per_epoch=1,
+                validate=False,
+                seed=1,
+                resume=True,
+            )
 
     def test_divergence_stops_at_once_and_keeps_the_last_good_outputs(self):
         directory = self.get_temp_dir() + "/diverge"
         # A constant weight learning rate of 1e6: the weights explode within a few steps. A
         # checkpoint after every good step: the diverging step must not write one.
-        with self.assertRaisesRegex(loop.DivergedError, r"^diverged at global step (\d+): "
-                                    r"train_loss is (nan|inf).*lower --learning_rate") as caught:
-            _run(directory, arch_gradient="first_order", epochs=8, steps_per_epoch=2,
-                 validate=False, learning_rate=1e6, learning_rate_min=1e6, checkpoint_every=1)
+        with self.assertRaisesRegex(
+            loop.DivergedError,
+            r"^diverged at global step (\d+): "
+            r"train_loss is (nan|inf).*lower --learning_rate",
+        ) as caught:
+            _run(
+                directory,
+                arch_gradient="first_order",
+                epochs=8,
+                steps_per_epoch=2,
+                validate=False,
+                learning_rate=1e6,
+                learning_rate_min=1e6,
+                checkpoint_every=1,
+            )
         self.assertIsInstance(caught.exception, errors.InputError)  # one line, exit 2
         step = int(str(caught.exception).split()[4].rstrip(":"))
         checkpoints = os.path.join(directory, "checkpoints")
-        self.assertEqual(tf.train.latest_checkpoint(checkpoints),
-                         os.path.join(checkpoints, f"ckpt-{step - 1}"))
+        self.assertEqual(
+            tf.train.latest_checkpoint(checkpoints), os.path.join(checkpoints, f"ckpt-{step - 1}")
+        )
         assert_checkpoints_finite(self, checkpoints)
         with open(os.path.join(directory, search.HISTORY_FILE)) as f:
             records = json.load(f, parse_constant=self.fail)["records"]  # strict JSON
@@ -118,24 +161,27 @@ class SearchTest(tf.test.TestCase):
         if os.path.exists(os.path.join(directory, "genotype.json")):  # an epoch ended
             genotypes.load_genotype(os.path.join(directory, "genotype.json"))
         with open(os.path.join(directory, "log.txt")) as f:
-            self.assertEqual(f.read().strip().splitlines()[-1].split("] ", 1)[1],
-                             str(caught.exception))
+            self.assertEqual(
+                f.read().strip().splitlines()[-1].split("] ", 1)[1], str(caught.exception)
+            )
 
     def test_cosine_schedule_per_epoch_as_the_reference_steps_it(self):
         # The reference calls scheduler.step() before each epoch: epoch e (from 0) runs at
         # CosineAnnealingLR's closed form for e + 1, the last epoch at the minimum.
         config = search.SearchConfig(epochs=50)
-        closed_form = [0.001 + 0.024 * (1 + np.cos(np.pi * (e + 1) / 50)) / 2
-                       for e in range(50)]
-        self.assertAllClose([config.learning_rate_at(e) for e in range(50)], closed_form,
-                            rtol=1e-12, atol=0)
+        closed_form = [0.001 + 0.024 * (1 + np.cos(np.pi * (e + 1) / 50)) / 2 for e in range(50)]
+        self.assertAllClose(
+            [config.learning_rate_at(e) for e in range(50)], closed_form, rtol=1e-12, atol=0
+        )
         self.assertAlmostEqual(config.learning_rate_at(24), 0.013, places=12)
         self.assertAlmostEqual(config.learning_rate_at(49), 0.001, places=12)
 
     def test_bad_configs(self):
-        for kwargs, message in [({"learning_rate": -0.1}, "learning_rate"),
-                                ({"batch_size": 0}, "batch_size"),
-                                ({"train_portion": 1.0}, "train_portion")]:
+        for kwargs, message in [
+            ({"learning_rate": -0.1}, "learning_rate"),
+            ({"batch_size": 0}, "batch_size"),
+            ({"train_portion": 1.0}, "train_portion"),
+        ]:
             with self.assertRaisesRegex(ValueError, message):
                 search.SearchConfig(**kwargs)
         with self.assertRaisesRegex(ValueError, "unknown operation"):
@@ -158,15 +204,27 @@ class StepArithmeticTest(tf.test.TestCase):
     Kingma & Ba section 2): alpha -= lr sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + eps).
     """
 
-    CONFIG = dict(TINY, learning_rate=0.05, momentum=0.9, weight_decay=0.1,
-                  arch_learning_rate=0.01, arch_weight_decay=0.05, arch_gradient="first_order")
+    CONFIG = dict(
+        TINY,
+        learning_rate=0.05,
+        momentum=0.9,
+        weight_decay=0.1,
+        arch_learning_rate=0.01,
+        arch_weight_decay=0.05,
+        arch_gradient="first_order",
+    )
 
     def _setup(self, **kwargs):
         config = search.SearchConfig(**{**self.CONFIG, **kwargs})
         searcher = search._Searcher(config, tf.distribute.get_strategy(), (8, 8, 1), 10)
         rng = np.random.default_rng(1)
-        batch = lambda: (tf.constant(rng.normal(size=(16, 8, 8, 1)), tf.float32),
-                         tf.constant(rng.integers(0, 10, 16), tf.int64))
+
+        def batch():
+            return (
+                tf.constant(rng.normal(size=(16, 8, 8, 1)), tf.float32),
+                tf.constant(rng.integers(0, 10, 16), tf.int64),
+            )
+
         return config, searcher, batch(), batch()
 
     @staticmethod
@@ -180,11 +238,15 @@ class StepArithmeticTest(tf.test.TestCase):
         with tf.GradientTape() as tape:
             tape.watch(values)
             logits, non_trainable = model.stateless_call(
-                values, [v.value for v in model.non_trainable_variables], x, training=True)
+                values, [v.value for v in model.non_trainable_variables], x, training=True
+            )
             loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
         grads = _numpy(tape.gradient(loss, values))
-        return ([grads[index[id(w)]] for w in model.weight_variables],
-                [grads[index[id(a)]] for a in model.arch_variables], _numpy(non_trainable))
+        return (
+            [grads[index[id(w)]] for w in model.weight_variables],
+            [grads[index[id(a)]] for a in model.arch_variables],
+            _numpy(non_trainable),
+        )
 
     @staticmethod
     def _sgd(config, weights, grads, momenta, lr):
@@ -193,8 +255,10 @@ class StepArithmeticTest(tf.test.TestCase):
         norm = np.sqrt(sum((g * g).sum() for g in grads))
         scale = config.grad_clip / max(norm, config.grad_clip) if config.grad_clip else 1.0
         mu = float(np.float32(config.momentum))  # Keras keeps momentum as float32
-        momenta = [mu * m - lr * (scale * g + config.weight_decay * w)
-                   for g, w, m in zip(grads, weights, momenta)]
+        momenta = [
+            mu * m - lr * (scale * g + config.weight_decay * w)
+            for g, w, m in zip(grads, weights, momenta)
+        ]
         return [w + m for w, m in zip(weights, momenta)], momenta, norm
 
     def _check(self, model, weights, non_trainable, alphas, rtol=1e-5, atol=1e-6):
@@ -233,8 +297,9 @@ class StepArithmeticTest(tf.test.TestCase):
         model = searcher.model
         weights, alphas = _numpy(model.weight_variables), _numpy(model.arch_variables)
         grads, _, non_trainable = self._grads(model, batch)
-        weights, _, norm = self._sgd(config, weights, grads, [0 * w for w in weights],
-                                     config.learning_rate)
+        weights, _, norm = self._sgd(
+            config, weights, grads, [0 * w for w in weights], config.learning_rate
+        )
         batches = strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(batch))
         metrics = searcher.weight_step(next(iter(batches)))
         self.assertAllClose(metrics["weight_grad_norm"], norm, rtol=1e-5)
@@ -243,15 +308,29 @@ class StepArithmeticTest(tf.test.TestCase):
     def test_a_non_finite_step_changes_no_weight_alpha_or_optimizer_state(self):
         config, searcher, train_batch, val_batch = self._setup()
         model = searcher.model
-        state = lambda: _numpy(model.weight_variables + searcher.weight_optimizer.variables
-                               + model.arch_variables + searcher.arch_optimizer.variables)
+
+        def state():
+            return _numpy(
+                model.weight_variables
+                + searcher.weight_optimizer.variables
+                + model.arch_variables
+                + searcher.arch_optimizer.variables
+            )
+
         weight_state = len(model.weight_variables + searcher.weight_optimizer.variables)
-        poison = lambda batch: (tf.tensor_scatter_nd_update(batch[0], [[0, 0, 0, 0]],
-                                                            [np.nan]), batch[1])
+
+        def poison(batch):
+            return (
+                tf.tensor_scatter_nd_update(batch[0], [[0, 0, 0, 0]], [np.nan]),
+                batch[1],
+            )
+
         # A non-finite architecture step (first order: L_val) skips the weight step too; a
         # non-finite weight step alone skips the weight update (the alphas' step was sound).
-        for train, val, unchanged in ((train_batch, poison(val_batch), None),
-                                      (poison(train_batch), val_batch, weight_state)):
+        for train, val, unchanged in (
+            (train_batch, poison(val_batch), None),
+            (poison(train_batch), val_batch, weight_state),
+        ):
             before = state()
             metrics = searcher.search_step(train, val)
             self.assertGreater(float(metrics[loop.DIVERGED]), 0)
@@ -282,14 +361,14 @@ class StepArithmeticTest(tf.test.TestCase):
             tolerances.append(1e-6 + lr * e / (np.abs(g) + e) ** 2 * 1e-7)
         # Then the weight step on the train batch, at the updated alphas.
         grads, _, non_trainable = self._grads(model, train_batch, new_alphas)
-        new_weights, _, norm = self._sgd(config, weights, grads, [0 * w for w in weights],
-                                         config.learning_rate)
+        new_weights, _, norm = self._sgd(
+            config, weights, grads, [0 * w for w in weights], config.learning_rate
+        )
         self.assertGreater(norm, config.grad_clip)
         metrics = searcher.search_step(train_batch, val_batch)
         self.assertAllClose(metrics["weight_grad_norm"], norm, rtol=1e-5)
         self._check(model, new_weights, non_trainable, [])
-        for v, expected, tolerance, a0 in zip(model.arch_variables, new_alphas, tolerances,
-                                              alphas):
+        for v, expected, tolerance, a0 in zip(model.arch_variables, new_alphas, tolerances, alphas):
             self.assertAllLessEqual(np.abs(v.numpy() - expected) - tolerance, 0.0)
             self.assertGreater(np.abs(v.numpy() - a0).max(), 0.5 * lr)  # Adam: ~ lr sign(g)
 

@@ -9,18 +9,31 @@ import sys
 import tensorflow as tf
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--genotype=DARTS_V2", "--cells=3", "--channels=4", "--batch_size=32", "--epochs=2",
-        "--steps_per_epoch=3", "--cutout=0", "--validate=false"]
+TINY = [
+    "--genotype=DARTS_V2",
+    "--cells=3",
+    "--channels=4",
+    "--batch_size=32",
+    "--epochs=2",
+    "--steps_per_epoch=3",
+    "--cutout=0",
+    "--validate=false",
+]
 
 
 def _run(binary, *args):
     env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run([sys.executable, "-m", f"tf_amended_darts.bin.{binary}", *args],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", f"tf_amended_darts.bin.{binary}", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 class TrainBinaryTest(tf.test.TestCase):
-
     def test_train_evaluate_export(self):
         root = self.get_temp_dir()
         run_dir, model_dir = os.path.join(root, "run"), os.path.join(root, "model")
@@ -47,14 +60,16 @@ class TrainBinaryTest(tf.test.TestCase):
         self.assertGreater(a["examples_per_second"], 0)
 
         again = os.path.join(root, "model2")
-        exported = _run("export", f"--run_dir={run_dir}", f"--export_dir={again}",
-                        "--genotype=DARTS_V2")
+        exported = _run(
+            "export", f"--run_dir={run_dir}", f"--export_dir={again}", "--genotype=DARTS_V2"
+        )
         self.assertEqual(exported.returncode, 0, exported.stderr[-3000:])
         self.assertTrue(os.path.exists(os.path.join(again, "saved_model.pb")))
 
         wrong = os.path.join(root, "wrong")
-        refused = _run("export", f"--run_dir={run_dir}", f"--export_dir={wrong}",
-                       "--genotype=DARTS_V1")
+        refused = _run(
+            "export", f"--run_dir={run_dir}", f"--export_dir={wrong}", "--genotype=DARTS_V1"
+        )
         self.assertEqual(refused.returncode, 2)
         last = refused.stderr.strip().splitlines()[-1]
         self.assertStartsWith(last, "export: error: ")
@@ -64,9 +79,11 @@ class TrainBinaryTest(tf.test.TestCase):
 
     def test_unknown_operation_exits_with_one_line_and_writes_nothing(self):
         out = os.path.join(self.get_temp_dir(), "bad")
-        bad = ("--genotype=Genotype(normal=[('bogus_op', 0), ('skip_connect', 1)], "
-               "normal_concat=[2], reduce=[('max_pool_3x3', 0), ('skip_connect', 1)], "
-               "reduce_concat=[2])")
+        bad = (
+            "--genotype=Genotype(normal=[('bogus_op', 0), ('skip_connect', 1)], "
+            "normal_concat=[2], reduce=[('max_pool_3x3', 0), ('skip_connect', 1)], "
+            "reduce_concat=[2])"
+        )
         run = _run("train", f"--output_dir={out}", *TINY, bad)
         self.assertEqual(run.returncode, 2, run.stderr[-2000:])
         last = run.stderr.strip().splitlines()[-1]
@@ -78,14 +95,18 @@ class TrainBinaryTest(tf.test.TestCase):
         # A reduction cell concatenating its input (twice its nodes' size) used to fail in
         # the network build, with a traceback, after run.json and log.txt were written.
         out = os.path.join(self.get_temp_dir(), "bad_concat")
-        bad = ("--genotype=Genotype(normal=[('skip_connect', 0), ('skip_connect', 1)], "
-               "normal_concat=[2], reduce=[('max_pool_3x3', 0), ('skip_connect', 1)], "
-               "reduce_concat=[0, 2])")
+        bad = (
+            "--genotype=Genotype(normal=[('skip_connect', 0), ('skip_connect', 1)], "
+            "normal_concat=[2], reduce=[('max_pool_3x3', 0), ('skip_connect', 1)], "
+            "reduce_concat=[0, 2])"
+        )
         run = _run("train", f"--output_dir={out}", *TINY, bad)
         self.assertEqual(run.returncode, 2, run.stderr[-2000:])
         self.assertLen(run.stderr.strip().splitlines(), 1, run.stderr[-2000:])
-        self.assertIn("train: error: genotype: reduce: concat [0, 2] must be distinct "
-                      "intermediate nodes", run.stderr)
+        self.assertIn(
+            "train: error: genotype: reduce: concat [0, 2] must be distinct intermediate nodes",
+            run.stderr,
+        )
         self.assertFalse(os.path.exists(out))
 
 

@@ -12,23 +12,47 @@ TINY = dict(genotype="DARTS_V2", channels=4, cells=3, batch_size=32, cutout=0)
 
 
 def _run(directory, **kwargs):
-    options = {k: kwargs.pop(k) for k in ("resume", "overwrite", "stop_after_steps",
-                                          "checkpoint_every", "export_dir", "strategy") if k in kwargs}
+    options = {
+        k: kwargs.pop(k)
+        for k in (
+            "resume",
+            "overwrite",
+            "stop_after_steps",
+            "checkpoint_every",
+            "export_dir",
+            "strategy",
+        )
+        if k in kwargs
+    }
     config = train.TrainConfig(**{**TINY, **kwargs})
     with open(os.devnull, "w") as quiet:
         return train.train(config, directory, log_stream=quiet, progress_stream=quiet, **options)
 
 
 class TrainTest(tf.test.TestCase):
-
     def test_loss_falls_with_one_trace(self):
         # Fixed batches (one step per epoch repeats the same batch) so the loss must fall.
-        result = _run(self.get_temp_dir() + "/fall", epochs=1, steps_per_epoch=1,
-                      validate=False, drop_path=0.0, learning_rate=0.05, auxiliary=False)
+        result = _run(
+            self.get_temp_dir() + "/fall",
+            epochs=1,
+            steps_per_epoch=1,
+            validate=False,
+            drop_path=0.0,
+            learning_rate=0.05,
+            auxiliary=False,
+        )
         first = result.train_loss
-        result = _run(self.get_temp_dir() + "/fall2", epochs=8, steps_per_epoch=1,
-                      validate=False, drop_path=0.0, learning_rate=0.05, auxiliary=False,
-                      lr_schedule="exponential", lr_decay=1.0)
+        result = _run(
+            self.get_temp_dir() + "/fall2",
+            epochs=8,
+            steps_per_epoch=1,
+            validate=False,
+            drop_path=0.0,
+            learning_rate=0.05,
+            auxiliary=False,
+            lr_schedule="exponential",
+            lr_decay=1.0,
+        )
         self.assertEqual(result.traces, {"train_step": 1})
         self.assertLess(result.train_loss, 0.8 * first)
 
@@ -58,12 +82,23 @@ class TrainTest(tf.test.TestCase):
     def test_divergence_stops_at_once_and_keeps_the_last_good_checkpoint(self):
         directory = self.get_temp_dir() + "/diverge"
         # A checkpoint after every good step: the diverging step must not write one.
-        with self.assertRaisesRegex(loop.DivergedError, r"^diverged at global step \d+: "
-                                    r"(train_loss|weight_grad_norm) is (nan|inf).*"
-                                    r"lower --learning_rate$") as caught:
-            _run(directory, epochs=10, steps_per_epoch=2, validate=False, auxiliary=False,
-                 learning_rate=1e6, lr_schedule="exponential", lr_decay=1.0,
-                 checkpoint_every=1)
+        with self.assertRaisesRegex(
+            loop.DivergedError,
+            r"^diverged at global step \d+: "
+            r"(train_loss|weight_grad_norm) is (nan|inf).*"
+            r"lower --learning_rate$",
+        ) as caught:
+            _run(
+                directory,
+                epochs=10,
+                steps_per_epoch=2,
+                validate=False,
+                auxiliary=False,
+                learning_rate=1e6,
+                lr_schedule="exponential",
+                lr_decay=1.0,
+                checkpoint_every=1,
+            )
         step = int(str(caught.exception).split()[4].rstrip(":"))
         _, _, net, path = train.restore_network(directory)  # the last good checkpoint
         self.assertEqual(os.path.basename(path), f"ckpt-{step - 1}")
@@ -71,8 +106,7 @@ class TrainTest(tf.test.TestCase):
             self.assertTrue(np.isfinite(variable.numpy()).all(), name)
 
     def test_mirrored_strategy_matches_one_device(self):
-        common = dict(epochs=1, steps_per_epoch=2, validate=False, drop_path=0.0,
-                      auxiliary=False)
+        common = dict(epochs=1, steps_per_epoch=2, validate=False, drop_path=0.0, auxiliary=False)
         one = _run(self.get_temp_dir() + "/one", **common)
         strategy = distribute.make_strategy("mirrored")
         two = _run(self.get_temp_dir() + "/two", strategy=strategy, **common)
@@ -92,19 +126,25 @@ class TrainTest(tf.test.TestCase):
         other = self.get_temp_dir() + "/other"
         _run(other, genotype="DARTS_V1", epochs=1, steps_per_epoch=1, validate=False)
         with self.assertRaisesRegex(checkpointing.CheckpointError, "does not fit"):
-            train.restore_network(directory, checkpoint=tf.train.latest_checkpoint(
-                os.path.join(other, "checkpoints")))
+            train.restore_network(
+                directory, checkpoint=tf.train.latest_checkpoint(os.path.join(other, "checkpoints"))
+            )
         with self.assertRaisesRegex(ValueError, "holds no training run"):
             train.restore_network(self.get_temp_dir())
 
     def test_bad_configs(self):
-        bad = ("Genotype(normal=[('bogus_op', 0), ('skip_connect', 1)], normal_concat=[2], "
-               "reduce=[('max_pool_3x3', 0), ('skip_connect', 1)], reduce_concat=[2])")
+        bad = (
+            "Genotype(normal=[('bogus_op', 0), ('skip_connect', 1)], normal_concat=[2], "
+            "reduce=[('max_pool_3x3', 0), ('skip_connect', 1)], reduce_concat=[2])"
+        )
         with self.assertRaisesRegex(genotypes.GenotypeError, "unknown operation 'bogus_op'"):
             train.TrainConfig(genotype=bad)
-        for kwargs, message in (({"drop_path": 1.0}, "drop_path"),
-                                ({"lr_schedule": "step"}, "lr_schedule"),
-                                ({"cells": 2}, "cells"), ({"genotype": None}, "genotype")):
+        for kwargs, message in (
+            ({"drop_path": 1.0}, "drop_path"),
+            ({"lr_schedule": "step"}, "lr_schedule"),
+            ({"cells": 2}, "cells"),
+            ({"genotype": None}, "genotype"),
+        ):
             with self.assertRaisesRegex(ValueError, message):
                 train.TrainConfig(**{**TINY, **kwargs})
 
@@ -112,13 +152,20 @@ class TrainTest(tf.test.TestCase):
         # The reference calls scheduler.step() before each epoch: epoch e (from 0) runs at the
         # schedulers' closed forms for e + 1; the cosine's last epoch at the minimum.
         cosine = train.TrainConfig(**TINY, epochs=4, learning_rate=0.1, learning_rate_min=0.01)
-        self.assertAllClose([cosine.learning_rate_at(e) for e in range(4)],
-                            [0.01 + 0.09 * (1 + np.cos(np.pi * k / 4)) / 2 for k in (1, 2, 3, 4)],
-                            rtol=1e-12, atol=0)
+        self.assertAllClose(
+            [cosine.learning_rate_at(e) for e in range(4)],
+            [0.01 + 0.09 * (1 + np.cos(np.pi * k / 4)) / 2 for k in (1, 2, 3, 4)],
+            rtol=1e-12,
+            atol=0,
+        )
         self.assertEqual(cosine.learning_rate_at(3), 0.01)
         decay = train.TrainConfig(**TINY, learning_rate=0.1, lr_schedule="exponential")
-        self.assertAllClose([decay.learning_rate_at(e) for e in range(3)],
-                            [0.1 * 0.97, 0.1 * 0.97 ** 2, 0.1 * 0.97 ** 3], rtol=1e-12, atol=0)
+        self.assertAllClose(
+            [decay.learning_rate_at(e) for e in range(3)],
+            [0.1 * 0.97, 0.1 * 0.97**2, 0.1 * 0.97**3],
+            rtol=1e-12,
+            atol=0,
+        )
         self.assertAllClose(cosine.drop_path_at(2), 0.1)
         self.assertEqual(train.TrainConfig.from_dict(cosine.to_dict()), cosine)
 

@@ -17,19 +17,53 @@ from tf_amended_darts import data, genotypes, search, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPS = ("none", "skip_connect", "avg_pool_3x3", "sep_conv_3x3")
-TINY = search.SearchConfig(cells=3, nodes=1, channels=4, batch_size=16, operations=OPS,
-                           epochs=1, steps_per_epoch=2, arch_gradient="first_order",
-                           validate=False)
-SEARCH_FLAGS = ["--cells=3", "--nodes=1", "--channels=4", "--batch_size=16", "--epochs=1",
-                "--steps_per_epoch=2", "--arch_gradient=first_order", "--validate=false",
-                f"--operations={','.join(OPS)}"]
-EVAL_FLAGS = ["--eval_channels=4", "--eval_cells=3", "--eval_epochs=1",
-              "--eval_steps_per_epoch=2", "--eval_batch_size=16"]
+TINY = search.SearchConfig(
+    cells=3,
+    nodes=1,
+    channels=4,
+    batch_size=16,
+    operations=OPS,
+    epochs=1,
+    steps_per_epoch=2,
+    arch_gradient="first_order",
+    validate=False,
+)
+SEARCH_FLAGS = [
+    "--cells=3",
+    "--nodes=1",
+    "--channels=4",
+    "--batch_size=16",
+    "--epochs=1",
+    "--steps_per_epoch=2",
+    "--arch_gradient=first_order",
+    "--validate=false",
+    f"--operations={','.join(OPS)}",
+]
+EVAL_FLAGS = [
+    "--eval_channels=4",
+    "--eval_cells=3",
+    "--eval_epochs=1",
+    "--eval_steps_per_epoch=2",
+    "--eval_batch_size=16",
+]
 # The TrainConfig those flags mean: the train binary's protocol (coupled L2 3e-4, cosine
 # schedule from 0.025, clipping at 5, auxiliary head, drop-path 0.2; no cutout by default).
-TRAINING = dict(dataset="digits", channels=4, cells=3, epochs=1, steps_per_epoch=2,
-                batch_size=16, learning_rate=0.025, momentum=0.9, weight_decay=3e-4,
-                grad_clip=5.0, auxiliary=True, drop_path=0.2, cutout=0, seed=0)
+TRAINING = dict(
+    dataset="digits",
+    channels=4,
+    cells=3,
+    epochs=1,
+    steps_per_epoch=2,
+    batch_size=16,
+    learning_rate=0.025,
+    momentum=0.9,
+    weight_decay=3e-4,
+    grad_clip=5.0,
+    auxiliary=True,
+    drop_path=0.2,
+    cutout=0,
+    seed=0,
+)
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +75,7 @@ def search_dir(tmp_path_factory):
 
 
 def _command(*args):
-    return [sys.executable, "-m", "tf_amended_darts.bin.tune", *SEARCH_FLAGS, *EVAL_FLAGS,
-            *args]
+    return [sys.executable, "-m", "tf_amended_darts.bin.tune", *SEARCH_FLAGS, *EVAL_FLAGS, *args]
 
 
 def _env(**extra):
@@ -50,8 +83,9 @@ def _env(**extra):
 
 
 def _tune(*args):
-    return subprocess.run(_command(*args), cwd=REPO, env=_env(), capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        _command(*args), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600
+    )
 
 
 def _trials(project):
@@ -65,8 +99,12 @@ def _trials(project):
 
 def test_architectures_end_to_end(search_dir, tmp_path):
     export_dir = str(tmp_path / "model")
-    run = _tune(f"--search_dir={search_dir}", f"--directory={tmp_path}", "--max_trials=2",
-                f"--export_dir={export_dir}")
+    run = _tune(
+        f"--search_dir={search_dir}",
+        f"--directory={tmp_path}",
+        "--max_trials=2",
+        f"--export_dir={export_dir}",
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     assert "best trial" in run.stdout and f"to {export_dir}" in run.stdout
     path = tmp_path / "tune" / "best_genotype.json"
@@ -78,25 +116,33 @@ def test_architectures_end_to_end(search_dir, tmp_path):
     # The best trial is the train binary's protocol: a train.train run of the TrainConfig the
     # flags mean has the trial's score, and its network is what the SavedModel serves.
     with open(os.devnull, "w") as quiet:
-        reference = train.train(train.TrainConfig(genotype=genotype, **TRAINING),
-                                str(tmp_path / "reference"), log_stream=quiet,
-                                progress_stream=quiet)
+        reference = train.train(
+            train.TrainConfig(genotype=genotype, **TRAINING),
+            str(tmp_path / "reference"),
+            log_stream=quiet,
+            progress_stream=quiet,
+        )
     assert best["score"] == pytest.approx(reference.valid["valid_acc"], abs=1e-6)
     images = np.load(data.DIGITS_PATH)["test_images"][:8]
     info = data.load_dataset("digits").info
-    expected = tf.nn.softmax(reference.model(data.normalize(images, info.mean, info.std),
-                                             training=False)).numpy()
+    expected = tf.nn.softmax(
+        reference.model(data.normalize(images, info.mean, info.std), training=False)
+    ).numpy()
     loaded = tf.saved_model.load(export_dir)
     served = loaded.signatures["serving_default"](images=tf.constant(images))
     np.testing.assert_allclose(served["probabilities"].numpy(), expected, rtol=1e-5, atol=1e-6)
-    assert genotypes.Genotype.from_json(loaded.metadata()["genotype"].numpy().decode()) == \
-        genotype
+    assert genotypes.Genotype.from_json(loaded.metadata()["genotype"].numpy().decode()) == genotype
 
 
 def test_search_options_with_bayesian_optimization(tmp_path):
-    run = _tune("--mode=search_options", "--oracle=bayesian", "--max_trials=1",
-                "--initial_points=1", "--tune=arch_learning_rate,amending_coefficient",
-                f"--directory={tmp_path}")
+    run = _tune(
+        "--mode=search_options",
+        "--oracle=bayesian",
+        "--max_trials=1",
+        "--initial_points=1",
+        "--tune=arch_learning_rate,amending_coefficient",
+        f"--directory={tmp_path}",
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     assert "best trial" in run.stdout and "arch_learning_rate=" in run.stdout
     with open(tmp_path / "tune" / "best_search_config.json") as f:
@@ -114,12 +160,22 @@ def _free_port():
 def test_distributed_chief_and_worker(search_dir, tmp_path):
     oracle = dict(KERASTUNER_ORACLE_IP="127.0.0.1", KERASTUNER_ORACLE_PORT=str(_free_port()))
     args = (f"--search_dir={search_dir}", f"--directory={tmp_path}", "--max_trials=3")
-    chief = subprocess.Popen(_command(*args), cwd=REPO, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True,
-                             env=_env(KERASTUNER_TUNER_ID="chief", **oracle))
-    worker = subprocess.Popen(_command(*args), cwd=REPO, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True,
-                              env=_env(KERASTUNER_TUNER_ID="tuner0", **oracle))
+    chief = subprocess.Popen(
+        _command(*args),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(KERASTUNER_TUNER_ID="chief", **oracle),
+    )
+    worker = subprocess.Popen(
+        _command(*args),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(KERASTUNER_TUNER_ID="tuner0", **oracle),
+    )
     try:
         worker_out, worker_err = worker.communicate(timeout=600)
         chief_out, chief_err = chief.communicate(timeout=120)
@@ -133,19 +189,23 @@ def test_distributed_chief_and_worker(search_dir, tmp_path):
     assert "best trial" in chief_out
     trials = _trials(str(tmp_path / "tune"))
     assert [t["status"] for t in trials] == ["COMPLETED"] * 3
-    assert len({json.dumps(t["hyperparameters"]["values"], sort_keys=True)
-                for t in trials}) == 3
+    assert len({json.dumps(t["hyperparameters"]["values"], sort_keys=True) for t in trials}) == 3
     assert os.path.exists(tmp_path / "tune" / "best_genotype.json")
 
 
 def test_bad_flags_exit_2_with_one_line(tmp_path):
-    for args, message in ((("--directory=" + str(tmp_path),), "needs --search_dir"),
-                          (("--directory=" + str(tmp_path), "--search_dir=x",
-                            "--operations=none,bogus"), "bogus"),
-                          (("--directory=" + str(tmp_path), "--search_dir=x",
-                            f"--export_dir={tmp_path}"), "already exists"),
-                          (("--directory=" + str(tmp_path), "--mode=search_options",
-                            "--export_dir=x"), "needs --mode=architectures")):
+    for args, message in (
+        (("--directory=" + str(tmp_path),), "needs --search_dir"),
+        (("--directory=" + str(tmp_path), "--search_dir=x", "--operations=none,bogus"), "bogus"),
+        (
+            ("--directory=" + str(tmp_path), "--search_dir=x", f"--export_dir={tmp_path}"),
+            "already exists",
+        ),
+        (
+            ("--directory=" + str(tmp_path), "--mode=search_options", "--export_dir=x"),
+            "needs --mode=architectures",
+        ),
+    ):
         run = _tune(*args)
         assert run.returncode == 2, run.stderr[-3000:]
         assert message in run.stderr.strip().splitlines()[-1]

@@ -13,42 +13,69 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_amended_darts import ArchitectureTuner, DartsOracle  # the package's lazy exports
-from tf_amended_darts import data, errors, genotypes, proposals, run_dir, search, search_model
-from tf_amended_darts import search_space, train, tuner
+from tf_amended_darts import (  # the package's lazy exports
+    ArchitectureTuner,
+    DartsOracle,
+    data,
+    errors,
+    genotypes,
+    proposals,
+    run_dir,
+    search,
+    search_model,
+    search_space,
+    train,
+    tuner,
+)
 
 OPS = ("none", "skip_connect", "avg_pool_3x3", "sep_conv_3x3")
 # A tiny search on 8x8 digits: 3 cells, 1 node, C=4, first-order (fast to trace).
-TINY = search.SearchConfig(cells=3, nodes=1, channels=4, batch_size=16, operations=OPS,
-                           epochs=1, steps_per_epoch=2, arch_gradient="first_order",
-                           validate=False)
+TINY = search.SearchConfig(
+    cells=3,
+    nodes=1,
+    channels=4,
+    batch_size=16,
+    operations=OPS,
+    epochs=1,
+    steps_per_epoch=2,
+    arch_gradient="first_order",
+    validate=False,
+)
 # Each trial: a train.train run of 2 steps (auxiliary head, drop-path, clipping as default).
-TRAINING = dict(dataset="digits", channels=4, cells=3, epochs=1, steps_per_epoch=2,
-                batch_size=16, cutout=0)
+TRAINING = dict(
+    dataset="digits", channels=4, cells=3, epochs=1, steps_per_epoch=2, batch_size=16, cutout=0
+)
 
 
 def _quiet():
-    return {"log_stream": open(os.devnull, "w"), "progress_stream": open(os.devnull, "w"),
-            "render": False}
+    return {
+        "log_stream": open(os.devnull, "w"),
+        "progress_stream": open(os.devnull, "w"),
+        "render": False,
+    }
 
 
 @pytest.fixture(scope="module")
 def search_dir(tmp_path_factory):
     """A finished tiny search, run by a DartsOracle itself (through search.search)."""
     directory = str(tmp_path_factory.mktemp("search"))
-    oracle = DartsOracle(search_config=TINY, search_dir=directory, search_kwargs=_quiet(),
-                         max_trials=2)
+    oracle = DartsOracle(
+        search_config=TINY, search_dir=directory, search_kwargs=_quiet(), max_trials=2
+    )
     assert len(oracle.alphas) == 2
     return directory
 
 
 def _random_alphas(space, seed=0):
     rng = np.random.default_rng(seed)
-    return [rng.normal(size=(space.num_edges, len(space.operations)))
-            for _ in range(space.num_normal_slots + space.num_reduce_slots)]
+    return [
+        rng.normal(size=(space.num_edges, len(space.operations)))
+        for _ in range(space.num_normal_slots + space.num_reduce_slots)
+    ]
 
 
 # -- proposals (numpy only) --------------------------------------------------------------------
+
 
 def test_proposals_enumerate_every_genotype_once_most_probable_first():
     space = search_space.SearchSpace(operations=OPS, nodes=2, cells=3)
@@ -70,9 +97,9 @@ def test_proposals_enumerate_every_genotype_once_most_probable_first():
 def test_second_proposal_changes_the_weakest_decision():
     space = search_space.SearchSpace(operations=OPS, nodes=1, cells=3)
     alphas = [np.zeros((2, 4)), np.zeros((2, 4))]
-    alphas[0][0] = [0, 5, 0, 0]      # normal, input 0: skip_connect, certain
+    alphas[0][0] = [0, 5, 0, 0]  # normal, input 0: skip_connect, certain
     alphas[0][1] = [0, 0, 1.0, 0.9]  # normal, input 1: avg_pool barely ahead of sep_conv
-    alphas[1][:, 3] = 5              # reduce: sep_conv on both inputs, certain
+    alphas[1][:, 3] = 5  # reduce: sep_conv on both inputs, certain
     first, second = itertools.islice(proposals.propose_genotypes(space, alphas), 2)
     assert first[0].normal == [("skip_connect", 0), ("avg_pool_3x3", 1)]
     assert second[0].normal == [("skip_connect", 0), ("sep_conv_3x3", 1)]
@@ -82,8 +109,9 @@ def test_second_proposal_changes_the_weakest_decision():
 def test_large_spaces_propose_lazily():
     for name in ("darts", "enlarged"):
         space = search_space.get_search_space(name)
-        ranked = list(itertools.islice(
-            proposals.propose_genotypes(space, _random_alphas(space)), 30))
+        ranked = list(
+            itertools.islice(proposals.propose_genotypes(space, _random_alphas(space)), 30)
+        )
         assert len({proposals.canonical_key(g) for g, _ in ranked}) == 30
 
 
@@ -100,8 +128,11 @@ def test_hyperparameter_values_round_trip():
 
 def test_invalid_search_result_fails_with_one_clear_error():
     space = search_space.SearchSpace(operations=OPS, nodes=1, cells=3)
-    with pytest.raises(ValueError, match=r"needs 2 alpha arrays of shape \(2, 4\), got "
-                                         r"\[\(2, 4\), \(3, 4\)\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"needs 2 alpha arrays of shape \(2, 4\), got "
+        r"\[\(2, 4\), \(3, 4\)\]",
+    ):
         DartsOracle([np.zeros((2, 4)), np.zeros((3, 4))], space)
     with pytest.raises(ValueError, match="needs 2 alpha arrays"):
         DartsOracle([np.zeros((2, 4))], space)
@@ -110,6 +141,7 @@ def test_invalid_search_result_fails_with_one_clear_error():
 
 
 # -- DartsOracle + ArchitectureTuner: trials are train.train runs -----------------------------
+
 
 def _architecture_tuner(directory, oracle, training=TRAINING, **kwargs):
     return ArchitectureTuner(oracle, training, directory=directory, project_name="p", **kwargs)
@@ -131,8 +163,14 @@ def test_trials_are_train_runs_best_exports_and_resumes(search_dir, tmp_path):
     assert proposals.canonical_key(found[0]) == proposals.canonical_key(derived)
     # The hyperparameters show the choices and the training options.
     best = first.get_best_hyperparameters()[0]
-    assert {"normal_0.node2.edge0.op", "reduce_0.node2.edge1.input", "train.channels",
-            "train.cells", "train.epochs", "train.cutout"} <= set(best.values)
+    assert {
+        "normal_0.node2.edge0.op",
+        "reduce_0.node2.edge1.input",
+        "train.channels",
+        "train.cells",
+        "train.epochs",
+        "train.cutout",
+    } <= set(best.values)
 
     # A trial is the re-training protocol: the best trial's run equals a train.train run of
     # the same TrainConfig (coupled L2, cosine schedule, clipping, auxiliary head, drop-path)
@@ -141,15 +179,17 @@ def test_trials_are_train_runs_best_exports_and_resumes(search_dir, tmp_path):
     genotype = tuner.genotype_from_values(trial.hyperparameters)
     config = train.TrainConfig(genotype=genotype, **TRAINING)
     with open(os.devnull, "w") as quiet:
-        reference = train.train(config, str(tmp_path / "reference"), log_stream=quiet,
-                                progress_stream=quiet)
+        reference = train.train(
+            config, str(tmp_path / "reference"), log_stream=quiet, progress_stream=quiet
+        )
     trial_dir = os.path.join(first.get_trial_dir(trial.trial_id), tuner.TRAIN_DIR)
     assert run_dir.read_metadata(trial_dir)["config"] == config.to_dict()
     assert trial.metrics.get_last_value("val_accuracy") == reference.valid["valid_acc"]
     assert trial.metrics.get_last_value("val_loss") == reference.valid["valid_loss"]
     trained = first.get_best_models(1)[0]  # ArchitectureTuner.load_model: the trial's run
-    for got, want in zip(_weights(trained),
-                         _weights(train.restore_network(str(tmp_path / "reference"))[2])):
+    for got, want in zip(
+        _weights(trained), _weights(train.restore_network(str(tmp_path / "reference"))[2])
+    ):
         np.testing.assert_array_equal(got, want)
 
     # The best trial converts back to a genotype.json and its TrainConfig.
@@ -170,17 +210,20 @@ def test_trials_are_train_runs_best_exports_and_resumes(search_dir, tmp_path):
     resumed.search(verbose=0)
     trials = list(resumed.oracle.trials.values())
     assert len(trials) == 3 and all(t.status == "COMPLETED" for t in trials)
-    keys = [proposals.canonical_key(tuner.genotype_from_values(t.hyperparameters))
-            for t in trials]
+    keys = [proposals.canonical_key(tuner.genotype_from_values(t.hyperparameters)) for t in trials]
     assert len(set(keys)) == 3
     # Another search result or other training options on the same project are refused.
     space = search_space.SearchSpace.from_dict(state["search_space"])
     with pytest.raises(errors.InputError, match="another search result"):
         _architecture_tuner(str(tmp_path), DartsOracle(_random_alphas(space), space))
-    with pytest.raises(errors.InputError, match=r"other training options \(differ in: "
-                                                r"epochs\)"):
-        _architecture_tuner(str(tmp_path), DartsOracle(search_dir=search_dir),
-                            dict(TRAINING, epochs=2))
+    with pytest.raises(
+        errors.InputError,
+        match=r"other training options \(differ in: "
+        r"epochs\)",
+    ):
+        _architecture_tuner(
+            str(tmp_path), DartsOracle(search_dir=search_dir), dict(TRAINING, epochs=2)
+        )
 
 
 def _check_export(best_tuner, trained, genotype, export_dir):
@@ -191,31 +234,38 @@ def _check_export(best_tuner, trained, genotype, export_dir):
     assert (description["cells"], description["channels"]) == (3, 4)
     images = np.load(data.DIGITS_PATH)["test_images"][:5]
     info = data.load_dataset("digits").info
-    expected = tf.nn.softmax(trained(data.normalize(images, info.mean, info.std),
-                                     training=False)).numpy()
+    expected = tf.nn.softmax(
+        trained(data.normalize(images, info.mean, info.std), training=False)
+    ).numpy()
     loaded = tf.saved_model.load(export_dir)
     served = loaded.signatures["serving_default"](images=tf.constant(images))
     np.testing.assert_allclose(served["probabilities"].numpy(), expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(served["top_class"].numpy(), expected.argmax(-1))
-    assert genotypes.Genotype.from_json(
-        loaded.metadata()["genotype"].numpy().decode()) == genotype
+    assert genotypes.Genotype.from_json(loaded.metadata()["genotype"].numpy().decode()) == genotype
     with pytest.raises(errors.InputError, match="already exists"):
         tuner.export_best_trial(best_tuner, export_dir)
 
 
 def test_bad_training_options_fail_with_one_clear_error():
-    for options, message in (({"epoch": 1}, r"unknown training options \['epoch'\]"),
-                             ({"genotype": "DARTS_V2"}, "unknown training options"),
-                             ({"drop_path": 1.5}, r"drop_path must be in \[0, 1\)"),
-                             ({"cells": 2}, "cells must be at least 3")):
+    for options, message in (
+        ({"epoch": 1}, r"unknown training options \['epoch'\]"),
+        ({"genotype": "DARTS_V2"}, "unknown training options"),
+        ({"drop_path": 1.5}, r"drop_path must be in \[0, 1\)"),
+        ({"cells": 2}, "cells must be at least 3"),
+    ):
         with pytest.raises(errors.InputError, match=message):
             tuner.check_train_options(options)
     assert tuner.check_train_options({"epochs": 2, "data_dir": None}) == {"epochs": 2}
 
 
 def test_oracle_stops_when_proposals_are_exhausted(tmp_path):
-    space = search_space.SearchSpace(operations=("none", "skip_connect", "avg_pool_3x3"),
-                                     nodes=1, inputs_per_node=1, cells=3, channels=4)
+    space = search_space.SearchSpace(
+        operations=("none", "skip_connect", "avg_pool_3x3"),
+        nodes=1,
+        inputs_per_node=1,
+        cells=3,
+        channels=4,
+    )
     oracle = DartsOracle(_random_alphas(space), space, max_trials=100)
     oracle._set_project_dir(str(tmp_path), "p")  # what a Tuner does
     seen = set()
@@ -246,26 +296,34 @@ def test_oracle_runs_the_search_itself(search_dir):
 
 # -- tuning the search itself ------------------------------------------------------------------
 
+
 def test_search_tuner_with_bayesian_optimization(tmp_path):
     hp = kt.HyperParameters()
     hp.Fixed("arch_gradient", "first_order")  # keep the trials fast
     # One random trial, then one proposed by the Gaussian process.
     oracle = kt.oracles.BayesianOptimizationOracle(
-        objective=kt.Objective("val_accuracy", "max"), max_trials=2, num_initial_points=1,
-        hyperparameters=hp, seed=1)
+        objective=kt.Objective("val_accuracy", "max"),
+        max_trials=2,
+        num_initial_points=1,
+        hyperparameters=hp,
+        seed=1,
+    )
     base = TINY
-    search_tuner = tuner.SearchTuner(oracle, base, TRAINING, directory=str(tmp_path),
-                                     project_name="s")
+    search_tuner = tuner.SearchTuner(
+        oracle, base, TRAINING, directory=str(tmp_path), project_name="s"
+    )
     search_tuner.search(verbose=0)
     trials = list(oracle.trials.values())
     assert len(trials) == 2 and all(t.status == "COMPLETED" for t in trials)
     assert {"arch_learning_rate", "amending_coefficient", "warmup_epochs"} <= set(
-        trials[0].hyperparameters.values)
+        trials[0].hyperparameters.values
+    )
     assert trials[0].hyperparameters.values != trials[1].hyperparameters.values
     config = tuner.best_search_config(search_tuner, base)
     assert config.arch_gradient == "first_order"
     assert config.arch_learning_rate == search_tuner.get_best_hyperparameters()[0].get(
-        "arch_learning_rate")
+        "arch_learning_rate"
+    )
     # Each trial trained its search's genotype with train.train and reports that run's
     # validation accuracy.
     for t in trials:

@@ -23,11 +23,17 @@ OPS = ["none", "max_pool_3x3", "skip_connect", "sep_conv_3x3"]
 def per_stage_genotype():
     def cell(first, second):
         return genotypes.CellGenotype(
-            (((first, 0), ("skip_connect", 1)), ((second, 2), ("max_pool_3x3", 0))), (2, 3))
+            (((first, 0), ("skip_connect", 1)), ((second, 2), ("max_pool_3x3", 0))), (2, 3)
+        )
+
     return genotypes.Genotype(
-        (cell("sep_conv_3x3", "dil_conv_3x3"), cell("sep_conv_5x5", "skip_connect"),
-         cell("dil_conv_5x5", "sep_conv_3x3")),
-        (cell("max_pool_3x3", "avg_pool_3x3"), cell("avg_pool_3x3", "skip_connect")))
+        (
+            cell("sep_conv_3x3", "dil_conv_3x3"),
+            cell("sep_conv_5x5", "skip_connect"),
+            cell("dil_conv_5x5", "sep_conv_3x3"),
+        ),
+        (cell("max_pool_3x3", "avg_pool_3x3"), cell("avg_pool_3x3", "skip_connect")),
+    )
 
 
 def softmax(a):
@@ -37,11 +43,21 @@ def softmax(a):
 
 def history(num_records=3, slots=("normal_0", "reduce_0"), num_edges=5):
     rng = np.random.default_rng(0)
-    return {"operations": list(OPS), "slots": list(slots),
-            "records": [{"epoch": e, "step": 10 * (e + 1),
-                         "probabilities": [softmax(rng.normal(size=(num_edges, len(OPS))) * e)
-                                           .round(6).tolist() for _ in slots]}
-                        for e in range(num_records)]}
+    return {
+        "operations": list(OPS),
+        "slots": list(slots),
+        "records": [
+            {
+                "epoch": e,
+                "step": 10 * (e + 1),
+                "probabilities": [
+                    softmax(rng.normal(size=(num_edges, len(OPS))) * e).round(6).tolist()
+                    for _ in slots
+                ],
+            }
+            for e in range(num_records)
+        ],
+    }
 
 
 def is_svg(path):
@@ -71,25 +87,44 @@ class TestCase(absltest.TestCase):
 
 
 class CellDotTest(TestCase):
-
     def test_darts_v2_normal_cell(self):
-        source = visualize.cell_dot(genotypes.PUBLISHED["DARTS_V2"].normal_cells[0],
-                                    "DARTS_V2 normal")
+        source = visualize.cell_dot(
+            genotypes.PUBLISHED["DARTS_V2"].normal_cells[0], "DARTS_V2 normal"
+        )
         self.assertIn("rankdir=LR", source)
         self.assertIn('label="DARTS_V2 normal"', source)
-        self.assertEqual(dict(NODE.findall(source)),
-                         {"c_{k-2}": "darkseagreen2", "c_{k-1}": "darkseagreen2",
-                          "0": "lightblue", "1": "lightblue", "2": "lightblue",
-                          "3": "lightblue", "c_{k}": "palegoldenrod"})
+        self.assertEqual(
+            dict(NODE.findall(source)),
+            {
+                "c_{k-2}": "darkseagreen2",
+                "c_{k-1}": "darkseagreen2",
+                "0": "lightblue",
+                "1": "lightblue",
+                "2": "lightblue",
+                "3": "lightblue",
+                "c_{k}": "palegoldenrod",
+            },
+        )
         edges = EDGE.findall(source)
         labelled = sorted((op, u, v) for u, v, op in edges if op)
-        self.assertEqual(labelled, sorted([
-            ("sep_conv_3x3", "c_{k-2}", "0"), ("sep_conv_3x3", "c_{k-1}", "0"),
-            ("sep_conv_3x3", "c_{k-2}", "1"), ("sep_conv_3x3", "c_{k-1}", "1"),
-            ("sep_conv_3x3", "c_{k-1}", "2"), ("skip_connect", "c_{k-2}", "2"),
-            ("skip_connect", "c_{k-2}", "3"), ("dil_conv_3x3", "0", "3")]))
-        self.assertEqual(sorted((u, v) for u, v, op in edges if not op),
-                         [(str(i), "c_{k}") for i in range(4)])
+        self.assertEqual(
+            labelled,
+            sorted(
+                [
+                    ("sep_conv_3x3", "c_{k-2}", "0"),
+                    ("sep_conv_3x3", "c_{k-1}", "0"),
+                    ("sep_conv_3x3", "c_{k-2}", "1"),
+                    ("sep_conv_3x3", "c_{k-1}", "1"),
+                    ("sep_conv_3x3", "c_{k-1}", "2"),
+                    ("skip_connect", "c_{k-2}", "2"),
+                    ("skip_connect", "c_{k-2}", "3"),
+                    ("dil_conv_3x3", "0", "3"),
+                ]
+            ),
+        )
+        self.assertEqual(
+            sorted((u, v) for u, v, op in edges if not op), [(str(i), "c_{k}") for i in range(4)]
+        )
 
     def test_concatenated_cell_input_is_drawn(self):
         cell = genotypes.CellGenotype(((("skip_connect", 0), ("none", 1)),), (1, 2))
@@ -104,47 +139,57 @@ class CellDotTest(TestCase):
 
 
 class RenderTest(TestCase):
-
     def test_shared_genotype(self):
         out = self.tempdir()
-        paths = visualize.render_genotype(genotypes.PUBLISHED["DARTS_V2"],
-                                          os.path.join(out, "darts"))
-        self.assertEqual([os.path.basename(p) for p in paths],
-                         ["darts_normal.dot", "darts_normal.png", "darts_normal.svg",
-                          "darts_reduce.dot", "darts_reduce.png", "darts_reduce.svg"])
+        paths = visualize.render_genotype(
+            genotypes.PUBLISHED["DARTS_V2"], os.path.join(out, "darts")
+        )
+        self.assertEqual(
+            [os.path.basename(p) for p in paths],
+            [
+                "darts_normal.dot",
+                "darts_normal.png",
+                "darts_normal.svg",
+                "darts_reduce.dot",
+                "darts_reduce.png",
+                "darts_reduce.svg",
+            ],
+        )
         for path in paths:
             if path.endswith(".png"):
                 self.assertTrue(is_png(path), path)
             elif path.endswith(".svg"):
                 self.assertTrue(is_svg(path), path)
                 with open(path, encoding="utf-8") as f:
-                    self.assertIn("max_pool_3x3" if "reduce" in path else "dil_conv_3x3",
-                                  f.read())
+                    self.assertIn("max_pool_3x3" if "reduce" in path else "dil_conv_3x3", f.read())
         self.assertCountEqual(os.listdir(out), [os.path.basename(p) for p in paths])
 
     def test_per_stage_genotype(self):
         out = self.tempdir()
-        paths = visualize.render_genotype(per_stage_genotype(), os.path.join(out, "g"),
-                                          formats=["svg"])
+        paths = visualize.render_genotype(
+            per_stage_genotype(), os.path.join(out, "g"), formats=["svg"]
+        )
         names = ["normal_0", "normal_1", "normal_2", "reduce_0", "reduce_1"]
-        self.assertEqual([os.path.basename(p) for p in paths],
-                         [f"g_{n}.{ext}" for n in names for ext in ("dot", "svg")])
+        self.assertEqual(
+            [os.path.basename(p) for p in paths],
+            [f"g_{n}.{ext}" for n in names for ext in ("dot", "svg")],
+        )
         self.assertTrue(all(is_svg(p) for p in paths if p.endswith(".svg")))
 
     def test_unknown_format(self):
         with self.assertRaisesRegex(ValueError, "expected some of png, svg, pdf"):
-            visualize.render_genotype(genotypes.PUBLISHED["DARTS_V2"],
-                                      os.path.join(self.tempdir(), "g"),
-                                      formats=["bmp"])
+            visualize.render_genotype(
+                genotypes.PUBLISHED["DARTS_V2"], os.path.join(self.tempdir(), "g"), formats=["bmp"]
+            )
 
     def test_missing_dot(self):
         out = self.tempdir()
         empty = self.tempdir()
         with mock.patch.dict(os.environ, {"PATH": empty}):
-            with self.assertRaisesRegex(visualize.VisualizeError,
-                                        "apt-get install graphviz") as raised:
-                visualize.render_genotype(genotypes.PUBLISHED["DARTS_V2"],
-                                          os.path.join(out, "g"))
+            with self.assertRaisesRegex(
+                visualize.VisualizeError, "apt-get install graphviz"
+            ) as raised:
+                visualize.render_genotype(genotypes.PUBLISHED["DARTS_V2"], os.path.join(out, "g"))
         self.assertIsInstance(raised.exception, OSError)
         self.assertNotIn("\n", str(raised.exception))
         self.assertCountEqual(os.listdir(out), ["g_normal.dot", "g_reduce.dot"])
@@ -154,18 +199,15 @@ class RenderTest(TestCase):
         fake = self.tempdir()
         dot = os.path.join(fake, "dot")
         with open(dot, "w", encoding="utf-8") as f:
-            f.write("#!/bin/sh\nprintf 'half a picture'\necho 'Error: out of memory' >&2\n"
-                    "exit 1\n")
+            f.write("#!/bin/sh\nprintf 'half a picture'\necho 'Error: out of memory' >&2\nexit 1\n")
         os.chmod(dot, os.stat(dot).st_mode | stat.S_IXUSR)
         with mock.patch.dict(os.environ, {"PATH": fake}):
             with self.assertRaisesRegex(visualize.VisualizeError, "out of memory"):
-                visualize.render_genotype(genotypes.PUBLISHED["DARTS_V2"],
-                                          os.path.join(out, "g"))
+                visualize.render_genotype(genotypes.PUBLISHED["DARTS_V2"], os.path.join(out, "g"))
         self.assertCountEqual(os.listdir(out), ["g_normal.dot", "g_reduce.dot"])
 
 
 class HeatmapTest(TestCase):
-
     def test_image(self):
         uniform = np.full((5, len(OPS)), 1 / len(OPS))
         image = visualize.alpha_heatmap(uniform, OPS, "normal_0")
@@ -184,6 +226,7 @@ class HeatmapTest(TestCase):
         def count(img, p):
             rgb = np.round(np.array(cmap(p)[:3]) * 255).astype(np.uint8)
             return int(np.all(np.abs(img.astype(int) - rgb) <= 1, axis=-1).sum())
+
         # The cell with probability 1 is drawn in the colour of 1 (the colour bar holds a
         # thin band of it in both images), the uniform cells in another.
         self.assertGreater(count(peaked_image, 1.0), count(image, 1.0) + 200)
@@ -195,7 +238,6 @@ class HeatmapTest(TestCase):
 
 
 class AlphaHistoryTest(TestCase):
-
     def test_plot_png_and_svg(self):
         out = self.tempdir()
         h = history()
@@ -240,19 +282,31 @@ class AlphaHistoryTest(TestCase):
             (mutated(lambda h: h.update(operations=[])), "operations must be a non-empty"),
             (mutated(lambda h: h.update(slots=["a", "a"])), "duplicate"),
             (mutated(lambda h: h.update(records={})), "records must be a list"),
-            (mutated(lambda h: h["records"][2].update(epoch=True)),
-             r"records\[2\]\.epoch must be a non-negative integer"),
+            (
+                mutated(lambda h: h["records"][2].update(epoch=True)),
+                r"records\[2\]\.epoch must be a non-negative integer",
+            ),
             (mutated(lambda h: h["records"][0].pop("step")), r"records\[0\]\.step"),
-            (mutated(lambda h: h["records"][1]["probabilities"].pop()),
-             r"one \[num_edges x 4\] matrix per slot \(2\), got 1"),
-            (mutated(lambda h: set_probabilities(h, [[0.5, 0.5]] * 5)),
-             r"records\[1\]\.probabilities\[1\] \(reduce_0\) has shape \[5, 2\]"),
-            (mutated(lambda h: set_probabilities(h, [[1, 0, 0, 0], [1, 0]])),
-             "not a rectangular matrix"),
-            (mutated(lambda h: set_probabilities(h, [[0.25] * 4] * 6)),
-             "has 6 edges, earlier records 5"),
-            (mutated(lambda h: set_probabilities(h, [[2.0, -1.0, 0.5, -0.5]] * 5)),
-             "not alpha logits"),
+            (
+                mutated(lambda h: h["records"][1]["probabilities"].pop()),
+                r"one \[num_edges x 4\] matrix per slot \(2\), got 1",
+            ),
+            (
+                mutated(lambda h: set_probabilities(h, [[0.5, 0.5]] * 5)),
+                r"records\[1\]\.probabilities\[1\] \(reduce_0\) has shape \[5, 2\]",
+            ),
+            (
+                mutated(lambda h: set_probabilities(h, [[1, 0, 0, 0], [1, 0]])),
+                "not a rectangular matrix",
+            ),
+            (
+                mutated(lambda h: set_probabilities(h, [[0.25] * 4] * 6)),
+                "has 6 edges, earlier records 5",
+            ),
+            (
+                mutated(lambda h: set_probabilities(h, [[2.0, -1.0, 0.5, -0.5]] * 5)),
+                "not alpha logits",
+            ),
             (mutated(lambda h: set_probabilities(h, [[0.5] * 4] * 5)), "a row sums to 2"),
         ]
         for value, message in cases:
@@ -269,8 +323,9 @@ class AlphaHistoryTest(TestCase):
         path = self.tempfile("g.json", json.dumps({"operations": ["a"]}))
         with self.assertRaisesRegex(ValueError, "g.json: missing key"):
             visualize.load_alpha_history(path)
-        with self.assertRaisesRegex(visualize.AlphaHistoryError,
-                                    "cannot read .*g.json.missing: No such file"):
+        with self.assertRaisesRegex(
+            visualize.AlphaHistoryError, "cannot read .*g.json.missing: No such file"
+        ):
             visualize.load_alpha_history(path + ".missing")
         with self.assertRaisesRegex(visualize.AlphaHistoryError, "cannot read .*: Is a directory"):
             visualize.load_alpha_history(os.path.dirname(path))

@@ -10,5 +10,6 @@ def __getattr__(name):
     """`tf_amended_darts.DartsOracle` etc. import their module on first use only."""
     if name in _LAZY:
         import importlib  # pylint: disable=g-import-not-at-top
+
         return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -57,7 +57,6 @@ def _warn(message):
 
 
 class Checkpointer:
-
     def __init__(self, directory, strategy=None, max_to_keep=3, records=None, **trackables):
         self.directory = directory
         self._chief = strategy is None or distribute.is_chief(strategy)
@@ -65,13 +64,17 @@ class Checkpointer:
         # Restoring uses a root without the records: a checkpoint written before records
         # existed still restores (the records are compared, not loaded).
         self._restorable = tf.train.Checkpoint(**trackables)
-        stored = {name: tf.Variable(value, dtype=tf.string, trainable=False)
-                  for name, value in self._records.items()}
-        self._checkpoint = tf.train.Checkpoint(**trackables, **({RECORDS: stored} if stored
-                                                                else {}))
+        stored = {
+            name: tf.Variable(value, dtype=tf.string, trainable=False)
+            for name, value in self._records.items()
+        }
+        self._checkpoint = tf.train.Checkpoint(
+            **trackables, **({RECORDS: stored} if stored else {})
+        )
         self._scratch = None if self._chief else tempfile.mkdtemp(prefix="checkpoint-worker-")
         self._manager = tf.train.CheckpointManager(
-            self._checkpoint, self._scratch or directory, max_to_keep=max_to_keep)
+            self._checkpoint, self._scratch or directory, max_to_keep=max_to_keep
+        )
 
     def save(self, number):
         """Writes checkpoint `number` (e.g. the global step); returns its path prefix."""
@@ -97,24 +100,29 @@ class Checkpointer:
         if not candidates:
             state = os.path.join(self.directory, "checkpoint")
             if os.path.exists(state):
-                raise CheckpointError(f"{state} exists but {self.directory} holds no "
-                                      f"checkpoint (no ckpt-N.index): start over with "
-                                      f"--overwrite")
+                raise CheckpointError(
+                    f"{state} exists but {self.directory} holds no "
+                    f"checkpoint (no ckpt-N.index): start over with "
+                    f"--overwrite"
+                )
             return None
         skipped = []
         for candidate in candidates:
             try:
-                restore_path(self._restorable, candidate, _THIS_RUN, self._records,
-                             report)
+                restore_path(self._restorable, candidate, _THIS_RUN, self._records, report)
             except CheckpointError as e:
                 skipped.append(str(e))
                 continue
             if skipped:
-                report(f"resuming from the older checkpoint {candidate}: {len(skipped)} newer "
-                       f"one(s) cannot be restored ({skipped[0]})")
+                report(
+                    f"resuming from the older checkpoint {candidate}: {len(skipped)} newer "
+                    f"one(s) cannot be restored ({skipped[0]})"
+                )
             return candidate
-        raise CheckpointError(f"none of the {len(candidates)} checkpoints in {self.directory} "
-                              f"can be restored ({skipped[0]}): start over with --overwrite")
+        raise CheckpointError(
+            f"none of the {len(candidates)} checkpoints in {self.directory} "
+            f"can be restored ({skipped[0]}): start over with --overwrite"
+        )
 
     def _remove_temporaries(self):
         if os.path.isdir(self.directory):
@@ -132,10 +140,13 @@ def checkpoint_paths(directory):
     N first. The state file is not consulted: it may be garbage or name a missing one."""
     if not os.path.isdir(directory):
         return []
-    numbered = [(int(m.group(1)), m.group(0)) for m in map(_NUMBERED.match,
-                                                             os.listdir(directory)) if m]
-    return [os.path.join(directory, name[:-len(".index")]) for _, name in sorted(numbered,
-                                                                                 reverse=True)]
+    numbered = [
+        (int(m.group(1)), m.group(0)) for m in map(_NUMBERED.match, os.listdir(directory)) if m
+    ]
+    return [
+        os.path.join(directory, name[: -len(".index")])
+        for _, name in sorted(numbered, reverse=True)
+    ]
 
 
 def _first_line(error):
@@ -151,14 +162,18 @@ def _compare_records(path, expected, what, report):
     for name, value in expected.items():
         key = f"{RECORDS}/{name}/.ATTRIBUTES/VARIABLE_VALUE"
         if not reader.has_tensor(key):
-            report(f"checkpoint {path} does not record its {name} (written by an older "
-                   f"version): trusting that it is the {name} of {what}")
+            report(
+                f"checkpoint {path} does not record its {name} (written by an older "
+                f"version): trusting that it is the {name} of {what}"
+            )
             continue
         stored = reader.get_tensor(key)
         stored = stored.decode("utf-8", "replace") if isinstance(stored, bytes) else str(stored)
         if _normal(stored) != _normal(value):
-            raise CheckpointError(f"checkpoint {path} does not fit {what}: it was written "
-                                  f"with another {name}: {stored.replace(chr(10), ' ')[:300]}")
+            raise CheckpointError(
+                f"checkpoint {path} does not fit {what}: it was written "
+                f"with another {name}: {stored.replace(chr(10), ' ')[:300]}"
+            )
 
 
 def _normal(text):
@@ -183,13 +198,11 @@ def restore_path(checkpoint, path, what, records=None, report=_warn):
         if isinstance(e, CheckpointError):
             raise
         # IndexError: what TensorFlow raises for a truncated data file.
-        raise CheckpointError(f"checkpoint {path} does not fit {what}: "
-                              f"{_first_line(e)}") from None
+        raise CheckpointError(f"checkpoint {path} does not fit {what}: {_first_line(e)}") from None
     return path
 
 
-def restore_checkpoint(directory, what, checkpoint=None, records=None, report=_warn,
-                       **trackables):
+def restore_checkpoint(directory, what, checkpoint=None, records=None, report=_warn, **trackables):
     """Restores `trackables` (named as the run saved them; the rest of the checkpoint is left
     alone) from `checkpoint` (a path prefix) or the latest checkpoint of the run in
     `directory`; returns the path. Raises CheckpointError, naming `what` the checkpoint should
@@ -202,9 +215,20 @@ def restore_checkpoint(directory, what, checkpoint=None, records=None, report=_w
     return restore_path(tf.train.Checkpoint(**trackables), checkpoint, what, records, report)
 
 
-_SKIP = ("_layers", "_tracker", "_trainable_variables", "_non_trainable_variables",
-         "_seed_generators", "_metrics", "_losses", "_loss_ids", "_tracked",
-         "_inbound_nodes", "_outbound_nodes", "_parent")
+_SKIP = (
+    "_layers",
+    "_tracker",
+    "_trainable_variables",
+    "_non_trainable_variables",
+    "_seed_generators",
+    "_metrics",
+    "_losses",
+    "_loss_ids",
+    "_tracked",
+    "_inbound_nodes",
+    "_outbound_nodes",
+    "_parent",
+)
 
 
 def named_variables(model):
@@ -246,8 +270,8 @@ def copy_weights(source, target):
         raise ValueError(f"the source network lacks {len(absent)} variables, e.g. {absent[0]}")
     for name, variable in dst.items():
         if tuple(variable.shape) != tuple(src[name].shape):
-            raise ValueError(f"{name}: shape {tuple(src[name].shape)} of the source does not "
-                             f"fit {tuple(variable.shape)}")
+            raise ValueError(
+                f"{name}: shape {tuple(src[name].shape)} of the source does not "
+                f"fit {tuple(variable.shape)}"
+            )
         variable.assign(src[name])
-
-

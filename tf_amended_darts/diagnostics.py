@@ -39,30 +39,53 @@ def _cosine(a, b):
     return float(a @ b / (na * nb)) if na > 0 and nb > 0 else float("nan")
 
 
-def _check(search_dir, search_space, channels, cells, nodes, batch_size, estimator_names,
-           cg_iterations, warmup_steps, repeats):
+def _check(
+    search_dir,
+    search_space,
+    channels,
+    cells,
+    nodes,
+    batch_size,
+    estimator_names,
+    cg_iterations,
+    warmup_steps,
+    repeats,
+):
     """The estimator names, or errors.InputError on bad values (before anything is loaded)."""
-    for name, value, minimum in (("channels", channels, 1), ("cells", cells, 3),
-                                 ("nodes", nodes, 1), ("batch_size", batch_size, 1),
-                                 ("cg_iterations", cg_iterations, 1), ("repeats", repeats, 1),
-                                 ("warmup_steps", warmup_steps, 0)):
+    for name, value, minimum in (
+        ("channels", channels, 1),
+        ("cells", cells, 3),
+        ("nodes", nodes, 1),
+        ("batch_size", batch_size, 1),
+        ("cg_iterations", cg_iterations, 1),
+        ("repeats", repeats, 1),
+        ("warmup_steps", warmup_steps, 0),
+    ):
         if value is not None and value < minimum:
             raise errors.InputError(f"--{name} must be >= {minimum}, got {value}")
     if search_dir:
-        given = [name for name, value in (("search_space", search_space),
-                                          ("channels", channels), ("cells", cells),
-                                          ("nodes", nodes), ("warmup_steps", warmup_steps or None))
-                 if value is not None]
+        given = [
+            name
+            for name, value in (
+                ("search_space", search_space),
+                ("channels", channels),
+                ("cells", cells),
+                ("nodes", nodes),
+                ("warmup_steps", warmup_steps or None),
+            )
+            if value is not None
+        ]
         if given:
-            raise errors.InputError(f"--search_dir takes the supernet and its weights from the "
-                                    f"search run: drop --{', --'.join(given)}")
+            raise errors.InputError(
+                f"--search_dir takes the supernet and its weights from the "
+                f"search run: drop --{', --'.join(given)}"
+            )
     names = list(dict.fromkeys(n.strip() for n in estimator_names if n.strip()))
     if not names:
         raise errors.InputError("--estimators is empty")
     for n in names:
         if n not in KNOWN:
-            raise errors.InputError(
-                f"unknown estimator {n!r}; expected some of {', '.join(KNOWN)}")
+            raise errors.InputError(f"unknown estimator {n!r}; expected some of {', '.join(KNOWN)}")
     return names
 
 
@@ -71,22 +94,38 @@ def _searched_supernet(search_dir, dataset, data_dir):
     run = search.restore_search_network(search_dir)
     config = run.config
     same = dataset in (None, config.dataset)
-    ds = data.load_dataset(config.dataset if same else dataset,
-                           data_dir or (config.data_dir if same else None),
-                           image_size=config.image_size)
-    fits = (list(ds.info.image_shape) == list(run.dataset_info["image_shape"])
-            and ds.info.num_classes == run.dataset_info["num_classes"])
+    ds = data.load_dataset(
+        config.dataset if same else dataset,
+        data_dir or (config.data_dir if same else None),
+        image_size=config.image_size,
+    )
+    fits = (
+        list(ds.info.image_shape) == list(run.dataset_info["image_shape"])
+        and ds.info.num_classes == run.dataset_info["num_classes"]
+    )
     if not fits:
-        raise errors.InputError(f"dataset {ds.info.name} ({tuple(ds.info.image_shape)}, "
-                                f"{ds.info.num_classes} classes) does not fit the searched "
-                                f"supernet ({tuple(run.dataset_info['image_shape'])}, "
-                                f"{run.dataset_info['num_classes']} classes)")
+        raise errors.InputError(
+            f"dataset {ds.info.name} ({tuple(ds.info.image_shape)}, "
+            f"{ds.info.num_classes} classes) does not fit the searched "
+            f"supernet ({tuple(run.dataset_info['image_shape'])}, "
+            f"{run.dataset_info['num_classes']} classes)"
+        )
     state = estimators.weight_state_from_keras_sgd(
-        run.weight_optimizer, run.network.weight_variables, config.weight_decay)
-    return (run.network, state, ds, config.train_portion,
-            {"search_dir": search_dir, "checkpoint": run.checkpoint,
-             "global_step": run.global_step, "search_space": config.search_space,
-             "weights": f"search checkpoint {run.checkpoint} (global step {run.global_step})"})
+        run.weight_optimizer, run.network.weight_variables, config.weight_decay
+    )
+    return (
+        run.network,
+        state,
+        ds,
+        config.train_portion,
+        {
+            "search_dir": search_dir,
+            "checkpoint": run.checkpoint,
+            "global_step": run.global_step,
+            "search_space": config.search_space,
+            "weights": f"search checkpoint {run.checkpoint} (global step {run.global_step})",
+        },
+    )
 
 
 def _warmed_up_supernet(space, ds, batches, warmup_steps, seed):
@@ -101,8 +140,14 @@ def _warmed_up_supernet(space, ds, batches, warmup_steps, seed):
     def weight_step(x, y):
         with tf.GradientTape() as tape:
             loss = tf.reduce_mean(loop.cross_entropy(y, model(x, training=True)))
-        loop.sgd_weight_update(optimizer, tape, loss, model.weight_variables,
-                               grad_clip=GRAD_CLIP, weight_decay=WEIGHT_DECAY)
+        loop.sgd_weight_update(
+            optimizer,
+            tape,
+            loss,
+            model.weight_variables,
+            grad_clip=GRAD_CLIP,
+            weight_decay=WEIGHT_DECAY,
+        )
         return loss
 
     losses = [float(weight_step(*next(batches))) for _ in range(warmup_steps)]
@@ -112,19 +157,43 @@ def _warmed_up_supernet(space, ds, batches, warmup_steps, seed):
     return model, state, losses
 
 
-def diagnose(search_space=None, channels=None, cells=None, nodes=None, dataset=None,
-             data_dir=None, batch_size=32,
-             estimator_names=("first_order", "second_order", "amended"), eta=0.1,
-             cg_iterations=20, damping=0.0, products="exact", fd_radius=0.01, warmup_steps=None,
-             repeats=3, seed=0, search_dir=None):
+def diagnose(
+    search_space=None,
+    channels=None,
+    cells=None,
+    nodes=None,
+    dataset=None,
+    data_dir=None,
+    batch_size=32,
+    estimator_names=("first_order", "second_order", "amended"),
+    eta=0.1,
+    cg_iterations=20,
+    damping=0.0,
+    products="exact",
+    fd_radius=0.01,
+    warmup_steps=None,
+    repeats=3,
+    seed=0,
+    search_dir=None,
+):
     """Returns the measurements as a JSON-ready dict (see the module docstring).
 
     Without `search_dir`: the preset `search_space` (default darts) with the overrides
     `channels`, `cells`, `nodes`, warmed up for `warmup_steps` (default 20) on `dataset`
     (default digits). With `search_dir`: those must be None (ValueError otherwise).
     """
-    names = _check(search_dir, search_space, channels, cells, nodes, batch_size,
-                   estimator_names, cg_iterations, warmup_steps, repeats)
+    names = _check(
+        search_dir,
+        search_space,
+        channels,
+        cells,
+        nodes,
+        batch_size,
+        estimator_names,
+        cg_iterations,
+        warmup_steps,
+        repeats,
+    )
     compared = {}
     for n in names:
         params = {"products": products, "fd_radius": fd_radius}
@@ -136,9 +205,17 @@ def diagnose(search_space=None, channels=None, cells=None, nodes=None, dataset=N
     reference = estimators.make_estimator("implicit", iterations=cg_iterations, damping=damping)
 
     def stream(part, s):
-        return iter(data.epoch_batches(
-            part, batch_size, mean=ds.info.mean, std=ds.info.std, seed=s, epoch=0,
-            augmentation=data.default_augmentation(ds.info)).repeat())
+        return iter(
+            data.epoch_batches(
+                part,
+                batch_size,
+                mean=ds.info.mean,
+                std=ds.info.std,
+                seed=s,
+                epoch=0,
+                augmentation=data.default_augmentation(ds.info),
+            ).repeat()
+        )
 
     warmup_losses = []
     if search_dir:
@@ -146,27 +223,34 @@ def diagnose(search_space=None, channels=None, cells=None, nodes=None, dataset=N
         space = model.search_space
     else:
         search_space = search_space or "darts"
-        space = search_space_lib.get_search_space(search_space).replace(**{
-            k: v for k, v in (("channels", channels), ("cells", cells),
-                              ("nodes", nodes)) if v is not None})
+        space = search_space_lib.get_search_space(search_space).replace(
+            **{
+                k: v
+                for k, v in (("channels", channels), ("cells", cells), ("nodes", nodes))
+                if v is not None
+            }
+        )
         ds, portion = data.load_dataset(dataset or "digits", data_dir), 0.5
         warmup_steps = 20 if warmup_steps is None else warmup_steps
-        source = {"search_space": search_space,
-                  "weights": f"fresh supernet after {warmup_steps} SGD steps"}
+        source = {
+            "search_space": search_space,
+            "weights": f"fresh supernet after {warmup_steps} SGD steps",
+        }
     weights_part, arch_part = data.search_split(ds.train, ds.info.num_examples["train"], portion)
     train_batches = stream(weights_part, 2 * seed)
     val_batch = next(stream(arch_part, 2 * seed + 1))
     if not search_dir:
-        model, state, warmup_losses = _warmed_up_supernet(space, ds, train_batches,
-                                                          warmup_steps, seed)
+        model, state, warmup_losses = _warmed_up_supernet(
+            space, ds, train_batches, warmup_steps, seed
+        )
     train_batch = next(train_batches)
 
     results, vectors = {}, {}
-    for name, est in [("implicit", reference)] + [(n, e) for n, e in compared.items()
-                                                  if n != "implicit" or e.products != "exact"]:
+    for name, est in [("implicit", reference)] + [
+        (n, e) for n, e in compared.items() if n != "implicit" or e.products != "exact"
+    ]:
         key = name if name != "implicit" or est is reference else "implicit_" + products
-        fn = tf.function(lambda t, v, est=est: est.estimate(model, loop.cross_entropy, t, v,
-                                                            state))
+        fn = tf.function(lambda t, v, est=est: est.estimate(model, loop.cross_entropy, t, v, state))
         start = time.perf_counter()
         grads, diag = fn(train_batch, val_batch)
         first = time.perf_counter() - start
@@ -179,10 +263,12 @@ def diagnose(search_space=None, channels=None, cells=None, nodes=None, dataset=N
         vectors[key] = flat = _flat(grads)
         results[key] = {
             "estimator": repr(est),
-            "g1_norm": float(diag["g1_norm"]), "correction_norm": float(diag["correction_norm"]),
+            "g1_norm": float(diag["g1_norm"]),
+            "correction_norm": float(diag["correction_norm"]),
             "total_norm": float(np.linalg.norm(flat)),
             "val_loss": float(diag["val_loss"]),
-            "first_call_seconds": first, "seconds_per_call": statistics.median(times),
+            "first_call_seconds": first,
+            "seconds_per_call": statistics.median(times),
         }
         if "residual_norm" in diag:
             results[key]["residual_norm"] = float(diag["residual_norm"])
@@ -190,18 +276,34 @@ def diagnose(search_space=None, channels=None, cells=None, nodes=None, dataset=N
     if "first_order" in vectors:
         g1 = vectors["first_order"]
     else:  # the first-order gradient is needed for the corrections
-        g1 = _flat(tf.function(lambda t, v: estimators.FirstOrderEstimator().estimate(
-            model, loop.cross_entropy, t, v))(train_batch, val_batch)[0])
+        g1 = _flat(
+            tf.function(
+                lambda t, v: estimators.FirstOrderEstimator().estimate(
+                    model, loop.cross_entropy, t, v
+                )
+            )(train_batch, val_batch)[0]
+        )
     keys = list(vectors)
     for key in keys:
         results[key]["cosine_to_implicit"] = _cosine(vectors[key], vectors["implicit"])
-        results[key]["correction_cosine_to_implicit"] = _cosine(vectors[key] - g1,
-                                                                vectors["implicit"] - g1)
+        results[key]["correction_cosine_to_implicit"] = _cosine(
+            vectors[key] - g1, vectors["implicit"] - g1
+        )
     return {
-        "config": {**source, "space": space.to_dict(), "dataset": ds.info.name,
-                   "batch_size": batch_size, "eta": eta, "cg_iterations": cg_iterations,
-                   "damping": damping, "products": products, "fd_radius": fd_radius,
-                   "warmup_steps": warmup_steps or 0, "repeats": repeats, "seed": seed},
+        "config": {
+            **source,
+            "space": space.to_dict(),
+            "dataset": ds.info.name,
+            "batch_size": batch_size,
+            "eta": eta,
+            "cg_iterations": cg_iterations,
+            "damping": damping,
+            "products": products,
+            "fd_radius": fd_radius,
+            "warmup_steps": warmup_steps or 0,
+            "repeats": repeats,
+            "seed": seed,
+        },
         "warmup_losses": warmup_losses,
         "weight_count": int(sum(int(np.prod(v.shape)) for v in model.weight_variables)),
         "alphas": [keras.ops.convert_to_numpy(a).tolist() for a in model.arch_variables],

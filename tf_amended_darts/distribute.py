@@ -34,12 +34,15 @@ def configure_logical_cpus(count):
     cpus = tf.config.list_physical_devices("CPU")
     try:
         tf.config.set_logical_device_configuration(
-            cpus[0], [tf.config.LogicalDeviceConfiguration()] * count)
+            cpus[0], [tf.config.LogicalDeviceConfiguration()] * count
+        )
     except RuntimeError:
         present = len(tf.config.list_logical_devices("CPU"))
         if present != count:
-            raise errors.InputError(f"cannot split the CPU into {count} logical devices: "
-                                    f"TensorFlow is already initialised with {present}") from None
+            raise errors.InputError(
+                f"cannot split the CPU into {count} logical devices: "
+                f"TensorFlow is already initialised with {present}"
+            ) from None
 
 
 def _num_workers_in_tf_config():
@@ -53,20 +56,23 @@ def _num_workers_in_tf_config():
 def make_strategy(name="auto"):
     """The tf.distribute strategy `name` (see the module docstring)."""
     if name not in STRATEGIES:
-        raise errors.InputError(f"unknown strategy {name!r}; expected one of "
-                                f"{', '.join(STRATEGIES)}")
+        raise errors.InputError(
+            f"unknown strategy {name!r}; expected one of {', '.join(STRATEGIES)}"
+        )
     if name == "auto":
         if _num_workers_in_tf_config() > 1:
             name = "multi_worker"
-        elif (tf.config.list_logical_devices("GPU")
-              or len(tf.config.list_logical_devices("CPU")) > 1):
+        elif (
+            tf.config.list_logical_devices("GPU") or len(tf.config.list_logical_devices("CPU")) > 1
+        ):
             name = "mirrored"
         else:
             name = "one_device"
     if name == "multi_worker":
         if not os.environ.get("TF_CONFIG"):
-            raise errors.InputError("--strategy=multi_worker needs the TF_CONFIG environment "
-                                    "variable")
+            raise errors.InputError(
+                "--strategy=multi_worker needs the TF_CONFIG environment variable"
+            )
         return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "mirrored":
         gpus = tf.config.list_logical_devices("GPU")
@@ -78,7 +84,8 @@ def make_strategy(name="auto"):
         # expected ... data_type".
         return tf.distribute.MirroredStrategy(
             [d.name for d in tf.config.list_logical_devices("CPU")],
-            cross_device_ops=tf.distribute.ReductionToOneDevice())
+            cross_device_ops=tf.distribute.ReductionToOneDevice(),
+        )
     return tf.distribute.get_strategy()  # the default strategy: one device, no overhead
 
 
@@ -86,8 +93,10 @@ def check_global_batch(global_batch_size, strategy):
     """Raises errors.InputError unless the global batch splits evenly over the replicas."""
     replicas = strategy.num_replicas_in_sync
     if global_batch_size < 1 or global_batch_size % replicas:
-        raise errors.InputError(f"the global batch size {global_batch_size} is not a positive "
-                                f"multiple of the {replicas} replicas")
+        raise errors.InputError(
+            f"the global batch size {global_batch_size} is not a positive "
+            f"multiple of the {replicas} replicas"
+        )
     return global_batch_size // replicas
 
 
@@ -98,8 +107,11 @@ def is_chief(strategy):
         return True
     if resolver.task_type == "chief":
         return True
-    return resolver.task_type == "worker" and (resolver.task_id or 0) == 0 and \
-        "chief" not in resolver.cluster_spec().as_dict()
+    return (
+        resolver.task_type == "worker"
+        and (resolver.task_id or 0) == 0
+        and "chief" not in resolver.cluster_spec().as_dict()
+    )
 
 
 def describe(strategy):
@@ -108,8 +120,9 @@ def describe(strategy):
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is not None and resolver.cluster_spec().as_dict():
         workers = sum(len(v) for v in resolver.cluster_spec().as_dict().values())
-    return (f"{type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s)"
-            + (f" on {workers} workers" if workers > 1 else ""))
+    return f"{type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s)" + (
+        f" on {workers} workers" if workers > 1 else ""
+    )
 
 
 def replicas_in_context():

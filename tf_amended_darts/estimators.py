@@ -61,6 +61,7 @@ class WeightOptimizerState(NamedTuple):
     `learning_rate` is the unrolled step's xi: second order requires it, the others ignore it.
     Use `weight_state_from_keras_sgd` to read them off a Keras SGD optimizer.
     """
+
     learning_rate: Any = None
     momentum: Any = 0.0
     weight_decay: Any = 0.0
@@ -82,27 +83,31 @@ def weight_state_from_keras_sgd(optimizer, weight_variables, weight_decay=0.0):
             buffers.append(-tf.math.divide_no_nan(slot.value, tf.cast(lr, slot.dtype)))
     # Keras casts the Python momentum through float32 (0.9 -> 0.89999998); do the same.
     momentum = tf.convert_to_tensor(optimizer.momentum, tf.float32)
-    return WeightOptimizerState(learning_rate=lr, momentum=momentum,
-                                weight_decay=weight_decay, momentum_buffers=buffers)
+    return WeightOptimizerState(
+        learning_rate=lr, momentum=momentum, weight_decay=weight_decay, momentum_buffers=buffers
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Argument checks (Python-level, on static shapes: they add nothing to a traced graph).
 
+
 def _is_sequence(value):
-    return (isinstance(value, collections.abc.Sequence)
-            and not isinstance(value, (str, bytes)))
+    return isinstance(value, collections.abc.Sequence) and not isinstance(value, (str, bytes))
 
 
 def _check_like_weights(name, vectors, variables, none_allowed=False):
     """Raises ValueError unless `vectors` has one entry per weight variable, each of its shape
     (a shorter list or a broadcastable shape would silently give wrong numbers)."""
     if not _is_sequence(vectors):
-        raise ValueError(f"{name} must be a list with one tensor per model.weight_variables "
-                         f"entry, got {type(vectors).__name__}")
+        raise ValueError(
+            f"{name} must be a list with one tensor per model.weight_variables "
+            f"entry, got {type(vectors).__name__}"
+        )
     if len(vectors) != len(variables):
-        raise ValueError(f"{name} has {len(vectors)} entries, model.weight_variables has "
-                         f"{len(variables)}")
+        raise ValueError(
+            f"{name} has {len(vectors)} entries, model.weight_variables has {len(variables)}"
+        )
     for i, (vector, variable) in enumerate(zip(vectors, variables)):
         if vector is None:
             if none_allowed:
@@ -110,8 +115,10 @@ def _check_like_weights(name, vectors, variables, none_allowed=False):
             raise ValueError(f"{name}[{i}] is None; expected the shape of {variable.path}")
         shape = tf.TensorShape(vector.shape if hasattr(vector, "shape") else np.shape(vector))
         if not shape.is_compatible_with(variable.shape):
-            raise ValueError(f"{name}[{i}] has shape {tuple(shape.as_list())}, expected "
-                             f"{tuple(variable.shape)} ({variable.path})")
+            raise ValueError(
+                f"{name}[{i}] has shape {tuple(shape.as_list())}, expected "
+                f"{tuple(variable.shape)} ({variable.path})"
+            )
 
 
 def _as_dtype(value, dtype):
@@ -122,6 +129,7 @@ def _as_dtype(value, dtype):
 
 # ---------------------------------------------------------------------------------------------
 # Small vector helpers (lists of tensors); cross-replica sums are distribute.all_reduce_sum.
+
 
 def _dot(xs, ys):
     return tf.add_n([tf.reduce_sum(x * y) for x, y in zip(xs, ys)])
@@ -169,8 +177,9 @@ class _StatelessLosses:
             values[i] = a
         x, y = batch
         logits, _ = self.model.stateless_call(values, self._non_trainable, x, training=True)
-        return tf.nn.compute_average_loss(self.loss_fn(y, logits),
-                                          global_batch_size=self.global_batch_size)
+        return tf.nn.compute_average_loss(
+            self.loss_fn(y, logits), global_batch_size=self.global_batch_size
+        )
 
     def loss_and_grads(self, weights, arch, batch):
         """(local loss, local grad_w, local grad_alpha) from one forward/backward pass."""
@@ -178,12 +187,13 @@ class _StatelessLosses:
             tape.watch(weights + arch)
             loss = self.loss(weights, arch, batch)
         grads = tape.gradient(loss, weights + arch, unconnected_gradients=_ZERO)
-        return loss, grads[:len(weights)], grads[len(weights):]
+        return loss, grads[: len(weights)], grads[len(weights) :]
 
 
 # ---------------------------------------------------------------------------------------------
 # Second-derivative products of L_train at (w, alpha). Both classes return LOCAL contributions
 # (sum over replicas = global product) of H v and B u for GLOBAL vectors v, u.
+
 
 class _ExactProducts:
     """Back-over-back products; one persistent outer tape shares the forward and first backward."""
@@ -250,8 +260,17 @@ def _make_products(method, fd_radius, losses, weights, arch, batch):
     return _FiniteDifferenceProducts(losses, weights, arch, batch, fd_radius)
 
 
-def hessian_vector_product(model, loss_fn, batch, vector, *, products="exact", weight_decay=0.0,
-                           fd_radius=0.01, global_batch_size=None):
+def hessian_vector_product(
+    model,
+    loss_fn,
+    batch,
+    vector,
+    *,
+    products="exact",
+    weight_decay=0.0,
+    fd_radius=0.01,
+    global_batch_size=None,
+):
     """(H + wd I) v of L_train on `batch` at the model's weights; global, aligned with
     model.weight_variables. `vector` must be global (identical on every replica)."""
     _check_choice("products", products, PRODUCTS)
@@ -263,8 +282,9 @@ def hessian_vector_product(model, loss_fn, batch, vector, *, products="exact", w
     return _axpy(wd, vector, distribute.all_reduce_sum(hv))
 
 
-def mixed_vector_product(model, loss_fn, batch, vector, *, products="exact", fd_radius=0.01,
-                         global_batch_size=None):
+def mixed_vector_product(
+    model, loss_fn, batch, vector, *, products="exact", fd_radius=0.01, global_batch_size=None
+):
     """B u = d/d alpha <grad_w L_train, u>, aligned with model.arch_variables: this replica's
     local contribution (sum over replicas = global product; the product itself on one device)."""
     _check_choice("products", products, PRODUCTS)
@@ -279,10 +299,10 @@ def mixed_vector_product(model, loss_fn, batch, vector, *, products="exact", fd_
 
 # Estimator parameters come from flags (search, diagnose, tune): bad values are InputError.
 
+
 def _check_choice(name, value, choices):
     if value not in choices:
-        raise errors.InputError(
-            f"unknown {name} {value!r}; expected one of {', '.join(choices)}")
+        raise errors.InputError(f"unknown {name} {value!r}; expected one of {', '.join(choices)}")
 
 
 def _check_number(name, value, minimum, strict=False):
@@ -291,7 +311,8 @@ def _check_number(name, value, minimum, strict=False):
     in_range = value > minimum if strict else value >= minimum
     if not in_range or value != value or value == float("inf"):
         raise errors.InputError(
-            f"{name} must be {'>' if strict else '>='} {minimum} and finite, got {value!r}")
+            f"{name} must be {'>' if strict else '>='} {minimum} and finite, got {value!r}"
+        )
 
 
 class _Estimator:
@@ -316,8 +337,9 @@ class _Estimator:
         return f"{type(self).__name__}({params})"
 
     @tf.autograph.experimental.do_not_convert  # plain Python control flow, trace-time only
-    def estimate(self, model, loss_fn, train_batch, val_batch, weight_state=None,
-                 global_batch_size=None):
+    def estimate(
+        self, model, loss_fn, train_batch, val_batch, weight_state=None, global_batch_size=None
+    ):
         """Architecture gradient for `model` (see module doc for the model contract).
 
         loss_fn(labels, logits) -> per-example losses; batches are (x, labels) (this replica's
@@ -327,12 +349,17 @@ class _Estimator:
         self._check_weight_state(weight_state)
         state = weight_state or WeightOptimizerState()
         if state.momentum_buffers is not None:
-            _check_like_weights("weight_state.momentum_buffers", state.momentum_buffers,
-                                model.weight_variables, none_allowed=True)
+            _check_like_weights(
+                "weight_state.momentum_buffers",
+                state.momentum_buffers,
+                model.weight_variables,
+                none_allowed=True,
+            )
         weights, arch = losses.weights(), losses.arch()
         wd = _as_dtype(state.weight_decay, weights[0].dtype)
-        g1, correction, diagnostics = self._estimate(losses, weights, arch, train_batch,
-                                                     val_batch, state, wd)
+        g1, correction, diagnostics = self._estimate(
+            losses, weights, arch, train_batch, val_batch, state, wd
+        )
         grads = [a + b for a, b in zip(g1, correction)]
         g1_sum, correction_sum = distribute.all_reduce_sum((g1, correction))
         diagnostics = dict(diagnostics)
@@ -378,8 +405,10 @@ class SecondOrderEstimator(_Estimator):
 
     def _check_weight_state(self, weight_state):
         if weight_state is None or weight_state.learning_rate is None:
-            raise ValueError("second_order needs weight_state with the weight optimizer's "
-                             "learning_rate (the unrolled step's xi)")
+            raise ValueError(
+                "second_order needs weight_state with the weight optimizer's "
+                "learning_rate (the unrolled step's xi)"
+            )
 
     def _estimate(self, losses, weights, arch, train_batch, val_batch, state, wd):
         dtype = weights[0].dtype
@@ -389,14 +418,22 @@ class SecondOrderEstimator(_Estimator):
         step = _axpy(wd, weights, distribute.all_reduce_sum(grad_w))
         if state.momentum_buffers is not None:
             momentum = _as_dtype(state.momentum, dtype)
-            step = [s if b is None else s + momentum * _as_dtype(b, dtype)
-                    for s, b in zip(step, state.momentum_buffers)]
+            step = [
+                s if b is None else s + momentum * _as_dtype(b, dtype)
+                for s, b in zip(step, state.momentum_buffers)
+            ]
         unrolled = _axpy(-xi, step, weights)
         unrolled_val_loss, v_unrolled, g1 = self._validation(losses, unrolled, arch, val_batch)
         correction = [-xi * bu for bu in products.mixed_vector(v_unrolled)]
-        return g1, correction, {"val_loss": losses.loss(weights, arch, val_batch),
-                                "unrolled_val_loss": unrolled_val_loss,
-                                "train_loss": train_loss}
+        return (
+            g1,
+            correction,
+            {
+                "val_loss": losses.loss(weights, arch, val_batch),
+                "unrolled_val_loss": unrolled_val_loss,
+                "train_loss": train_loss,
+            },
+        )
 
 
 class AmendedEstimator(_Estimator):
@@ -438,8 +475,15 @@ class ImplicitEstimator(_Estimator):
 
     name = "implicit"
 
-    def __init__(self, solver="cg", iterations=20, damping=0.0, neumann_scale=0.01,
-                 products="exact", fd_radius=0.01):
+    def __init__(
+        self,
+        solver="cg",
+        iterations=20,
+        damping=0.0,
+        neumann_scale=0.01,
+        products="exact",
+        fd_radius=0.01,
+    ):
         super().__init__(products, fd_radius)
         _check_choice("solver", solver, SOLVERS)
         if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
@@ -478,8 +522,11 @@ class ImplicitEstimator(_Estimator):
                 state = body(*state)
             return state
         iterations = tf.constant(self.iterations)
-        return tf.while_loop(lambda k, *_: k < iterations, lambda k, *s: (k + 1,) + body(*s),
-                             (tf.constant(0),) + state)[1:]
+        return tf.while_loop(
+            lambda k, *_: k < iterations,
+            lambda k, *s: (k + 1,) + body(*s),
+            (tf.constant(0),) + state,
+        )[1:]
 
     def _conjugate_gradient(self, apply_a, v):
         def body(x, r, p, rs):
@@ -490,8 +537,7 @@ class ImplicitEstimator(_Estimator):
             rs_new = _dot(r, r)
             return x, r, _axpy(tf.math.divide_no_nan(rs_new, rs), p, r), rs_new
 
-        x, r, _, _ = self._loop(body, ([tf.zeros_like(t) for t in v], list(v), list(v),
-                                       _dot(v, v)))
+        x, r, _, _ = self._loop(body, ([tf.zeros_like(t) for t in v], list(v), list(v), _dot(v, v)))
         return x, r
 
     def _neumann(self, apply_a, v, scale):
@@ -503,8 +549,10 @@ class ImplicitEstimator(_Estimator):
         return [scale * t for t in total], term
 
 
-ESTIMATORS = {cls.name: cls for cls in (FirstOrderEstimator, SecondOrderEstimator,
-                                        AmendedEstimator, ImplicitEstimator)}
+ESTIMATORS = {
+    cls.name: cls
+    for cls in (FirstOrderEstimator, SecondOrderEstimator, AmendedEstimator, ImplicitEstimator)
+}
 
 
 def make_estimator(name, **params):

@@ -21,9 +21,11 @@ def _counts(probabilities, labels, k):
     top = tf.math.top_k(probabilities, k=k).indices
     hit_k = tf.reduce_any(tf.equal(tf.cast(top, tf.int64), labels[:, None]), axis=-1)
     p_true = tf.gather(probabilities, labels, axis=1, batch_dims=1)
-    return (tf.reduce_sum(tf.cast(tf.equal(top[:, 0], tf.cast(labels, top.dtype)), tf.float64)),
-            tf.reduce_sum(tf.cast(hit_k, tf.float64)),
-            -tf.reduce_sum(tf.math.log(tf.maximum(tf.cast(p_true, tf.float64), 1e-12))))
+    return (
+        tf.reduce_sum(tf.cast(tf.equal(top[:, 0], tf.cast(labels, top.dtype)), tf.float64)),
+        tf.reduce_sum(tf.cast(hit_k, tf.float64)),
+        -tf.reduce_sum(tf.math.log(tf.maximum(tf.cast(p_true, tf.float64), 1e-12))),
+    )
 
 
 def evaluate_probabilities(predict, examples, num_classes, batch_size=256):
@@ -34,8 +36,8 @@ def evaluate_probabilities(predict, examples, num_classes, batch_size=256):
     count, start, timed = 0, None, 0
     for images, labels in examples.batch(batch_size).prefetch(tf.data.AUTOTUNE):
         probabilities = predict(images)
-        t1, t5, l = (float(v) for v in _counts(probabilities, labels, k))
-        top1, top5, loss, n = top1 + t1, top5 + t5, loss + l, int(labels.shape[0])
+        t1, t5, batch_loss = (float(v) for v in _counts(probabilities, labels, k))
+        top1, top5, loss, n = top1 + t1, top5 + t5, loss + batch_loss, int(labels.shape[0])
         count += n
         if start is None:  # the first batch includes tracing
             start = time.perf_counter()
@@ -44,9 +46,14 @@ def evaluate_probabilities(predict, examples, num_classes, batch_size=256):
     if count == 0:
         raise errors.InputError("the split holds no examples")
     seconds = time.perf_counter() - start
-    return {"examples": count, "top1": top1 / count, "top5": top5 / count, "top5_k": k,
-            "loss": loss / count,
-            "examples_per_second": timed / seconds if timed and seconds > 0 else float("nan")}
+    return {
+        "examples": count,
+        "top1": top1 / count,
+        "top5": top5 / count,
+        "top5_k": k,
+        "loss": loss / count,
+        "examples_per_second": timed / seconds if timed and seconds > 0 else float("nan"),
+    }
 
 
 def load_checkpoint(run_directory, checkpoint=None, genotype=None):
@@ -57,8 +64,12 @@ def load_checkpoint(run_directory, checkpoint=None, genotype=None):
     def predict(images):
         logits = net(data.normalize(images, info["mean"], info["std"]), training=False)
         return tf.nn.softmax(logits, axis=-1)
-    description = {**export.describe(net, config, info), "source": path,
-                   "genotype": config.genotype.to_string()}
+
+    description = {
+        **export.describe(net, config, info),
+        "source": path,
+        "genotype": config.genotype.to_string(),
+    }
     return predict, description, info
 
 
@@ -75,14 +86,17 @@ def load_saved_model(directory):
     # fingerprint.pb RuntimeError.
     except (OSError, tf.errors.OpError, ValueError, IndexError, RuntimeError) as e:
         first = (str(getattr(e, "message", e)).strip().splitlines() or [type(e).__name__])[0]
-        raise export.ExportError(f"cannot load a SavedModel from {directory}: "
-                                 f"{first[:300]}") from None
+        raise export.ExportError(
+            f"cannot load a SavedModel from {directory}: {first[:300]}"
+        ) from None
     genotype_json, class_names, description = export.read_metadata(loaded)
     serve = loaded.signatures[export.SIGNATURE]
 
     def predict(images):
         return serve(**{export.INPUT_NAME: images})["probabilities"]
+
     from tf_amended_darts import genotypes  # pylint: disable=g-import-not-at-top
+
     try:
         genotype = genotypes.Genotype.from_json(genotype_json)
     except genotypes.GenotypeError as e:
@@ -91,8 +105,17 @@ def load_saved_model(directory):
     return predict, description, class_names
 
 
-def evaluate(run_dir=None, saved_model=None, checkpoint=None, genotype=None, dataset=None,
-             data_dir=None, split="test", batch_size=256, download=False):
+def evaluate(
+    run_dir=None,
+    saved_model=None,
+    checkpoint=None,
+    genotype=None,
+    dataset=None,
+    data_dir=None,
+    split="test",
+    batch_size=256,
+    download=False,
+):
     """Evaluates a run's checkpoint (`run_dir`) or a SavedModel; returns a result dict.
 
     The dataset defaults to the run's (checkpoint) or is required (SavedModel); its images
@@ -114,12 +137,14 @@ def evaluate(run_dir=None, saved_model=None, checkpoint=None, genotype=None, dat
         predict, description, _ = load_checkpoint(run_dir, checkpoint, genotype)
     else:
         if checkpoint is not None or genotype is not None:
-            raise errors.InputError("--checkpoint and --genotype go with --run_dir, not "
-                                    "--saved_model")
+            raise errors.InputError(
+                "--checkpoint and --genotype go with --run_dir, not --saved_model"
+            )
         predict, description, _ = load_saved_model(saved_model)
         if dataset is None:
-            raise errors.InputError("--saved_model needs --dataset (and --data_dir if it needs "
-                                    "one)")
+            raise errors.InputError(
+                "--saved_model needs --dataset (and --data_dir if it needs one)"
+            )
     shape = tuple(description["image_shape"])
     size = image_size or (shape[0] if shape[0] == shape[1] else shape[:2])
     if protocol == "imagenet":
@@ -127,11 +152,14 @@ def evaluate(run_dir=None, saved_model=None, checkpoint=None, genotype=None, dat
     else:
         loaded = data.load_dataset(dataset, data_dir, download, image_size=size)
     if tuple(loaded.info.image_shape) != shape:
-        raise errors.InputError(f"dataset {dataset} has images {loaded.info.image_shape}, the "
-                                f"network takes {shape}")
+        raise errors.InputError(
+            f"dataset {dataset} has images {loaded.info.image_shape}, the network takes {shape}"
+        )
     if loaded.info.num_classes != description["num_classes"]:
-        raise errors.InputError(f"dataset {dataset} has {loaded.info.num_classes} classes, the "
-                                f"network {description['num_classes']}")
+        raise errors.InputError(
+            f"dataset {dataset} has {loaded.info.num_classes} classes, the "
+            f"network {description['num_classes']}"
+        )
     if split not in ("train", "test"):
         raise errors.InputError(f"unknown split {split!r}; expected train or test")
     examples = loaded.train if split == "train" else loaded.test
@@ -140,13 +168,18 @@ def evaluate(run_dir=None, saved_model=None, checkpoint=None, genotype=None, dat
 
 
 def format_text(result):
-    return (f"{result['source']}: {result['dataset']} {result['split']} "
-            f"({result['examples']} examples): top-1 {100 * result['top1']:.2f}% "
-            f"top-{result['top5_k']} {100 * result['top5']:.2f}% loss {result['loss']:.4f}, "
-            f"{result['examples_per_second']:.1f} examples/s; "
-            f"{result['trainable_params']:,} parameters, {result['mult_adds']:,} mult-adds")
+    return (
+        f"{result['source']}: {result['dataset']} {result['split']} "
+        f"({result['examples']} examples): top-1 {100 * result['top1']:.2f}% "
+        f"top-{result['top5_k']} {100 * result['top5']:.2f}% loss {result['loss']:.4f}, "
+        f"{result['examples_per_second']:.1f} examples/s; "
+        f"{result['trainable_params']:,} parameters, {result['mult_adds']:,} mult-adds"
+    )
 
 
 def format_json(result):
-    return json.dumps({k: (None if isinstance(v, float) and np.isnan(v) else v)
-                       for k, v in result.items()}, indent=1, sort_keys=True)
+    return json.dumps(
+        {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in result.items()},
+        indent=1,
+        sort_keys=True,
+    )

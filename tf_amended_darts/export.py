@@ -45,19 +45,27 @@ def check_export_dir(export_dir, overwrite=False, overwrite_flag="--overwrite", 
     while True:
         if folder in starting or run_dir.holds_run(folder):
             where = "is" if folder == target else "lies inside"
-            raise ExportError(f"--export_dir {export_dir} {where} the run directory {folder}: "
-                              f"choose a directory outside the run")
+            raise ExportError(
+                f"--export_dir {export_dir} {where} the run directory {folder}: "
+                f"choose a directory outside the run"
+            )
         if os.path.dirname(folder) == folder:
             break
         folder = os.path.dirname(folder)
-    inside = sorted([r for r in starting if r.startswith(target + os.sep)]
-                    + [root for root, _, _ in os.walk(target) if run_dir.holds_run(root)])
+    inside = sorted(
+        [r for r in starting if r.startswith(target + os.sep)]
+        + [root for root, _, _ in os.walk(target) if run_dir.holds_run(root)]
+    )
     if inside:
-        raise ExportError(f"--export_dir {export_dir} contains the run directory {inside[0]}: "
-                          f"choose a directory that holds no run")
+        raise ExportError(
+            f"--export_dir {export_dir} contains the run directory {inside[0]}: "
+            f"choose a directory that holds no run"
+        )
     if os.path.exists(export_dir) and not overwrite:
-        raise ExportError(f"{export_dir} already exists: choose another --export_dir or pass "
-                          f"{overwrite_flag} to replace it")
+        raise ExportError(
+            f"{export_dir} already exists: choose another --export_dir or pass "
+            f"{overwrite_flag} to replace it"
+        )
     parent = os.path.dirname(target)
     if os.path.exists(parent) and not os.path.isdir(parent):
         raise ExportError(f"cannot write {export_dir}: {parent} is not a directory")
@@ -67,8 +75,9 @@ def _without_auxiliary(net, config, dataset_info):
     """`net` itself, or a copy without the auxiliary head holding the same weights."""
     if not getattr(net, "auxiliary", False):
         return net
-    copy = config.build_network(dataset_info["num_classes"], dataset_info["image_shape"],
-                                auxiliary=False)
+    copy = config.build_network(
+        dataset_info["num_classes"], dataset_info["image_shape"], auxiliary=False
+    )
     checkpointing.copy_weights(net, copy)
     return copy
 
@@ -76,11 +85,16 @@ def _without_auxiliary(net, config, dataset_info):
 def describe(net, config, dataset_info):
     """The network description stored with the SavedModel (and printed by evaluate)."""
     shape = tuple(dataset_info["image_shape"])
-    return {"network": config.network, "cells": config.cells, "channels": config.channels,
-            "dataset": dataset_info["name"], "image_shape": list(shape),
-            "num_classes": dataset_info["num_classes"],
-            "trainable_params": profiling.trainable_params(net, include_auxiliary=False),
-            "mult_adds": profiling.mult_adds(net, shape)}
+    return {
+        "network": config.network,
+        "cells": config.cells,
+        "channels": config.channels,
+        "dataset": dataset_info["name"],
+        "image_shape": list(shape),
+        "num_classes": dataset_info["num_classes"],
+        "trainable_params": profiling.trainable_params(net, include_auxiliary=False),
+        "mult_adds": profiling.mult_adds(net, shape),
+    }
 
 
 def export_network(net, export_dir, config, dataset_info, overwrite=False):
@@ -98,17 +112,26 @@ def export_network(net, export_dir, config, dataset_info, overwrite=False):
         logits = net(data.normalize(images, mean, std), training=False)
         probabilities = tf.nn.softmax(logits, axis=-1)
         top = tf.argmax(probabilities, axis=-1)
-        return {"probabilities": probabilities, "top_class": top,
-                "top_class_name": tf.gather(tf.constant(class_names), top)}
+        return {
+            "probabilities": probabilities,
+            "top_class": top,
+            "top_class_name": tf.gather(tf.constant(class_names), top),
+        }
 
     def metadata():
-        return {"genotype": tf.constant(genotype_json), "class_names": tf.constant(class_names),
-                "description": tf.constant(json.dumps(description))}
+        return {
+            "genotype": tf.constant(genotype_json),
+            "class_names": tf.constant(class_names),
+            "description": tf.constant(json.dumps(description)),
+        }
 
     archive = keras.export.ExportArchive()
     archive.track(net)
-    archive.add_endpoint(SIGNATURE, serve, input_signature=[
-        tf.TensorSpec([None, height, width, channels], tf.uint8, name=INPUT_NAME)])
+    archive.add_endpoint(
+        SIGNATURE,
+        serve,
+        input_signature=[tf.TensorSpec([None, height, width, channels], tf.uint8, name=INPUT_NAME)],
+    )
     archive.add_endpoint(METADATA, metadata, input_signature=[])
 
     target = os.path.abspath(export_dir)
@@ -119,9 +142,11 @@ def export_network(net, export_dir, config, dataset_info, overwrite=False):
         archive.write_out(tmp, verbose=False)
         extra = os.path.join(tmp, "assets.extra")
         os.makedirs(extra, exist_ok=True)
-        for name, text in (("genotype.json", genotype_json + "\n"),
-                           ("class_names.txt", "".join(c + "\n" for c in class_names)),
-                           ("description.json", json.dumps(description, indent=1) + "\n")):
+        for name, text in (
+            ("genotype.json", genotype_json + "\n"),
+            ("class_names.txt", "".join(c + "\n" for c in class_names)),
+            ("description.json", json.dumps(description, indent=1) + "\n"),
+        ):
             with open(os.path.join(extra, name), "w") as f:
                 f.write(text)
         os.chmod(tmp, 0o777 & ~_umask())
@@ -147,13 +172,19 @@ def _umask():
 def read_metadata(loaded):
     """(genotype JSON str, class names list, description dict) of a tf.saved_model.load result."""
     if not hasattr(loaded, METADATA):
-        raise ExportError("this SavedModel was not written by tf_amended_darts export (it has no "
-                          f"{METADATA!r} endpoint)")
+        raise ExportError(
+            "this SavedModel was not written by tf_amended_darts export (it has no "
+            f"{METADATA!r} endpoint)"
+        )
     values = getattr(loaded, METADATA)()
     try:
-        return (values["genotype"].numpy().decode(),
-                [c.decode() for c in values["class_names"].numpy()],
-                json.loads(values["description"].numpy().decode()))
+        return (
+            values["genotype"].numpy().decode(),
+            [c.decode() for c in values["class_names"].numpy()],
+            json.loads(values["description"].numpy().decode()),
+        )
     except (KeyError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ExportError(f"this SavedModel's {METADATA!r} endpoint is not the one export "
-                          f"writes ({type(e).__name__}: {e})") from None
+        raise ExportError(
+            f"this SavedModel's {METADATA!r} endpoint is not the one export "
+            f"writes ({type(e).__name__}: {e})"
+        ) from None

@@ -55,15 +55,15 @@ def _is_int(value):
 
 
 def _is_pair(edge):
-    return (_is_list(edge) and len(edge) == 2 and isinstance(edge[0], str)
-            and _is_int(edge[1]))
+    return _is_list(edge) and len(edge) == 2 and isinstance(edge[0], str) and _is_int(edge[1])
 
 
 def _edge_list_problems(edges, where):
     if not _is_list(edges):
         return [f"{where}: expected a list of (operation, input) pairs, got {_show(edges)}"]
-    return [f"{where}: {_show(e)} is not an (operation, input) pair"
-            for e in edges if not _is_pair(e)]
+    return [
+        f"{where}: {_show(e)} is not an (operation, input) pair" for e in edges if not _is_pair(e)
+    ]
 
 
 def _concat_problems(concat, where):
@@ -77,9 +77,11 @@ def _concat_problems(concat, where):
 
 def unknown_operation_problems(names, where):
     """One problem per name that operations.OPS does not know."""
-    return [f"{where}: unknown operation {_show(name)} (known: "
-            f"{', '.join(sorted(operations.OPS))})"
-            for name in dict.fromkeys(names) if name not in operations.OPS]
+    return [
+        f"{where}: unknown operation {_show(name)} (known: {', '.join(sorted(operations.OPS))})"
+        for name in dict.fromkeys(names)
+        if name not in operations.OPS
+    ]
 
 
 def _edges_per_node(steps, inputs_per_node):
@@ -89,6 +91,7 @@ def _edges_per_node(steps, inputs_per_node):
 @dataclasses.dataclass(frozen=True)
 class CellGenotype:
     """nodes[i] is a tuple of (operation, input) pairs feeding intermediate node i (state 2 + i)."""
+
     nodes: tuple
     concat: tuple
 
@@ -96,8 +99,9 @@ class CellGenotype:
         found = _cell_type_problems(self.nodes, self.concat, "cell")
         if found:
             raise GenotypeError.listing(found)
-        object.__setattr__(self, "nodes",
-                           tuple(tuple((str(op), int(j)) for op, j in node) for node in self.nodes))
+        object.__setattr__(
+            self, "nodes", tuple(tuple((str(op), int(j)) for op, j in node) for node in self.nodes)
+        )
         object.__setattr__(self, "concat", tuple(int(c) for c in self.concat))
 
     @property
@@ -119,29 +123,36 @@ class CellGenotype:
         found = []
         k = self.inputs_per_node
         if [len(node) for node in self.nodes] != _edges_per_node(self.steps, k):
-            found.append(f"{where}: wrong number of edges per node "
-                         f"{_show([len(n) for n in self.nodes])}"
-                         f" (node i keeps min({k}, 2 + i) edges)")
+            found.append(
+                f"{where}: wrong number of edges per node "
+                f"{_show([len(n) for n in self.nodes])}"
+                f" (node i keeps min({k}, 2 + i) edges)"
+            )
         found += unknown_operation_problems([op for op, _ in self.edges], where)
         for i, node in enumerate(self.nodes):
             for _, j in node:
                 if not 0 <= j < 2 + i:
-                    found.append(f"{where}: node {2 + i} takes input {j}, which is out of range "
-                                 f"0..{1 + i}")
+                    found.append(
+                        f"{where}: node {2 + i} takes input {j}, which is out of range 0..{1 + i}"
+                    )
         last = 1 + self.steps
         if not self.concat:
             found.append(f"{where}: concat is empty")
         elif len(set(self.concat)) != len(self.concat) or not all(
-                2 <= c <= last for c in self.concat):
+            2 <= c <= last for c in self.concat
+        ):
             # The cell inputs 0 and 1 are not concatenated: in a reduction cell they have
             # twice the output's height and width.
-            found.append(f"{where}: concat {_show(list(self.concat))} must be distinct "
-                         f"intermediate nodes in 2..{last}")
+            found.append(
+                f"{where}: concat {_show(list(self.concat))} must be distinct "
+                f"intermediate nodes in 2..{last}"
+            )
         elif last not in self.concat:
             # The DARTS string form has no node count: it takes the highest concat entry as
             # the last node, so a cell without it would not read back as itself.
-            found.append(f"{where}: concat {_show(list(self.concat))} leaves out the last node "
-                         f"{last}")
+            found.append(
+                f"{where}: concat {_show(list(self.concat))} leaves out the last node {last}"
+            )
         return found
 
     @classmethod
@@ -154,28 +165,37 @@ class CellGenotype:
         edges, concat = [tuple(e) for e in edges], list(concat)
         steps = max(concat, default=1) - 1
         if not 1 <= steps <= len(edges):  # each node has an edge; also bounds the loop below
-            raise GenotypeError(f"{where}: concat {_show(concat)} must name intermediate nodes "
-                                f"2..{1 + len(edges)} ({len(edges)} edges make at most "
-                                f"{len(edges)} nodes)")
+            raise GenotypeError(
+                f"{where}: concat {_show(concat)} must name intermediate nodes "
+                f"2..{1 + len(edges)} ({len(edges)} edges make at most "
+                f"{len(edges)} nodes)"
+            )
         for k in range(1, len(edges) + 1):
             counts = _edges_per_node(steps, k)
             if sum(counts) == len(edges):
                 starts = [sum(counts[:i]) for i in range(steps)]
-                return cls(tuple(tuple(edges[s:s + n]) for s, n in zip(starts, counts)), concat)
-        raise GenotypeError(f"{where}: wrong number of edges: {len(edges)} edges do not give the "
-                            f"{steps} nodes of concat {_show(concat)} min(k, 2 + i) inputs each")
+                return cls(tuple(tuple(edges[s : s + n]) for s, n in zip(starts, counts)), concat)
+        raise GenotypeError(
+            f"{where}: wrong number of edges: {len(edges)} edges do not give the "
+            f"{steps} nodes of concat {_show(concat)} min(k, 2 + i) inputs each"
+        )
 
     def to_dict(self):
-        return {"nodes": [[list(e) for e in node] for node in self.nodes],
-                "concat": list(self.concat)}
+        return {
+            "nodes": [[list(e) for e in node] for node in self.nodes],
+            "concat": list(self.concat),
+        }
 
 
 def _cell_type_problems(nodes, concat, where):
     if not _is_list(nodes):
         found = [f"{where}: nodes must be a list of nodes, got {_show(nodes)}"]
     else:
-        found = [p for i, node in enumerate(nodes)
-                 for p in _edge_list_problems(node, f"{where}: node {2 + i}")]
+        found = [
+            p
+            for i, node in enumerate(nodes)
+            for p in _edge_list_problems(node, f"{where}: node {2 + i}")
+        ]
     return found + _concat_problems(concat, where)
 
 
@@ -195,6 +215,7 @@ def _collect(makers):
 @dataclasses.dataclass(frozen=True)
 class Genotype:
     """Cells of an architecture: shared (1 normal, 1 reduction) or per stage (3 and 2)."""
+
     normal_cells: tuple
     reduce_cells: tuple
 
@@ -203,8 +224,10 @@ class Genotype:
         object.__setattr__(self, "reduce_cells", tuple(self.reduce_cells))
         found = []
         if (len(self.normal_cells), len(self.reduce_cells)) not in ((1, 1), (3, 2)):
-            found.append(f"a genotype has 1 normal and 1 reduction cell, or 3 and 2 per stage; "
-                         f"got {len(self.normal_cells)} and {len(self.reduce_cells)}")
+            found.append(
+                f"a genotype has 1 normal and 1 reduction cell, or 3 and 2 per stage; "
+                f"got {len(self.normal_cells)} and {len(self.reduce_cells)}"
+            )
         for kind, cells in (("normal", self.normal_cells), ("reduce", self.reduce_cells)):
             for s, cell in enumerate(cells):
                 where = kind if len(cells) == 1 else f"{kind}[{s}]"
@@ -252,14 +275,18 @@ class Genotype:
         return self._field(self.reduce_cells, "concat")
 
     def to_string(self):
-        return (f"Genotype(normal={self.normal!r}, normal_concat={self.normal_concat!r}, "
-                f"reduce={self.reduce!r}, reduce_concat={self.reduce_concat!r})")
+        return (
+            f"Genotype(normal={self.normal!r}, normal_concat={self.normal_concat!r}, "
+            f"reduce={self.reduce!r}, reduce_concat={self.reduce_concat!r})"
+        )
 
     __str__ = to_string
 
     def to_dict(self):
-        return {"normal": [c.to_dict() for c in self.normal_cells],
-                "reduce": [c.to_dict() for c in self.reduce_cells]}
+        return {
+            "normal": [c.to_dict() for c in self.normal_cells],
+            "reduce": [c.to_dict() for c in self.reduce_cells],
+        }
 
     def to_json(self):
         return json.dumps(self.to_dict(), indent=1)
@@ -267,9 +294,14 @@ class Genotype:
     @classmethod
     def from_fields(cls, normal, normal_concat, reduce, reduce_concat):
         """From DARTS fields; nested lists (one per stage) make a per-stage genotype."""
-        return cls(*_collect([functools.partial(_cells_from_edges, normal, normal_concat, "normal"),
-                              functools.partial(_cells_from_edges, reduce, reduce_concat,
-                                                "reduce")]))
+        return cls(
+            *_collect(
+                [
+                    functools.partial(_cells_from_edges, normal, normal_concat, "normal"),
+                    functools.partial(_cells_from_edges, reduce, reduce_concat, "reduce"),
+                ]
+            )
+        )
 
     @classmethod
     def from_dict(cls, data):
@@ -282,9 +314,16 @@ class Genotype:
         if set(data) != {"normal", "reduce"}:
             raise GenotypeError(
                 f"keys {_show(sorted(map(str, data)))}: expected normal and reduce (lists of "
-                f'{{"nodes": ..., "concat": ...}} cells) or the DARTS fields {", ".join(_FIELDS)}')
-        return cls(*_collect([functools.partial(_cells_from_dicts, data[kind], kind)
-                              for kind in ("normal", "reduce")]))
+                f'{{"nodes": ..., "concat": ...}} cells) or the DARTS fields {", ".join(_FIELDS)}'
+            )
+        return cls(
+            *_collect(
+                [
+                    functools.partial(_cells_from_dicts, data[kind], kind)
+                    for kind in ("normal", "reduce")
+                ]
+            )
+        )
 
     @classmethod
     def from_json(cls, text):
@@ -306,10 +345,15 @@ class Genotype:
             raise GenotypeError(f"malformed DARTS text: {e.msg} at column {e.offset}") from None
         except (RecursionError, MemoryError):
             raise GenotypeError("malformed DARTS text: nested too deeply") from None
-        if not (isinstance(call, ast.Call) and getattr(call.func, "id", None) == "Genotype"
-                and not call.args):
-            raise GenotypeError("malformed DARTS text: expected Genotype(normal=[...], "
-                                "normal_concat=[...], reduce=[...], reduce_concat=[...])")
+        if not (
+            isinstance(call, ast.Call)
+            and getattr(call.func, "id", None) == "Genotype"
+            and not call.args
+        ):
+            raise GenotypeError(
+                "malformed DARTS text: expected Genotype(normal=[...], "
+                "normal_concat=[...], reduce=[...], reduce_concat=[...])"
+            )
         fields = {}
         for kw in call.keywords:
             if kw.arg is None:
@@ -318,8 +362,9 @@ class Genotype:
                 raise GenotypeError(f"malformed DARTS text: {kw.arg}= given twice")
             fields[kw.arg] = _literal(kw.value)
         if set(fields) != set(_FIELDS):
-            raise GenotypeError(f"malformed DARTS text: fields {sorted(fields)}, expected "
-                                f"{sorted(_FIELDS)}")
+            raise GenotypeError(
+                f"malformed DARTS text: fields {sorted(fields)}, expected {sorted(_FIELDS)}"
+            )
         return cls.from_fields(**fields)
 
 
@@ -334,49 +379,71 @@ def _refuse_json_constant(name):
 
 
 def _literal(node):
-    if (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "range"
-            and not node.keywords):
+    if (
+        isinstance(node, ast.Call)
+        and getattr(node.func, "id", None) == "range"
+        and not node.keywords
+    ):
         args = [_literal(a) for a in node.args]
         if not 1 <= len(args) <= 3 or not all(_is_int(a) for a in args):
-            raise GenotypeError(f"malformed DARTS text: {_show(ast.unparse(node))} is not "
-                                "range(start, stop) of integers")
+            raise GenotypeError(
+                f"malformed DARTS text: {_show(ast.unparse(node))} is not "
+                "range(start, stop) of integers"
+            )
         if len(range(*args)) > _MAX_RANGE:
-            raise GenotypeError(f"malformed DARTS text: {_show(ast.unparse(node))} is too long "
-                                "for a concat")
+            raise GenotypeError(
+                f"malformed DARTS text: {_show(ast.unparse(node))} is too long for a concat"
+            )
         return list(range(*args))
     try:
         return ast.literal_eval(node)
     except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
-        raise GenotypeError(f"malformed DARTS text: {_show(ast.unparse(node))} is not a "
-                            "literal") from None
+        raise GenotypeError(
+            f"malformed DARTS text: {_show(ast.unparse(node))} is not a literal"
+        ) from None
 
 
 def _cells_from_edges(edges, concat, name):
     """The cells of one DARTS field pair: a flat edge list, or one list per stage."""
     if not _is_list(edges) or not edges:
-        raise GenotypeError(f"{name} must be a non-empty list of (operation, input) pairs, got "
-                            f"{_show(edges)}")
+        raise GenotypeError(
+            f"{name} must be a non-empty list of (operation, input) pairs, got {_show(edges)}"
+        )
     if not all(_is_list(e) and e and _is_list(e[0]) for e in edges):
         return (CellGenotype.from_edges(edges, concat, name),)
     if not _is_list(concat) or len(concat) != len(edges):
-        raise GenotypeError(f"{name}_concat needs one list per stage of {name}, got "
-                            f"{_show(concat)}")
-    return tuple(_collect([functools.partial(CellGenotype.from_edges, e, c, f"{name}[{s}]")
-                           for s, (e, c) in enumerate(zip(edges, concat))]))
+        raise GenotypeError(
+            f"{name}_concat needs one list per stage of {name}, got {_show(concat)}"
+        )
+    return tuple(
+        _collect(
+            [
+                functools.partial(CellGenotype.from_edges, e, c, f"{name}[{s}]")
+                for s, (e, c) in enumerate(zip(edges, concat))
+            ]
+        )
+    )
 
 
 def _cells_from_dicts(cells, kind):
     if not _is_list(cells) or not cells:
         raise GenotypeError(f"{kind}: expected a non-empty list of cells, got {_show(cells)}")
-    return tuple(_collect([functools.partial(_cell_from_dict, c,
-                                             kind if len(cells) == 1 else f"{kind}[{s}]")
-                           for s, c in enumerate(cells)]))
+    return tuple(
+        _collect(
+            [
+                functools.partial(_cell_from_dict, c, kind if len(cells) == 1 else f"{kind}[{s}]")
+                for s, c in enumerate(cells)
+            ]
+        )
+    )
 
 
 def _cell_from_dict(cell, where):
     if not isinstance(cell, dict) or set(cell) != {"nodes", "concat"}:
-        raise GenotypeError(f'{where}: expected a cell {{"nodes": [[[op, input], ...], ...], '
-                            f'"concat": [...]}}, got {_show(cell)}')
+        raise GenotypeError(
+            f'{where}: expected a cell {{"nodes": [[[op, input], ...], ...], '
+            f'"concat": [...]}}, got {_show(cell)}'
+        )
     found = _cell_type_problems(cell["nodes"], cell["concat"], where)
     if found:
         raise GenotypeError.listing(found)
@@ -391,14 +458,16 @@ PUBLISHED = {
         "('skip_connect', 2)], normal_concat=[2, 3, 4, 5], reduce=[('max_pool_3x3', 0), "
         "('max_pool_3x3', 1), ('skip_connect', 2), ('max_pool_3x3', 0), ('max_pool_3x3', 0), "
         "('skip_connect', 2), ('skip_connect', 2), ('avg_pool_3x3', 0)], "
-        "reduce_concat=[2, 3, 4, 5])"),
+        "reduce_concat=[2, 3, 4, 5])"
+    ),
     "DARTS_V2": Genotype.parse(
         "Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), "
         "('sep_conv_3x3', 1), ('sep_conv_3x3', 1), ('skip_connect', 0), ('skip_connect', 0), "
         "('dil_conv_3x3', 2)], normal_concat=[2, 3, 4, 5], reduce=[('max_pool_3x3', 0), "
         "('max_pool_3x3', 1), ('skip_connect', 2), ('max_pool_3x3', 1), ('max_pool_3x3', 0), "
         "('skip_connect', 2), ('skip_connect', 2), ('max_pool_3x3', 1)], "
-        "reduce_concat=[2, 3, 4, 5])"),
+        "reduce_concat=[2, 3, 4, 5])"
+    ),
 }
 PUBLISHED["DARTS"] = PUBLISHED["DARTS_V2"]
 
@@ -420,8 +489,10 @@ def load_genotype(spec):
         if not text.strip():
             raise GenotypeError(f"genotype file {spec} is empty")
         return _from_text(text, f"genotype file {spec}")
-    raise GenotypeError(f"{_show(spec)} is neither a published genotype "
-                        f"({', '.join(sorted(PUBLISHED))}), a file, nor a genotype text")
+    raise GenotypeError(
+        f"{_show(spec)} is neither a published genotype "
+        f"({', '.join(sorted(PUBLISHED))}), a file, nor a genotype text"
+    )
 
 
 def _from_text(text, source):

@@ -43,6 +43,7 @@ class DivergedError(errors.InputError):
 # Learning-rate schedules. The reference calls scheduler.step() BEFORE each epoch, so epoch e
 # (0-based) runs at the schedule's value for e + 1 and the last epoch at the minimum.
 
+
 def cosine_learning_rate(epoch, epochs, maximum, minimum):
     """CosineAnnealingLR(T_max=epochs, eta_min=minimum) as the reference steps it."""
     return minimum + (maximum - minimum) * (1 + math.cos(math.pi * (epoch + 1) / epochs)) / 2
@@ -56,6 +57,7 @@ def exponential_learning_rate(epoch, initial, decay):
 # ---------------------------------------------------------------------------------------------
 # Step pieces (replica context unless said otherwise).
 
+
 def cross_entropy(labels, logits):
     """Per-example sparse softmax cross-entropy on logits."""
     return keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
@@ -63,8 +65,9 @@ def cross_entropy(labels, logits):
 
 def correct_count(labels, logits):
     """Number of examples whose top logit is the label (float32)."""
-    return tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1), tf.cast(labels, tf.int64)),
-                                 tf.float32))
+    return tf.reduce_sum(
+        tf.cast(tf.equal(tf.argmax(logits, -1), tf.cast(labels, tf.int64)), tf.float32)
+    )
 
 
 def all_finite(*tensors):
@@ -101,21 +104,24 @@ def apply_if_finite(optimizer, grads, variables, finite):
     (Keras' LossScaleOptimizer does the same).
     """
     if not isinstance(optimizer, _GlobalGradients):
-        raise TypeError(f"{type(optimizer).__name__} would sum global gradients over the "
-                        "replicas again: use loop.SGD or loop.Adam")
+        raise TypeError(
+            f"{type(optimizer).__name__} would sum global gradients over the "
+            "replicas again: use loop.SGD or loop.Adam"
+        )
 
     def cross_replica(strategy, finite, grads):
         def apply():
             strategy.extended.call_for_each_replica(
-                lambda g, v: optimizer.apply_gradients(zip(g, v)), args=(grads, variables))
+                lambda g, v: optimizer.apply_gradients(zip(g, v)), args=(grads, variables)
+            )
+
         # `finite` is computed from all-reduced values: every replica holds the same.
         tf.cond(strategy.experimental_local_results(finite)[0], apply, lambda: None)
 
     tf.distribute.get_replica_context().merge_call(cross_replica, args=(finite, grads))
 
 
-def sgd_weight_update(optimizer, tape, loss, weights, *, grad_clip, weight_decay,
-                      proceed=True):
+def sgd_weight_update(optimizer, tape, loss, weights, *, grad_clip, weight_decay, proceed=True):
     """The weight update of the DARTS protocol (search, re-training, warm-ups), as the
     reference: the global gradient of `loss` (recorded on `tape`; its mean over the global
     batch) is clipped to norm `grad_clip` (0: no clipping), `weight_decay * w` is added
@@ -144,19 +150,24 @@ def diverged_metric(finite):
 
 def reduce_sum(strategy, per_replica):
     """{name: sum over the replicas} of the dict a `strategy.run` returned."""
-    return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
-            for k, v in per_replica.items()}
+    return {
+        k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for k, v in per_replica.items()
+    }
 
 
 def evaluation_step(model, strategy):
     """batch -> {loss, correct, count} summed over the batch and the replicas (inference
     mode); wrap it in tf.function. `validate` turns the sums into means over a split."""
+
     def replica(batch):
         x, y = batch
         logits = model(x, training=False)
-        return {"loss": tf.reduce_sum(cross_entropy(y, logits)),
-                "correct": correct_count(y, logits),
-                "count": tf.cast(tf.shape(y)[0], tf.float32)}
+        return {
+            "loss": tf.reduce_sum(cross_entropy(y, logits)),
+            "correct": correct_count(y, logits),
+            "count": tf.cast(tf.shape(y)[0], tf.float32),
+        }
+
     return lambda batch: reduce_sum(strategy, strategy.run(replica, args=(batch,)))
 
 
@@ -174,21 +185,24 @@ def validate(eval_step, strategy, dataset, info, batch_size):
 # ---------------------------------------------------------------------------------------------
 # The run loop.
 
+
 @dataclasses.dataclass
 class Epoch:
     """What a task runs in one epoch (EpochTask.start_epoch)."""
-    step: Callable          # batch -> dict of global metrics (train_loss, train_correct, ...)
-    batches: Iterable       # the rest of the epoch's batches (already skipping the done ones)
-    scalars: dict           # logged and summarised with the epoch (must hold "lr")
-    note: str = ""          # appended to the epoch's log line label
+
+    step: Callable  # batch -> dict of global metrics (train_loss, train_correct, ...)
+    batches: Iterable  # the rest of the epoch's batches (already skipping the done ones)
+    scalars: dict  # logged and summarised with the epoch (must hold "lr")
+    note: str = ""  # appended to the epoch's log line label
 
 
 @dataclasses.dataclass
 class Outcome:
     """What Runner.run ends with."""
-    stopped: bool            # by stop_after_steps, before the last epoch ended
-    line: dict               # the last completed epoch's summary (empty if none ran)
-    epoch: int               # epochs completed
+
+    stopped: bool  # by stop_after_steps, before the last epoch ended
+    line: dict  # the last completed epoch's summary (empty if none ran)
+    epoch: int  # epochs completed
     global_step: int
     images_per_second: float
 
@@ -211,18 +225,31 @@ class Runner:
     `resume` continues this one) when the Runner is made.
     """
 
-    def __init__(self, output_dir, strategy, *, kind, config, resume, overwrite, owned,
-                 log_stream=None, progress_stream=None):
+    def __init__(
+        self,
+        output_dir,
+        strategy,
+        *,
+        kind,
+        config,
+        resume,
+        overwrite,
+        owned,
+        log_stream=None,
+        progress_stream=None,
+    ):
         self.output_dir, self.strategy = output_dir, strategy
         self.chief = distribute.is_chief(strategy)
-        self.resuming = (run_dir.prepare(output_dir, config, kind, resume, overwrite,
-                                         owned=owned) if self.chief
-                         else resume and os.path.isdir(output_dir))
+        self.resuming = (
+            run_dir.prepare(output_dir, config, kind, resume, overwrite, owned=owned)
+            if self.chief
+            else resume and os.path.isdir(output_dir)
+        )
         self._log_stream, self._progress_stream = log_stream, progress_stream
-        self._log_file = (open(os.path.join(output_dir, "log.txt"), "a") if self.chief
-                          else None)
-        self.position = {name: tf.Variable(0, dtype=tf.int64, trainable=False, name=name)
-                         for name in POSITION}
+        self._log_file = open(os.path.join(output_dir, "log.txt"), "a") if self.chief else None
+        self.position = {
+            name: tf.Variable(0, dtype=tf.int64, trainable=False, name=name) for name in POSITION
+        }
         self.checkpointer = None
         self.writer = None
         self.progress = None
@@ -268,8 +295,12 @@ class Runner:
         restores when resuming, writes run.json (config + `metadata`) and opens the
         summaries; returns the restored checkpoint path or None."""
         self.checkpointer = checkpointing.Checkpointer(
-            os.path.join(self.output_dir, run_dir.CHECKPOINT_DIR), self.strategy,
-            records=records, **trackables, **self.position)
+            os.path.join(self.output_dir, run_dir.CHECKPOINT_DIR),
+            self.strategy,
+            records=records,
+            **trackables,
+            **self.position,
+        )
         restored = self.checkpointer.restore(report=self.log) if self.resuming else None
         self.writer = run_dir.summary_writer(self.output_dir, self.chief)
         if self.chief:
@@ -277,8 +308,10 @@ class Runner:
         return restored
 
     def log_resumed(self, restored):
-        self.log(f"resumed from {restored}: epoch {self.epoch}, step {self.step_in_epoch} of "
-                 f"the epoch, global step {self.global_step}")
+        self.log(
+            f"resumed from {restored}: epoch {self.epoch}, step {self.step_in_epoch} of "
+            f"the epoch, global step {self.global_step}"
+        )
 
     def save(self, epoch, step_in_epoch, global_step):
         """Records the loop position (the data pipeline resumes from it) and checkpoints."""
@@ -286,8 +319,17 @@ class Runner:
             self.position[name].assign(value)
         self.checkpointer.save(global_step)
 
-    def run(self, task, *, epochs, steps_per_epoch, batch_size, checkpoint_every=0,
-            stop_after_steps=None, divergence_hint=""):
+    def run(
+        self,
+        task,
+        *,
+        epochs,
+        steps_per_epoch,
+        batch_size,
+        checkpoint_every=0,
+        stop_after_steps=None,
+        divergence_hint="",
+    ):
         """Runs the epochs left: per epoch task.start_epoch, the steps (progress, per-step
         summaries, a checkpoint every `checkpoint_every` steps and when the global step
         reaches `stop_after_steps`), task.end_epoch, epoch summaries, a checkpoint and the
@@ -298,17 +340,24 @@ class Runner:
         finite, before anything of that step is saved.
         """
         epoch, step_in_epoch, global_step = self.epoch, self.step_in_epoch, self.global_step
-        self.progress = run_dir.Progress(epochs * steps_per_epoch, batch_size,
-                                         stream=self._progress_stream, enabled=self.chief)
+        self.progress = run_dir.Progress(
+            epochs * steps_per_epoch, batch_size, stream=self._progress_stream, enabled=self.chief
+        )
         stopped, line = False, {}
         with self.writer.as_default():
             while epoch < epochs and not stopped:
                 plan = task.start_epoch(epoch, step_in_epoch)
                 summary, step_in_epoch, global_step, stopped = self._run_epoch(
-                    plan, batch_size=batch_size, steps_per_epoch=steps_per_epoch, epoch=epoch,
-                    step_in_epoch=step_in_epoch, global_step=global_step,
-                    checkpoint_every=checkpoint_every, stop_after_steps=stop_after_steps,
-                    divergence_hint=divergence_hint)
+                    plan,
+                    batch_size=batch_size,
+                    steps_per_epoch=steps_per_epoch,
+                    epoch=epoch,
+                    step_in_epoch=step_in_epoch,
+                    global_step=global_step,
+                    checkpoint_every=checkpoint_every,
+                    stop_after_steps=stop_after_steps,
+                    divergence_hint=divergence_hint,
+                )
                 if stopped and step_in_epoch < steps_per_epoch:
                     break
                 epoch, step_in_epoch = epoch + 1, 0
@@ -317,13 +366,32 @@ class Runner:
                 for k, v in line.items():
                     run_dir.write_scalar(f"epoch/{k}", v, step=global_step)
                 self.save(epoch, 0, global_step)
-                self.log(f"epoch {epoch}/{epochs}{plan.note} "
-                         + " ".join(f"{k}={v:.4g}" for k, v in line.items()) + suffix)
-        return Outcome(stopped=stopped, line=line, epoch=epoch, global_step=global_step,
-                       images_per_second=self.progress.images_per_second(global_step))
+                self.log(
+                    f"epoch {epoch}/{epochs}{plan.note} "
+                    + " ".join(f"{k}={v:.4g}" for k, v in line.items())
+                    + suffix
+                )
+        return Outcome(
+            stopped=stopped,
+            line=line,
+            epoch=epoch,
+            global_step=global_step,
+            images_per_second=self.progress.images_per_second(global_step),
+        )
 
-    def _run_epoch(self, plan, *, batch_size, steps_per_epoch, epoch, step_in_epoch,
-                   global_step, checkpoint_every, stop_after_steps, divergence_hint):
+    def _run_epoch(
+        self,
+        plan,
+        *,
+        batch_size,
+        steps_per_epoch,
+        epoch,
+        step_in_epoch,
+        global_step,
+        checkpoint_every,
+        stop_after_steps,
+        divergence_hint,
+    ):
         """The steps of the rest of an epoch; returns (summary, step_in_epoch, global_step,
         stopped); summary: mean train_loss and train_acc of the steps run."""
         sums, ran, stopped = {}, 0, False
@@ -337,27 +405,39 @@ class Runner:
             self.progress.update(global_step, epoch=epoch, loss=metrics["train_loss"])
             _step_summaries(metrics, plan.scalars["lr"], batch_size, global_step)
             stopped = stop_after_steps is not None and global_step >= stop_after_steps
-            if step_in_epoch < steps_per_epoch and (stopped or (
-                    checkpoint_every and global_step % checkpoint_every == 0)):
+            if step_in_epoch < steps_per_epoch and (
+                stopped or (checkpoint_every and global_step % checkpoint_every == 0)
+            ):
                 self.save(epoch, step_in_epoch, global_step)
             if stopped:
                 break
         ran = max(ran, 1)
-        summary = {"train_loss": sums.get("train_loss", 0.0) / ran,
-                   "train_acc": sums.get("train_correct", 0.0) / (ran * batch_size)}
+        summary = {
+            "train_loss": sums.get("train_loss", 0.0) / ran,
+            "train_acc": sums.get("train_correct", 0.0) / (ran * batch_size),
+        }
         return summary, step_in_epoch, global_step, stopped
 
     def _diverged(self, metrics, step, hint):
         """Logs and raises DivergedError naming the first non-finite quantity of the step."""
-        bad = sorted((k for k, v in metrics.items() if not math.isfinite(v)),
-                     key=lambda k: (k not in _FIRST_SUSPECTS, _FIRST_SUSPECTS.index(k)
-                                    if k in _FIRST_SUSPECTS else 0, k))
-        what = (f"{bad[0]} is {metrics[bad[0]]}" + (f" (and {', '.join(bad[1:])})"
-                                                   if bad[1:] else "")
-                if bad else "the alphas are not finite")
-        message = (f"diverged at global step {step}: {what}; the step was not applied and the "
-                   f"run stops: its last checkpoint and genotype are the last good ones"
-                   + (f"; try a {hint}" if hint else ""))
+        bad = sorted(
+            (k for k, v in metrics.items() if not math.isfinite(v)),
+            key=lambda k: (
+                k not in _FIRST_SUSPECTS,
+                _FIRST_SUSPECTS.index(k) if k in _FIRST_SUSPECTS else 0,
+                k,
+            ),
+        )
+        what = (
+            f"{bad[0]} is {metrics[bad[0]]}" + (f" (and {', '.join(bad[1:])})" if bad[1:] else "")
+            if bad
+            else "the alphas are not finite"
+        )
+        message = (
+            f"diverged at global step {step}: {what}; the step was not applied and the "
+            f"run stops: its last checkpoint and genotype are the last good ones"
+            + (f"; try a {hint}" if hint else "")
+        )
         self.log(message, echo=False)
         raise DivergedError(message)
 

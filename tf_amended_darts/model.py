@@ -23,8 +23,9 @@ class DropPath(operations.Composite):
         if not training:
             return x
         keep = 1.0 - ops.cast(rate, x.dtype)
-        noise = keras.random.uniform((ops.shape(x)[0], 1, 1, 1), dtype=x.dtype,
-                                     seed=self.seed_generator)
+        noise = keras.random.uniform(
+            (ops.shape(x)[0], 1, 1, 1), dtype=x.dtype, seed=self.seed_generator
+        )
         return x / keep * ops.floor(keep + noise)
 
     def get_config(self):
@@ -44,9 +45,15 @@ class Cell(operations.Composite):
         self.reduction = reduction
         self.reduction_prev = reduction_prev
         self.preprocess0, self.preprocess1 = preprocess(channels, reduction_prev, affine=True)
-        self.node_ops = [[operations.make_operation(op, channels, 2 if reduction and j < 2 else 1,
-                                                    affine=True) for op, j in node]
-                         for node in cell_genotype.nodes]
+        self.node_ops = [
+            [
+                operations.make_operation(
+                    op, channels, 2 if reduction and j < 2 else 1, affine=True
+                )
+                for op, j in node
+            ]
+            for node in cell_genotype.nodes
+        ]
         self.drop_path = DropPath()
 
     def call(self, s0, s1, drop_rate, training=False):
@@ -62,9 +69,13 @@ class Cell(operations.Composite):
         return ops.concatenate([states[c] for c in self.cell_genotype.concat], axis=-1)
 
     def get_config(self):
-        return {**super().get_config(), "cell_genotype": self.cell_genotype.to_dict(),
-                "channels": self.channels, "reduction": self.reduction,
-                "reduction_prev": self.reduction_prev}
+        return {
+            **super().get_config(),
+            "cell_genotype": self.cell_genotype.to_dict(),
+            "channels": self.channels,
+            "reduction": self.reduction,
+            "reduction_prev": self.reduction_prev,
+        }
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -102,8 +113,12 @@ class AuxiliaryHead(operations.Composite):
         return self.classifier(self.global_pooling(ops.relu(x)))
 
     def get_config(self):
-        return {**super().get_config(), "num_classes": self.num_classes,
-                "pool_stride": self.pool_stride, "bn_after_conv2": self.bn_after_conv2}
+        return {
+            **super().get_config(),
+            "num_classes": self.num_classes,
+            "pool_stride": self.pool_stride,
+            "bn_after_conv2": self.bn_after_conv2,
+        }
 
 
 class _Network(keras.Model):
@@ -114,33 +129,44 @@ class _Network(keras.Model):
     loop raises it linearly), so changing it neither retraces nor rebuilds anything.
     """
 
-    def __init__(self, genotype, channels, cells, num_classes, auxiliary, reduction_prev,
-                 **kwargs):
+    def __init__(self, genotype, channels, cells, num_classes, auxiliary, reduction_prev, **kwargs):
         super().__init__(**kwargs)
         if isinstance(genotype, (str, dict)):
-            genotype = (genotypes.Genotype.from_dict(genotype) if isinstance(genotype, dict)
-                        else genotypes.load_genotype(genotype))
+            genotype = (
+                genotypes.Genotype.from_dict(genotype)
+                if isinstance(genotype, dict)
+                else genotypes.load_genotype(genotype)
+            )
         self.genotype = genotype
         self.channels = channels
         # `self.cells` holds the Cell layers (their checkpoint path), hence num_cells.
         self.num_cells = cells
         self.num_classes = num_classes
         self.auxiliary = auxiliary
-        layout = SearchSpace(cells=cells, per_stage=genotype.per_stage,
-                             nodes=max(c.steps for c in genotype.cells()))
+        layout = SearchSpace(
+            cells=cells, per_stage=genotype.per_stage, nodes=max(c.steps for c in genotype.cells())
+        )
         self.cells = []
         for i in range(cells):
             reduction, slot = layout.cell_slot(i)
             channels *= 2 if reduction else 1
-            self.cells.append(Cell(genotype.cell(reduction, slot), channels, reduction,
-                                   reduction_prev, name=f"cell_{i}"))
+            self.cells.append(
+                Cell(
+                    genotype.cell(reduction, slot),
+                    channels,
+                    reduction,
+                    reduction_prev,
+                    name=f"cell_{i}",
+                )
+            )
             reduction_prev = reduction
         self.aux_position = 2 * cells // 3
-        self.auxiliary_head = (AuxiliaryHead(num_classes, *self._aux_args) if auxiliary else None)
+        self.auxiliary_head = AuxiliaryHead(num_classes, *self._aux_args) if auxiliary else None
         self.global_pooling = layers.GlobalAveragePooling2D()
         self.classifier = layers.Dense(num_classes)
-        self.drop_path_rate = self.add_weight(shape=(), initializer="zeros", trainable=False,
-                                              name="drop_path_rate")
+        self.drop_path_rate = self.add_weight(
+            shape=(), initializer="zeros", trainable=False, name="drop_path_rate"
+        )
 
     def stem(self, x, training):
         raise NotImplementedError
@@ -161,9 +187,14 @@ class _Network(keras.Model):
         return (logits, aux_logits) if return_aux else logits
 
     def get_config(self):
-        return {**super().get_config(), "genotype": self.genotype.to_dict(),
-                "channels": self.channels, "cells": self.num_cells,
-                "num_classes": self.num_classes, "auxiliary": self.auxiliary}
+        return {
+            **super().get_config(),
+            "genotype": self.genotype.to_dict(),
+            "channels": self.channels,
+            "cells": self.num_cells,
+            "num_classes": self.num_classes,
+            "auxiliary": self.auxiliary,
+        }
 
     @classmethod
     def from_config(cls, config):
@@ -175,12 +206,13 @@ class _Network(keras.Model):
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class NetworkCIFAR(_Network):
     """3x3 conv stem with 3C channels, `cells` cells, auxiliary head at 2/3 depth."""
+
     _aux_args = (3, True)
 
-    def __init__(self, genotype, channels=36, cells=20, num_classes=10, auxiliary=False,
-                 **kwargs):
-        super().__init__(genotype, channels, cells, num_classes, auxiliary,
-                         reduction_prev=False, **kwargs)
+    def __init__(self, genotype, channels=36, cells=20, num_classes=10, auxiliary=False, **kwargs):
+        super().__init__(
+            genotype, channels, cells, num_classes, auxiliary, reduction_prev=False, **kwargs
+        )
         self.stem_layers = operations.conv_bn(3 * channels, 1)
 
     def stem(self, x, training):
@@ -191,12 +223,15 @@ class NetworkCIFAR(_Network):
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class NetworkImageNet(_Network):
     """Two stride-2 stems (224 -> 56 -> 28), `cells` cells, auxiliary head at 2/3 depth."""
+
     _aux_args = (2, False)
 
-    def __init__(self, genotype, channels=48, cells=14, num_classes=1000, auxiliary=False,
-                 **kwargs):
-        super().__init__(genotype, channels, cells, num_classes, auxiliary,
-                         reduction_prev=True, **kwargs)
+    def __init__(
+        self, genotype, channels=48, cells=14, num_classes=1000, auxiliary=False, **kwargs
+    ):
+        super().__init__(
+            genotype, channels, cells, num_classes, auxiliary, reduction_prev=True, **kwargs
+        )
         c = channels
         self.stem0 = operations.conv_bn(c // 2, 2) + [layers.ReLU()] + operations.conv_bn(c, 2)
         self.stem1 = [layers.ReLU()] + operations.conv_bn(c, 2)

@@ -17,8 +17,15 @@ def batch_norm(affine, name=None, dtype=None):
     synchronized=True gives global-batch statistics under MirroredStrategy; on one device it is
     the ordinary layer.
     """
-    return layers.BatchNormalization(momentum=0.9, epsilon=1e-5, center=affine, scale=affine,
-                                     synchronized=True, name=name, dtype=dtype)
+    return layers.BatchNormalization(
+        momentum=0.9,
+        epsilon=1e-5,
+        center=affine,
+        scale=affine,
+        synchronized=True,
+        name=name,
+        dtype=dtype,
+    )
 
 
 def pad_symmetric(x, kernel_size, dilation=1, constant_values=0.0):
@@ -49,9 +56,12 @@ def apply_conv(conv, x):
 
 def conv_bn(channels, stride, dtype=None):
     """The stems' 3x3 conv (no bias) and affine BN."""
-    return [layers.Conv2D(channels, 3, strides=stride, padding=window_padding(stride),
-                          use_bias=False, dtype=dtype),
-            batch_norm(affine=True, dtype=dtype)]
+    return [
+        layers.Conv2D(
+            channels, 3, strides=stride, padding=window_padding(stride), use_bias=False, dtype=dtype
+        ),
+        batch_norm(affine=True, dtype=dtype),
+    ]
 
 
 def apply_layers(stack, x, training):
@@ -89,8 +99,12 @@ class _Operation(Composite):
         self.affine = affine
 
     def get_config(self):
-        return {**super().get_config(), "channels": self.channels, "stride": self.stride,
-                "affine": self.affine}
+        return {
+            **super().get_config(),
+            "channels": self.channels,
+            "stride": self.stride,
+            "affine": self.affine,
+        }
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -105,15 +119,34 @@ class ReLUConvBN(_Operation):
             k = kernel_size
             padding = window_padding(stride)
             self.convs = [
-                layers.Conv2D(channels, (1, k), strides=(1, stride), padding=padding,
-                              use_bias=False, dtype=self.dtype_policy),
-                layers.Conv2D(channels, (k, 1), strides=(stride, 1), padding=padding,
-                              use_bias=False, dtype=self.dtype_policy),
+                layers.Conv2D(
+                    channels,
+                    (1, k),
+                    strides=(1, stride),
+                    padding=padding,
+                    use_bias=False,
+                    dtype=self.dtype_policy,
+                ),
+                layers.Conv2D(
+                    channels,
+                    (k, 1),
+                    strides=(stride, 1),
+                    padding=padding,
+                    use_bias=False,
+                    dtype=self.dtype_policy,
+                ),
             ]
         else:
-            self.convs = [layers.Conv2D(channels, kernel_size, strides=stride,
-                                        padding=window_padding(stride), use_bias=False,
-                                        dtype=self.dtype_policy)]
+            self.convs = [
+                layers.Conv2D(
+                    channels,
+                    kernel_size,
+                    strides=stride,
+                    padding=window_padding(stride),
+                    use_bias=False,
+                    dtype=self.dtype_policy,
+                )
+            ]
         self.bn = batch_norm(affine, dtype=self.dtype_policy)
 
     def call(self, x, training=False):
@@ -123,8 +156,11 @@ class ReLUConvBN(_Operation):
         return self.bn(x, training=training)
 
     def get_config(self):
-        return {**super().get_config(), "kernel_size": self.kernel_size,
-                "factorized": self.factorized}
+        return {
+            **super().get_config(),
+            "kernel_size": self.kernel_size,
+            "factorized": self.factorized,
+        }
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -140,16 +176,23 @@ class DilConv(_Operation):
     def __init__(self, channels, kernel_size=3, stride=1, dilation=1, affine=True, **kwargs):
         super().__init__(channels, stride, affine, **kwargs)
         if stride not in (1, 2) or (stride == 2 and dilation not in (1, 2)):
-            raise ValueError(f"DilConv supports stride 1, or stride 2 with dilation 1 or 2; "
-                             f"got stride {stride}, dilation {dilation}")
+            raise ValueError(
+                f"DilConv supports stride 1, or stride 2 with dilation 1 or 2; "
+                f"got stride {stride}, dilation {dilation}"
+            )
         self.kernel_size = kernel_size
         self.dilation = dilation
         subsample = stride == 2 and dilation == 2
         self.subsample = subsample
         conv_stride = 1 if subsample else stride
         self.depthwise = layers.DepthwiseConv2D(
-            kernel_size, strides=conv_stride, dilation_rate=1 if subsample else dilation,
-            padding=window_padding(conv_stride), use_bias=False, dtype=self.dtype_policy)
+            kernel_size,
+            strides=conv_stride,
+            dilation_rate=1 if subsample else dilation,
+            padding=window_padding(conv_stride),
+            use_bias=False,
+            dtype=self.dtype_policy,
+        )
         self.pointwise = layers.Conv2D(channels, 1, use_bias=False, dtype=self.dtype_policy)
         self.bn = batch_norm(affine, dtype=self.dtype_policy)
 
@@ -161,8 +204,7 @@ class DilConv(_Operation):
         return self.bn(x, training=training)
 
     def get_config(self):
-        return {**super().get_config(), "kernel_size": self.kernel_size,
-                "dilation": self.dilation}
+        return {**super().get_config(), "kernel_size": self.kernel_size, "dilation": self.dilation}
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -190,10 +232,12 @@ class FactorizedReduce(_Operation):
         super().__init__(channels, stride, affine, **kwargs)
         if channels % 2:
             raise ValueError(f"FactorizedReduce needs an even channel count, got {channels}")
-        self.conv_1 = layers.Conv2D(channels // 2, 1, strides=2, use_bias=False,
-                                    dtype=self.dtype_policy)
-        self.conv_2 = layers.Conv2D(channels // 2, 1, strides=2, use_bias=False,
-                                    dtype=self.dtype_policy)
+        self.conv_1 = layers.Conv2D(
+            channels // 2, 1, strides=2, use_bias=False, dtype=self.dtype_policy
+        )
+        self.conv_2 = layers.Conv2D(
+            channels // 2, 1, strides=2, use_bias=False, dtype=self.dtype_policy
+        )
         self.bn = batch_norm(affine, dtype=self.dtype_policy)
 
     def call(self, x, training=False):
@@ -216,7 +260,7 @@ class Zero(_Operation):
 
     def call(self, x, training=False):
         if self.stride > 1:
-            x = x[:, ::self.stride, ::self.stride, :]
+            x = x[:, :: self.stride, :: self.stride, :]
         return ops.zeros_like(x)
 
 
@@ -238,8 +282,9 @@ def avg_pool_3x3(x, stride):
     Both pools average over all 9 window positions; their ratio is sum / (pixels inside).
     """
     total = ops.average_pool(pad_symmetric(x, 3), 3, strides=stride, padding="valid")
-    inside = ops.average_pool(pad_symmetric(ops.ones_like(x[:1, :, :, :1]), 3), 3,
-                              strides=stride, padding="valid")
+    inside = ops.average_pool(
+        pad_symmetric(ops.ones_like(x[:1, :, :, :1]), 3), 3, strides=stride, padding="valid"
+    )
     return total / inside
 
 
@@ -264,14 +309,18 @@ class Pooling(_Operation):
 
 
 def _skip_connect(c, stride, affine, **kw):
-    return (Identity(c, stride, affine, **kw) if stride == 1
-            else FactorizedReduce(c, stride, affine, **kw))
+    return (
+        Identity(c, stride, affine, **kw)
+        if stride == 1
+        else FactorizedReduce(c, stride, affine, **kw)
+    )
 
 
 def _pool(mode):
     # The reference follows pooling by a non-affine BN in the supernet only.
-    return lambda c, stride, affine, **kw: Pooling(c, stride, affine, mode=mode,
-                                                   with_bn=not affine, **kw)
+    return lambda c, stride, affine, **kw: Pooling(
+        c, stride, affine, mode=mode, with_bn=not affine, **kw
+    )
 
 
 # name -> factory(channels, stride, affine[, dtype=]) -> layer. Extend with `register_operation`.
@@ -285,8 +334,9 @@ OPS = {
     "sep_conv_7x7": lambda c, stride, affine, **kw: SepConv(c, 7, stride, affine, **kw),
     "dil_conv_3x3": lambda c, stride, affine, **kw: DilConv(c, 3, stride, 2, affine, **kw),
     "dil_conv_5x5": lambda c, stride, affine, **kw: DilConv(c, 5, stride, 2, affine, **kw),
-    "conv_7x1_1x7": lambda c, stride, affine, **kw: ReLUConvBN(c, 7, stride, affine,
-                                                               factorized=True, **kw),
+    "conv_7x1_1x7": lambda c, stride, affine, **kw: ReLUConvBN(
+        c, 7, stride, affine, factorized=True, **kw
+    ),
     "conv_1x1": lambda c, stride, affine, **kw: ReLUConvBN(c, 1, stride, affine, **kw),
     "conv_3x3": lambda c, stride, affine, **kw: ReLUConvBN(c, 3, stride, affine, **kw),
 }
@@ -294,8 +344,16 @@ OPS = {
 # Operations without weights: the ones a collapsed DARTS cell fills up with.
 PARAMETER_FREE_OPS = {"none", "max_pool_3x3", "avg_pool_3x3", "skip_connect"}
 
-DARTS_OPS = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3",
-             "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5")
+DARTS_OPS = (
+    "none",
+    "max_pool_3x3",
+    "avg_pool_3x3",
+    "skip_connect",
+    "sep_conv_3x3",
+    "sep_conv_5x5",
+    "dil_conv_3x3",
+    "dil_conv_5x5",
+)
 
 
 def register_operation(name, factory, parameter_free=False):

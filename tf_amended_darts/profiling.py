@@ -12,8 +12,11 @@ def trainable_params(model, include_auxiliary=True):
     """Trainable weights, architecture variables excluded; the auxiliary head optionally."""
     arch = {id(v) for v in getattr(model, "arch_variables", [])}
     aux = getattr(model, "auxiliary_head", None)
-    excluded = arch | ({id(v) for v in aux.trainable_variables}
-                       if aux is not None and not include_auxiliary else set())
+    excluded = arch | (
+        {id(v) for v in aux.trainable_variables}
+        if aux is not None and not include_auxiliary
+        else set()
+    )
     return count_params([v for v in model.trainable_variables if id(v) not in excluded])
 
 
@@ -22,7 +25,7 @@ def _kernel_macs(op):
     if op.type not in ("Conv2D", "DepthwiseConv2dNative", "MatMul", "BatchMatMulV2"):
         return 0
     kernel = op.inputs[1].shape
-    if op.type == "Conv2D":            # [kh, kw, cin, cout] -> kh * kw * cin per output
+    if op.type == "Conv2D":  # [kh, kw, cin, cout] -> kh * kw * cin per output
         return kernel[0] * kernel[1] * kernel[2]
     if op.type == "DepthwiseConv2dNative":  # [kh, kw, cin, mult] -> kh * kw per output
         return kernel[0] * kernel[1]
@@ -37,8 +40,7 @@ def mult_adds(model, input_shape):
     """Mult-adds of one inference forward pass of one example (convolutions and dense layers,
     read off the traced TF graph; BN, activations and pooling are not counted, as is usual)."""
     fn = tf.function(lambda x: model(x, training=False))
-    graph = fn.get_concrete_function(
-        tf.TensorSpec((1,) + tuple(input_shape), model.dtype)).graph
+    graph = fn.get_concrete_function(tf.TensorSpec((1,) + tuple(input_shape), model.dtype)).graph
     total = 0
     for op in graph.get_operations():
         per_output = _kernel_macs(op)

@@ -1,15 +1,15 @@
 """The output directory of a run: ownership, run metadata, TensorBoard, console progress.
 
-  prepare(directory, config, kind, resume, overwrite)  claims `directory` for a run described
-      by the JSON-able dict `config`: refuses a directory holding another run (different
-      kind or config) unless overwrite, one holding this run unless resume or overwrite, one
-      holding no run under resume, and one in use by another process (see claim).
-  claim(directory) / release(directory)           one process at a time owns a run directory.
-  holds_run(directory)                            whether run.json of this project is there.
-  write_metadata(directory, config, kind, flags)  run.json: config, flags, seed, versions.
-  summary_writer(directory, chief)                TensorBoard writer (a no-op off the chief);
-  write_scalar / write_text / write_image         summaries without the tensorboard package.
-  Progress(total_steps, images_per_step)          one-line progress bar with ETA and images/s.
+prepare(directory, config, kind, resume, overwrite)  claims `directory` for a run described
+    by the JSON-able dict `config`: refuses a directory holding another run (different
+    kind or config) unless overwrite, one holding this run unless resume or overwrite, one
+    holding no run under resume, and one in use by another process (see claim).
+claim(directory) / release(directory)           one process at a time owns a run directory.
+holds_run(directory)                            whether run.json of this project is there.
+write_metadata(directory, config, kind, flags)  run.json: config, flags, seed, versions.
+summary_writer(directory, chief)                TensorBoard writer (a no-op off the chief);
+write_scalar / write_text / write_image         summaries without the tensorboard package.
+Progress(total_steps, images_per_step)          one-line progress bar with ETA and images/s.
 """
 
 import contextlib
@@ -40,10 +40,16 @@ class RunDirError(errors.InputError):
 def versions():
     import keras
     import numpy as np
+
     import tf_amended_darts
-    return {"python": platform.python_version(), "tensorflow": tf.__version__,
-            "keras": keras.__version__, "numpy": np.__version__,
-            "tf_amended_darts": getattr(tf_amended_darts, "__version__", "unknown")}
+
+    return {
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+        "tf_amended_darts": getattr(tf_amended_darts, "__version__", "unknown"),
+    }
 
 
 def read_metadata(directory):
@@ -55,12 +61,15 @@ def read_metadata(directory):
         with open(path) as f:
             data = json.load(f)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise RunDirError(f"{path} is unreadable ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0][:200]}): remove it or pass --overwrite"
-                          ) from None
+        raise RunDirError(
+            f"{path} is unreadable ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:200]}): remove it or pass --overwrite"
+        ) from None
     if not isinstance(data, dict) or not isinstance(data.get("config", {}), dict):
-        raise RunDirError(f"{path} is not a run description (a JSON object with kind and "
-                          f"config): remove it or pass --overwrite")
+        raise RunDirError(
+            f"{path} is not a run description (a JSON object with kind and "
+            f"config): remove it or pass --overwrite"
+        )
     return data
 
 
@@ -81,20 +90,28 @@ def _check(directory, config, kind, resume, overwrite):
     previous = read_metadata(directory)
     if previous is None:
         if resume:
-            raise RunDirError(f"--resume: there is no run to continue in {directory} (no "
-                              f"{RUN_FILE}): check the path, or drop --resume to start a run")
+            raise RunDirError(
+                f"--resume: there is no run to continue in {directory} (no "
+                f"{RUN_FILE}): check the path, or drop --resume to start a run"
+            )
         return False
     same = previous.get("kind") == kind and previous.get("config") == config
     if not same:
-        changed = sorted(k for k in set(config) | set(previous.get("config", {}))
-                         if config.get(k) != previous.get("config", {}).get(k))
+        changed = sorted(
+            k
+            for k in set(config) | set(previous.get("config", {}))
+            if config.get(k) != previous.get("config", {}).get(k)
+        )
         raise RunDirError(
             f"{directory} holds a different {previous.get('kind', 'run')} "
             f"(differs in: {', '.join(changed) or 'kind'}): choose another directory or "
-            f"pass --overwrite to replace it")
+            f"pass --overwrite to replace it"
+        )
     if not resume:
-        raise RunDirError(f"{directory} already holds this run: pass --resume to continue "
-                          f"it or --overwrite to start over")
+        raise RunDirError(
+            f"{directory} already holds this run: pass --resume to continue "
+            f"it or --overwrite to start over"
+        )
     return True
 
 
@@ -131,6 +148,7 @@ def prepare(directory, config, kind, resume=False, overwrite=False, owned=()):
 # (no such pid, a zombie, or a pid reused by a later process) is stale and taken over, so a
 # run killed with kill -9 never blocks its --resume. A record of another host is trusted.
 
+
 def _process_start(pid):
     """(state letter, start time in clock ticks since boot) of `pid`, or None (no /proc)."""
     try:
@@ -143,8 +161,11 @@ def _process_start(pid):
 
 def _this_process():
     start = _process_start(os.getpid())
-    return {"pid": os.getpid(), "host": socket.gethostname(),
-            "process_start": start[1] if start else None}
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "process_start": start[1] if start else None,
+    }
 
 
 def _is_this_process(owner):
@@ -195,8 +216,11 @@ def _locked_record(directory, create):
                 owner = json.loads(text) if text.strip() else None
             except json.JSONDecodeError:
                 owner = None
-            valid = (isinstance(owner, dict) and isinstance(owner.get("pid"), int)
-                     and isinstance(owner.get("host"), str))
+            valid = (
+                isinstance(owner, dict)
+                and isinstance(owner.get("pid"), int)
+                and isinstance(owner.get("host"), str)
+            )
             yield fd, owner if valid else None
             return
         finally:
@@ -211,7 +235,8 @@ def claim(directory):
             raise RunDirError(
                 f"{directory} is in use by process {owner.get('pid')} on "
                 f"{owner.get('host')} since {owner.get('since', '?')}: wait for it to end "
-                f"(or, if that process is gone, delete {os.path.join(directory, LOCK_FILE)})")
+                f"(or, if that process is gone, delete {os.path.join(directory, LOCK_FILE)})"
+            )
         record = dict(_this_process(), since=time.strftime("%Y-%m-%d %H:%M:%S"))
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
@@ -227,10 +252,18 @@ def release(directory):
 
 def write_metadata(directory, config, kind, flags=None, extra=None):
     """run.json: what ran (kind, config with its seed), the flags given, the versions."""
-    data = {"kind": kind, "config": config, "flags": flags or {}, "versions": versions(),
-            "command": " ".join(sys.argv), **(extra or {})}
-    io_utils.write_atomic(os.path.join(directory, RUN_FILE),
-                          json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    data = {
+        "kind": kind,
+        "config": config,
+        "flags": flags or {},
+        "versions": versions(),
+        "command": " ".join(sys.argv),
+        **(extra or {}),
+    }
+    io_utils.write_atomic(
+        os.path.join(directory, RUN_FILE),
+        json.dumps(data, indent=2, sort_keys=True, default=str) + "\n",
+    )
 
 
 def summary_writer(directory, chief=True):
@@ -243,13 +276,14 @@ def summary_writer(directory, chief=True):
 # that the `tensorboard` package (not a dependency) is needed only to view them.
 def _metadata(plugin, content=b""):
     from tensorflow.core.framework import summary_pb2  # pylint: disable=g-import-not-at-top
-    return summary_pb2.SummaryMetadata(plugin_data=summary_pb2.SummaryMetadata.PluginData(
-        plugin_name=plugin, content=content))
+
+    return summary_pb2.SummaryMetadata(
+        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name=plugin, content=content)
+    )
 
 
 def write_scalar(name, value, step):
-    tf.summary.write(name, tf.cast(value, tf.float32), step=step,
-                     metadata=_metadata("scalars"))
+    tf.summary.write(name, tf.cast(value, tf.float32), step=step, metadata=_metadata("scalars"))
 
 
 def write_text(name, text, step):
@@ -259,8 +293,13 @@ def write_text(name, text, step):
 def write_image(name, image, step):
     """`image`: uint8 [H, W, 3] (one image)."""
     image = tf.convert_to_tensor(image, tf.uint8)
-    encoded = tf.stack([tf.as_string(tf.shape(image)[1]), tf.as_string(tf.shape(image)[0]),
-                        tf.io.encode_png(image)])
+    encoded = tf.stack(
+        [
+            tf.as_string(tf.shape(image)[1]),
+            tf.as_string(tf.shape(image)[0]),
+            tf.io.encode_png(image),
+        ]
+    )
     tf.summary.write(name, encoded, step=step, metadata=_metadata("images"))
 
 
@@ -277,8 +316,9 @@ class Progress:
     `interval` seconds. The rate counts only steps run by this process (resumes included).
     """
 
-    def __init__(self, total_steps, images_per_step, stream=None, interval=10.0, width=24,
-                 enabled=True):
+    def __init__(
+        self, total_steps, images_per_step, stream=None, interval=10.0, width=24, enabled=True
+    ):
         self.total, self.images_per_step = total_steps, images_per_step
         self.stream = stream or sys.stderr
         self.interval, self.width, self.enabled = interval, width, enabled
@@ -296,16 +336,19 @@ class Progress:
         if self._start is None:  # the first step includes tracing: measure from its end
             self._start, self._first_step, self._last_print = now, step, now
             return
-        if not self.enabled or (not self._tty and now - self._last_print < self.interval
-                                and step < self.total):
+        if not self.enabled or (
+            not self._tty and now - self._last_print < self.interval and step < self.total
+        ):
             return
         self._last_print = now
         rate = self.images_per_second(step)
         eta = (self.total - step) * self.images_per_step / rate if rate else 0
         done = int(self.width * step / max(self.total, 1))
-        text = (f"[{'#' * done}{'.' * (self.width - done)}] {step}/{self.total} "
-                f"{100 * step // max(self.total, 1)}% {rate:.1f} img/s ETA {_duration(eta)} "
-                + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        text = (
+            f"[{'#' * done}{'.' * (self.width - done)}] {step}/{self.total} "
+            f"{100 * step // max(self.total, 1)}% {rate:.1f} img/s ETA {_duration(eta)} "
+            + " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+        )
         self.stream.write(("\r" + text + "\033[K") if self._tty else text + "\n")
         if self._tty and step >= self.total:
             self.stream.write("\n")

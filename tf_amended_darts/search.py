@@ -34,10 +34,21 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_amended_darts import checkpointing, data, distribute, errors, estimators, genotypes
-from tf_amended_darts import io_utils, loop
-from tf_amended_darts import operations, run_dir, search_model, search_space
-from tf_amended_darts import visualize
+from tf_amended_darts import (
+    checkpointing,
+    data,
+    distribute,
+    errors,
+    estimators,
+    genotypes,
+    io_utils,
+    loop,
+    operations,
+    run_dir,
+    search_model,
+    search_space,
+    visualize,
+)
 
 KIND = "search"
 HISTORY_FILE = "alphas_history.json"
@@ -49,19 +60,20 @@ OUTPUTS = (HISTORY_FILE, GENOTYPE_FILE, LOG_FILE)
 @dataclasses.dataclass(frozen=True)
 class SearchConfig:
     """Everything that determines a search's result (the run's identity in run.json)."""
+
     dataset: str = "digits"
     data_dir: Optional[str] = None
     image_size: Optional[int] = None
     train_portion: float = 0.5
     search_space: str = "darts"
-    operations: Optional[tuple] = None     # overrides of the preset; None keeps its value
+    operations: Optional[tuple] = None  # overrides of the preset; None keeps its value
     nodes: Optional[int] = None
     cells: Optional[int] = None
     channels: Optional[int] = None
     arch_gradient: str = "amended"
     amending_coefficient: float = 0.1
-    products: str = "exact"                # exact | finite_difference Hessian products
-    implicit_iterations: int = 20          # CG iterations of arch_gradient=implicit
+    products: str = "exact"  # exact | finite_difference Hessian products
+    implicit_iterations: int = 20  # CG iterations of arch_gradient=implicit
     epochs: int = 50
     steps_per_epoch: Optional[int] = None  # cap on the iterations of an epoch (None: all)
     batch_size: int = 64
@@ -76,39 +88,53 @@ class SearchConfig:
     arch_weight_decay: float = 1e-3
     warmup_epochs: int = 0
     seed: int = 0
-    validate: bool = True                  # evaluate on the architecture part every epoch
+    validate: bool = True  # evaluate on the architecture part every epoch
 
     def __post_init__(self):
         if self.operations is not None:
             object.__setattr__(self, "operations", tuple(self.operations))
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
-                raise errors.InputError(
-                    f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("learning_rate", "learning_rate_min", "momentum", "weight_decay",
-                     "grad_clip", "arch_learning_rate", "arch_weight_decay",
-                     "amending_coefficient", "warmup_epochs"):
+                raise errors.InputError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in (
+            "learning_rate",
+            "learning_rate_min",
+            "momentum",
+            "weight_decay",
+            "grad_clip",
+            "arch_learning_rate",
+            "arch_weight_decay",
+            "amending_coefficient",
+            "warmup_epochs",
+        ):
             value = getattr(self, name)
             if not 0 <= value < float("inf"):
                 raise errors.InputError(f"{name} must be a finite number >= 0, got {value}")
         if self.learning_rate_min > self.learning_rate:
-            raise errors.InputError(f"learning_rate_min {self.learning_rate_min} exceeds "
-                                    f"learning_rate {self.learning_rate}")
-        if not 0 < self.train_portion < 1:
             raise errors.InputError(
-                f"train_portion must be in (0, 1), got {self.train_portion}")
+                f"learning_rate_min {self.learning_rate_min} exceeds "
+                f"learning_rate {self.learning_rate}"
+            )
+        if not 0 < self.train_portion < 1:
+            raise errors.InputError(f"train_portion must be in (0, 1), got {self.train_portion}")
         if not (0 <= self.arch_beta_1 < 1 and 0 <= self.arch_beta_2 < 1):
             raise errors.InputError("arch_beta_1 and arch_beta_2 must be in [0, 1)")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise errors.InputError(
-                f"steps_per_epoch must be at least 1, got {self.steps_per_epoch}")
+                f"steps_per_epoch must be at least 1, got {self.steps_per_epoch}"
+            )
 
     def space(self):
         """The SearchSpace: the preset with the overrides applied (ValueError if invalid)."""
-        changes = {"operations": self.operations, "nodes": self.nodes,
-                   "cells": self.cells, "channels": self.channels}
+        changes = {
+            "operations": self.operations,
+            "nodes": self.nodes,
+            "cells": self.cells,
+            "channels": self.channels,
+        }
         return search_space.get_search_space(self.search_space).replace(
-            **{k: v for k, v in changes.items() if v is not None})
+            **{k: v for k, v in changes.items() if v is not None}
+        )
 
     def estimator(self):
         params = {"products": self.products}
@@ -120,8 +146,9 @@ class SearchConfig:
 
     def learning_rate_at(self, epoch):
         """The weights' learning rate in epoch `epoch` (0-based; see the module docstring)."""
-        return loop.cosine_learning_rate(epoch, self.epochs, self.learning_rate,
-                                         self.learning_rate_min)
+        return loop.cosine_learning_rate(
+            epoch, self.epochs, self.learning_rate, self.learning_rate_min
+        )
 
     def to_dict(self):
         d = dataclasses.asdict(self)
@@ -132,19 +159,20 @@ class SearchConfig:
 @dataclasses.dataclass
 class SearchResult:
     genotype: genotypes.Genotype
-    alphas: list                 # logits per cell slot (numpy), arch_variables order
+    alphas: list  # logits per cell slot (numpy), arch_variables order
     global_step: int
-    epoch: int                   # epochs completed
-    finished: bool               # False when stopped by stop_after_steps
-    traces: dict                 # tf.function traces per step function
+    epoch: int  # epochs completed
+    finished: bool  # False when stopped by stop_after_steps
+    traces: dict  # tf.function traces per step function
     estimator: str
     images_per_second: float
-    metrics: dict                # the last epoch's summary: lr, train_loss/acc, valid_loss/acc
+    metrics: dict  # the last epoch's summary: lr, train_loss/acc, valid_loss/acc
 
 
 def _slot_names(space):
-    return ([f"normal_{i}" for i in range(space.num_normal_slots)]
-            + [f"reduce_{i}" for i in range(space.num_reduce_slots)])
+    return [f"normal_{i}" for i in range(space.num_normal_slots)] + [
+        f"reduce_{i}" for i in range(space.num_reduce_slots)
+    ]
 
 
 class _Searcher:
@@ -161,15 +189,19 @@ class _Searcher:
             self.model.build((None,) + tuple(input_shape))
             self.weight_optimizer = loop.SGD(config.learning_rate, momentum=config.momentum)
             self.arch_optimizer = loop.Adam(
-                config.arch_learning_rate, beta_1=config.arch_beta_1,
-                beta_2=config.arch_beta_2, epsilon=1e-8)
+                config.arch_learning_rate,
+                beta_1=config.arch_beta_1,
+                beta_2=config.arch_beta_2,
+                epsilon=1e-8,
+            )
             # Slots built here: Keras 3.15 cannot create them lazily inside strategy.run.
             self.weight_optimizer.build(self.model.weight_variables)
             self.arch_optimizer.build(self.model.arch_variables)
         self.search_step = tf.function(self._search_step)
         self.weight_step = tf.function(self._weight_step)
-        self.eval_step = tf.function(loop.evaluation_step(self.model, strategy),
-                                     reduce_retracing=True)
+        self.eval_step = tf.function(
+            loop.evaluation_step(self.model, strategy), reduce_retracing=True
+        )
 
     # -- replica functions
     def _replica_weight_step(self, batch, proceed=True):
@@ -177,11 +209,18 @@ class _Searcher:
         x, y = batch
         with tf.GradientTape() as tape:
             logits = self.model(x, training=True)
-            loss = tf.nn.compute_average_loss(loop.cross_entropy(y, logits),
-                                              global_batch_size=c.batch_size)
+            loss = tf.nn.compute_average_loss(
+                loop.cross_entropy(y, logits), global_batch_size=c.batch_size
+            )
         metrics, finite = loop.sgd_weight_update(
-            self.weight_optimizer, tape, loss, self.model.weight_variables,
-            grad_clip=c.grad_clip, weight_decay=c.weight_decay, proceed=proceed)
+            self.weight_optimizer,
+            tape,
+            loss,
+            self.model.weight_variables,
+            grad_clip=c.grad_clip,
+            weight_decay=c.weight_decay,
+            proceed=proceed,
+        )
         metrics.update(train_loss=loss, train_correct=loop.correct_count(y, logits))
         metrics[loop.DIVERGED] = loop.diverged_metric(finite)
         return metrics
@@ -190,10 +229,16 @@ class _Searcher:
         c = self.config
         alphas = self.model.arch_variables
         state = estimators.weight_state_from_keras_sgd(
-            self.weight_optimizer, self.model.weight_variables, c.weight_decay)
+            self.weight_optimizer, self.model.weight_variables, c.weight_decay
+        )
         grads, diagnostics = self.estimator.estimate(
-            self.model, loop.cross_entropy, train_batch, val_batch, weight_state=state,
-            global_batch_size=c.batch_size)
+            self.model,
+            loop.cross_entropy,
+            train_batch,
+            val_batch,
+            weight_state=state,
+            global_batch_size=c.batch_size,
+        )
         grads = distribute.all_reduce_sum(grads)
         norm = tf.linalg.global_norm(grads)
         grads = [g + c.arch_weight_decay * a for g, a in zip(grads, alphas)]
@@ -201,7 +246,8 @@ class _Searcher:
         loop.apply_if_finite(self.arch_optimizer, grads, alphas, finite)
         # The weight step runs at the updated alphas; a bad architecture step stops it too.
         metrics = self._replica_weight_step(
-            train_batch, proceed=tf.logical_and(finite, loop.all_finite(*alphas)))
+            train_batch, proceed=tf.logical_and(finite, loop.all_finite(*alphas))
+        )
         # Diagnostics are global on every replica: divide so that the SUM below is right.
         diagnostics = {**diagnostics, "grad_norm": norm}
         metrics.update({f"arch/{k}": v / self.replicas for k, v in diagnostics.items()})
@@ -210,13 +256,16 @@ class _Searcher:
     # -- tf.functions (each traced once per run)
     def _search_step(self, train_batch, val_batch):
         self.traces["search_step"] += 1
-        return loop.reduce_sum(self.strategy, self.strategy.run(
-            self._replica_search_step, args=(train_batch, val_batch)))
+        return loop.reduce_sum(
+            self.strategy,
+            self.strategy.run(self._replica_search_step, args=(train_batch, val_batch)),
+        )
 
     def _weight_step(self, train_batch):
         self.traces["weight_step"] += 1
-        return loop.reduce_sum(self.strategy, self.strategy.run(
-            self._replica_weight_step, args=(train_batch,)))
+        return loop.reduce_sum(
+            self.strategy, self.strategy.run(self._replica_weight_step, args=(train_batch,))
+        )
 
 
 class _History:
@@ -234,16 +283,32 @@ class _History:
 
     def add(self, epoch, step, probabilities, write=True):
         self.data["records"] = [r for r in self.data["records"] if r["epoch"] != epoch]
-        self.data["records"].append({"epoch": int(epoch), "step": int(step),
-                                     "probabilities": [np.asarray(p).tolist()
-                                                       for p in probabilities]})
+        self.data["records"].append(
+            {
+                "epoch": int(epoch),
+                "step": int(step),
+                "probabilities": [np.asarray(p).tolist() for p in probabilities],
+            }
+        )
         if write:
             io_utils.write_atomic(self.path, json.dumps(self.data) + "\n")
 
 
-def search(config, output_dir, strategy=None, *, resume=False, overwrite=False,
-           checkpoint_every=0, stop_after_steps=None, flags=None, progress_stream=None,
-           render=True, log_stream=None, download=False):
+def search(
+    config,
+    output_dir,
+    strategy=None,
+    *,
+    resume=False,
+    overwrite=False,
+    checkpoint_every=0,
+    stop_after_steps=None,
+    flags=None,
+    progress_stream=None,
+    render=True,
+    log_stream=None,
+    download=False,
+):
     """Runs (or resumes) a search; returns a SearchResult.
 
     Args:
@@ -260,43 +325,70 @@ def search(config, output_dir, strategy=None, *, resume=False, overwrite=False,
     distribute.check_global_batch(config.batch_size, strategy)
     space = config.space()
     estimator = config.estimator()
-    dataset = data.load_dataset(config.dataset, config.data_dir, download,
-                                 image_size=config.image_size)
+    dataset = data.load_dataset(
+        config.dataset, config.data_dir, download, image_size=config.image_size
+    )
     info = dataset.info
     if None in info.image_shape:
         raise errors.InputError(f"images of {config.dataset} vary in size: set image_size")
-    weights_part, arch_part = data.search_split(dataset.train, info.num_examples["train"],
-                                                config.train_portion)
+    weights_part, arch_part = data.search_split(
+        dataset.train, info.num_examples["train"], config.train_portion
+    )
     n_weights = int(np.floor(config.train_portion * info.num_examples["train"]))
     n_arch = info.num_examples["train"] - n_weights
     steps_per_epoch = min(n_weights, n_arch) // config.batch_size
     if steps_per_epoch < 1:
-        raise errors.InputError(f"batch size {config.batch_size} exceeds a part of the "
-                                f"split ({n_weights} / {n_arch} examples)")
+        raise errors.InputError(
+            f"batch size {config.batch_size} exceeds a part of the "
+            f"split ({n_weights} / {n_arch} examples)"
+        )
     steps_per_epoch = min(steps_per_epoch, config.steps_per_epoch or steps_per_epoch)
 
-    runner = loop.Runner(output_dir, strategy, kind=KIND, config=config.to_dict(),
-                         resume=resume, overwrite=overwrite, owned=OUTPUTS + ("genotype_*",),
-                         log_stream=log_stream, progress_stream=progress_stream)
+    runner = loop.Runner(
+        output_dir,
+        strategy,
+        kind=KIND,
+        config=config.to_dict(),
+        resume=resume,
+        overwrite=overwrite,
+        owned=OUTPUTS + ("genotype_*",),
+        log_stream=log_stream,
+        progress_stream=progress_stream,
+    )
     with runner:
         searcher = _Searcher(config, strategy, info.image_shape, info.num_classes)
         model = searcher.model
         restored = runner.start(
-            dict(network=checkpointing.named_variables(model),
-                 weight_optimizer=searcher.weight_optimizer,
-                 arch_optimizer=searcher.arch_optimizer),
-            dict(config=config.to_dict(), kind=KIND, flags=flags, extra={
-                "estimator": repr(estimator), "strategy": distribute.describe(strategy),
-                "search_space": space.to_dict(),
-                "dataset_info": data.dataset_info_dict(info)}))
-        history = _History(os.path.join(output_dir, HISTORY_FILE), space.operations,
-                           _slot_names(space))
-        runner.log(f"search: {config.dataset} {info.image_shape}, {info.num_classes} "
-                   f"classes, split {n_weights}/{n_arch}, {steps_per_epoch} steps/epoch x "
-                   f"{config.epochs} epochs, global batch {config.batch_size}, "
-                   f"{distribute.describe(strategy)}")
-        runner.log(f"architecture gradient: {estimator!r} (estimator '{estimator.name}' runs; "
-                   f"warm-up epochs {config.warmup_epochs})")
+            dict(
+                network=checkpointing.named_variables(model),
+                weight_optimizer=searcher.weight_optimizer,
+                arch_optimizer=searcher.arch_optimizer,
+            ),
+            dict(
+                config=config.to_dict(),
+                kind=KIND,
+                flags=flags,
+                extra={
+                    "estimator": repr(estimator),
+                    "strategy": distribute.describe(strategy),
+                    "search_space": space.to_dict(),
+                    "dataset_info": data.dataset_info_dict(info),
+                },
+            ),
+        )
+        history = _History(
+            os.path.join(output_dir, HISTORY_FILE), space.operations, _slot_names(space)
+        )
+        runner.log(
+            f"search: {config.dataset} {info.image_shape}, {info.num_classes} "
+            f"classes, split {n_weights}/{n_arch}, {steps_per_epoch} steps/epoch x "
+            f"{config.epochs} epochs, global batch {config.batch_size}, "
+            f"{distribute.describe(strategy)}"
+        )
+        runner.log(
+            f"architecture gradient: {estimator!r} (estimator '{estimator.name}' runs; "
+            f"warm-up epochs {config.warmup_epochs})"
+        )
         if restored:
             history.load(runner.epoch)
             runner.log_resumed(restored)
@@ -304,34 +396,48 @@ def search(config, output_dir, strategy=None, *, resume=False, overwrite=False,
             history.add(0, 0, model.alpha_probabilities(), write=runner.chief)
         with runner.writer.as_default():
             run_dir.write_text("genotype/estimator", repr(estimator), step=runner.global_step)
-        task = _SearchEpochs(config, searcher, runner, history, info, (weights_part, arch_part),
-                             steps_per_epoch)
+        task = _SearchEpochs(
+            config, searcher, runner, history, info, (weights_part, arch_part), steps_per_epoch
+        )
         outcome = runner.run(
-            task, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
-            batch_size=config.batch_size, checkpoint_every=checkpoint_every,
+            task,
+            epochs=config.epochs,
+            steps_per_epoch=steps_per_epoch,
+            batch_size=config.batch_size,
+            checkpoint_every=checkpoint_every,
             stop_after_steps=stop_after_steps,
-            divergence_hint="lower --learning_rate or --arch_learning_rate")
+            divergence_hint="lower --learning_rate or --arch_learning_rate",
+        )
         genotype = model.genotype()
         if runner.chief:
             genotypes.write_genotype(genotype, os.path.join(output_dir, GENOTYPE_FILE))
         if outcome.stopped:
-            runner.log(f"stopped after global step {outcome.global_step} (checkpoint saved; "
-                       "--resume continues)")
+            runner.log(
+                f"stopped after global step {outcome.global_step} (checkpoint saved; "
+                "--resume continues)"
+            )
         else:
-            runner.log(f"search finished: {config.epochs} epochs, {outcome.global_step} "
-                       f"steps, {outcome.images_per_second:.1f} images/s, estimator "
-                       f"{estimator.name}; genotype: {genotype.to_string()}")
+            runner.log(
+                f"search finished: {config.epochs} epochs, {outcome.global_step} "
+                f"steps, {outcome.images_per_second:.1f} images/s, estimator "
+                f"{estimator.name}; genotype: {genotype.to_string()}"
+            )
             if runner.chief and render:
                 try:
                     visualize.render_genotype(genotype, os.path.join(output_dir, "genotype"))
                 except visualize.VisualizeError as e:
                     runner.log(f"warning: no cell pictures: {e}")
-    return SearchResult(genotype=genotype,
-                        alphas=[keras.ops.convert_to_numpy(a) for a in model.arch_variables],
-                        global_step=outcome.global_step, epoch=outcome.epoch,
-                        finished=outcome.epoch >= config.epochs,
-                        traces=dict(searcher.traces), estimator=estimator.name,
-                        images_per_second=outcome.images_per_second, metrics=outcome.line)
+    return SearchResult(
+        genotype=genotype,
+        alphas=[keras.ops.convert_to_numpy(a) for a in model.arch_variables],
+        global_step=outcome.global_step,
+        epoch=outcome.epoch,
+        finished=outcome.epoch >= config.epochs,
+        traces=dict(searcher.traces),
+        estimator=estimator.name,
+        images_per_second=outcome.images_per_second,
+        metrics=outcome.line,
+    )
 
 
 class _SearchEpochs:
@@ -346,41 +452,65 @@ class _SearchEpochs:
         c, searcher = self.config, self.searcher
         lr = c.learning_rate_at(epoch)
         searcher.weight_optimizer.learning_rate.assign(lr)
-        batches = [distribute.distribute_dataset(searcher.strategy, data.epoch_batches(
-            part, c.batch_size, mean=self.info.mean, std=self.info.std, seed=2 * c.seed + k,
-            epoch=epoch, augmentation=data.default_augmentation(self.info),
-            skip_batches=skip_batches).take(self.steps_per_epoch - skip_batches))
-            for k, part in enumerate(self.parts)]
+        batches = [
+            distribute.distribute_dataset(
+                searcher.strategy,
+                data.epoch_batches(
+                    part,
+                    c.batch_size,
+                    mean=self.info.mean,
+                    std=self.info.std,
+                    seed=2 * c.seed + k,
+                    epoch=epoch,
+                    augmentation=data.default_augmentation(self.info),
+                    skip_batches=skip_batches,
+                ).take(self.steps_per_epoch - skip_batches),
+            )
+            for k, part in enumerate(self.parts)
+        ]
         warmup = epoch < c.warmup_epochs
-        step = ((lambda pair: searcher.weight_step(pair[0])) if warmup
-                else (lambda pair: searcher.search_step(*pair)))
-        return loop.Epoch(step=step, batches=zip(*batches), scalars={"lr": lr},
-                          note=" (warm-up: weights only)" if warmup else "")
+        step = (
+            (lambda pair: searcher.weight_step(pair[0]))
+            if warmup
+            else (lambda pair: searcher.search_step(*pair))
+        )
+        return loop.Epoch(
+            step=step,
+            batches=zip(*batches),
+            scalars={"lr": lr},
+            note=" (warm-up: weights only)" if warmup else "",
+        )
 
     def end_epoch(self, epochs_done, global_step, line):
         c, model, space = self.config, self.searcher.model, self.searcher.model.search_space
         if c.validate:
-            line.update(loop.validate(self.searcher.eval_step, self.searcher.strategy,
-                                      self.parts[1], self.info, c.batch_size))
+            line.update(
+                loop.validate(
+                    self.searcher.eval_step,
+                    self.searcher.strategy,
+                    self.parts[1],
+                    self.info,
+                    c.batch_size,
+                )
+            )
         genotype = model.genotype()
         probabilities = model.alpha_probabilities()
         parameter_free = genotype.count_ops(operations.PARAMETER_FREE_OPS)
         self.history.add(epochs_done, global_step, probabilities, write=self.runner.chief)
         if self.runner.chief:
-            genotypes.write_genotype(genotype, os.path.join(self.runner.output_dir,
-                                                            GENOTYPE_FILE))
-        _epoch_summaries(genotype, probabilities, parameter_free, space, epochs_done,
-                         global_step)
+            genotypes.write_genotype(genotype, os.path.join(self.runner.output_dir, GENOTYPE_FILE))
+        _epoch_summaries(genotype, probabilities, parameter_free, space, epochs_done, global_step)
         return f" parameter_free_ops={parameter_free} genotype={genotype.to_string()}"
 
 
 class RestoredSearch(NamedTuple):
     """A search checkpoint, restored by restore_search_network."""
+
     config: SearchConfig
-    network: keras.Model         # the SearchNetwork: weights, BatchNorm statistics, alphas
+    network: keras.Model  # the SearchNetwork: weights, BatchNorm statistics, alphas
     weight_optimizer: keras.optimizers.Optimizer  # SGD: learning rate, momentum buffers
-    dataset_info: dict           # as run.json records it (data.dataset_info_dict)
-    checkpoint: str              # the path prefix restored
+    dataset_info: dict  # as run.json records it (data.dataset_info_dict)
+    checkpoint: str  # the path prefix restored
     global_step: int
 
 
@@ -393,21 +523,28 @@ def restore_search_network(directory, checkpoint=None):
     """
     meta = run_dir.read_metadata(directory)
     if meta is None or meta.get("kind") != KIND:
-        raise errors.InputError(f"{directory} holds no search run (no run.json of kind "
-                                f"{KIND!r}); pass the --output_dir of a search")
+        raise errors.InputError(
+            f"{directory} holds no search run (no run.json of kind "
+            f"{KIND!r}); pass the --output_dir of a search"
+        )
     names = {f.name for f in dataclasses.fields(SearchConfig)}
     config = SearchConfig(**{k: v for k, v in meta["config"].items() if k in names})
-    info = meta.get("dataset_info") or data.dataset_info_dict(data.load_dataset(
-        config.dataset, config.data_dir, image_size=config.image_size).info)  # older runs
+    info = meta.get("dataset_info") or data.dataset_info_dict(
+        data.load_dataset(config.dataset, config.data_dir, image_size=config.image_size).info
+    )  # older runs
     net = search_model.SearchNetwork(config.space(), info["num_classes"], seed=config.seed)
     net.build((None,) + tuple(info["image_shape"]))
     optimizer = keras.optimizers.SGD(config.learning_rate, momentum=config.momentum)
     optimizer.build(net.weight_variables)
     global_step = tf.Variable(0, dtype=tf.int64, trainable=False)
     path = checkpointing.restore_checkpoint(
-        directory, f"the supernet of the search in {directory}", checkpoint,
-        network=checkpointing.named_variables(net), weight_optimizer=optimizer,
-        global_step=global_step)
+        directory,
+        f"the supernet of the search in {directory}",
+        checkpoint,
+        network=checkpointing.named_variables(net),
+        weight_optimizer=optimizer,
+        global_step=global_step,
+    )
     return RestoredSearch(config, net, optimizer, info, path, int(global_step.numpy()))
 
 

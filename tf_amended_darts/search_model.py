@@ -24,22 +24,36 @@ class MixedOp(operations.Composite):
         self.candidates = tuple(candidates)
         self.channels = channels
         self.stride = stride
-        self.ops = [(i, operations.make_operation(name, channels, stride, affine=False,
-                                                  dtype=self.dtype_policy))
-                    for i, name in enumerate(self.candidates) if name != "none"]
+        self.ops = [
+            (
+                i,
+                operations.make_operation(
+                    name, channels, stride, affine=False, dtype=self.dtype_policy
+                ),
+            )
+            for i, name in enumerate(self.candidates)
+            if name != "none"
+        ]
 
     def call(self, x, weights, training=False):
         return sum(weights[i] * op(x, training=training) for i, op in self.ops)
 
     def get_config(self):
-        return {**super().get_config(), "candidates": list(self.candidates),
-                "channels": self.channels, "stride": self.stride}
+        return {
+            **super().get_config(),
+            "candidates": list(self.candidates),
+            "channels": self.channels,
+            "stride": self.stride,
+        }
 
 
 def preprocess(channels, reduction_prev, affine, dtype=None):
     """The reference's cell-input preprocessing: s0 is halved if the previous cell reduced."""
-    s0 = (operations.FactorizedReduce(channels, affine=affine, dtype=dtype) if reduction_prev
-          else operations.ReLUConvBN(channels, 1, 1, affine, dtype=dtype))
+    s0 = (
+        operations.FactorizedReduce(channels, affine=affine, dtype=dtype)
+        if reduction_prev
+        else operations.ReLUConvBN(channels, 1, 1, affine, dtype=dtype)
+    )
     return s0, operations.ReLUConvBN(channels, 1, 1, affine, dtype=dtype)
 
 
@@ -54,25 +68,37 @@ class SearchCell(operations.Composite):
         self.channels = channels
         self.reduction = reduction
         self.reduction_prev = reduction_prev
-        self.preprocess0, self.preprocess1 = preprocess(channels, reduction_prev, affine=False,
-                                                        dtype=self.dtype_policy)
-        self.edges = [MixedOp(candidates, channels, 2 if reduction and j < 2 else 1,
-                              dtype=self.dtype_policy)
-                      for i in range(nodes) for j in range(2 + i)]
+        self.preprocess0, self.preprocess1 = preprocess(
+            channels, reduction_prev, affine=False, dtype=self.dtype_policy
+        )
+        self.edges = [
+            MixedOp(candidates, channels, 2 if reduction and j < 2 else 1, dtype=self.dtype_policy)
+            for i in range(nodes)
+            for j in range(2 + i)
+        ]
 
     def call(self, s0, s1, weights, training=False):
         states = [self.preprocess0(s0, training=training), self.preprocess1(s1, training=training)]
         offset = 0
         for _ in range(self.nodes):
-            states.append(sum(self.edges[offset + j](h, weights[offset + j], training=training)
-                              for j, h in enumerate(states)))
+            states.append(
+                sum(
+                    self.edges[offset + j](h, weights[offset + j], training=training)
+                    for j, h in enumerate(states)
+                )
+            )
             offset += len(states) - 1
         return ops.concatenate(states[2:], axis=-1)
 
     def get_config(self):
-        return {**super().get_config(), "candidates": list(self.candidates), "nodes": self.nodes,
-                "channels": self.channels, "reduction": self.reduction,
-                "reduction_prev": self.reduction_prev}
+        return {
+            **super().get_config(),
+            "candidates": list(self.candidates),
+            "nodes": self.nodes,
+            "channels": self.channels,
+            "reduction": self.reduction,
+            "reduction_prev": self.reduction_prev,
+        }
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -100,24 +126,36 @@ class SearchNetwork(keras.Model):
         for i in range(space.cells):
             reduction, _ = space.cell_slot(i)
             channels *= 2 if reduction else 1
-            self.cells.append(SearchCell(space.operations, space.nodes, channels, reduction,
-                                         reduction_prev, name=f"cell_{i}", dtype=dtype))
+            self.cells.append(
+                SearchCell(
+                    space.operations,
+                    space.nodes,
+                    channels,
+                    reduction,
+                    reduction_prev,
+                    name=f"cell_{i}",
+                    dtype=dtype,
+                )
+            )
             reduction_prev = reduction
         self.global_pooling = layers.GlobalAveragePooling2D(dtype=dtype)
         self.classifier = layers.Dense(num_classes, dtype=dtype)
         # 1e-3 * N(0, 1), an independent draw per slot (a shared seeded initializer would
         # repeat the same values in every slot).
         seeds = keras.random.SeedGenerator(seed)
-        self.normal_alphas = [self._alpha(f"alphas_normal_{s}", seeds)
-                              for s in range(space.num_normal_slots)]
-        self.reduce_alphas = [self._alpha(f"alphas_reduce_{s}", seeds)
-                              for s in range(space.num_reduce_slots)]
+        self.normal_alphas = [
+            self._alpha(f"alphas_normal_{s}", seeds) for s in range(space.num_normal_slots)
+        ]
+        self.reduce_alphas = [
+            self._alpha(f"alphas_reduce_{s}", seeds) for s in range(space.num_reduce_slots)
+        ]
 
     def _alpha(self, name, seeds):
         shape = (self.search_space.num_edges, len(self.search_space.operations))
         init = keras.random.normal(shape, stddev=1e-3, seed=seeds)
-        return self.add_weight(shape=shape, name=name,
-                               initializer=lambda *_, dtype=None, **__: ops.cast(init, dtype))
+        return self.add_weight(
+            shape=shape, name=name, initializer=lambda *_, dtype=None, **__: ops.cast(init, dtype)
+        )
 
     def build(self, input_shape):
         build_by_zeros(self, input_shape)
@@ -134,7 +172,9 @@ class SearchNetwork(keras.Model):
     def call(self, x, training=False):
         s0 = s1 = operations.apply_layers(self.stem, x, training)
         weights = {(False, s): ops.softmax(a, axis=-1) for s, a in enumerate(self.normal_alphas)}
-        weights.update({(True, s): ops.softmax(a, axis=-1) for s, a in enumerate(self.reduce_alphas)})
+        weights.update(
+            {(True, s): ops.softmax(a, axis=-1) for s, a in enumerate(self.reduce_alphas)}
+        )
         for i, cell in enumerate(self.cells):
             s0, s1 = s1, cell(s0, s1, weights[self.search_space.cell_slot(i)], training=training)
         return self.classifier(self.global_pooling(s1))
@@ -144,19 +184,25 @@ class SearchNetwork(keras.Model):
         return [_softmax(np.asarray(keras.ops.convert_to_numpy(a))) for a in self.arch_variables]
 
     def genotype(self):
-        return derive_genotype(self.search_space,
-                               [keras.ops.convert_to_numpy(a) for a in self.arch_variables])
+        return derive_genotype(
+            self.search_space, [keras.ops.convert_to_numpy(a) for a in self.arch_variables]
+        )
 
     def get_config(self):
-        return {**super().get_config(), "search_space": self.search_space.to_dict(),
-                "num_classes": self.num_classes, "seed": self.seed}
+        return {
+            **super().get_config(),
+            "search_space": self.search_space.to_dict(),
+            "num_classes": self.num_classes,
+            "seed": self.seed,
+        }
 
 
 def build_by_zeros(model, input_shape, **call_kwargs):
     """Creates all variables by one eager forward pass on a zero batch of one example."""
     with tf.init_scope():
-        model.call(tf.zeros((1,) + tuple(input_shape[1:]), model.dtype), training=False,
-                   **call_kwargs)
+        model.call(
+            tf.zeros((1,) + tuple(input_shape[1:]), model.dtype), training=False, **call_kwargs
+        )
 
 
 def _softmax(a):
@@ -171,8 +217,8 @@ def derive_cell(probabilities, space):
     candidates = [k for k, name in enumerate(space.operations) if name != "none"]
     nodes, start = [], 0
     for i in range(space.nodes):
-        w = probabilities[start:start + 2 + i][:, candidates]
-        kept = sorted(range(2 + i), key=lambda j: -w[j].max())[:space.inputs_per_node]
+        w = probabilities[start : start + 2 + i][:, candidates]
+        kept = sorted(range(2 + i), key=lambda j: -w[j].max())[: space.inputs_per_node]
         nodes.append([(space.operations[candidates[int(np.argmax(w[j]))]], j) for j in kept])
         start += 2 + i
     return genotypes.CellGenotype(nodes, range(2, 2 + space.nodes))
@@ -184,7 +230,9 @@ def derive_genotype(space, alphas):
     shape = (space.num_edges, len(space.operations))
     alphas = [np.asarray(a) for a in alphas]
     if len(alphas) != expected or any(a.shape != shape for a in alphas):
-        raise ValueError(f"alphas do not fit the search space: expected {expected} arrays of "
-                         f"shape {shape}, got {[a.shape for a in alphas]}")
+        raise ValueError(
+            f"alphas do not fit the search space: expected {expected} arrays of "
+            f"shape {shape}, got {[a.shape for a in alphas]}"
+        )
     cells = [derive_cell(_softmax(a), space) for a in alphas]
-    return genotypes.Genotype(cells[:space.num_normal_slots], cells[space.num_normal_slots:])
+    return genotypes.Genotype(cells[: space.num_normal_slots], cells[space.num_normal_slots :])

@@ -22,6 +22,7 @@ class SearchSpace:
       channels: channels C of the first cells (the stem has stem_multiplier * C).
       stem_multiplier: see channels.
     """
+
     operations: tuple = operations.DARTS_OPS
     nodes: int = 4
     inputs_per_node: int = 2
@@ -43,7 +44,9 @@ class SearchSpace:
             if getattr(self, field) < 1:
                 raise errors.InputError(f"{field} must be at least 1, got {getattr(self, field)}")
         if self.cells < 3:
-            raise errors.InputError(f"cells must be at least 3 (two reduction cells), got {self.cells}")
+            raise errors.InputError(
+                f"cells must be at least 3 (two reduction cells), got {self.cells}"
+            )
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
@@ -104,6 +107,7 @@ PRESETS = {
 
 def get_search_space(name):
     if name not in PRESETS:
-        raise errors.InputError(f"unknown search space {name!r}; presets: "
-                                f"{', '.join(sorted(PRESETS))}")
+        raise errors.InputError(
+            f"unknown search space {name!r}; presets: {', '.join(sorted(PRESETS))}"
+        )
     return PRESETS[name]

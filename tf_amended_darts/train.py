@@ -24,9 +24,18 @@ from typing import Optional
 import keras
 import tensorflow as tf
 
-from tf_amended_darts import checkpointing, data, distribute, errors, export, genotypes, loop
+from tf_amended_darts import (
+    checkpointing,
+    data,
+    distribute,
+    errors,
+    export,
+    genotypes,
+    loop,
+    profiling,
+    run_dir,
+)
 from tf_amended_darts import model as model_lib
-from tf_amended_darts import profiling, run_dir
 
 LOG_FILE = "log.txt"
 KIND = "train"
@@ -35,8 +44,9 @@ KIND = "train"
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Everything that determines a training run's result (its identity in run.json)."""
-    genotype: genotypes.Genotype = None    # a Genotype, or anything load_genotype accepts
-    network: str = "cifar"                 # cifar | imagenet
+
+    genotype: genotypes.Genotype = None  # a Genotype, or anything load_genotype accepts
+    network: str = "cifar"  # cifar | imagenet
     dataset: str = "digits"
     data_dir: Optional[str] = None
     image_size: Optional[int] = None
@@ -44,21 +54,21 @@ class TrainConfig:
     cells: int = 20
     auxiliary: bool = True
     auxiliary_weight: float = 0.4
-    drop_path: float = 0.2                 # final drop-path probability (rises linearly)
+    drop_path: float = 0.2  # final drop-path probability (rises linearly)
     cutout: int = 16
     epochs: int = 600
     steps_per_epoch: Optional[int] = None  # cap on the steps of an epoch (None: all)
     batch_size: int = 96
     learning_rate: float = 0.025
-    lr_schedule: str = "cosine"            # cosine | exponential
+    lr_schedule: str = "cosine"  # cosine | exponential
     learning_rate_min: float = 0.0
     lr_decay: float = 0.97
     momentum: float = 0.9
     weight_decay: float = 3e-4
-    grad_clip: float = 5.0                 # 0: no clipping
+    grad_clip: float = 5.0  # 0: no clipping
     label_smoothing: float = 0.0
     seed: int = 0
-    validate: bool = True                  # evaluate on the test split every epoch
+    validate: bool = True  # evaluate on the test split every epoch
 
     def __post_init__(self):
         g = self.genotype
@@ -70,37 +80,46 @@ class TrainConfig:
             g = genotypes.load_genotype(str(g))
         object.__setattr__(self, "genotype", g)
         if self.network not in model_lib.NETWORKS:
-            raise errors.InputError(
-                f"unknown network {self.network!r}; expected cifar or imagenet")
+            raise errors.InputError(f"unknown network {self.network!r}; expected cifar or imagenet")
         if self.lr_schedule not in ("cosine", "exponential"):
-            raise errors.InputError(f"unknown lr_schedule {self.lr_schedule!r}; expected "
-                                    "cosine or exponential")
+            raise errors.InputError(
+                f"unknown lr_schedule {self.lr_schedule!r}; expected cosine or exponential"
+            )
         for name in ("epochs", "batch_size", "channels", "cells"):
             if getattr(self, name) < 1:
-                raise errors.InputError(
-                    f"{name} must be at least 1, got {getattr(self, name)}")
+                raise errors.InputError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.cells < 3:
-            raise errors.InputError(f"cells must be at least 3 (two are reduction cells), "
-                                    f"got {self.cells}")
-        for name in ("auxiliary_weight", "learning_rate", "learning_rate_min", "lr_decay",
-                     "momentum", "weight_decay", "grad_clip", "cutout"):
+            raise errors.InputError(
+                f"cells must be at least 3 (two are reduction cells), got {self.cells}"
+            )
+        for name in (
+            "auxiliary_weight",
+            "learning_rate",
+            "learning_rate_min",
+            "lr_decay",
+            "momentum",
+            "weight_decay",
+            "grad_clip",
+            "cutout",
+        ):
             value = getattr(self, name)
             if not 0 <= value < float("inf"):
                 raise errors.InputError(f"{name} must be a finite number >= 0, got {value}")
         for name in ("drop_path", "label_smoothing"):
             if not 0 <= getattr(self, name) < 1:
-                raise errors.InputError(
-                    f"{name} must be in [0, 1), got {getattr(self, name)}")
+                raise errors.InputError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise errors.InputError(
-                f"steps_per_epoch must be at least 1, got {self.steps_per_epoch}")
+                f"steps_per_epoch must be at least 1, got {self.steps_per_epoch}"
+            )
 
     def learning_rate_at(self, epoch):
         """The learning rate of epoch `epoch` (0-based; see the module docstring)."""
         if self.lr_schedule == "exponential":
             return loop.exponential_learning_rate(epoch, self.learning_rate, self.lr_decay)
-        return loop.cosine_learning_rate(epoch, self.epochs, self.learning_rate,
-                                         self.learning_rate_min)
+        return loop.cosine_learning_rate(
+            epoch, self.epochs, self.learning_rate, self.learning_rate_min
+        )
 
     def drop_path_at(self, epoch):
         return self.drop_path * epoch / self.epochs
@@ -108,8 +127,12 @@ class TrainConfig:
     def build_network(self, num_classes, image_shape, auxiliary=None):
         """The network, built for images of `image_shape` (H, W, C)."""
         net = model_lib.NETWORKS[self.network](
-            self.genotype, channels=self.channels, cells=self.cells,
-            num_classes=num_classes, auxiliary=self.auxiliary if auxiliary is None else auxiliary)
+            self.genotype,
+            channels=self.channels,
+            cells=self.cells,
+            num_classes=num_classes,
+            auxiliary=self.auxiliary if auxiliary is None else auxiliary,
+        )
         net.build((None,) + tuple(image_shape))
         return net
 
@@ -128,12 +151,12 @@ class TrainConfig:
 class TrainResult:
     model: keras.Model
     global_step: int
-    epoch: int                   # epochs completed
-    finished: bool               # False when stopped by stop_after_steps
+    epoch: int  # epochs completed
+    finished: bool  # False when stopped by stop_after_steps
     traces: dict
-    learning_rates: dict         # epoch -> learning rate used in this process
-    train_loss: float            # mean loss of the last epoch run (auxiliary term included)
-    valid: dict                  # last validation metrics (empty without validate)
+    learning_rates: dict  # epoch -> learning rate used in this process
+    train_loss: float  # mean loss of the last epoch run (auxiliary term included)
+    valid: dict  # last validation metrics (empty without validate)
     images_per_second: float
 
 
@@ -142,8 +165,12 @@ def _loss_fn(config, num_classes):
         if not config.label_smoothing:
             return loop.cross_entropy(labels, logits)
         return keras.losses.categorical_crossentropy(
-            tf.one_hot(labels, num_classes), logits, from_logits=True,
-            label_smoothing=config.label_smoothing)
+            tf.one_hot(labels, num_classes),
+            logits,
+            from_logits=True,
+            label_smoothing=config.label_smoothing,
+        )
+
     return loss
 
 
@@ -162,36 +189,52 @@ class _Trainer:
             # Slots built here: Keras 3.15 cannot create them lazily inside strategy.run.
             self.optimizer.build(self.model.trainable_variables)
         self.train_step = tf.function(self._train_step)
-        self.eval_step = tf.function(loop.evaluation_step(self.model, strategy),
-                                     reduce_retracing=True)
+        self.eval_step = tf.function(
+            loop.evaluation_step(self.model, strategy), reduce_retracing=True
+        )
 
     def _replica_step(self, batch):
         c, x, y = self.config, batch[0], batch[1]
         with tf.GradientTape() as tape:
             if c.auxiliary:
                 logits, aux_logits = self.model(x, training=True, return_aux=True)
-                per_example = (self.loss(y, logits)
-                               + c.auxiliary_weight * self.loss(y, aux_logits))
+                per_example = self.loss(y, logits) + c.auxiliary_weight * self.loss(y, aux_logits)
             else:
                 logits = self.model(x, training=True)
                 per_example = self.loss(y, logits)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=c.batch_size)
         metrics, finite = loop.sgd_weight_update(
-            self.optimizer, tape, loss, self.model.trainable_variables, grad_clip=c.grad_clip,
-            weight_decay=c.weight_decay)
+            self.optimizer,
+            tape,
+            loss,
+            self.model.trainable_variables,
+            grad_clip=c.grad_clip,
+            weight_decay=c.weight_decay,
+        )
         metrics.update(train_loss=loss, train_correct=loop.correct_count(y, logits))
         metrics[loop.DIVERGED] = loop.diverged_metric(finite)
         return metrics
 
     def _train_step(self, batch):
         self.traces["train_step"] += 1
-        return loop.reduce_sum(self.strategy, self.strategy.run(
-            self._replica_step, args=(batch,)))
+        return loop.reduce_sum(self.strategy, self.strategy.run(self._replica_step, args=(batch,)))
 
 
-def train(config, output_dir, strategy=None, *, resume=False, overwrite=False,
-          checkpoint_every=0, stop_after_steps=None, flags=None, progress_stream=None,
-          log_stream=None, download=False, export_dir=None):
+def train(
+    config,
+    output_dir,
+    strategy=None,
+    *,
+    resume=False,
+    overwrite=False,
+    checkpoint_every=0,
+    stop_after_steps=None,
+    flags=None,
+    progress_stream=None,
+    log_stream=None,
+    download=False,
+    export_dir=None,
+):
     """Runs (or resumes) a training run; returns a TrainResult.
 
     Arguments as search.search; `export_dir`: write a SavedModel there when training ends
@@ -202,59 +245,97 @@ def train(config, output_dir, strategy=None, *, resume=False, overwrite=False,
     distribute.check_global_batch(config.batch_size, strategy)
     if export_dir and chief:
         export.check_export_dir(export_dir, overwrite, runs=(output_dir,))
-    dataset, augmentation = data.load_for_training(config.network, config.dataset,
-                                                   config.data_dir, download,
-                                                   config.image_size, config.cutout)
+    dataset, augmentation = data.load_for_training(
+        config.network, config.dataset, config.data_dir, download, config.image_size, config.cutout
+    )
     info = dataset.info
     if None in info.image_shape:
         raise errors.InputError(f"images of {config.dataset} vary in size: set image_size")
     steps_per_epoch = info.num_examples["train"] // config.batch_size
     if steps_per_epoch < 1:
-        raise errors.InputError(f"batch size {config.batch_size} exceeds the "
-                                f"{info.num_examples['train']} training examples")
+        raise errors.InputError(
+            f"batch size {config.batch_size} exceeds the "
+            f"{info.num_examples['train']} training examples"
+        )
     steps_per_epoch = min(steps_per_epoch, config.steps_per_epoch or steps_per_epoch)
 
-    runner = loop.Runner(output_dir, strategy, kind=KIND, config=config.to_dict(),
-                         resume=resume, overwrite=overwrite, owned=(LOG_FILE,),
-                         log_stream=log_stream, progress_stream=progress_stream)
+    runner = loop.Runner(
+        output_dir,
+        strategy,
+        kind=KIND,
+        config=config.to_dict(),
+        resume=resume,
+        overwrite=overwrite,
+        owned=(LOG_FILE,),
+        log_stream=log_stream,
+        progress_stream=progress_stream,
+    )
     with runner:
         trainer = _Trainer(config, strategy, info.image_shape, info.num_classes)
         model = trainer.model
         params = profiling.trainable_params(model, include_auxiliary=False)
         restored = runner.start(
             dict(network=checkpointing.named_variables(model), optimizer=trainer.optimizer),
-            dict(config=config.to_dict(), kind=KIND, flags=flags, extra={
-                "dataset_info": data.dataset_info_dict(info),
-                "strategy": distribute.describe(strategy), "trainable_params": params}),
-            records={"genotype": config.genotype.to_json()})
-        runner.log(f"train: {config.network} network, {config.cells} cells, "
-                   f"C={config.channels}, {params:,} parameters (auxiliary head excluded); "
-                   f"genotype {config.genotype.to_string()}")
-        runner.log(f"data: {config.dataset} {info.image_shape}, {info.num_classes} classes, "
-                   f"{steps_per_epoch} steps/epoch x {config.epochs} epochs, global batch "
-                   f"{config.batch_size}, {distribute.describe(strategy)}")
+            dict(
+                config=config.to_dict(),
+                kind=KIND,
+                flags=flags,
+                extra={
+                    "dataset_info": data.dataset_info_dict(info),
+                    "strategy": distribute.describe(strategy),
+                    "trainable_params": params,
+                },
+            ),
+            records={"genotype": config.genotype.to_json()},
+        )
+        runner.log(
+            f"train: {config.network} network, {config.cells} cells, "
+            f"C={config.channels}, {params:,} parameters (auxiliary head excluded); "
+            f"genotype {config.genotype.to_string()}"
+        )
+        runner.log(
+            f"data: {config.dataset} {info.image_shape}, {info.num_classes} classes, "
+            f"{steps_per_epoch} steps/epoch x {config.epochs} epochs, global batch "
+            f"{config.batch_size}, {distribute.describe(strategy)}"
+        )
         if restored:
             runner.log_resumed(restored)
         task = _TrainEpochs(config, trainer, dataset, augmentation, steps_per_epoch)
-        outcome = runner.run(task, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
-                             batch_size=config.batch_size, checkpoint_every=checkpoint_every,
-                             stop_after_steps=stop_after_steps,
-                             divergence_hint="lower --learning_rate")
+        outcome = runner.run(
+            task,
+            epochs=config.epochs,
+            steps_per_epoch=steps_per_epoch,
+            batch_size=config.batch_size,
+            checkpoint_every=checkpoint_every,
+            stop_after_steps=stop_after_steps,
+            divergence_hint="lower --learning_rate",
+        )
         if outcome.stopped:
-            runner.log(f"stopped after global step {outcome.global_step} (checkpoint saved; "
-                       "--resume continues)")
+            runner.log(
+                f"stopped after global step {outcome.global_step} (checkpoint saved; "
+                "--resume continues)"
+            )
         else:
-            runner.log(f"training finished: {config.epochs} epochs, {outcome.global_step} "
-                       f"steps, {outcome.images_per_second:.1f} images/s")
+            runner.log(
+                f"training finished: {config.epochs} epochs, {outcome.global_step} "
+                f"steps, {outcome.images_per_second:.1f} images/s"
+            )
             if export_dir and runner.chief:
-                export.export_network(model, export_dir, config,
-                                      data.dataset_info_dict(info), overwrite=overwrite)
+                export.export_network(
+                    model, export_dir, config, data.dataset_info_dict(info), overwrite=overwrite
+                )
                 runner.log(f"exported SavedModel to {export_dir}")
-    return TrainResult(model=model, global_step=outcome.global_step, epoch=outcome.epoch,
-                       finished=not outcome.stopped, traces=dict(trainer.traces),
-                       learning_rates=task.learning_rates,
-                       train_loss=outcome.line.get("train_loss", float("nan")),
-                       valid=task.valid, images_per_second=outcome.images_per_second)
+    return TrainResult(
+        model=model,
+        global_step=outcome.global_step,
+        epoch=outcome.epoch,
+        finished=not outcome.stopped,
+        traces=dict(trainer.traces),
+        learning_rates=task.learning_rates,
+        train_loss=outcome.line.get("train_loss", float("nan")),
+        valid=task.valid,
+        images_per_second=outcome.images_per_second,
+    )
 
 
 class _TrainEpochs:
@@ -272,18 +353,34 @@ class _TrainEpochs:
         self.learning_rates[epoch] = lr
         self.trainer.optimizer.learning_rate.assign(lr)
         self.trainer.model.drop_path_rate.assign(c.drop_path_at(epoch))
-        batches = distribute.distribute_dataset(self.trainer.strategy, data.epoch_batches(
-            self.dataset.train, c.batch_size, mean=info.mean, std=info.std, seed=c.seed,
-            epoch=epoch, augmentation=self.augmentation,
-            skip_batches=skip_batches).take(self.steps_per_epoch - skip_batches))
-        return loop.Epoch(step=self.trainer.train_step, batches=batches,
-                          scalars={"lr": lr, "drop_path": c.drop_path_at(epoch)})
+        batches = distribute.distribute_dataset(
+            self.trainer.strategy,
+            data.epoch_batches(
+                self.dataset.train,
+                c.batch_size,
+                mean=info.mean,
+                std=info.std,
+                seed=c.seed,
+                epoch=epoch,
+                augmentation=self.augmentation,
+                skip_batches=skip_batches,
+            ).take(self.steps_per_epoch - skip_batches),
+        )
+        return loop.Epoch(
+            step=self.trainer.train_step,
+            batches=batches,
+            scalars={"lr": lr, "drop_path": c.drop_path_at(epoch)},
+        )
 
     def end_epoch(self, epochs_done, global_step, line):
         if self.config.validate:
-            self.valid = loop.validate(self.trainer.eval_step, self.trainer.strategy,
-                                       self.dataset.test, self.dataset.info,
-                                       self.config.batch_size)
+            self.valid = loop.validate(
+                self.trainer.eval_step,
+                self.trainer.strategy,
+                self.dataset.test,
+                self.dataset.info,
+                self.config.batch_size,
+            )
             line.update(self.valid)
         return ""
 
@@ -297,19 +394,26 @@ def restore_network(directory, checkpoint=None, genotype=None):
     """
     meta = run_dir.read_metadata(directory)
     if meta is None or meta.get("kind") != KIND:
-        raise errors.InputError(f"{directory} holds no training run (no run.json of kind "
-                                f"{KIND!r}); pass the --output_dir of a train run")
+        raise errors.InputError(
+            f"{directory} holds no training run (no run.json of kind "
+            f"{KIND!r}); pass the --output_dir of a train run"
+        )
     config = TrainConfig.from_dict(meta["config"])
     if genotype is not None:
         wanted = genotypes.load_genotype(genotype) if isinstance(genotype, str) else genotype
         if wanted != config.genotype:
-            raise errors.InputError(f"the run in {directory} was trained with genotype "
-                                    f"{config.genotype.to_string()}, not {wanted.to_string()}")
+            raise errors.InputError(
+                f"the run in {directory} was trained with genotype "
+                f"{config.genotype.to_string()}, not {wanted.to_string()}"
+            )
     info = meta["dataset_info"]
     net = config.build_network(info["num_classes"], info["image_shape"], auxiliary=False)
     # The run's optimizer and auxiliary head are in the checkpoint too: they stay unread.
     path = checkpointing.restore_checkpoint(
-        directory, f"the network of {directory} ({config.genotype.to_string()})", checkpoint,
+        directory,
+        f"the network of {directory} ({config.genotype.to_string()})",
+        checkpoint,
         records={"genotype": config.genotype.to_json()},
-        network=checkpointing.named_variables(net))
+        network=checkpointing.named_variables(net),
+    )
     return config, info, net, path

@@ -36,22 +36,32 @@ import re
 import keras_tuner as kt
 import numpy as np
 
-from tf_amended_darts import errors, export, genotypes, operations, proposals, run_dir, search
-from tf_amended_darts import search_model
+from tf_amended_darts import (
+    errors,
+    export,
+    genotypes,
+    operations,
+    proposals,
+    run_dir,
+    search,
+    search_model,
+)
 from tf_amended_darts import search_space as search_space_lib
 from tf_amended_darts import train as train_lib
 
 OBJECTIVE = "val_accuracy"
 TRAIN_PREFIX = "train."  # hyperparameter names of the training options
-TRAIN_DIR = "train"      # a trial's train.train run, inside its trial directory
+TRAIN_DIR = "train"  # a trial's train.train run, inside its trial directory
 _EDGE_NAME = re.compile(r"^(normal|reduce)_(\d+)\.node(\d+)\.edge(\d+)\.(op|input)$")
 
 
 # -- a genotype as trial hyperparameters ------------------------------------------------------
 
+
 def _slot_names(space):
-    return ([f"normal_{i}" for i in range(space.num_normal_slots)]
-            + [f"reduce_{i}" for i in range(space.num_reduce_slots)])
+    return [f"normal_{i}" for i in range(space.num_normal_slots)] + [
+        f"reduce_{i}" for i in range(space.num_reduce_slots)
+    ]
 
 
 def genotype_values(genotype, space):
@@ -87,12 +97,17 @@ def genotype_from_values(values):
         match = _EDGE_NAME.match(name)
         if match:
             kind, slot, node, edge, part = match.groups()
-            edge_entry = (slots.setdefault((kind == "reduce", int(slot)), {})
-                          .setdefault(int(node), {}).setdefault(int(edge), {}))
+            edge_entry = (
+                slots.setdefault((kind == "reduce", int(slot)), {})
+                .setdefault(int(node), {})
+                .setdefault(int(edge), {})
+            )
             edge_entry[part] = value
     if not slots:
-        raise genotypes.GenotypeError("the hyperparameters encode no genotype (no "
-                                      "'normal_0.node2.edge0.op'-style values): use DartsOracle")
+        raise genotypes.GenotypeError(
+            "the hyperparameters encode no genotype (no "
+            "'normal_0.node2.edge0.op'-style values): use DartsOracle"
+        )
     cells = {}
     for key, nodes in slots.items():
         states = sorted(nodes)
@@ -100,8 +115,12 @@ def genotype_from_values(values):
             raise genotypes.GenotypeError(f"genotype hyperparameters skip nodes: {states}")
         try:
             cells[key] = genotypes.CellGenotype(
-                [[(nodes[s][e]["op"], nodes[s][e]["input"]) for e in sorted(nodes[s])]
-                 for s in states], range(2, 2 + len(states)))
+                [
+                    [(nodes[s][e]["op"], nodes[s][e]["input"]) for e in sorted(nodes[s])]
+                    for s in states
+                ],
+                range(2, 2 + len(states)),
+            )
         except KeyError as e:
             raise genotypes.GenotypeError(f"genotype hyperparameters lack {e}") from None
     normal = [cells[k] for k in sorted(k for k in cells if not k[0])]
@@ -110,6 +129,7 @@ def genotype_from_values(values):
 
 
 # -- where the alphas come from ----------------------------------------------------------------
+
 
 def load_search_result(directory, config=None):
     """(SearchSpace, alphas) of the finished search in `directory`, or None when it holds no
@@ -132,8 +152,10 @@ def load_search_result(directory, config=None):
         return None
     space = search_space_lib.SearchSpace.from_dict(run["search_space"])
     with np.errstate(divide="ignore"):
-        alphas = [np.log(np.maximum(np.asarray(p, np.float64), 1e-300))
-                  for p in records[-1]["probabilities"]]
+        alphas = [
+            np.log(np.maximum(np.asarray(p, np.float64), 1e-300))
+            for p in records[-1]["probabilities"]
+        ]
     return space, alphas
 
 
@@ -144,8 +166,9 @@ def _as_space(space):
         return search_space_lib.get_search_space(space)
     if isinstance(space, dict):
         return search_space_lib.SearchSpace.from_dict(space)
-    raise errors.InputError(f"search_space must be a SearchSpace, a preset name or a dict, "
-                            f"got {space!r}")
+    raise errors.InputError(
+        f"search_space must be a SearchSpace, a preset name or a dict, got {space!r}"
+    )
 
 
 def _search_source(alphas, search_space, search_dir, search_config, search_kwargs):
@@ -154,24 +177,28 @@ def _search_source(alphas, search_space, search_dir, search_config, search_kwarg
             raise errors.InputError("DartsOracle: alphas need their search_space")
         return _as_space(search_space), alphas
     if search_dir is None:
-        raise errors.InputError("DartsOracle needs alphas and search_space, a search_dir "
-                                "holding a finished search, or a search_config (and "
-                                "search_dir) to run one")
+        raise errors.InputError(
+            "DartsOracle needs alphas and search_space, a search_dir "
+            "holding a finished search, or a search_config (and "
+            "search_dir) to run one"
+        )
     found = load_search_result(search_dir, search_config)
     if found is not None:
         return found
     if search_config is None:
-        raise errors.InputError(f"DartsOracle: {search_dir} holds no finished search (pass "
-                                "search_config to run it)")
-    result = search.search(search_config, search_dir, resume=run_dir.holds_run(search_dir),
-                           **(search_kwargs or {}))
+        raise errors.InputError(
+            f"DartsOracle: {search_dir} holds no finished search (pass search_config to run it)"
+        )
+    result = search.search(
+        search_config, search_dir, resume=run_dir.holds_run(search_dir), **(search_kwargs or {})
+    )
     if not result.finished:
-        raise errors.InputError(f"DartsOracle: the search in {search_dir} stopped before its "
-                                "end")
+        raise errors.InputError(f"DartsOracle: the search in {search_dir} stopped before its end")
     return search_config.space(), result.alphas
 
 
 # -- the oracle --------------------------------------------------------------------------------
+
 
 class DartsOracle(kt.Oracle):
     """Proposes DARTS architectures as keras-tuner trials (see the module docstring).
@@ -189,11 +216,23 @@ class DartsOracle(kt.Oracle):
     A project tuned from other alphas is refused on reload.
     """
 
-    def __init__(self, alphas=None, search_space=None, *, search_dir=None, search_config=None,
-                 search_kwargs=None, max_proposals=None, objective=None, max_trials=10,
-                 hyperparameters=None, **kwargs):
-        space, alphas = _search_source(alphas, search_space, search_dir, search_config,
-                                       search_kwargs)
+    def __init__(
+        self,
+        alphas=None,
+        search_space=None,
+        *,
+        search_dir=None,
+        search_config=None,
+        search_kwargs=None,
+        max_proposals=None,
+        objective=None,
+        max_trials=10,
+        hyperparameters=None,
+        **kwargs,
+    ):
+        space, alphas = _search_source(
+            alphas, search_space, search_dir, search_config, search_kwargs
+        )
         self.search_space = space
         self.alphas = proposals.check_alphas(space, alphas)
         self.max_proposals = max_proposals
@@ -202,9 +241,14 @@ class DartsOracle(kt.Oracle):
         self._generator = None
         hyperparameters = hyperparameters.copy() if hyperparameters else kt.HyperParameters()
         declare_genotype_hyperparameters(
-            hyperparameters, space, search_model.derive_genotype(space, self.alphas))
-        super().__init__(objective=objective or kt.Objective(OBJECTIVE, "max"),
-                         max_trials=max_trials, hyperparameters=hyperparameters, **kwargs)
+            hyperparameters, space, search_model.derive_genotype(space, self.alphas)
+        )
+        super().__init__(
+            objective=objective or kt.Objective(OBJECTIVE, "max"),
+            max_trials=max_trials,
+            hyperparameters=hyperparameters,
+            **kwargs,
+        )
 
     def populate_space(self, trial_id):
         if self.max_proposals is not None and len(self.proposals) >= self.max_proposals:
@@ -224,28 +268,40 @@ class DartsOracle(kt.Oracle):
 
     def get_state(self):
         state = super().get_state()
-        state["darts"] = {"search_space": self.search_space.to_dict(),
-                          "alphas": [a.tolist() for a in self.alphas],
-                          "proposals": self.proposals}
+        state["darts"] = {
+            "search_space": self.search_space.to_dict(),
+            "alphas": [a.tolist() for a in self.alphas],
+            "proposals": self.proposals,
+        }
         return state
 
     def set_state(self, state):
         super().set_state(state)
         saved = state.get("darts")
         if saved is None:
-            raise errors.InputError("DartsOracle: this project was not tuned by a DartsOracle; "
-                                    "use another project_name or overwrite=True")
-        same = (_as_space(saved["search_space"]) == self.search_space
-                and len(saved["alphas"]) == len(self.alphas)
-                and all(np.allclose(np.asarray(a), b, rtol=1e-6, atol=1e-9)
-                        for a, b in zip(saved["alphas"], self.alphas)))
+            raise errors.InputError(
+                "DartsOracle: this project was not tuned by a DartsOracle; "
+                "use another project_name or overwrite=True"
+            )
+        same = (
+            _as_space(saved["search_space"]) == self.search_space
+            and len(saved["alphas"]) == len(self.alphas)
+            and all(
+                np.allclose(np.asarray(a), b, rtol=1e-6, atol=1e-9)
+                for a, b in zip(saved["alphas"], self.alphas)
+            )
+        )
         if not same:
-            raise errors.InputError("DartsOracle: the project was tuned from another search "
-                                    "result (search space or alphas differ); use another "
-                                    "project_name or overwrite=True")
+            raise errors.InputError(
+                "DartsOracle: the project was tuned from another search "
+                "result (search space or alphas differ); use another "
+                "project_name or overwrite=True"
+            )
         self.proposals = list(saved["proposals"])
-        self._proposed = {proposals.canonical_key(genotypes.Genotype.from_dict(p["genotype"]))
-                          for p in self.proposals}
+        self._proposed = {
+            proposals.canonical_key(genotypes.Genotype.from_dict(p["genotype"]))
+            for p in self.proposals
+        }
         self._generator = None
 
 
@@ -261,8 +317,10 @@ def check_train_options(options):
     fields = {f.name for f in dataclasses.fields(train_lib.TrainConfig)} - set(_NOT_OPTIONS)
     unknown = sorted(set(options) - fields)
     if unknown:
-        raise errors.InputError(f"unknown training options {unknown}; options are "
-                                f"TrainConfig's fields: {', '.join(sorted(fields))}")
+        raise errors.InputError(
+            f"unknown training options {unknown}; options are "
+            f"TrainConfig's fields: {', '.join(sorted(fields))}"
+        )
     options = {k: v for k, v in options.items() if v is not None}
     try:  # TrainConfig's checks do not depend on the genotype
         train_lib.TrainConfig(genotype=genotypes.PUBLISHED["DARTS_V2"], **options)
@@ -272,8 +330,11 @@ def check_train_options(options):
 
 
 def _train_options_of(values):
-    return {name[len(TRAIN_PREFIX):]: value for name, value in _values_of(values).items()
-            if name.startswith(TRAIN_PREFIX)}
+    return {
+        name[len(TRAIN_PREFIX) :]: value
+        for name, value in _values_of(values).items()
+        if name.startswith(TRAIN_PREFIX)
+    }
 
 
 def trial_config(trial, genotype=None):
@@ -309,11 +370,12 @@ class _TrainingTuner(kt.Tuner):
         # existing name): trials trained otherwise would not be comparable.
         saved = _train_options_of({p.name: p.default for p in oracle.get_space().space})
         if saved != options:
-            changed = sorted(k for k in set(saved) | set(options)
-                             if saved.get(k) != options.get(k))
-            raise errors.InputError(f"the project was tuned with other training options "
-                                    f"(differ in: {', '.join(changed)}); use another "
-                                    "project_name or overwrite=True")
+            changed = sorted(k for k in set(saved) | set(options) if saved.get(k) != options.get(k))
+            raise errors.InputError(
+                f"the project was tuned with other training options "
+                f"(differ in: {', '.join(changed)}); use another "
+                "project_name or overwrite=True"
+            )
         self.train_kwargs = train_kwargs or {}
 
     def trial_run_dir(self, trial_id):
@@ -321,11 +383,18 @@ class _TrainingTuner(kt.Tuner):
 
     def train_genotype(self, trial, genotype=None):
         """Trains the trial's TrainConfig (`trial_config`); returns the metrics to report."""
-        result = _quietly(train_lib.train, trial_config(trial, genotype),
-                          self.trial_run_dir(trial.trial_id), overwrite=True,
-                          **self.train_kwargs)
-        return {OBJECTIVE: result.valid["valid_acc"], "val_loss": result.valid["valid_loss"],
-                "train_loss": result.train_loss}
+        result = _quietly(
+            train_lib.train,
+            trial_config(trial, genotype),
+            self.trial_run_dir(trial.trial_id),
+            overwrite=True,
+            **self.train_kwargs,
+        )
+        return {
+            OBJECTIVE: result.valid["valid_acc"],
+            "val_loss": result.valid["valid_loss"],
+            "train_loss": result.train_loss,
+        }
 
     def load_model(self, trial):
         """The trial's trained network (without auxiliary head), as `get_best_models` gives."""
@@ -368,32 +437,50 @@ def export_best_trial(training_tuner, export_dir, *, overwrite=False):
     """Exports the best trial's trained network (the end of its train.train run) as a
     SavedModel with export.export_network; returns (trial, description dict)."""
     trial = _best_trial(training_tuner)
-    config, info, net, _ = train_lib.restore_network(
-        training_tuner.trial_run_dir(trial.trial_id))
+    config, info, net, _ = train_lib.restore_network(training_tuner.trial_run_dir(trial.trial_id))
     return trial, export.export_network(net, export_dir, config, info, overwrite=overwrite)
 
 
 # -- tuning the search itself ------------------------------------------------------------------
 
-SEARCH_HYPERPARAMETERS = ("arch_learning_rate", "amending_coefficient", "arch_gradient",
-                          "warmup_epochs")
+SEARCH_HYPERPARAMETERS = (
+    "arch_learning_rate",
+    "amending_coefficient",
+    "arch_gradient",
+    "warmup_epochs",
+)
 
 
-def declare_search_hyperparameters(hp, config, names=SEARCH_HYPERPARAMETERS,
-                                   arch_gradients=("first_order", "second_order", "amended")):
+def declare_search_hyperparameters(
+    hp,
+    config,
+    names=SEARCH_HYPERPARAMETERS,
+    arch_gradients=("first_order", "second_order", "amended"),
+):
     """Registers the tunable search options (defaults: `config`'s values). Hyperparameters
     already in `hp` (a user's Fixed, say) keep their definition."""
     declare = {
-        "arch_learning_rate": lambda: hp.Float("arch_learning_rate", 1e-4, 1e-2, sampling="log",
-                                               default=config.arch_learning_rate),
-        "amending_coefficient": lambda: hp.Float("amending_coefficient", 0.0, 1.0,
-                                                 default=config.amending_coefficient),
+        "arch_learning_rate": lambda: hp.Float(
+            "arch_learning_rate", 1e-4, 1e-2, sampling="log", default=config.arch_learning_rate
+        ),
+        "amending_coefficient": lambda: hp.Float(
+            "amending_coefficient", 0.0, 1.0, default=config.amending_coefficient
+        ),
         "arch_gradient": lambda: hp.Choice(
-            "arch_gradient", list(dict.fromkeys([config.arch_gradient, *arch_gradients])),
-            default=config.arch_gradient),
-        "warmup_epochs": lambda: (hp.Int("warmup_epochs", 0, config.epochs - 1,
-                                         default=min(config.warmup_epochs, config.epochs - 1))
-                                  if config.epochs > 1 else hp.Fixed("warmup_epochs", 0)),
+            "arch_gradient",
+            list(dict.fromkeys([config.arch_gradient, *arch_gradients])),
+            default=config.arch_gradient,
+        ),
+        "warmup_epochs": lambda: (
+            hp.Int(
+                "warmup_epochs",
+                0,
+                config.epochs - 1,
+                default=min(config.warmup_epochs, config.epochs - 1),
+            )
+            if config.epochs > 1
+            else hp.Fixed("warmup_epochs", 0)
+        ),
     }
     for name in names:
         if name not in declare:
@@ -419,26 +506,40 @@ class SearchTuner(_TrainingTuner):
     val_accuracy (the objective), val_loss, train_loss, parameter_free_ops.
     """
 
-    def __init__(self, oracle, base_config, train_options, *, tune=SEARCH_HYPERPARAMETERS,
-                 arch_gradients=("first_order", "second_order", "amended"), search_kwargs=None,
-                 **kwargs):
+    def __init__(
+        self,
+        oracle,
+        base_config,
+        train_options,
+        *,
+        tune=SEARCH_HYPERPARAMETERS,
+        arch_gradients=("first_order", "second_order", "amended"),
+        search_kwargs=None,
+        **kwargs,
+    ):
         self.base_config = base_config
         self.search_kwargs = search_kwargs or {}
         hp = oracle.get_space()
-        oracle.update_space(declare_search_hyperparameters(hp, base_config, tune,
-                                                           arch_gradients))
-        data_options = {k: getattr(base_config, k)
-                        for k in ("dataset", "data_dir", "image_size", "seed")}
+        oracle.update_space(declare_search_hyperparameters(hp, base_config, tune, arch_gradients))
+        data_options = {
+            k: getattr(base_config, k) for k in ("dataset", "data_dir", "image_size", "seed")
+        }
         super().__init__(oracle, {**data_options, **train_options}, **kwargs)
 
     def run_trial(self, trial, *args, **kwargs):
         config = search_config_from_values(self.base_config, trial.hyperparameters)
         directory = os.path.join(self.get_trial_dir(trial.trial_id), "search")
-        result = _quietly(search.search, config, directory, overwrite=True,
-                          **{"render": False, **self.search_kwargs})
+        result = _quietly(
+            search.search,
+            config,
+            directory,
+            overwrite=True,
+            **{"render": False, **self.search_kwargs},
+        )
         metrics = self.train_genotype(trial, result.genotype)
         metrics["parameter_free_ops"] = float(
-            result.genotype.count_ops(operations.PARAMETER_FREE_OPS))
+            result.genotype.count_ops(operations.PARAMETER_FREE_OPS)
+        )
         return metrics
 
 

@@ -38,6 +38,7 @@ class VisualizeError(errors.InputError, OSError):
 
 # --- genotype cells -----------------------------------------------------------------------
 
+
 def _quote(text):
     return '"' + str(text).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -65,8 +66,9 @@ def cell_dot(cell, title):
     lines.append(f"  {_quote(_OUTPUT)} [fillcolor=palegoldenrod];")
     for i, node in enumerate(cell.nodes):
         for op, j in node:
-            lines.append(f"  {_quote(_state_name(j))} -> {_quote(i)} "
-                         f"[label={_quote(op)}, fillcolor=gray];")
+            lines.append(
+                f"  {_quote(_state_name(j))} -> {_quote(i)} [label={_quote(op)}, fillcolor=gray];"
+            )
     for c in cell.concat:
         lines.append(f"  {_quote(_state_name(c))} -> {_quote(_OUTPUT)} [fillcolor=gray];")
     lines.append("}")
@@ -90,8 +92,9 @@ def check_formats(formats):
     formats = [f.strip().lower() for f in formats]
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
-        raise errors.InputError(f"picture format(s) {bad or '(none)'}: expected some of "
-                         f"{', '.join(FORMATS)}")
+        raise errors.InputError(
+            f"picture format(s) {bad or '(none)'}: expected some of {', '.join(FORMATS)}"
+        )
     return list(dict.fromkeys(formats))
 
 
@@ -99,8 +102,10 @@ def find_dot():
     """Path of the Graphviz `dot` executable; VisualizeError if it is not on PATH."""
     dot = shutil.which("dot")
     if dot is None:
-        raise VisualizeError("the Graphviz 'dot' executable is not on PATH; install graphviz "
-                             "(Debian/Ubuntu: apt-get install graphviz) to render genotypes")
+        raise VisualizeError(
+            "the Graphviz 'dot' executable is not on PATH; install graphviz "
+            "(Debian/Ubuntu: apt-get install graphviz) to render genotypes"
+        )
     return dot
 
 
@@ -108,14 +113,21 @@ def render_dot(source, path, fmt, dot=None):
     """Renders DOT source to `path` with `dot -T{fmt}`, atomically."""
     dot = dot or find_dot()
     try:
-        result = subprocess.run([dot, f"-T{fmt}"], input=source.encode("utf-8"),
-                                capture_output=True, timeout=120, check=False)
+        result = subprocess.run(
+            [dot, f"-T{fmt}"],
+            input=source.encode("utf-8"),
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired) as e:
         raise VisualizeError(f"cannot run {dot} for {path}: {e}") from None
     if result.returncode != 0 or not result.stdout:
         message = result.stderr.decode("utf-8", "replace").strip().splitlines()
-        raise VisualizeError(f"{dot} -T{fmt} failed for {path} (exit {result.returncode})"
-                             + (f": {message[0]}" if message else ""))
+        raise VisualizeError(
+            f"{dot} -T{fmt} failed for {path} (exit {result.returncode})"
+            + (f": {message[0]}" if message else "")
+        )
     io_utils.write_atomic(path, result.stdout)
 
 
@@ -148,6 +160,7 @@ def render_genotype(genotype, out_prefix, formats=("png", "svg")):
 
 # --- architecture weights ----------------------------------------------------------------
 
+
 def edge_labels(num_edges):
     """Labels "node<-input" of a DARTS cell's edges in MixedOp order ("2<-0", "2<-1", "3<-0",
     ...): node i (state 2 + i) has 2 + i incoming edges. "e0", "e1", ... if num_edges is not
@@ -162,6 +175,7 @@ def edge_labels(num_edges):
 def _figure(width, height, dpi=100):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+
     fig = Figure(figsize=(width, height), dpi=dpi)
     FigureCanvasAgg(fig)
     return fig
@@ -170,6 +184,7 @@ def _figure(width, height, dpi=100):
 def heatmap_colormap():
     """The colour map of `alpha_heatmap` (probabilities 0..1)."""
     import matplotlib
+
     return matplotlib.colormaps["viridis"]
 
 
@@ -180,13 +195,16 @@ def alpha_heatmap(probabilities, operations, title=""):
     p = np.asarray(probabilities, dtype=np.float64)
     operations = [str(op) for op in operations]
     if p.ndim != 2 or p.shape[1] != len(operations) or p.shape[0] == 0:
-        raise ValueError(f"probabilities of shape {p.shape}: expected [num_edges, "
-                         f"{len(operations)}] (one column per operation)")
+        raise ValueError(
+            f"probabilities of shape {p.shape}: expected [num_edges, "
+            f"{len(operations)}] (one column per operation)"
+        )
     num_edges, num_ops = p.shape
     fig = _figure(1.6 + 0.75 * num_ops, 1.4 + 0.32 * num_edges)
     ax = fig.add_subplot()
-    image = ax.imshow(p, cmap=heatmap_colormap(), vmin=0.0, vmax=1.0, aspect="auto",
-                      interpolation="nearest")
+    image = ax.imshow(
+        p, cmap=heatmap_colormap(), vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest"
+    )
     ax.set_xticks(range(num_ops), operations, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(num_edges), edge_labels(num_edges), fontsize=8)
     ax.set_xlabel("operation", fontsize=8)
@@ -211,19 +229,25 @@ def validate_alpha_history(history, where="alphas history"):
     """Checks the format of `alphas_history.json`; returns (operations, slots, records) with
     records sorted by (epoch, step) and probabilities as float arrays. AlphaHistoryError (an
     errors.InputError) names the first problem."""
+
     def fail(message):
         raise AlphaHistoryError(f"{where}: {message}")
 
     if not isinstance(history, dict):
-        fail(f"expected a JSON object with keys operations, slots, records; got "
-             f"{type(history).__name__}")
+        fail(
+            f"expected a JSON object with keys operations, slots, records; got "
+            f"{type(history).__name__}"
+        )
     missing = [k for k in ("operations", "slots", "records") if k not in history]
     if missing:
         fail(f"missing key(s) {', '.join(missing)} (expected operations, slots, records)")
     for key in ("operations", "slots"):
         names = history[key]
-        if (not isinstance(names, list) or not names
-                or not all(isinstance(n, str) and n for n in names)):
+        if (
+            not isinstance(names, list)
+            or not names
+            or not all(isinstance(n, str) and n for n in names)
+        ):
             fail(f"{key} must be a non-empty list of names, got {names!r}")
         if len(set(names)) != len(names):
             fail(f"{key} has duplicate names: {names}")
@@ -242,8 +266,10 @@ def validate_alpha_history(history, where="alphas history"):
         probabilities = record.get("probabilities")
         if not isinstance(probabilities, list) or len(probabilities) != len(slots):
             count = len(probabilities) if isinstance(probabilities, list) else "no list"
-            fail(f"{at}.probabilities must hold one [num_edges x {len(operations)}] matrix per "
-                 f"slot ({len(slots)}), got {count}")
+            fail(
+                f"{at}.probabilities must hold one [num_edges x {len(operations)}] matrix per "
+                f"slot ({len(slots)}), got {count}"
+            )
         matrices = []
         for s, matrix in enumerate(probabilities):
             at_slot = f"{at}.probabilities[{s}] ({slots[s]})"
@@ -252,20 +278,27 @@ def validate_alpha_history(history, where="alphas history"):
             except (ValueError, TypeError):
                 fail(f"{at_slot} is not a rectangular matrix of numbers")
             if p.ndim != 2 or p.shape[0] == 0 or p.shape[1] != len(operations):
-                fail(f"{at_slot} has shape {list(p.shape)}, expected [num_edges, "
-                     f"{len(operations)}] (one column per operation)")
+                fail(
+                    f"{at_slot} has shape {list(p.shape)}, expected [num_edges, "
+                    f"{len(operations)}] (one column per operation)"
+                )
             if edges_per_slot.setdefault(s, p.shape[0]) != p.shape[0]:
                 fail(f"{at_slot} has {p.shape[0]} edges, earlier records {edges_per_slot[s]}")
             if not np.all(np.isfinite(p)) or np.any(p < 0) or np.any(p > 1 + 1e-6):
-                fail(f"{at_slot} holds values outside [0, 1]: probabilities (softmax of alpha) "
-                     "expected, not alpha logits")
+                fail(
+                    f"{at_slot} holds values outside [0, 1]: probabilities (softmax of alpha) "
+                    "expected, not alpha logits"
+                )
             sums = p.sum(axis=1)
             if np.any(np.abs(sums - 1) > 1e-2):
-                fail(f"{at_slot}: a row sums to {sums[np.argmax(np.abs(sums - 1))]:.4g}, "
-                     "expected 1 (softmax of alpha over the operations)")
+                fail(
+                    f"{at_slot}: a row sums to {sums[np.argmax(np.abs(sums - 1))]:.4g}, "
+                    "expected 1 (softmax of alpha over the operations)"
+                )
             matrices.append(p)
-        checked.append({"epoch": record["epoch"], "step": record["step"],
-                        "probabilities": matrices})
+        checked.append(
+            {"epoch": record["epoch"], "step": record["step"], "probabilities": matrices}
+        )
     checked.sort(key=lambda rec: (rec["epoch"], rec["step"]))
     return list(operations), list(slots), checked
 
@@ -290,6 +323,7 @@ def load_alpha_history(path):
 
 def _op_colours(num_ops):
     import matplotlib
+
     cmap = matplotlib.colormaps["tab10" if num_ops <= 10 else "tab20"]
     return [cmap(i % cmap.N) for i in range(num_ops)]
 
@@ -301,8 +335,9 @@ def plot_alpha_history(history, path):
     Saved as PNG, SVG or PDF by the extension of `path`, atomically. Returns `path`."""
     fmt = os.path.splitext(str(path))[1].lower().lstrip(".")
     if fmt not in FORMATS:
-        raise errors.InputError(f"{path}: plot format by extension must be one of "
-                         f"{', '.join('.' + f for f in FORMATS)}")
+        raise errors.InputError(
+            f"{path}: plot format by extension must be one of {', '.join('.' + f for f in FORMATS)}"
+        )
     operations, slots, records = validate_alpha_history(history)
     if not records:
         raise AlphaHistoryError("alphas history has no records to plot")
@@ -310,8 +345,9 @@ def plot_alpha_history(history, path):
     by_step = len(set(epochs)) != len(epochs)
     x = [r["step"] for r in records] if by_step else epochs
     # means[s]: [num_records, num_ops]
-    means = [np.stack([r["probabilities"][s].mean(axis=0) for r in records])
-             for s in range(len(slots))]
+    means = [
+        np.stack([r["probabilities"][s].mean(axis=0) for r in records]) for s in range(len(slots))
+    ]
     columns = min(len(slots), 3)
     rows = math.ceil(len(slots) / columns)
     fig = _figure(4.2 * columns + 1.8, 3.0 * rows + 0.6)
@@ -320,8 +356,17 @@ def plot_alpha_history(history, path):
     lines = []
     for s, slot in enumerate(slots):
         ax = fig.add_subplot(rows, columns, s + 1)
-        lines = [ax.plot(x, means[s][:, o], color=colours[o], marker="." if len(x) < 30 else None,
-                         linewidth=1.5, label=op)[0] for o, op in enumerate(operations)]
+        lines = [
+            ax.plot(
+                x,
+                means[s][:, o],
+                color=colours[o],
+                marker="." if len(x) < 30 else None,
+                linewidth=1.5,
+                label=op,
+            )[0]
+            for o, op in enumerate(operations)
+        ]
         ax.axhline(uniform, color="gray", linewidth=0.8, linestyle=":")
         ax.set_title(slot, fontsize=10)
         ax.set_xlabel("step" if by_step else "epoch", fontsize=9)
@@ -331,7 +376,11 @@ def plot_alpha_history(history, path):
     fig.legend(lines, operations, loc="center right", fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0, 1 - 1.7 / (4.2 * columns + 1.8), 1))
     buffer = io.BytesIO()
-    fig.savefig(buffer, format=fmt, dpi=100,
-                **({"metadata": {"Date": None}} if fmt in ("svg", "pdf") else {}))
+    fig.savefig(
+        buffer,
+        format=fmt,
+        dpi=100,
+        **({"metadata": {"Date": None}} if fmt in ("svg", "pdf") else {}),
+    )
     io_utils.write_atomic(path, buffer.getvalue())
     return str(path)

@@ -12,6 +12,7 @@ def _import_tensorflow_quietly():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if os.environ.get("TF_AMENDED_DARTS_VERBOSE_IMPORT"):
         import tensorflow  # noqa: F401
+
         return
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)

@@ -23,12 +23,15 @@ def _integer_at_least(low, high=None):
 
 def _number_in(low, high=math.inf, low_open=False, high_open=False):
     def check(v):
-        return (math.isfinite(v) and (v > low if low_open else v >= low)
-                and (v < high if high_open else v <= high))
+        return (
+            math.isfinite(v)
+            and (v > low if low_open else v >= low)
+            and (v < high if high_open else v <= high)
+        )
+
     if high == math.inf:
         return check, f"must be a finite number {'>' if low_open else '>='} {low}"
-    return check, (f"must be in {'(' if low_open else '['}{low}, {high}"
-                   f"{')' if high_open else ']'}")
+    return check, (f"must be in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}")
 
 
 def _not_empty():
@@ -42,9 +45,11 @@ def _one_of(choices):
 def _flag_rules():
     # Imported here: the registries live in modules that import TensorFlow.
     from tf_amended_darts import distribute, estimators, search_space
+
     rules = {
         # Seeds reach numpy's global seed (keras.utils.set_random_seed): 0 .. 2**32 - 1.
-        "seed": _integer_at_least(0, 2**32 - 1), "tuner_seed": _integer_at_least(0, 2**32 - 1),
+        "seed": _integer_at_least(0, 2**32 - 1),
+        "tuner_seed": _integer_at_least(0, 2**32 - 1),
         "arch_beta_1": _number_in(0, 1, high_open=True),
         "arch_beta_2": _number_in(0, 1, high_open=True),
         "drop_path": _number_in(0, 1, high_open=True),
@@ -57,21 +62,72 @@ def _flag_rules():
         "search_space": _one_of(tuple(sorted(search_space.PRESETS))),
     }
     for names, rule in (
-            (("checkpoint_every", "warmup_epochs", "warmup_steps", "cutout"),
-             _integer_at_least(0)),
-            (("stop_after_steps", "logical_cpus", "image_size", "nodes", "channels",
-              "implicit_iterations", "epochs", "steps_per_epoch", "batch_size", "num_classes", "input_size", "input_channels", "cg_iterations", "repeats",
-              "max_trials", "initial_points", "eval_channels", "eval_epochs",
-              "eval_steps_per_epoch", "eval_validation_steps", "eval_batch_size"),
-             _integer_at_least(1)),
-            (("cells", "eval_cells"), _integer_at_least(3)),  # two are reductions
-            (("amending_coefficient", "learning_rate", "learning_rate_min", "momentum",
-              "weight_decay", "grad_clip", "arch_learning_rate", "arch_weight_decay",
-              "auxiliary_weight", "lr_decay", "eta", "damping", "eval_learning_rate",
-              "eval_momentum", "eval_weight_decay"), _number_in(0)),
-            (("dataset", "data_dir", "output_dir", "export_dir", "run_dir", "checkpoint",
-              "saved_model", "search_dir", "directory", "project_name", "alphas_history",
-              "genotype"), _not_empty())):
+        (("checkpoint_every", "warmup_epochs", "warmup_steps", "cutout"), _integer_at_least(0)),
+        (
+            (
+                "stop_after_steps",
+                "logical_cpus",
+                "image_size",
+                "nodes",
+                "channels",
+                "implicit_iterations",
+                "epochs",
+                "steps_per_epoch",
+                "batch_size",
+                "num_classes",
+                "input_size",
+                "input_channels",
+                "cg_iterations",
+                "repeats",
+                "max_trials",
+                "initial_points",
+                "eval_channels",
+                "eval_epochs",
+                "eval_steps_per_epoch",
+                "eval_validation_steps",
+                "eval_batch_size",
+            ),
+            _integer_at_least(1),
+        ),
+        (("cells", "eval_cells"), _integer_at_least(3)),  # two are reductions
+        (
+            (
+                "amending_coefficient",
+                "learning_rate",
+                "learning_rate_min",
+                "momentum",
+                "weight_decay",
+                "grad_clip",
+                "arch_learning_rate",
+                "arch_weight_decay",
+                "auxiliary_weight",
+                "lr_decay",
+                "eta",
+                "damping",
+                "eval_learning_rate",
+                "eval_momentum",
+                "eval_weight_decay",
+            ),
+            _number_in(0),
+        ),
+        (
+            (
+                "dataset",
+                "data_dir",
+                "output_dir",
+                "export_dir",
+                "run_dir",
+                "checkpoint",
+                "saved_model",
+                "search_dir",
+                "directory",
+                "project_name",
+                "alphas_history",
+                "genotype",
+            ),
+            _not_empty(),
+        ),
+    ):
         rules.update(dict.fromkeys(names, rule))
     return rules
 
@@ -83,8 +139,7 @@ def validate_flags(holders):
     for holder in holders:
         if isinstance(holder, flags.FlagHolder) and holder.name in rules:
             check, message = rules[holder.name]
-            flags.register_validator(holder, lambda v, check=check: v is None or check(v),
-                                     message)
+            flags.register_validator(holder, lambda v, check=check: v is None or check(v), message)
 
 
 def flag_values(namespace):
@@ -97,15 +152,17 @@ def make_strategy(name, deterministic=False):
     """The tf.distribute strategy `name` (distribute.make_strategy), after enabling op
     determinism when `deterministic`; call it after distribute.configure_logical_cpus."""
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
     from tf_amended_darts import distribute  # pylint: disable=g-import-not-at-top
+
     if deterministic:
         tf.config.experimental.enable_op_determinism()
     return distribute.make_strategy(name)
 
 
 def run(main):
-    """`app.run(main)`, with bad input (errors.InputError) printed as one line (exit status 2).
-    """
+    """`app.run(main)`, with bad input (errors.InputError) printed as one line (exit status 2)."""
+
     def guarded(argv):
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -119,14 +176,17 @@ def run(main):
             name = os.path.basename(sys.argv[0]).removesuffix(".py")
             print(f"{name}: error: {e}", file=sys.stderr)
             sys.exit(2)
+
     app.run(guarded)
 
 
 def _console_script(binary):
     """The function a console script calls (pyproject.toml [project.scripts]): `run` of
     bin/<binary>.py's main, as `python -m tf_amended_darts.bin.<binary>` does."""
+
     def console_main():
         run(importlib.import_module(f"tf_amended_darts.bin.{binary}").main)
+
     console_main.__name__ = binary
     return console_main
 

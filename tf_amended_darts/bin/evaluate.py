@@ -11,8 +11,9 @@ from absl import flags
 from tf_amended_darts.bin import cli
 
 _RUN_DIR = flags.DEFINE_string("run_dir", None, "The --output_dir of a train run.")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None,
-                                  "Checkpoint path prefix (default: the run's latest).")
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", None, "Checkpoint path prefix (default: the run's latest)."
+)
 _GENOTYPE = flags.DEFINE_string("genotype", None, "Refuse unless the run used this genotype.")
 _SAVED_MODEL = flags.DEFINE_string("saved_model", None, "A SavedModel written by export.")
 _DATASET = flags.DEFINE_string("dataset", None, "Dataset (default: the run's).")
@@ -27,12 +28,19 @@ cli.validate_flags(globals().values())
 def main(argv):
     del argv
     from tf_amended_darts import evaluate  # pylint: disable=g-import-not-at-top
+
     result = evaluate.evaluate(
-        run_dir=_RUN_DIR.value, saved_model=_SAVED_MODEL.value, checkpoint=_CHECKPOINT.value,
-        genotype=_GENOTYPE.value, dataset=_DATASET.value, data_dir=_DATA_DIR.value,
-        split=_SPLIT.value, batch_size=_BATCH_SIZE.value, download=_DOWNLOAD.value)
-    print(evaluate.format_json(result) if _FORMAT.value == "json"
-          else evaluate.format_text(result))
+        run_dir=_RUN_DIR.value,
+        saved_model=_SAVED_MODEL.value,
+        checkpoint=_CHECKPOINT.value,
+        genotype=_GENOTYPE.value,
+        dataset=_DATASET.value,
+        data_dir=_DATA_DIR.value,
+        split=_SPLIT.value,
+        batch_size=_BATCH_SIZE.value,
+        download=_DOWNLOAD.value,
+    )
+    print(evaluate.format_json(result) if _FORMAT.value == "json" else evaluate.format_text(result))
 
 
 if __name__ == "__main__":

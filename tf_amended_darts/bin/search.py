@@ -15,35 +15,45 @@ from tf_amended_darts.bin import cli
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Directory of the run's outputs.")
 _RESUME = flags.DEFINE_bool("resume", False, "Continue the run in --output_dir.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace the run in --output_dir.")
-_CHECKPOINT_EVERY = flags.DEFINE_integer("checkpoint_every", 0,
-                                         "Also checkpoint every N steps (0: epoch ends only).")
-_STOP_AFTER_STEPS = flags.DEFINE_integer("stop_after_steps", None,
-                                         "Stop (with a checkpoint) at this global step.")
+_CHECKPOINT_EVERY = flags.DEFINE_integer(
+    "checkpoint_every", 0, "Also checkpoint every N steps (0: epoch ends only)."
+)
+_STOP_AFTER_STEPS = flags.DEFINE_integer(
+    "stop_after_steps", None, "Stop (with a checkpoint) at this global step."
+)
 _STRATEGY = flags.DEFINE_string("strategy", "auto", "auto|one_device|mirrored|multi_worker.")
 _LOGICAL_CPUS = flags.DEFINE_integer("logical_cpus", 1, "Split the CPU into N logical devices.")
-_DETERMINISTIC = flags.DEFINE_bool("deterministic", False,
-                                   "tf.config.experimental.enable_op_determinism().")
+_DETERMINISTIC = flags.DEFINE_bool(
+    "deterministic", False, "tf.config.experimental.enable_op_determinism()."
+)
 _RENDER = flags.DEFINE_bool("render", True, "Draw the final cells with graphviz.")
 
-_DATASET = flags.DEFINE_string("dataset", "digits", "digits, cifar10_binary, cifar100_binary, "
-                               "image_folder or a tensorflow-datasets name.")
+_DATASET = flags.DEFINE_string(
+    "dataset",
+    "digits",
+    "digits, cifar10_binary, cifar100_binary, image_folder or a tensorflow-datasets name.",
+)
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Directory of the dataset.")
 _DOWNLOAD = flags.DEFINE_bool("download", False, "tensorflow-datasets: build it if missing.")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", None, "Resize images (tfds, image_folder).")
-_TRAIN_PORTION = flags.DEFINE_float("train_portion", 0.5, "Share of the training set that "
-                                    "trains the weights; the rest trains the alphas.")
+_TRAIN_PORTION = flags.DEFINE_float(
+    "train_portion",
+    0.5,
+    "Share of the training set that trains the weights; the rest trains the alphas.",
+)
 _SEARCH_SPACE = flags.DEFINE_string("search_space", "darts", "Preset: darts | enlarged.")
 _OPERATIONS = flags.DEFINE_list("operations", None, "Override the preset's operations.")
 _NODES = flags.DEFINE_integer("nodes", None, "Override the intermediate nodes per cell.")
 _CELLS = flags.DEFINE_integer("cells", None, "Override the number of cells.")
 _CHANNELS = flags.DEFINE_integer("channels", None, "Override the initial channels C.")
-_ARCH_GRADIENT = flags.DEFINE_string("arch_gradient", "amended",
-                                     "first_order | second_order | amended | implicit.")
+_ARCH_GRADIENT = flags.DEFINE_string(
+    "arch_gradient", "amended", "first_order | second_order | amended | implicit."
+)
 _AMENDING = flags.DEFINE_float("amending_coefficient", 0.1, "eta of the amended gradient.")
-_PRODUCTS = flags.DEFINE_string("products", "exact", "Hessian products: exact | "
-                                "finite_difference.")
-_IMPLICIT_ITERATIONS = flags.DEFINE_integer("implicit_iterations", 20,
-                                            "CG iterations of --arch_gradient=implicit.")
+_PRODUCTS = flags.DEFINE_string("products", "exact", "Hessian products: exact | finite_difference.")
+_IMPLICIT_ITERATIONS = flags.DEFINE_integer(
+    "implicit_iterations", 20, "CG iterations of --arch_gradient=implicit."
+)
 _EPOCHS = flags.DEFINE_integer("epochs", 50, "Epochs.")
 _STEPS_PER_EPOCH = flags.DEFINE_integer("steps_per_epoch", None, "Cap on steps per epoch.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Global batch size.")
@@ -67,28 +77,55 @@ cli.validate_flags(globals().values())
 def main(argv):
     del argv
     from tf_amended_darts import distribute  # pylint: disable=g-import-not-at-top
+
     distribute.configure_logical_cpus(_LOGICAL_CPUS.value)  # before any TF op
     from tf_amended_darts import search  # pylint: disable=g-import-not-at-top
+
     config = search.SearchConfig(
-        dataset=_DATASET.value, data_dir=_DATA_DIR.value, image_size=_IMAGE_SIZE.value,
-        train_portion=_TRAIN_PORTION.value, search_space=_SEARCH_SPACE.value,
-        operations=_OPERATIONS.value, nodes=_NODES.value, cells=_CELLS.value,
-        channels=_CHANNELS.value, arch_gradient=_ARCH_GRADIENT.value,
-        amending_coefficient=_AMENDING.value, products=_PRODUCTS.value,
-        implicit_iterations=_IMPLICIT_ITERATIONS.value, epochs=_EPOCHS.value,
-        steps_per_epoch=_STEPS_PER_EPOCH.value, batch_size=_BATCH_SIZE.value,
-        learning_rate=_LR.value, learning_rate_min=_LR_MIN.value, momentum=_MOMENTUM.value,
-        weight_decay=_WEIGHT_DECAY.value, grad_clip=_GRAD_CLIP.value,
-        arch_learning_rate=_ARCH_LR.value, arch_beta_1=_ARCH_BETA_1.value,
-        arch_beta_2=_ARCH_BETA_2.value, arch_weight_decay=_ARCH_WD.value,
-        warmup_epochs=_WARMUP.value, seed=_SEED.value, validate=_VALIDATE.value)
+        dataset=_DATASET.value,
+        data_dir=_DATA_DIR.value,
+        image_size=_IMAGE_SIZE.value,
+        train_portion=_TRAIN_PORTION.value,
+        search_space=_SEARCH_SPACE.value,
+        operations=_OPERATIONS.value,
+        nodes=_NODES.value,
+        cells=_CELLS.value,
+        channels=_CHANNELS.value,
+        arch_gradient=_ARCH_GRADIENT.value,
+        amending_coefficient=_AMENDING.value,
+        products=_PRODUCTS.value,
+        implicit_iterations=_IMPLICIT_ITERATIONS.value,
+        epochs=_EPOCHS.value,
+        steps_per_epoch=_STEPS_PER_EPOCH.value,
+        batch_size=_BATCH_SIZE.value,
+        learning_rate=_LR.value,
+        learning_rate_min=_LR_MIN.value,
+        momentum=_MOMENTUM.value,
+        weight_decay=_WEIGHT_DECAY.value,
+        grad_clip=_GRAD_CLIP.value,
+        arch_learning_rate=_ARCH_LR.value,
+        arch_beta_1=_ARCH_BETA_1.value,
+        arch_beta_2=_ARCH_BETA_2.value,
+        arch_weight_decay=_ARCH_WD.value,
+        warmup_epochs=_WARMUP.value,
+        seed=_SEED.value,
+        validate=_VALIDATE.value,
+    )
     config.space()  # bad operations / sizes: fail before anything else
     config.estimator()
     strategy = cli.make_strategy(_STRATEGY.value, _DETERMINISTIC.value)
-    search.search(config, _OUTPUT_DIR.value, strategy, resume=_RESUME.value,
-                  overwrite=_OVERWRITE.value, checkpoint_every=_CHECKPOINT_EVERY.value,
-                  stop_after_steps=_STOP_AFTER_STEPS.value, render=_RENDER.value,
-                  download=_DOWNLOAD.value, flags=cli.flag_values(globals()))
+    search.search(
+        config,
+        _OUTPUT_DIR.value,
+        strategy,
+        resume=_RESUME.value,
+        overwrite=_OVERWRITE.value,
+        checkpoint_every=_CHECKPOINT_EVERY.value,
+        stop_after_steps=_STOP_AFTER_STEPS.value,
+        render=_RENDER.value,
+        download=_DOWNLOAD.value,
+        flags=cli.flag_values(globals()),
+    )
 
 
 if __name__ == "__main__":

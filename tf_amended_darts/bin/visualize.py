@@ -17,14 +17,19 @@ from absl import flags
 from tf_amended_darts import errors
 from tf_amended_darts.bin import cli
 
-_GENOTYPE = flags.DEFINE_string("genotype", None,
-                                "Published name, JSON or string-form file, or genotype text.")
-_ALPHAS_HISTORY = flags.DEFINE_string("alphas_history", None,
-                                      "alphas_history.json written by the search.")
-_RUN_DIR = flags.DEFINE_string("run_dir", None,
-                               "Search output directory: uses its genotype.json and "
-                               "alphas_history.json when present (--genotype and "
-                               "--alphas_history take precedence).")
+_GENOTYPE = flags.DEFINE_string(
+    "genotype", None, "Published name, JSON or string-form file, or genotype text."
+)
+_ALPHAS_HISTORY = flags.DEFINE_string(
+    "alphas_history", None, "alphas_history.json written by the search."
+)
+_RUN_DIR = flags.DEFINE_string(
+    "run_dir",
+    None,
+    "Search output directory: uses its genotype.json and "
+    "alphas_history.json when present (--genotype and "
+    "--alphas_history take precedence).",
+)
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", ".", "Where to write the pictures.")
 _PREFIX = flags.DEFINE_string("prefix", "genotype", "File name prefix of the cell pictures.")
 _FORMATS = flags.DEFINE_list("formats", ["png", "svg"], "Picture formats: png, svg, pdf.")
@@ -38,24 +43,34 @@ def inputs(genotype=None, alphas_history=None, run_dir=None):
     if run_dir is not None:
         if not os.path.isdir(run_dir):
             raise errors.InputError(f"--run_dir {run_dir} is not a directory")
-        found = {name: os.path.join(run_dir, name)
-                 for name in ("genotype.json", HISTORY_NAME + ".json")}
+        found = {
+            name: os.path.join(run_dir, name) for name in ("genotype.json", HISTORY_NAME + ".json")
+        }
         found = {name: path for name, path in found.items() if os.path.isfile(path)}
         if not found and genotype is None and alphas_history is None:
-            raise errors.InputError(f"--run_dir {run_dir} holds neither genotype.json nor "
-                                    f"{HISTORY_NAME}.json")
+            raise errors.InputError(
+                f"--run_dir {run_dir} holds neither genotype.json nor {HISTORY_NAME}.json"
+            )
         genotype = genotype if genotype is not None else found.get("genotype.json")
-        alphas_history = (alphas_history if alphas_history is not None
-                          else found.get(HISTORY_NAME + ".json"))
+        alphas_history = (
+            alphas_history if alphas_history is not None else found.get(HISTORY_NAME + ".json")
+        )
     if genotype is None and alphas_history is None:
         raise errors.InputError("give --genotype, --alphas_history or --run_dir")
     return genotype, alphas_history
 
 
-def visualize(genotype=None, alphas_history=None, run_dir=None, output_dir=".",
-              prefix="genotype", formats=("png", "svg")):
+def visualize(
+    genotype=None,
+    alphas_history=None,
+    run_dir=None,
+    output_dir=".",
+    prefix="genotype",
+    formats=("png", "svg"),
+):
     """Writes the pictures; returns the paths written."""
     from tf_amended_darts import visualize as vis
+
     genotype, alphas_history = inputs(genotype, alphas_history, run_dir)
     formats = vis.check_formats(formats)
     if not prefix or os.sep in prefix or prefix in (".", ".."):
@@ -67,12 +82,14 @@ def visualize(genotype=None, alphas_history=None, run_dir=None, output_dir=".",
     g = None
     if genotype is not None:
         from tf_amended_darts import genotypes
+
         g = genotypes.load_genotype(genotype)
     written = []
     if history is not None:
         for fmt in formats:
-            written.append(vis.plot_alpha_history(
-                history, os.path.join(output_dir, f"{HISTORY_NAME}.{fmt}")))
+            written.append(
+                vis.plot_alpha_history(history, os.path.join(output_dir, f"{HISTORY_NAME}.{fmt}"))
+            )
     if g is not None:  # last: without `dot` it writes the .dot sources, then raises
         written += vis.render_genotype(g, os.path.join(output_dir, prefix), formats)
     return written
@@ -80,8 +97,14 @@ def visualize(genotype=None, alphas_history=None, run_dir=None, output_dir=".",
 
 def main(argv):
     del argv
-    for path in visualize(_GENOTYPE.value, _ALPHAS_HISTORY.value, _RUN_DIR.value,
-                          _OUTPUT_DIR.value, _PREFIX.value, _FORMATS.value):
+    for path in visualize(
+        _GENOTYPE.value,
+        _ALPHAS_HISTORY.value,
+        _RUN_DIR.value,
+        _OUTPUT_DIR.value,
+        _PREFIX.value,
+        _FORMATS.value,
+    ):
         print(path)
 
 
