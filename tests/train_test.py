@@ -6,7 +6,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from tf_amended_darts import checkpointing, distribute, genotypes, loop, train
+from tf_amended_darts import checkpointing, data, distribute, genotypes, loop, train
 
 TINY = dict(genotype="DARTS_V2", channels=4, cells=3, batch_size=32, cutout=0)
 
@@ -30,6 +30,28 @@ def _run(directory, **kwargs):
 
 
 class TrainTest(tf.test.TestCase):
+    def test_validation_split_validates_on_held_out_training_examples(self):
+        result = _run(
+            self.get_temp_dir() + "/split",
+            epochs=1,
+            steps_per_epoch=1,
+            auxiliary=False,
+            validation_split=0.5,
+        )
+        # Independently: the last half of the digits' training split, in the network.
+        digits = np.load(data.DIGITS_PATH)
+        images, labels = digits["train_images"], digits["train_labels"]
+        held_out = slice(int(np.floor(0.5 * len(labels))), None)
+        info = data.load_dataset("digits").info
+        x = data.normalize(tf.constant(images[held_out]), info.mean, info.std)
+        logits = result.model(x, training=False).numpy().astype(np.float64)
+        log_p = logits - logits.max(-1, keepdims=True)
+        log_p -= np.log(np.exp(log_p).sum(-1, keepdims=True))
+        expected_loss = -log_p[np.arange(len(log_p)), labels[held_out]].mean()
+        expected_acc = (logits.argmax(-1) == labels[held_out]).mean()
+        self.assertAllClose(result.valid["valid_loss"], expected_loss, rtol=1e-5)
+        self.assertAllClose(result.valid["valid_acc"], expected_acc, atol=1e-9)
+
     def test_loss_falls_with_one_trace(self):
         # Fixed batches (one step per epoch repeats the same batch) so the loss must fall.
         result = _run(

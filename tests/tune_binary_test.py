@@ -63,6 +63,7 @@ TRAINING = dict(
     drop_path=0.2,
     cutout=0,
     seed=0,
+    validation_split=0.5,  # scored on held-out training data, never on the test split
 )
 
 

@@ -42,8 +42,16 @@ TINY = search.SearchConfig(
     validate=False,
 )
 # Each trial: a train.train run of 2 steps (auxiliary head, drop-path, clipping as default).
+# validation_split: trials are scored on held-out training data (tuner's default).
 TRAINING = dict(
-    dataset="digits", channels=4, cells=3, epochs=1, steps_per_epoch=2, batch_size=16, cutout=0
+    dataset="digits",
+    channels=4,
+    cells=3,
+    epochs=1,
+    steps_per_epoch=2,
+    batch_size=16,
+    cutout=0,
+    validation_split=0.5,
 )
 
 
@@ -255,7 +263,12 @@ def test_bad_training_options_fail_with_one_clear_error():
     ):
         with pytest.raises(errors.InputError, match=message):
             tuner.check_train_options(options)
-    assert tuner.check_train_options({"epochs": 2, "data_dir": None}) == {"epochs": 2}
+    # Nones dropped; trials validate on held-out training data unless told otherwise.
+    assert tuner.check_train_options({"epochs": 2, "data_dir": None}) == {
+        "epochs": 2,
+        "validation_split": 0.5,
+    }
+    assert tuner.check_train_options({"validation_split": 0.2})["validation_split"] == 0.2
 
 
 def test_oracle_stops_when_proposals_are_exhausted(tmp_path):

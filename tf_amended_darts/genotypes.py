@@ -105,7 +105,7 @@ class CellGenotype:
         object.__setattr__(self, "concat", tuple(int(c) for c in self.concat))
 
     @property
-    def steps(self):
+    def num_nodes(self):
         return len(self.nodes)
 
     @property
@@ -122,7 +122,7 @@ class CellGenotype:
             return [f"{where}: no intermediate nodes"]
         found = []
         k = self.inputs_per_node
-        if [len(node) for node in self.nodes] != _edges_per_node(self.steps, k):
+        if [len(node) for node in self.nodes] != _edges_per_node(self.num_nodes, k):
             found.append(
                 f"{where}: wrong number of edges per node "
                 f"{_show([len(n) for n in self.nodes])}"
@@ -135,7 +135,7 @@ class CellGenotype:
                     found.append(
                         f"{where}: node {2 + i} takes input {j}, which is out of range 0..{1 + i}"
                     )
-        last = 1 + self.steps
+        last = 1 + self.num_nodes
         if not self.concat:
             found.append(f"{where}: concat is empty")
         elif len(set(self.concat)) != len(self.concat) or not all(

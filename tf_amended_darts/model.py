@@ -144,7 +144,9 @@ class _Network(keras.Model):
         self.num_classes = num_classes
         self.auxiliary = auxiliary
         layout = SearchSpace(
-            cells=cells, per_stage=genotype.per_stage, nodes=max(c.steps for c in genotype.cells())
+            cells=cells,
+            per_stage=genotype.per_stage,
+            nodes=max(c.num_nodes for c in genotype.cells()),
         )
         self.cells = []
         for i in range(cells):

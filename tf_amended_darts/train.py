@@ -68,7 +68,10 @@ class TrainConfig:
     grad_clip: float = 5.0  # 0: no clipping
     label_smoothing: float = 0.0
     seed: int = 0
-    validate: bool = True  # evaluate on the test split every epoch
+    validate: bool = True  # evaluate every epoch (on the test split, or the held-out part)
+    # Fraction of the training split held out to validate on instead of the test split: what
+    # a choice between architectures (keras-tuner trials) must be scored on. 0: the test split.
+    validation_split: float = 0.0
 
     def __post_init__(self):
         g = self.genotype
@@ -105,7 +108,7 @@ class TrainConfig:
             value = getattr(self, name)
             if not 0 <= value < float("inf"):
                 raise errors.InputError(f"{name} must be a finite number >= 0, got {value}")
-        for name in ("drop_path", "label_smoothing"):
+        for name in ("drop_path", "label_smoothing", "validation_split"):
             if not 0 <= getattr(self, name) < 1:
                 raise errors.InputError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
@@ -251,11 +254,18 @@ def train(
     info = dataset.info
     if None in info.image_shape:
         raise errors.InputError(f"images of {config.dataset} vary in size: set image_size")
-    steps_per_epoch = info.num_examples["train"] // config.batch_size
+    num_train = info.num_examples["train"]
+    if config.validation_split:
+        if config.network != "cifar":
+            raise errors.InputError("validation_split needs the cifar network's protocol")
+        kept = 1 - config.validation_split
+        train_part, held_out = data.search_split(dataset.train, num_train, kept)
+        dataset = dataclasses.replace(dataset, train=train_part, test=held_out)
+        num_train = int(kept * num_train)  # as search_split counts (floor)
+    steps_per_epoch = num_train // config.batch_size
     if steps_per_epoch < 1:
         raise errors.InputError(
-            f"batch size {config.batch_size} exceeds the "
-            f"{info.num_examples['train']} training examples"
+            f"batch size {config.batch_size} exceeds the {num_train} training examples"
         )
     steps_per_epoch = min(steps_per_epoch, config.steps_per_epoch or steps_per_epoch)
 

@@ -322,6 +322,9 @@ def check_train_options(options):
             f"TrainConfig's fields: {', '.join(sorted(fields))}"
         )
     options = {k: v for k, v in options.items() if v is not None}
+    # Trials choose an architecture: score them on held-out training data, never on the test
+    # split (the same half that the search's architecture step uses, unless told otherwise).
+    options.setdefault("validation_split", 0.5)
     try:  # TrainConfig's checks do not depend on the genotype
         train_lib.TrainConfig(genotype=genotypes.PUBLISHED["DARTS_V2"], **options)
     except ValueError as e:

@@ -61,7 +61,7 @@ def cell_dot(cell, title):
     ]
     for name in _INPUTS:
         lines.append(f"  {_quote(name)} [fillcolor=darkseagreen2];")
-    for i in range(cell.steps):
+    for i in range(cell.num_nodes):
         lines.append(f"  {_quote(i)} [fillcolor=lightblue];")
     lines.append(f"  {_quote(_OUTPUT)} [fillcolor=palegoldenrod];")
     for i, node in enumerate(cell.nodes):

@@ -54,6 +54,8 @@ def _flag_rules():
         "arch_beta_2": _number_in(0, 1, high_open=True),
         "drop_path": _number_in(0, 1, high_open=True),
         "label_smoothing": _number_in(0, 1, high_open=True),
+        "validation_split": _number_in(0, 1, high_open=True),
+        "eval_validation_split": _number_in(0, 1, high_open=True),
         "train_portion": _number_in(0, 1, low_open=True, high_open=True),
         "fd_radius": _number_in(0, low_open=True),
         "strategy": _one_of(distribute.STRATEGIES),

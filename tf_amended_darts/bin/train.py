@@ -67,7 +67,12 @@ _WEIGHT_DECAY = flags.DEFINE_float("weight_decay", 3e-4, "L2 weight decay.")
 _GRAD_CLIP = flags.DEFINE_float("grad_clip", 5.0, "Gradient norm clip (0: none).")
 _LABEL_SMOOTHING = flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of initialisation, data order, drop-path.")
-_VALIDATE = flags.DEFINE_bool("validate", True, "Evaluate on the test split every epoch.")
+_VALIDATE = flags.DEFINE_bool("validate", True, "Evaluate every epoch.")
+_VALIDATION_SPLIT = flags.DEFINE_float(
+    "validation_split",
+    0.0,
+    "Fraction of the training split held out to validate on (0: the test split).",
+)
 
 flags.mark_flag_as_required("output_dir")
 flags.mark_flag_as_required("genotype")
@@ -106,6 +111,7 @@ def main(argv):
         label_smoothing=_LABEL_SMOOTHING.value,
         seed=_SEED.value,
         validate=_VALIDATE.value,
+        validation_split=_VALIDATION_SPLIT.value,
     )
     strategy = cli.make_strategy(_STRATEGY.value, _DETERMINISTIC.value)
     train.train(

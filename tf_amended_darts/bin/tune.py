@@ -99,6 +99,12 @@ _EVAL_AUXILIARY = flags.DEFINE_bool(
 _EVAL_DROP_PATH = flags.DEFINE_float(
     "eval_drop_path", 0.2, "Trained networks: final drop-path probability."
 )
+_EVAL_VALIDATION_SPLIT = flags.DEFINE_float(
+    "eval_validation_split",
+    0.5,
+    "Trained networks: fraction of the training split held out to score them on (never the "
+    "test split: trials choose an architecture).",
+)
 _EVAL_CUTOUT = flags.DEFINE_integer(
     "eval_cutout", 0, "Trained networks: cutout size (the CIFAR protocol: 16; 0: none)."
 )
@@ -204,6 +210,7 @@ def main(argv):
             auxiliary=_EVAL_AUXILIARY.value,
             drop_path=_EVAL_DROP_PATH.value,
             cutout=_EVAL_CUTOUT.value,
+            validation_split=_EVAL_VALIDATION_SPLIT.value,
         )
     )
     if _MODE.value == "architectures":
