@@ -1,4 +1,5 @@
-"""BUILD declares a target for every module, binary, script and test (issue 2)."""
+"""BUILD declares a target for every module, binary, script and test: a file without one would
+be left out of the Bazel build and its sandboxed dependency check."""
 
 import glob
 import os
