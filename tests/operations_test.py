@@ -176,6 +176,53 @@ class OperationsTest(tf.test.TestCase):
             )
             self.assertAllClose(operations.max_pool_3x3(tf.constant(z), 2), expected)
 
+    def test_fused_batch_norm_matches_the_formula_to_second_derivatives(self):
+        # BatchNorm's one-replica training pass is TF's fused kernel; ground truth: the
+        # formula (x - mean) / sqrt(biased var + eps) * gamma + beta differentiated in float64.
+        rng = np.random.default_rng(1)
+        x, c, u = (rng.normal(size=(4, 5, 5, 3)) for _ in range(3))
+        gamma, beta = rng.uniform(0.5, 1.5, size=3), rng.normal(size=3)
+
+        def formula(x, gamma, beta):
+            mean = tf.reduce_mean(x, [0, 1, 2])
+            var = tf.reduce_mean(tf.square(x - mean), [0, 1, 2])
+            return (x - mean) * tf.math.rsqrt(var + 1e-5) * gamma + beta, mean, var
+
+        def derivatives(normalize, x, gamma, beta, c, u):
+            # loss, dL/dx, d/dgamma <dL/dx, u> and d/dx <dL/dx, u> (Hessian times u).
+            with tf.GradientTape(persistent=True) as outer:
+                outer.watch([x, gamma])
+                with tf.GradientTape() as inner:
+                    inner.watch(x)
+                    loss = tf.reduce_sum(tf.sin(normalize(x, gamma, beta)) * c)
+                grad = inner.gradient(loss, x)
+                dot = tf.reduce_sum(grad * u)
+            return [loss, grad, *outer.gradient(dot, [gamma, x])]
+
+        layer = operations.batch_norm(affine=True)
+        layer.build((None, 5, 5, 3))
+        statistics = [v.value for v in layer.non_trainable_variables]
+
+        def fused(x, gamma, beta):  # as the estimators call it: variables as tensors
+            return layer.stateless_call([gamma, beta], statistics, x, training=True)[0]
+
+        args32 = [tf.constant(a, tf.float32) for a in (x, gamma, beta, c, u)]
+        got = tf.function(lambda *a: derivatives(fused, *a))(*args32)
+        graph = tf.function(lambda *a: derivatives(fused, *a)).get_concrete_function(*args32)
+        ops_used = {op.type for op in graph.graph.get_operations()}
+        self.assertIn("FusedBatchNormV3", ops_used)  # the fused path did run
+        args64 = [tf.constant(a, tf.float64) for a in (x, gamma, beta, c, u)]
+        expected = derivatives(lambda *a: formula(*a)[0], *args64)
+        for name, g, e in zip(("loss", "grad", "mixed", "hvp"), got, expected):
+            self.assertAllClose(g, e, rtol=1e-4, atol=1e-4, msg=name)
+        # Moving statistics: momentum 0.9 over the biased batch variance, as Keras' path.
+        layer.moving_mean.assign(np.zeros(3, np.float32))
+        layer.moving_variance.assign(np.ones(3, np.float32))
+        layer(args32[0], training=True)
+        _, mean, var = formula(*args64[:3])
+        self.assertAllClose(layer.moving_mean, 0.1 * mean, rtol=1e-5, atol=1e-6)
+        self.assertAllClose(layer.moving_variance, 0.9 + 0.1 * var, rtol=1e-5)
+
     def test_average_pool_excludes_padding(self):
         y = operations.make_operation("avg_pool_3x3", 2, 1, affine=True)(tf.ones((1, 4, 4, 2)))
         self.assertAllClose(y, tf.ones((1, 4, 4, 2)))

@@ -190,6 +190,17 @@ class _StatelessLosses:
         return loss, grads[: len(weights)], grads[len(weights) :]
 
 
+def _after(tensors, batch):
+    """`batch` as it is, but available only once `tensors` are computed.
+
+    Passes with no data dependence on each other (the validation pass and the training pass,
+    the two finite-difference passes) may otherwise run at the same time in a graph and hold
+    their activations together; gating a pass's input orders it after the other.
+    """
+    with tf.control_dependencies(tf.nest.flatten(tensors)):
+        return tf.nest.map_structure(tf.identity, batch)
+
+
 # ---------------------------------------------------------------------------------------------
 # Second-derivative products of L_train at (w, alpha). Both classes return LOCAL contributions
 # (sum over replicas = global product) of H v and B u for GLOBAL vectors v, u.
@@ -240,11 +251,12 @@ class _FiniteDifferenceProducts:
     def _difference(self, vector, want_weights):
         norm = _norm(vector)
         r = self._radius / tf.where(norm > 0, norm, tf.ones_like(norm))
-        grads = []
+        grads, batch = [], self._batch
         for sign in (1.0, -1.0):
             shifted = _axpy(sign * r, vector, self._weights)
-            _, grad_w, grad_a = self._losses.loss_and_grads(shifted, self._arch, self._batch)
+            _, grad_w, grad_a = self._losses.loss_and_grads(shifted, self._arch, batch)
             grads.append(grad_w if want_weights else grad_a)
+            batch = _after(grads[-1], self._batch)
         return [(p - m) / (2.0 * r) for p, m in zip(*grads)]
 
     def hessian_vector(self, vector):
@@ -429,7 +441,7 @@ class SecondOrderEstimator(_Estimator):
             g1,
             correction,
             {
-                "val_loss": losses.loss(weights, arch, val_batch),
+                "val_loss": losses.loss(weights, arch, _after(correction, val_batch)),
                 "unrolled_val_loss": unrolled_val_loss,
                 "train_loss": train_loss,
             },
@@ -455,7 +467,7 @@ class AmendedEstimator(_Estimator):
 
     def _estimate(self, losses, weights, arch, train_batch, val_batch, state, wd):
         val_loss, v, g1 = self._validation(losses, weights, arch, val_batch)
-        products = self._products(losses, weights, arch, train_batch)
+        products = self._products(losses, weights, arch, _after(v + g1, train_batch))
         hv = _axpy(wd, v, distribute.all_reduce_sum(products.hessian_vector(v)))
         eta = _as_dtype(self.eta, weights[0].dtype)
         correction = [-eta * bu for bu in products.mixed_vector(hv)]
@@ -495,7 +507,7 @@ class ImplicitEstimator(_Estimator):
 
     def _estimate(self, losses, weights, arch, train_batch, val_batch, state, wd):
         val_loss, v, g1 = self._validation(losses, weights, arch, val_batch)
-        products = self._products(losses, weights, arch, train_batch)
+        products = self._products(losses, weights, arch, _after(v + g1, train_batch))
         shift = wd + _as_dtype(self.damping, wd.dtype)
 
         def apply_a(p):  # (H + wd I + damping I) p, global

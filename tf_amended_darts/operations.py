@@ -6,26 +6,77 @@ honours the stride, and BatchNorm without affine parameters inside the supernet 
 """
 
 import keras
+import tensorflow as tf
 from keras import layers, ops
 
 _PACKAGE = "tf_amended_darts"
 
 
 def batch_norm(affine, name=None, dtype=None):
-    """BatchNorm as the reference uses it (PyTorch eps 1e-5, momentum 0.1).
-
-    synchronized=True gives global-batch statistics under MirroredStrategy; on one device it is
-    the ordinary layer.
-    """
-    return layers.BatchNormalization(
-        momentum=0.9,
-        epsilon=1e-5,
-        center=affine,
-        scale=affine,
-        synchronized=True,
-        name=name,
-        dtype=dtype,
+    """BatchNorm as the reference uses it (PyTorch eps 1e-5, momentum 0.1)."""
+    return BatchNorm(
+        momentum=0.9, epsilon=1e-5, center=affine, scale=affine, name=name, dtype=dtype
     )
+
+
+# Dtypes of TensorFlow's fused batch-norm kernel (no float64).
+_FUSED_DTYPES = ("float16", "bfloat16", "float32")
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class BatchNorm(layers.BatchNormalization):
+    """Keras BatchNormalization (synchronized: global-batch statistics under MirroredStrategy)
+    whose training pass on one replica is TensorFlow's fused kernel.
+
+    Keras computes batch moments and normalisation from about 45 small graph operations per
+    layer, and their gradients from as many again; the supernet has hundreds of these layers
+    and the architecture gradients differentiate through them twice, so they made up half of
+    every step's graph (its tracing and optimisation time and memory). The fused kernel is one
+    operation with a one-operation gradient and the same result (tested against the Keras
+    path, second derivatives included). Several replicas, float64 and masks take Keras' path.
+    """
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("synchronized", True)
+        super().__init__(**kwargs)
+
+    def call(self, inputs, training=None, mask=None):
+        if (
+            not training
+            or not self.trainable
+            or mask is not None
+            or self.axis not in (-1, len(inputs.shape) - 1)
+            or len(inputs.shape) != 4
+            or inputs.dtype.name not in _FUSED_DTYPES
+            or _replicas() > 1
+        ):
+            return super().call(inputs, training=training, mask=mask)
+        channels = inputs.shape[-1]
+        one = tf.ones([channels], "float32")
+        scale = tf.cast(self.gamma, "float32") if self.scale else one
+        offset = tf.cast(self.beta, "float32") if self.center else tf.zeros_like(one)
+        outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+            inputs, scale, offset, epsilon=self.epsilon, is_training=True
+        )
+        # The kernel's batch variance is Bessel-corrected; Keras' moving average (and the
+        # path above) take the biased one.
+        count = inputs.shape[:-1].num_elements()  # static where the batch size is known
+        if count is None:
+            count = tf.cast(tf.size(inputs) // channels, "float32")
+        variance = variance * ((count - 1.0) / count)
+        momentum = self.momentum
+        self.moving_mean.assign(
+            tf.cast(self.moving_mean, "float32") * momentum + mean * (1.0 - momentum)
+        )
+        self.moving_variance.assign(
+            tf.cast(self.moving_variance, "float32") * momentum + variance * (1.0 - momentum)
+        )
+        return tf.cast(outputs, self.compute_dtype)
+
+
+def _replicas():
+    context = tf.distribute.get_replica_context()
+    return 1 if context is None else context.num_replicas_in_sync
 
 
 def pad_symmetric(x, kernel_size, dilation=1, constant_values=0.0):

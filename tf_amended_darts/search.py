@@ -197,9 +197,9 @@ class _Searcher:
             # Slots built here: Keras 3.15 cannot create them lazily inside strategy.run.
             self.weight_optimizer.build(self.model.weight_variables)
             self.arch_optimizer.build(self.model.arch_variables)
-        self.search_step = tf.function(self._search_step)
-        self.weight_step = tf.function(self._weight_step)
-        self.eval_step = tf.function(
+        self.search_step = loop.step_function(self._search_step)
+        self.weight_step = loop.step_function(self._weight_step)
+        self.eval_step = loop.step_function(
             loop.evaluation_step(self.model, strategy), reduce_retracing=True
         )
 

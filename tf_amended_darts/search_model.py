@@ -36,6 +36,9 @@ class MixedOp(operations.Composite):
         ]
 
     def call(self, x, weights, training=False):
+        """`weights`: this edge's softmax(alpha) row, a [num_ops] tensor or a list of scalars."""
+        if not isinstance(weights, (list, tuple)):
+            weights = ops.unstack(weights)
         return sum(weights[i] * op(x, training=training) for i, op in self.ops)
 
     def get_config(self):
@@ -78,6 +81,11 @@ class SearchCell(operations.Composite):
         ]
 
     def call(self, s0, s1, weights, training=False):
+        # One unstack of the cell's [num_edges, num_ops] weights into scalars: indexing them
+        # op by op puts two slices and their gradients per operation into the graph.
+        k = weights.shape[-1]
+        flat = ops.unstack(ops.reshape(weights, [-1]))
+        weights = [flat[e * k : (e + 1) * k] for e in range(len(self.edges))]
         states = [self.preprocess0(s0, training=training), self.preprocess1(s1, training=training)]
         offset = 0
         for _ in range(self.nodes):

@@ -191,8 +191,8 @@ class _Trainer:
             self.optimizer = loop.SGD(config.learning_rate, momentum=config.momentum)
             # Slots built here: Keras 3.15 cannot create them lazily inside strategy.run.
             self.optimizer.build(self.model.trainable_variables)
-        self.train_step = tf.function(self._train_step)
-        self.eval_step = tf.function(
+        self.train_step = loop.step_function(self._train_step)
+        self.eval_step = loop.step_function(
             loop.evaluation_step(self.model, strategy), reduce_retracing=True
         )
 
