@@ -37,6 +37,7 @@ TINY_PLAN = {
         "drop_path": 0.0,
     },
     "hessian": {"iterations": 2, "examples": 16},
+    "cosines": {"every": 2, "estimators": ["first_order"], "cg_iterations": 2, "batch_size": 8},
 }
 
 
@@ -103,6 +104,9 @@ class RunStudyTest(tf.test.TestCase):
                 self.assertBetween(e["valid_acc"], 0.0, 1.0)
                 self.assertBetween(e["parameter_free_ops"], 0, 8)
                 self.assertBetween(e["alpha_mass"]["skip_connect"]["normal"], 0.0, 1.0)
+            cosines = [e["cosine_to_implicit"] for e in record["epochs"]]
+            self.assertIsNone(cosines[0])  # every 2 epochs
+            self.assertBetween(cosines[1]["first_order"]["cosine"], -1.0, 1.0)
             # Re-trained on the searched genotype; accuracy on the 360 test digits.
             self.assertBetween(record["test_acc"], 0.0, 1.0)
             retrained = genotypes.Genotype.from_dict(record["retrain"]["genotype"])

@@ -9,7 +9,11 @@ Plan (`load_plan(path)`), a JSON object (studies/collapse.json is one):
   "estimators":    {name: SearchConfig overrides (arch_gradient, amending_coefficient, ...)};
   "seeds":         seeds of the searches (and of the re-training);
   "retrain":       TrainConfig fields of the re-training (null: none); dataset comes from the run;
-  "hessian":       {"iterations": power iterations, "examples": architecture-part examples}.
+  "hessian":       {"iterations": power iterations, "examples": architecture-part examples};
+  "cosines":       {"every": N epochs (0: never), "estimators": [...], "eta": amended's
+                   coefficient, "cg_iterations", "batch_size"}: diagnostics.diagnose at the
+                   run's checkpoint (bin/diagnose --search_dir): each estimator's cosine to
+                   the implicit reference. Costly (it traces every estimator): off by default.
 
 Layout of `output_dir`: runs/<run>/search (the search run), runs/<run>/retrain (the training
 run), records/<run>.json (this module's record of the run, rewritten atomically after each
@@ -53,6 +57,7 @@ PLAN_KEYS = (
     "seeds",
     "retrain",
     "hessian",
+    "cosines",
 )
 POOLS = ("max_pool_3x3", "avg_pool_3x3")
 
@@ -142,17 +147,42 @@ def _validation_batch(run, examples):
     return next(iter(batches))
 
 
-def _epoch_record(search_dir, epoch, metrics, hessian):
+def _cosines(search_dir, cosines):
+    """{estimator: {"cosine", "correction_cosine"}} to the implicit reference at the latest
+    checkpoint of `search_dir` (one (train, val) batch pair)."""
+    measured = diagnostics.diagnose(
+        batch_size=cosines.get("batch_size", 32),
+        estimator_names=tuple(
+            cosines.get("estimators", ("first_order", "second_order", "amended"))
+        ),
+        eta=cosines.get("eta", 0.1),
+        cg_iterations=cosines.get("cg_iterations", 20),
+        repeats=1,
+        search_dir=search_dir,
+    )
+    return {
+        name: {
+            "cosine": values["cosine_to_implicit"],
+            "correction_cosine": values["correction_cosine_to_implicit"],
+        }
+        for name, values in measured["estimators"].items()
+        if name != "implicit"
+    }
+
+
+def _epoch_record(search_dir, epoch, metrics, measures):
     """The record of `epoch` (completed) from the search's outputs and its latest checkpoint."""
     with open(os.path.join(search_dir, search.HISTORY_FILE)) as f:
         history = json.load(f)
     entry = next(r for r in history["records"] if r["epoch"] == epoch)
     run = search.restore_search_network(search_dir)
     genotype = run.network.genotype()
+    hessian, cosines = measures.get("hessian", {}), measures.get("cosines", {})
     batch = _validation_batch(run, hessian.get("examples", 256))
     eigenvalue, change = diagnostics.alpha_hessian_eigenvalue(
         run.network, loop.cross_entropy, batch, iterations=hessian.get("iterations", 10)
     )
+    every = cosines.get("every", 0)
     return {
         "epoch": epoch,
         "global_step": run.global_step,
@@ -163,6 +193,9 @@ def _epoch_record(search_dir, epoch, metrics, hessian):
         "valid_loss": metrics.get("valid_loss"),
         "hessian_eigenvalue": eigenvalue,
         "hessian_relative_change": change,
+        "cosine_to_implicit": _cosines(search_dir, cosines)
+        if every and epoch % every == 0
+        else None,
     }
 
 
@@ -179,7 +212,7 @@ def _history_epochs(search_dir):
         return {r["epoch"] for r in json.load(f)["records"]}
 
 
-def _run_search(planned, search_dir, record, record_path, hessian, stop_after_steps, log):
+def _run_search(planned, search_dir, record, record_path, measures, stop_after_steps, log):
     """Searches epoch by epoch from where the record ends; False when stopped early."""
     config = planned.search
     per_epoch = steps_per_epoch(config)
@@ -191,7 +224,7 @@ def _run_search(planned, search_dir, record, record_path, hessian, stop_after_st
             # Interrupted between the epoch's end and its record: the epoch's checkpoint is
             # the latest; searching again would run on into the next epoch. Its validation
             # metrics were only in the lost return value.
-            record["epochs"].append(_epoch_record(search_dir, epoch, {}, hessian))
+            record["epochs"].append(_epoch_record(search_dir, epoch, {}, measures))
             _write(record_path, record)
             continue
         result = search.search(
@@ -205,18 +238,18 @@ def _run_search(planned, search_dir, record, record_path, hessian, stop_after_st
         )
         if limited:
             return False
-        record["epochs"].append(_epoch_record(search_dir, epoch, result.metrics, hessian))
+        record["epochs"].append(_epoch_record(search_dir, epoch, result.metrics, measures))
         _write(record_path, record)
     return True
 
 
-def run_study(plan, output_dir, *, hessian=None, stop_after_steps=None, log_stream=None):
+def run_study(plan, output_dir, *, stop_after_steps=None, log_stream=None):
     """Runs (or continues) every run of `plan` (a dict, see load_plan); returns the records.
 
     stop_after_steps: stop every search once its global step reaches this value (simulates an
     interruption; the next call continues).
     """
-    hessian = {**plan.get("hessian", {}), **(hessian or {})}
+    measures = {"hessian": plan.get("hessian", {}), "cosines": plan.get("cosines", {})}
     records = []
     for planned in planned_runs(plan):
         run_path = os.path.join(output_dir, "runs", planned.name)
@@ -227,7 +260,7 @@ def run_study(plan, output_dir, *, hessian=None, stop_after_steps=None, log_stre
                 record = json.load(f)
         search_dir = os.path.join(run_path, "search")
         if not _run_search(
-            planned, search_dir, record, record_path, hessian, stop_after_steps, log_stream
+            planned, search_dir, record, record_path, measures, stop_after_steps, log_stream
         ):
             records.append(record)
             continue
