@@ -81,8 +81,10 @@ class HelpersTest(tf.test.TestCase):
         path = os.path.join(self.get_temp_dir(), "plan.json")
         with open(path, "w") as f:
             f.write('{"seeds": [0], "unknown_key": 1}')
-        with self.assertRaisesRegex(errors.InputError, "plan.json.*expected an object"):
+        with self.assertRaisesRegex(errors.InputError, "plan.json.*unknown: .'unknown_key'"):
             study.load_plan(path)
+        with self.assertRaisesRegex(errors.InputError, "retrain fields .'chanels'"):
+            study.planned_runs({**TINY_PLAN, "retrain": {"chanels": 4}})
 
 
 class RunStudyTest(tf.test.TestCase):

@@ -76,14 +76,22 @@ def load_plan(path):
             plan = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
         raise errors.InputError(f"study plan {path}: {e}") from None
-    if not isinstance(plan, dict) or set(plan) - set(PLAN_KEYS):
-        raise errors.InputError(f"study plan {path}: expected an object with keys {PLAN_KEYS}")
+    if not isinstance(plan, dict) or set(plan) - set(PLAN_KEYS) or "estimators" not in plan:
+        unknown = sorted(set(plan) - set(PLAN_KEYS)) if isinstance(plan, dict) else plan
+        raise errors.InputError(
+            f"study plan {path}: expected an object with estimators and keys from "
+            f"{', '.join(PLAN_KEYS)} (unknown: {unknown})"
+        )
     return plan
 
 
 def planned_runs(plan):
     """Every PlannedRun of `plan`, in plan order (InputError on a bad field)."""
     fields = {f.name for f in dataclasses.fields(search.SearchConfig)}
+    retrain = plan.get("retrain")
+    unknown = sorted(set(retrain or {}) - {f.name for f in dataclasses.fields(train.TrainConfig)})
+    if unknown or "genotype" in (retrain or {}):
+        raise errors.InputError(f"study plan: unusable retrain fields {unknown or ['genotype']}")
     runs = []
     for dataset in plan.get("datasets", ["digits"]):
         for space_name, space in plan.get("search_spaces", {"darts": {}}).items():
@@ -99,7 +107,6 @@ def planned_runs(plan):
                     unknown = sorted(set(settings) - fields)
                     if unknown:
                         raise errors.InputError(f"study plan: unknown search fields {unknown}")
-                    retrain = plan.get("retrain")
                     runs.append(
                         PlannedRun(
                             f"{dataset}-{space_name}-{estimator_name}-s{seed}",

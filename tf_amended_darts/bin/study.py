@@ -17,6 +17,7 @@ _STOP_AFTER_STEPS = flags.DEFINE_integer(
     "stop_after_steps", None, "Stop each search/training at this global step (continue later)."
 )
 flags.mark_flags_as_required(["plan", "output_dir"])
+cli.validate_flags(globals().values())
 
 
 def main(argv):
