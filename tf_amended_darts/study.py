@@ -154,6 +154,10 @@ def _validation_batch(run, examples):
     return next(iter(batches))
 
 
+def _finite_or_none(value):
+    return value if np.isfinite(value) else None
+
+
 def _cosines(search_dir, cosines):
     """{estimator: {"cosine", "correction_cosine"}} to the implicit reference at the latest
     checkpoint of `search_dir` (one (train, val) batch pair)."""
@@ -167,10 +171,10 @@ def _cosines(search_dir, cosines):
         repeats=1,
         search_dir=search_dir,
     )
-    return {
+    return {  # NaN (a zero vector: first order has no correction) is recorded as null
         name: {
-            "cosine": values["cosine_to_implicit"],
-            "correction_cosine": values["correction_cosine_to_implicit"],
+            "cosine": _finite_or_none(values["cosine_to_implicit"]),
+            "correction_cosine": _finite_or_none(values["correction_cosine_to_implicit"]),
         }
         for name, values in measured["estimators"].items()
         if name != "implicit"
