@@ -109,6 +109,8 @@ class RunStudyTest(tf.test.TestCase):
             cosines = [e["cosine_to_implicit"] for e in record["epochs"]]
             self.assertIsNone(cosines[0])  # every 2 epochs
             self.assertBetween(cosines[1]["first_order"]["cosine"], -1.0, 1.0)
+            # First order has no correction: its correction cosine is undefined (null, not NaN).
+            self.assertIsNone(cosines[1]["first_order"]["correction_cosine"])
             # Re-trained on the searched genotype; accuracy on the 360 test digits.
             self.assertBetween(record["test_acc"], 0.0, 1.0)
             retrained = genotypes.Genotype.from_dict(record["retrain"]["genotype"])
