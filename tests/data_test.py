@@ -56,6 +56,36 @@ class DigitsTest(tf.test.TestCase):
         self.assertContainsSubset(set(np.unique(images.numpy()).tolist()), levels)
 
 
+class Mnist5kTest(tf.test.TestCase):
+    def test_loads_shipped_mnist_subset(self):
+        ds = data.load_dataset("mnist5k")
+        info = ds.info
+        self.assertEqual(
+            (info.name, info.image_shape, info.num_classes), ("mnist5k", (28, 28, 1), 10)
+        )
+        self.assertEqual(info.num_examples, {"train": 4000, "test": 1000})
+        train_x, train_y = next(iter(ds.train.batch(5000)))
+        test_x, test_y = next(iter(ds.test.batch(5000)))
+        self.assertEqual((train_x.dtype, train_y.dtype), (tf.uint8, tf.int64))
+        # 500 images per class in the subset, 100 of each held out (the stated split).
+        self.assertAllEqual(np.bincount(train_y.numpy()), [400] * 10)
+        self.assertAllEqual(np.bincount(test_y.numpy()), [100] * 10)
+
+        def rows(x):
+            return {bytes(row) for row in x.numpy().reshape(len(x), -1)}
+
+        self.assertEmpty(rows(train_x) & rows(test_x))
+        # MNIST's published training-set pixel mean and std (0..1 units): 0.1307, 0.3081.
+        self.assertAllClose(info.mean, [0.1307], atol=0.01)
+        self.assertAllClose(info.std, [0.3081], atol=0.01)
+        self.assertFalse(data.default_augmentation(info).flip)  # a mirrored digit is no digit
+
+    def test_missing_file_names_the_script(self):
+        with mock.patch.dict(data.SHIPPED, mnist5k=("/nonexistent/m.npz", "scripts/x.py")):
+            with self.assertRaisesRegex(data.DatasetError, "/nonexistent/m.npz.*scripts/x.py"):
+                data.load_dataset("mnist5k")
+
+
 class CifarBinaryTest(tf.test.TestCase):
     def test_cifar10_layout_and_labels(self):
         root = os.path.join(self.get_temp_dir(), "c10", "cifar-10-batches-bin")

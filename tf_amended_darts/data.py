@@ -2,6 +2,8 @@
 
 Sources (`load_dataset(dataset, data_dir, download)`):
   - "digits": the 1,797 8x8 UCI handwritten digits shipped in `datasets/digits.npz`;
+  - "mnist5k": 5,000 28x28 MNIST digits (4,000 train / 1,000 test, 100 test images per
+    class) shipped in `datasets/mnist5k.npz` (scripts/convert_mnist_subset.py);
   - "cifar10_binary" / "cifar100_binary": the CIFAR binary files in `data_dir` (the extracted
     cifar-10-binary.tar.gz / cifar-100-binary.tar.gz, or the .bin files directly);
   - "image_folder": `data_dir/train/<class>/*` and `data_dir/test/<class>/*`, or just
@@ -32,7 +34,13 @@ import tensorflow as tf
 
 from tf_amended_darts import errors
 
-DIGITS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "datasets", "digits.npz")
+_SHIPPED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "datasets")
+DIGITS_PATH = os.path.join(_SHIPPED_DIR, "digits.npz")
+# Datasets shipped as .npz files in datasets/: name -> (path, the script that makes it).
+SHIPPED = {
+    "digits": (DIGITS_PATH, "scripts/make_digits.py"),
+    "mnist5k": (os.path.join(_SHIPPED_DIR, "mnist5k.npz"), "scripts/convert_mnist_subset.py"),
+}
 CIFAR10_CLASSES = (
     "airplane",
     "automobile",
@@ -126,7 +134,7 @@ class ResizedCropAugmentation:
 
 def _flips(info: DatasetInfo) -> bool:
     """Whether mirrored images stay in their class: not for digits."""
-    return info.name != "digits"
+    return info.name not in SHIPPED
 
 
 def default_augmentation(info: DatasetInfo, cutout: int = 0) -> Augmentation:
@@ -150,7 +158,8 @@ def load_dataset(
     """Loads a dataset by name (see the module docstring).
 
     Args:
-      dataset: "digits", "cifar10_binary", "cifar100_binary", "image_folder" or a tfds name.
+      dataset: "digits", "mnist5k" (shipped), "cifar10_binary", "cifar100_binary",
+        "image_folder" or a tfds name.
       data_dir: directory of the data (tfds: its data_dir; None means tfds' default).
       download: tfds only: build the dataset when it is not prepared (may download).
       image_size: image_folder and tfds: resize every image to this (int or (H, W)); for
@@ -162,27 +171,31 @@ def load_dataset(
     if native_size and image_size:
         raise ValueError("load_dataset: pass image_size or native_size, not both")
     size = (image_size, image_size) if isinstance(image_size, int) else image_size
-    if dataset == "digits":
-        if not os.path.exists(DIGITS_PATH):
-            raise DatasetError(
-                f"the shipped digits file {DIGITS_PATH} is missing: reinstall "
-                "tf_amended_darts or run scripts/make_digits.py"
-            )
-        with np.load(DIGITS_PATH) as f:
-            arrays = {k: f[k] for k in f.files}
-        return _in_memory(
-            "digits",
-            arrays["train_images"],
-            arrays["train_labels"],
-            arrays["test_images"],
-            arrays["test_labels"],
-            tuple(str(c) for c in arrays["class_names"]),
-        )
+    if dataset in SHIPPED:
+        return _load_shipped(dataset)
     if dataset in ("cifar10_binary", "cifar100_binary"):
         return _load_cifar_binary(dataset == "cifar100_binary", data_dir)
     if dataset == "image_folder":
         return _load_image_folder(data_dir, size, test_fraction, native_size)
     return _load_tfds(dataset, data_dir, download, size)
+
+
+def _load_shipped(name) -> Dataset:
+    path, script = SHIPPED[name]
+    if not os.path.exists(path):
+        raise DatasetError(
+            f"the shipped {name} file {path} is missing: reinstall tf_amended_darts or run {script}"
+        )
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files}
+    return _in_memory(
+        name,
+        arrays["train_images"],
+        arrays["train_labels"],
+        arrays["test_images"],
+        arrays["test_labels"],
+        tuple(str(c) for c in arrays["class_names"]),
+    )
 
 
 def _in_memory(name, train_x, train_y, test_x, test_y, class_names, stats=None) -> Dataset:
@@ -413,7 +426,7 @@ def _load_tfds(name, data_dir, download, size) -> Dataset:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (slow import)
 
     alternatives = (
-        "use --dataset=digits, cifar10_binary, cifar100_binary, image_folder or a "
+        "use --dataset=digits, mnist5k, cifar10_binary, cifar100_binary, image_folder or a "
         "tensorflow-datasets image-classification name"
     )
     try:

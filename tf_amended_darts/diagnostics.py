@@ -310,3 +310,46 @@ def diagnose(
         "estimators": results,
         "cosine": {a: {b: _cosine(vectors[a], vectors[b]) for b in keys} for a in keys},
     }
+
+
+def alpha_hessian_eigenvalue(model, loss_fn, batch, iterations=10, seed=0):
+    """The dominant eigenvalue of the Hessian of the loss on `batch` with respect to the
+    architecture variables (Zela et al., ICLR 2020's instability indicator), by power
+    iteration on exact alpha-space Hessian-vector products at the model's current values.
+
+    Products are back-over-back gradients of `model.stateless_call` with the alphas as explicit
+    tensors (estimators' convention: training=True, nothing assigned, new BatchNorm statistics
+    dropped), so each costs about two forward/backward passes of the batch. Power iteration
+    finds the eigenvalue of largest magnitude (sign kept, a Rayleigh quotient); its error
+    shrinks as (|lambda_2| / |lambda_1|)^(2k). Returns (eigenvalue, relative change of the last
+    iteration: a convergence indicator).
+    """
+    if iterations < 1:
+        raise errors.InputError(f"iterations must be at least 1, got {iterations}")
+    x, _ = batch
+    losses = estimators._StatelessLosses(model, loss_fn, global_batch_size=int(x.shape[0]))
+    weights, arch = losses.weights(), losses.arch()
+
+    def product(vector):
+        with tf.GradientTape() as outer:
+            outer.watch(arch)
+            with tf.GradientTape() as inner:
+                inner.watch(arch)
+                loss = losses.loss(weights, arch, batch)
+            grads = inner.gradient(loss, arch, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            dot = tf.add_n([tf.reduce_sum(g * v) for g, v in zip(grads, vector)])
+        return outer.gradient(dot, arch, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+    rng = np.random.default_rng(seed)
+    vector = [tf.constant(rng.standard_normal(a.shape), a.dtype) for a in arch]
+    eigenvalue, change = 0.0, float("inf")
+    for _ in range(iterations):
+        norm = tf.linalg.global_norm(vector)
+        if float(norm) == 0.0:  # the Hessian maps the iterate to zero: a zero eigenvalue
+            return 0.0, 0.0
+        vector = [v / norm for v in vector]
+        image = product(vector)
+        previous, eigenvalue = eigenvalue, float(_flat(vector) @ _flat(image))
+        change = abs(eigenvalue - previous) / max(abs(eigenvalue), 1e-30)
+        vector = image
+    return eigenvalue, change

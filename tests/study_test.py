@@ -1,0 +1,130 @@
+"""study.run_study on a tiny plan: two runs of two epochs, an interruption, the resume, the
+records; and the pure helpers (alpha masses, plan expansion)."""
+
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from tf_amended_darts import errors, genotypes, study
+
+TINY_PLAN = {
+    "search": {
+        "epochs": 2,
+        "batch_size": 16,
+        "steps_per_epoch": 2,
+        "cells": 3,
+        "nodes": 1,
+        "channels": 4,
+        "operations": ["skip_connect", "max_pool_3x3", "sep_conv_3x3"],
+    },
+    "datasets": ["digits"],
+    "search_spaces": {"darts": {"search_space": "darts"}},
+    "estimators": {
+        "first_order": {"arch_gradient": "first_order"},
+        "amended_0.1": {"arch_gradient": "amended", "amending_coefficient": 0.1},
+    },
+    "seeds": [0],
+    "retrain": {
+        "channels": 4,
+        "cells": 3,
+        "epochs": 1,
+        "steps_per_epoch": 2,
+        "batch_size": 16,
+        "auxiliary": False,
+        "cutout": 0,
+        "drop_path": 0.0,
+    },
+    "hessian": {"iterations": 2, "examples": 16},
+    "cosines": {"every": 2, "estimators": ["first_order"], "cg_iterations": 2, "batch_size": 8},
+}
+
+
+class HelpersTest(tf.test.TestCase):
+    def test_alpha_masses_by_hand(self):
+        ops = ["none", "skip_connect", "max_pool_3x3", "avg_pool_3x3", "sep_conv_3x3"]
+        normal = [[0.1, 0.2, 0.3, 0.0, 0.4], [0.0, 0.6, 0.1, 0.1, 0.2]]
+        reduce_ = [[0.2, 0.2, 0.2, 0.2, 0.2]]
+        masses = study.alpha_masses([normal, reduce_], ops, ["normal_0", "reduce_0"])
+        self.assertAllClose(masses["skip_connect"]["normal"], (0.2 + 0.6) / 2)
+        self.assertAllClose(masses["pools"]["normal"], (0.3 + 0.2) / 2)
+        self.assertAllClose(masses["pools"]["reduce"], 0.4)
+
+    def test_plan_expansion_and_bad_field(self):
+        runs = study.planned_runs({**TINY_PLAN, "seeds": [0, 1]})
+        self.assertEqual(
+            [r.name for r in runs],
+            [
+                "digits-darts-first_order-s0",
+                "digits-darts-first_order-s1",
+                "digits-darts-amended_0.1-s0",
+                "digits-darts-amended_0.1-s1",
+            ],
+        )
+        self.assertEqual(runs[2].search.amending_coefficient, 0.1)
+        with self.assertRaisesRegex(errors.InputError, "unknown search fields.*'etta'"):
+            study.planned_runs({**TINY_PLAN, "estimators": {"x": {"etta": 1}}})
+
+    def test_committed_plan_is_valid(self):
+        path = os.path.join(os.path.dirname(__file__), os.pardir, "studies", "collapse.json")
+        runs = study.planned_runs(study.load_plan(path))
+        self.assertLen(runs, 2 * 5 * 3)  # spaces x estimators x seeds
+        self.assertEqual(
+            sorted(
+                {r.search.amending_coefficient for r in runs if r.search.arch_gradient == "amended"}
+            ),
+            [0.1, 1.0, 10.0],
+        )
+
+    def test_bad_plan_file_is_one_line_input_error(self):
+        path = os.path.join(self.get_temp_dir(), "plan.json")
+        with open(path, "w") as f:
+            f.write('{"seeds": [0], "unknown_key": 1}')
+        with self.assertRaisesRegex(errors.InputError, "plan.json.*unknown: .'unknown_key'"):
+            study.load_plan(path)
+        with self.assertRaisesRegex(errors.InputError, "retrain fields .'chanels'"):
+            study.planned_runs({**TINY_PLAN, "retrain": {"chanels": 4}})
+
+
+class RunStudyTest(tf.test.TestCase):
+    def test_interrupted_then_resumed_then_skipped(self):
+        out = self.get_temp_dir()
+        log = open(os.devnull, "w")
+        self.addCleanup(log.close)
+        # Interrupted after the first step of each search: no epoch recorded yet.
+        records = study.run_study(TINY_PLAN, out, stop_after_steps=1, log_stream=log)
+        self.assertEqual([len(r["epochs"]) for r in records], [0, 0])
+        self.assertNotIn("test_acc", records[0])
+        # Continued: both searches resume from their checkpoints and finish.
+        records = study.run_study(TINY_PLAN, out, log_stream=log)
+        for record in records:
+            self.assertEqual([e["epoch"] for e in record["epochs"]], [1, 2])
+            self.assertEqual([e["global_step"] for e in record["epochs"]], [2, 4])
+            for e in record["epochs"]:
+                self.assertTrue(np.isfinite(e["hessian_eigenvalue"]))
+                self.assertBetween(e["valid_acc"], 0.0, 1.0)
+                self.assertBetween(e["parameter_free_ops"], 0, 8)
+                self.assertBetween(e["alpha_mass"]["skip_connect"]["normal"], 0.0, 1.0)
+            cosines = [e["cosine_to_implicit"] for e in record["epochs"]]
+            self.assertIsNone(cosines[0])  # every 2 epochs
+            self.assertBetween(cosines[1]["first_order"]["cosine"], -1.0, 1.0)
+            # First order has no correction: its correction cosine is undefined (null, not NaN).
+            self.assertIsNone(cosines[1]["first_order"]["correction_cosine"])
+            # Re-trained on the searched genotype; accuracy on the 360 test digits.
+            self.assertBetween(record["test_acc"], 0.0, 1.0)
+            retrained = genotypes.Genotype.from_dict(record["retrain"]["genotype"])
+            self.assertEqual(retrained.to_string(), record["epochs"][-1]["genotype"])
+            with open(os.path.join(out, "records", record["run"] + ".json")) as f:
+                self.assertEqual(json.load(f), record)
+            log_txt = os.path.join(out, "runs", record["run"], "search", "log.txt")
+            with open(log_txt) as f:
+                self.assertIn("resumed from", f.read())
+        # Finished runs are not searched again (the records, and the logs, stay as they are).
+        mtime = os.path.getmtime(log_txt)
+        self.assertEqual(study.run_study(TINY_PLAN, out, log_stream=log), records)
+        self.assertEqual(os.path.getmtime(log_txt), mtime)
+
+
+if __name__ == "__main__":
+    tf.test.main()

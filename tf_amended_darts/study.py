@@ -1,0 +1,295 @@
+"""A study of searches: a plan (JSON) of datasets x search spaces x estimators x seeds, each
+searched through search.search, recorded per epoch, and its genotype re-trained.
+
+Plan (`load_plan(path)`), a JSON object (studies/collapse.json is one):
+  "description":   free text;
+  "search":        SearchConfig fields shared by every run (epochs, batch_size, ...);
+  "datasets":      dataset names (data.load_dataset);
+  "search_spaces": {name: SearchConfig overrides (search_space, operations, nodes, ...)};
+  "estimators":    {name: SearchConfig overrides (arch_gradient, amending_coefficient, ...)};
+  "seeds":         seeds of the searches (and of the re-training);
+  "retrain":       TrainConfig fields of the re-training (null: none); dataset comes from the run;
+  "hessian":       {"iterations": power iterations, "examples": architecture-part examples};
+  "cosines":       {"every": N epochs (0: never), "estimators": [...], "eta": amended's
+                   coefficient, "cg_iterations", "batch_size"}: diagnostics.diagnose at the
+                   run's checkpoint (bin/diagnose --search_dir): each estimator's cosine to
+                   the implicit reference. Costly (it traces every estimator): off by default.
+
+Layout of `output_dir`: runs/<run>/search (the search run), runs/<run>/retrain (the training
+run), records/<run>.json (this module's record of the run, rewritten atomically after each
+epoch): per epoch the number of parameter-free operations of the derived genotype, the mean
+softmax mass on skip_connect and on the pools (normal and reduction slots), the supernet's
+validation accuracy and the dominant eigenvalue of the alpha-Hessian of the validation loss
+(diagnostics.alpha_hessian_eigenvalue, at that epoch's checkpoint); then the re-training's
+test accuracy.
+
+Continuing over several sittings: the search runs one epoch per call (stop_after_steps at the
+epoch's end, then --resume), so every epoch's checkpoint is measured before the next epoch
+runs; a run whose record holds every epoch is not searched again, an interrupted one resumes
+from its last checkpoint (the search's own resume), and re-training resumes the same way.
+"""
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+from tf_amended_darts import (
+    data,
+    diagnostics,
+    errors,
+    genotypes,
+    io_utils,
+    loop,
+    operations,
+    run_dir,
+    search,
+    train,
+)
+
+PLAN_KEYS = (
+    "description",
+    "search",
+    "datasets",
+    "search_spaces",
+    "estimators",
+    "seeds",
+    "retrain",
+    "hessian",
+    "cosines",
+)
+POOLS = ("max_pool_3x3", "avg_pool_3x3")
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedRun:
+    name: str  # <dataset>-<space>-<estimator>-s<seed>
+    search: search.SearchConfig
+    retrain: dict  # TrainConfig fields without the genotype, or None
+
+
+def load_plan(path):
+    """The plan in the JSON file `path` (InputError naming the file when unusable)."""
+    try:
+        with open(path) as f:
+            plan = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise errors.InputError(f"study plan {path}: {e}") from None
+    if not isinstance(plan, dict) or set(plan) - set(PLAN_KEYS) or "estimators" not in plan:
+        unknown = sorted(set(plan) - set(PLAN_KEYS)) if isinstance(plan, dict) else plan
+        raise errors.InputError(
+            f"study plan {path}: expected an object with estimators and keys from "
+            f"{', '.join(PLAN_KEYS)} (unknown: {unknown})"
+        )
+    return plan
+
+
+def planned_runs(plan):
+    """Every PlannedRun of `plan`, in plan order (InputError on a bad field)."""
+    fields = {f.name for f in dataclasses.fields(search.SearchConfig)}
+    retrain = plan.get("retrain")
+    unknown = sorted(set(retrain or {}) - {f.name for f in dataclasses.fields(train.TrainConfig)})
+    if unknown or "genotype" in (retrain or {}):
+        raise errors.InputError(f"study plan: unusable retrain fields {unknown or ['genotype']}")
+    runs = []
+    for dataset in plan.get("datasets", ["digits"]):
+        for space_name, space in plan.get("search_spaces", {"darts": {}}).items():
+            for estimator_name, estimator in plan["estimators"].items():
+                for seed in plan.get("seeds", [0]):
+                    settings = {
+                        **plan.get("search", {}),
+                        **space,
+                        **estimator,
+                        "dataset": dataset,
+                        "seed": seed,
+                    }
+                    unknown = sorted(set(settings) - fields)
+                    if unknown:
+                        raise errors.InputError(f"study plan: unknown search fields {unknown}")
+                    runs.append(
+                        PlannedRun(
+                            f"{dataset}-{space_name}-{estimator_name}-s{seed}",
+                            search.SearchConfig(**settings),
+                            None
+                            if retrain is None
+                            else {**retrain, "dataset": dataset, "seed": seed},
+                        )
+                    )
+    return runs
+
+
+def alpha_masses(probabilities, operations_, slots):
+    """{"skip_connect"|"pools": {"normal"|"reduce": mean softmax mass over the slots' edges}}."""
+    masses = {}
+    for label, names in (("skip_connect", ("skip_connect",)), ("pools", POOLS)):
+        columns = [i for i, op in enumerate(operations_) if op in names]
+        masses[label] = {}
+        for kind in ("normal", "reduce"):
+            edges = [
+                np.asarray(p)[:, columns].sum(axis=1)
+                for p, s in zip(probabilities, slots)
+                if s.startswith(kind)
+            ]
+            masses[label][kind] = float(np.mean(np.concatenate(edges))) if edges else None
+    return masses
+
+
+def steps_per_epoch(config):
+    """The search's iterations per epoch (as search.search counts them)."""
+    n_train = data.load_dataset(
+        config.dataset, config.data_dir, image_size=config.image_size
+    ).info.num_examples["train"]
+    n_weights = int(np.floor(config.train_portion * n_train))
+    steps = min(n_weights, n_train - n_weights) // config.batch_size
+    return min(steps, config.steps_per_epoch or steps)
+
+
+def _validation_batch(run, examples):
+    """The first `examples` images of the run's architecture part, normalised."""
+    config = run.config
+    ds = data.load_dataset(config.dataset, config.data_dir, image_size=config.image_size)
+    _, arch_part = data.search_split(ds.train, ds.info.num_examples["train"], config.train_portion)
+    batches = data.eval_batches(arch_part, examples, mean=ds.info.mean, std=ds.info.std)
+    return next(iter(batches))
+
+
+def _finite_or_none(value):
+    return value if np.isfinite(value) else None
+
+
+def _cosines(search_dir, cosines):
+    """{estimator: {"cosine", "correction_cosine"}} to the implicit reference at the latest
+    checkpoint of `search_dir` (one (train, val) batch pair)."""
+    measured = diagnostics.diagnose(
+        batch_size=cosines.get("batch_size", 32),
+        estimator_names=tuple(
+            cosines.get("estimators", ("first_order", "second_order", "amended"))
+        ),
+        eta=cosines.get("eta", 0.1),
+        cg_iterations=cosines.get("cg_iterations", 20),
+        repeats=1,
+        search_dir=search_dir,
+    )
+    return {  # NaN (a zero vector: first order has no correction) is recorded as null
+        name: {
+            "cosine": _finite_or_none(values["cosine_to_implicit"]),
+            "correction_cosine": _finite_or_none(values["correction_cosine_to_implicit"]),
+        }
+        for name, values in measured["estimators"].items()
+        if name != "implicit"
+    }
+
+
+def _epoch_record(search_dir, epoch, metrics, measures):
+    """The record of `epoch` (completed) from the search's outputs and its latest checkpoint."""
+    with open(os.path.join(search_dir, search.HISTORY_FILE)) as f:
+        history = json.load(f)
+    entry = next(r for r in history["records"] if r["epoch"] == epoch)
+    run = search.restore_search_network(search_dir)
+    genotype = run.network.genotype()
+    hessian, cosines = measures.get("hessian", {}), measures.get("cosines", {})
+    batch = _validation_batch(run, hessian.get("examples", 256))
+    eigenvalue, change = diagnostics.alpha_hessian_eigenvalue(
+        run.network, loop.cross_entropy, batch, iterations=hessian.get("iterations", 10)
+    )
+    every = cosines.get("every", 0)
+    return {
+        "epoch": epoch,
+        "global_step": run.global_step,
+        "parameter_free_ops": genotype.count_ops(operations.PARAMETER_FREE_OPS),
+        "genotype": genotype.to_string(),
+        "alpha_mass": alpha_masses(entry["probabilities"], history["operations"], history["slots"]),
+        "valid_acc": metrics.get("valid_acc"),
+        "valid_loss": metrics.get("valid_loss"),
+        "hessian_eigenvalue": eigenvalue,
+        "hessian_relative_change": change,
+        "cosine_to_implicit": _cosines(search_dir, cosines)
+        if every and epoch % every == 0
+        else None,
+    }
+
+
+def _write(path, record):
+    io_utils.write_atomic(path, json.dumps(record, indent=1, sort_keys=True) + "\n")
+
+
+def _history_epochs(search_dir):
+    """The epochs the search in `search_dir` has completed (its alphas_history.json)."""
+    path = os.path.join(search_dir, search.HISTORY_FILE)
+    if not os.path.exists(path):
+        return set()
+    with open(path) as f:
+        return {r["epoch"] for r in json.load(f)["records"]}
+
+
+def _run_search(planned, search_dir, record, record_path, measures, stop_after_steps, log):
+    """Searches epoch by epoch from where the record ends; False when stopped early."""
+    config = planned.search
+    per_epoch = steps_per_epoch(config)
+    while len(record["epochs"]) < config.epochs:
+        epoch = len(record["epochs"]) + 1
+        stop = epoch * per_epoch
+        limited = stop_after_steps is not None and stop_after_steps < stop
+        if epoch in _history_epochs(search_dir) and not limited:
+            # Interrupted between the epoch's end and its record: the epoch's checkpoint is
+            # the latest; searching again would run on into the next epoch. Its validation
+            # metrics were only in the lost return value.
+            record["epochs"].append(_epoch_record(search_dir, epoch, {}, measures))
+            _write(record_path, record)
+            continue
+        result = search.search(
+            config,
+            search_dir,
+            resume=run_dir.holds_run(search_dir),
+            stop_after_steps=stop_after_steps if limited else stop,
+            render=False,
+            log_stream=log,
+            progress_stream=log,
+        )
+        if limited:
+            return False
+        record["epochs"].append(_epoch_record(search_dir, epoch, result.metrics, measures))
+        _write(record_path, record)
+    return True
+
+
+def run_study(plan, output_dir, *, stop_after_steps=None, log_stream=None):
+    """Runs (or continues) every run of `plan` (a dict, see load_plan); returns the records.
+
+    stop_after_steps: stop every search once its global step reaches this value (simulates an
+    interruption; the next call continues).
+    """
+    measures = {"hessian": plan.get("hessian", {}), "cosines": plan.get("cosines", {})}
+    records = []
+    for planned in planned_runs(plan):
+        run_path = os.path.join(output_dir, "runs", planned.name)
+        record_path = os.path.join(output_dir, "records", planned.name + ".json")
+        record = {"run": planned.name, "search": planned.search.to_dict(), "epochs": []}
+        if os.path.exists(record_path):
+            with open(record_path) as f:
+                record = json.load(f)
+        search_dir = os.path.join(run_path, "search")
+        if not _run_search(
+            planned, search_dir, record, record_path, measures, stop_after_steps, log_stream
+        ):
+            records.append(record)
+            continue
+        if planned.retrain is not None and "test_acc" not in record:
+            genotype = genotypes.load_genotype(os.path.join(search_dir, search.GENOTYPE_FILE))
+            config = train.TrainConfig(genotype=genotype, **planned.retrain)
+            retrain_dir = os.path.join(run_path, "retrain")
+            result = train.train(
+                config,
+                retrain_dir,
+                resume=run_dir.holds_run(retrain_dir),
+                stop_after_steps=stop_after_steps,
+                log_stream=log_stream,
+                progress_stream=log_stream,
+            )
+            if result.finished:
+                record["retrain"] = config.to_dict()
+                record["test_acc"] = result.valid.get("valid_acc")
+                _write(record_path, record)
+        records.append(record)
+    return records
