@@ -86,7 +86,7 @@ _CHILD = flags.DEFINE_string("child", None, "Internal: the measurement to make, 
 
 def _reference_python():
     python = _REFERENCE_PYTHON.value
-    if python is None:
+    if not python:
         if os.path.exists(_DEFAULT_REFERENCE_PYTHON):
             python = _DEFAULT_REFERENCE_PYTHON
         else:
