@@ -3,10 +3,12 @@
   python benchmarks/estimators_benchmark.py                  # small supernet, every estimator
   python benchmarks/estimators_benchmark.py --setting=paper --steps=3 \
       --estimators=first_order,second_order,amended --products=exact,finite_difference
+  python benchmarks/estimators_benchmark.py --setting=paper --channels=8 --cells=5 \
+      --batch_size=16 --threads=1             # a preset, with some of its values overridden
 
 Every (estimator, products, grappler) choice runs in a fresh process, so its peak memory is its
 own. The process builds the supernet and both optimizers as the search does
-(search._Searcher) and, on random data of the setting's shape (the input pipeline is not
+(search._Searcher) and, on random data of the configuration's shape (the input pipeline is not
 measured), times `--steps` weight steps and `--steps` search steps (one architecture step + one
 weight step, the search's iteration), each after one first call that traces it. Reported per pair:
   search s/step and images/s   (batch / search step: the search's throughput),
@@ -23,21 +25,20 @@ peak memory about 50 % higher, so the binaries keep it on.
 
 import json
 import os
-import resource
-import subprocess
 import sys
-import time
 
+import search_timing
 from absl import app, flags
 
 _SETTING = flags.DEFINE_enum(
     "setting",
     "small",
     ["small", "paper"],
-    "small: the quickstart's supernet (digits 8x8, 5 cells, 2 nodes, "
-    "C=8, batch 32); paper: CIFAR 32x32x3, 8 cells, 4 nodes, C=16, "
-    "batch 64.",
+    "Preset configuration, overridden by --channels etc.: small: the quickstart's supernet "
+    "(digits 8x8, 5 cells, 2 nodes, C=8, batch 32); paper: CIFAR 32x32x3, 8 cells, 4 nodes, "
+    "C=16, batch 64.",
 )
+_CONFIGURATION, _THREADS = search_timing.define_configuration_flags("the --setting's")
 _ESTIMATORS = flags.DEFINE_list(
     "estimators", "first_order,second_order,amended,implicit", "Estimators to time."
 )
@@ -58,93 +59,24 @@ _GRAPPLER = flags.DEFINE_list(
     "off (tf.config.optimizer disable_meta_optimizer), or both.",
 )
 _FORMAT = flags.DEFINE_enum("format", "text", ["text", "json"], "Output format.")
-_CHILD = flags.DEFINE_string("child", None, "Internal: time one 'estimator:products' pair.")
-
-SETTINGS = {  # input shape, classes, SearchConfig overrides
-    "small": ((8, 8, 1), 10, dict(cells=5, nodes=2, channels=8, batch_size=32)),
-    "paper": ((32, 32, 3), 10, dict(batch_size=64)),
-}
+_CHILD = flags.DEFINE_string("child", None, "Internal: the measurement to make, as JSON.")
 
 
-def _rss_mb():
-    with open("/proc/self/status") as f:
-        kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-    return kb / 1024
-
-
-def _timed(step, args, steps):
-    """(seconds of the first call, median seconds of the next `steps` calls)."""
-    times = []
-    for _ in range(steps + 1):
-        start = time.perf_counter()
-        metrics = step(*args)
-        float(metrics["train_loss"])  # wait for the step
-        times.append(time.perf_counter() - start)
-    rest = sorted(times[1:])
-    return times[0], rest[len(rest) // 2]
-
-
-def measure(setting, estimator, products, steps, implicit_iterations, grappler):
-    """Times one estimator in this process; returns a JSON-ready dict."""
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
-    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": grappler == "off"})
-    from tf_amended_darts import search  # pylint: disable=g-import-not-at-top
-
-    shape, classes, overrides = SETTINGS[setting]
-    config = search.SearchConfig(
-        arch_gradient=estimator,
-        products=products,
-        implicit_iterations=implicit_iterations,
-        **overrides,
-    )
-    strategy = tf.distribute.get_strategy()
-    searcher = search._Searcher(config, strategy, shape, classes)  # pylint: disable=protected-access
-    rss_built = _rss_mb()
-    batch = config.batch_size
-    rng = tf.random.Generator.from_seed(0)
-    pair = [
-        (rng.normal((batch,) + shape), rng.uniform([batch], 0, classes, tf.int64)) for _ in range(2)
-    ]
-    weight_first, weight = _timed(searcher.weight_step, pair[:1], steps)
-    search_first, search_step = _timed(searcher.search_step, pair, steps)
-    return {
+def _run_child(configuration, pair, threads):
+    """Times `pair` ("estimator:products:grappler") in a fresh process; returns its dict (or
+    an error entry)."""
+    estimator, products, grappler = pair.split(":")
+    request = {
+        "configuration": configuration.__dict__,
         "estimator": estimator,
-        "products": products if estimator != "first_order" else "-",
+        "products": products,
         "grappler": grappler,
-        "search_s": search_step,
-        "images_per_s": batch / search_step,
-        "weight_ms": 1000 * weight,
-        "arch_ms": 1000 * (search_step - weight),
-        "first_call_s": search_first,
-        "weight_first_call_s": weight_first,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "rss_after_build_mb": rss_built,
-        "traces": dict(searcher.traces),
-        "model_variables": len(searcher.model.variables),
+        "steps": _STEPS.value,
+        "threads": threads,
+        "implicit_iterations": _IMPLICIT_ITERATIONS.value,
     }
-
-
-def _run_child(pair):
-    """Runs `pair` ("estimator:products:grappler") in a fresh interpreter; returns its dict
-    (or an error entry)."""
-    command = [
-        sys.executable,
-        os.path.abspath(__file__),
-        f"--child={pair}",
-        f"--setting={_SETTING.value}",
-        f"--steps={_STEPS.value}",
-        f"--implicit_iterations={_IMPLICIT_ITERATIONS.value}",
-    ]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    for line in done.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT ") :])
-    tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-    return {"estimator": pair, "error": f"exit {done.returncode}: {tail}"}
+    result = search_timing.measure_in_fresh_process(os.path.abspath(__file__), request)
+    return result if "error" not in result else {"estimator": pair, **result}
 
 
 def _add_ratios(results):
@@ -191,11 +123,7 @@ def main(argv):
     if _STEPS.value < 1:
         raise app.UsageError("--steps must be at least 1")
     if _CHILD.value:
-        estimator, products, grappler = _CHILD.value.split(":")
-        result = measure(
-            _SETTING.value, estimator, products, _STEPS.value, _IMPLICIT_ITERATIONS.value, grappler
-        )
-        print("RESULT " + json.dumps(result), flush=True)
+        search_timing.child_main(_CHILD.value)
         return
     known = ("first_order", "second_order", "amended", "implicit")
     for name in _ESTIMATORS.value:
@@ -215,16 +143,20 @@ def main(argv):
             for name in _ESTIMATORS.value
         )
     )
-    shape, _, overrides = SETTINGS[_SETTING.value]
+    configuration = search_timing.configuration_from_flags(
+        search_timing.PRESETS[_SETTING.value], _CONFIGURATION
+    )
+    threads = search_timing.threads_from_flag(_THREADS)
     print(
-        f"setting {_SETTING.value}: input {shape}, {overrides}, {_STEPS.value} timed steps, "
-        f"implicit CG iterations {_IMPLICIT_ITERATIONS.value}, {os.cpu_count()} CPUs",
+        f"setting {_SETTING.value}: {configuration}, {_STEPS.value} timed steps, "
+        f"implicit CG iterations {_IMPLICIT_ITERATIONS.value}, {threads} threads, "
+        f"{os.cpu_count()} CPUs",
         file=sys.stderr,
         flush=True,
     )
     results = []
     for pair in pairs:
-        results.append(_run_child(pair))
+        results.append(_run_child(configuration, pair, threads))
         print(f"  {pair}: {json.dumps(results[-1])}", file=sys.stderr, flush=True)
     _add_ratios(results)
     print(json.dumps(results, indent=1) if _FORMAT.value == "json" else _table(results))
