@@ -20,8 +20,9 @@ traces and optimises its graph there, the reference has nothing to build. Both g
 intra-op threads (and ours as many inter-op threads; the reference script sets only
 torch.set_num_threads). Our Hessian products are --products (exact by default); the
 reference's are always finite differences. Ours does not trace the weight step alone (the
-search does so only in warm-up epochs), so its peak memory is the search iteration's. The reference script has no option for the nodes of a cell (its cells
-have 4), so other --nodes values are refused unless --reference_script offers --nodes.
+search does so only in warm-up epochs), so its peak memory is the search iteration's. The
+reference script has no option for the nodes of a cell (its cells have 4), so other --nodes
+values are refused unless --reference_script offers --nodes.
 
 Printed: the date, the CPU count, os.getloadavg() at start and end, the configuration, and one
 row per estimator: s/iteration (median over the timed steps, then over repeats), images/s,
