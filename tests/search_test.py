@@ -40,7 +40,7 @@ def assert_checkpoints_finite(test, directory):
 def _run(directory, **kwargs):
     options = {
         k: kwargs.pop(k)
-        for k in ("resume", "overwrite", "stop_after_steps", "checkpoint_every")
+        for k in ("resume", "overwrite", "stop_after_steps", "checkpoint_every", "epoch_callback")
         if k in kwargs
     }
     config = search.SearchConfig(**{**TINY, **kwargs})
@@ -95,6 +95,44 @@ class SearchTest(tf.test.TestCase):
             [k for k in saved if "moving_mean" in k],
             len([v for v in model.variables if "moving_mean" in v.path]),
         )
+
+    def test_epoch_callback_sees_the_live_search_and_its_metrics_reach_log_and_tensorboard(self):
+        directory = self.get_temp_dir() + "/callback"
+        calls = []
+
+        def callback(epoch, run, line):
+            norm = float(tf.linalg.global_norm(run.network.arch_variables))
+            saved = checkpointing.checkpoint_paths(os.path.join(directory, "checkpoints"))
+            calls.append((epoch, run.global_step, sorted(line), len(saved), norm))
+            return {"alpha_norm": norm}
+
+        result = _run(
+            directory,
+            arch_gradient="first_order",
+            epochs=2,
+            steps_per_epoch=2,
+            epoch_callback=callback,
+        )
+        self.assertEqual([c[:2] for c in calls], [(1, 2), (2, 4)])
+        # After validation (the line holds it), before the epoch's checkpoint is saved.
+        self.assertContainsSubset(["lr", "train_loss", "valid_acc", "valid_loss"], calls[0][2])
+        self.assertEqual([c[3] for c in calls], [0, 1])
+        # The live supernet: its alphas at the last epoch's end are the search's result.
+        self.assertAllClose(calls[-1][4], np.sqrt(sum(np.sum(a**2) for a in result.alphas)))
+        self.assertEqual(result.metrics["alpha_norm"], calls[-1][4])
+        with open(os.path.join(directory, "log.txt")) as f:
+            epoch_lines = [line for line in f if "] epoch " in line]
+        for line, call in zip(epoch_lines, calls, strict=True):
+            self.assertIn(f"alpha_norm={call[4]:.4g} ", line)
+        logged = {}
+        for root, _, files in os.walk(os.path.join(directory, "tensorboard")):
+            for name in files:
+                for event in tf.compat.v1.train.summary_iterator(os.path.join(root, name)):
+                    for value in event.summary.value:
+                        if value.tag == "epoch/alpha_norm":
+                            logged[event.step] = float(tf.make_ndarray(value.tensor))
+        self.assertEqual(sorted(logged), [2, 4])
+        self.assertAllClose([logged[2], logged[4]], [c[4] for c in calls])
 
     def test_resume_reads_checkpoints_that_still_hold_the_former_seed_entry(self):
         # Checkpoints of earlier versions also held the config's seed (never read back); the

@@ -89,9 +89,9 @@ def _check(
     return names
 
 
-def _searched_supernet(search_dir, dataset, data_dir):
-    """(model, weight state, data.Dataset, train_portion, description) of a search run."""
-    run = search.restore_search_network(search_dir)
+def _searched_supernet(run, search_dir, dataset, data_dir):
+    """(model, weight state, data.Dataset, train_portion, description) of a search run (`run`:
+    a search.RestoredSearch)."""
     config = run.config
     same = dataset in (None, config.dataset)
     ds = data.load_dataset(
@@ -175,15 +175,19 @@ def diagnose(
     repeats=3,
     seed=0,
     search_dir=None,
+    search_run=None,
 ):
     """Returns the measurements as a JSON-ready dict (see the module docstring).
 
     Without `search_dir`: the preset `search_space` (default darts) with the overrides
     `channels`, `cells`, `nodes`, warmed up for `warmup_steps` (default 20) on `dataset`
     (default digits). With `search_dir`: those must be None (ValueError otherwise).
+    `search_run`: a search.RestoredSearch (the live search of an epoch_callback) measured
+    instead of `search_dir`'s latest checkpoint.
     """
+    searched = bool(search_dir) or search_run is not None
     names = _check(
-        search_dir,
+        searched,
         search_space,
         channels,
         cells,
@@ -218,8 +222,9 @@ def diagnose(
         )
 
     warmup_losses = []
-    if search_dir:
-        model, state, ds, portion, source = _searched_supernet(search_dir, dataset, data_dir)
+    if searched:
+        run = search_run or search.restore_search_network(search_dir)
+        model, state, ds, portion, source = _searched_supernet(run, search_dir, dataset, data_dir)
         space = model.search_space
     else:
         search_space = search_space or "darts"
@@ -239,7 +244,7 @@ def diagnose(
     weights_part, arch_part = data.search_split(ds.train, ds.info.num_examples["train"], portion)
     train_batches = stream(weights_part, 2 * seed)
     val_batch = next(stream(arch_part, 2 * seed + 1))
-    if not search_dir:
+    if not searched:
         model, state, warmup_losses = _warmed_up_supernet(
             space, ds, train_batches, warmup_steps, seed
         )
@@ -353,3 +358,24 @@ def alpha_hessian_eigenvalue(model, loss_fn, batch, iterations=10, seed=0):
         change = abs(eigenvalue - previous) / max(abs(eigenvalue), 1e-30)
         vector = image
     return eigenvalue, change
+
+
+def hessian_eigenvalue_callback(config, iterations, examples):
+    """A search.search epoch_callback that measures alpha_hessian_eigenvalue of the
+    validation loss at the end of every epoch, on the first `examples` images of the
+    architecture part of the search `config`; it returns {"hessian_eigenvalue",
+    "hessian_relative_change"} (the metrics the epoch line and TensorBoard get)."""
+    if iterations < 1 or examples < 1:
+        raise errors.InputError(
+            f"hessian eigenvalue: iterations ({iterations}) and examples ({examples}) must be >= 1"
+        )
+    batch = search.architecture_batch(config, examples)
+
+    def measure(epoch, run, line):
+        del epoch, line
+        eigenvalue, change = alpha_hessian_eigenvalue(
+            run.network, loop.cross_entropy, batch, iterations=iterations
+        )
+        return {"hessian_eigenvalue": eigenvalue, "hessian_relative_change": change}
+
+    return measure

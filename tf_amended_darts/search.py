@@ -169,7 +169,8 @@ class SearchResult:
     metrics: dict  # the last epoch's summary: lr, train_loss/acc, valid_loss/acc
 
 
-def _slot_names(space):
+def slot_names(space):
+    """The alpha slots of `space` by name: normal_<i>, then reduce_<i>."""
     return [f"normal_{i}" for i in range(space.num_normal_slots)] + [
         f"reduce_{i}" for i in range(space.num_reduce_slots)
     ]
@@ -308,6 +309,7 @@ def search(
     render=True,
     log_stream=None,
     download=False,
+    epoch_callback=None,
 ):
     """Runs (or resumes) a search; returns a SearchResult.
 
@@ -320,6 +322,11 @@ def search(
       stop_after_steps: stop (with a checkpoint) once the global step reaches this value.
       flags: dict of the command-line flags, recorded in run.json.
       download: tensorflow-datasets: build the dataset when it is missing.
+      epoch_callback: called at the end of every epoch, after validation and before the
+        epoch's checkpoint, as `epoch_callback(epoch=epochs done, run=RestoredSearch of the
+        live search (checkpoint None), line=the epoch's metrics)`; returns a dict of extra
+        scalar metrics merged into the epoch's log line and TensorBoard `epoch/<name>`.
+        An epoch interrupted before its checkpoint runs again on resume, callback included.
     """
     strategy = strategy or tf.distribute.get_strategy()
     distribute.check_global_batch(config.batch_size, strategy)
@@ -377,7 +384,7 @@ def search(
             ),
         )
         history = _History(
-            os.path.join(output_dir, HISTORY_FILE), space.operations, _slot_names(space)
+            os.path.join(output_dir, HISTORY_FILE), space.operations, slot_names(space)
         )
         runner.log(
             f"search: {config.dataset} {info.image_shape}, {info.num_classes} "
@@ -397,7 +404,14 @@ def search(
         with runner.writer.as_default():
             run_dir.write_text("genotype/estimator", repr(estimator), step=runner.global_step)
         task = _SearchEpochs(
-            config, searcher, runner, history, info, (weights_part, arch_part), steps_per_epoch
+            config,
+            searcher,
+            runner,
+            history,
+            info,
+            (weights_part, arch_part),
+            steps_per_epoch,
+            epoch_callback,
         )
         outcome = runner.run(
             task,
@@ -443,10 +457,12 @@ def search(
 class _SearchEpochs:
     """The search's side of loop.Runner: an epoch's step and batches, the end of an epoch."""
 
-    def __init__(self, config, searcher, runner, history, info, parts, steps_per_epoch):
+    def __init__(
+        self, config, searcher, runner, history, info, parts, steps_per_epoch, epoch_callback
+    ):
         self.config, self.searcher, self.runner = config, searcher, runner
         self.history, self.info, self.parts = history, info, parts
-        self.steps_per_epoch = steps_per_epoch
+        self.steps_per_epoch, self.epoch_callback = steps_per_epoch, epoch_callback
 
     def start_epoch(self, epoch, skip_batches):
         c, searcher = self.config, self.searcher
@@ -493,6 +509,16 @@ class _SearchEpochs:
                     c.batch_size,
                 )
             )
+        if self.epoch_callback is not None:
+            live = RestoredSearch(
+                c,
+                model,
+                self.searcher.weight_optimizer,
+                data.dataset_info_dict(self.info),
+                None,
+                global_step,
+            )
+            line.update(self.epoch_callback(epoch=epochs_done, run=live, line=dict(line)))
         genotype = model.genotype()
         probabilities = model.alpha_probabilities()
         parameter_free = genotype.count_ops(operations.PARAMETER_FREE_OPS)
@@ -504,13 +530,14 @@ class _SearchEpochs:
 
 
 class RestoredSearch(NamedTuple):
-    """A search checkpoint, restored by restore_search_network."""
+    """A search checkpoint, restored by restore_search_network (or the live search, which
+    search's epoch_callback receives)."""
 
     config: SearchConfig
     network: keras.Model  # the SearchNetwork: weights, BatchNorm statistics, alphas
     weight_optimizer: keras.optimizers.Optimizer  # SGD: learning rate, momentum buffers
     dataset_info: dict  # as run.json records it (data.dataset_info_dict)
-    checkpoint: str  # the path prefix restored
+    checkpoint: str  # the path prefix restored (None: the live search, epoch_callback)
     global_step: int
 
 
@@ -548,9 +575,17 @@ def restore_search_network(directory, checkpoint=None):
     return RestoredSearch(config, net, optimizer, info, path, int(global_step.numpy()))
 
 
+def architecture_batch(config, examples):
+    """The first `examples` images (normalised) and labels of the architecture part of the
+    search `config` (a SearchConfig): a fixed batch for per-epoch measurements."""
+    ds = data.load_dataset(config.dataset, config.data_dir, image_size=config.image_size)
+    _, arch_part = data.search_split(ds.train, ds.info.num_examples["train"], config.train_portion)
+    return next(iter(data.eval_batches(arch_part, examples, mean=ds.info.mean, std=ds.info.std)))
+
+
 def _epoch_summaries(genotype, probabilities, parameter_free, space, epoch, step):
     run_dir.write_scalar("epoch/parameter_free_ops", parameter_free, step=step)
     run_dir.write_text("genotype/text", genotype.to_string(), step=step)
-    for name, p in zip(_slot_names(space), probabilities):
+    for name, p in zip(slot_names(space), probabilities):
         image = visualize.alpha_heatmap(p, space.operations, f"{name} epoch {epoch}")
         run_dir.write_image(f"alphas/{name}", image, step)

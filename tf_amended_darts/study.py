@@ -20,13 +20,15 @@ run), records/<run>.json (this module's record of the run, rewritten atomically 
 epoch): per epoch the number of parameter-free operations of the derived genotype, the mean
 softmax mass on skip_connect and on the pools (normal and reduction slots), the supernet's
 validation accuracy and the dominant eigenvalue of the alpha-Hessian of the validation loss
-(diagnostics.alpha_hessian_eigenvalue, at that epoch's checkpoint); then the re-training's
-test accuracy.
+(diagnostics.alpha_hessian_eigenvalue), measured on the live supernet at the epoch's end by
+the search's epoch_callback (the eigenvalue and cosines also reach the search's log.txt and
+TensorBoard); then the re-training's test accuracy.
 
-Continuing over several sittings: the search runs one epoch per call (stop_after_steps at the
-epoch's end, then --resume), so every epoch's checkpoint is measured before the next epoch
-runs; a run whose record holds every epoch is not searched again, an interrupted one resumes
-from its last checkpoint (the search's own resume), and re-training resumes the same way.
+Continuing over several sittings: each search is one search.search call (its tf.functions are
+traced once); a run whose record holds every epoch is not searched again, an interrupted one
+resumes from its last checkpoint (the search's own resume): an epoch recorded but interrupted
+before its checkpoint runs again and its record entry is replaced. Re-training resumes the
+same way.
 """
 
 import dataclasses
@@ -36,12 +38,10 @@ import os
 import numpy as np
 
 from tf_amended_darts import (
-    data,
     diagnostics,
     errors,
     genotypes,
     io_utils,
-    loop,
     operations,
     run_dir,
     search,
@@ -135,32 +135,13 @@ def alpha_masses(probabilities, operations_, slots):
     return masses
 
 
-def steps_per_epoch(config):
-    """The search's iterations per epoch (as search.search counts them)."""
-    n_train = data.load_dataset(
-        config.dataset, config.data_dir, image_size=config.image_size
-    ).info.num_examples["train"]
-    n_weights = int(np.floor(config.train_portion * n_train))
-    steps = min(n_weights, n_train - n_weights) // config.batch_size
-    return min(steps, config.steps_per_epoch or steps)
-
-
-def _validation_batch(run, examples):
-    """The first `examples` images of the run's architecture part, normalised."""
-    config = run.config
-    ds = data.load_dataset(config.dataset, config.data_dir, image_size=config.image_size)
-    _, arch_part = data.search_split(ds.train, ds.info.num_examples["train"], config.train_portion)
-    batches = data.eval_batches(arch_part, examples, mean=ds.info.mean, std=ds.info.std)
-    return next(iter(batches))
-
-
 def _finite_or_none(value):
     return value if np.isfinite(value) else None
 
 
-def _cosines(search_dir, cosines):
-    """{estimator: {"cosine", "correction_cosine"}} to the implicit reference at the latest
-    checkpoint of `search_dir` (one (train, val) batch pair)."""
+def _cosines(run, cosines):
+    """{estimator: {"cosine", "correction_cosine"}} to the implicit reference at the live
+    search `run` (a search.RestoredSearch; one (train, val) batch pair)."""
     measured = diagnostics.diagnose(
         batch_size=cosines.get("batch_size", 32),
         estimator_names=tuple(
@@ -169,7 +150,7 @@ def _cosines(search_dir, cosines):
         eta=cosines.get("eta", 0.1),
         cg_iterations=cosines.get("cg_iterations", 20),
         repeats=1,
-        search_dir=search_dir,
+        search_run=run,
     )
     return {  # NaN (a zero vector: first order has no correction) is recorded as null
         name: {
@@ -181,77 +162,65 @@ def _cosines(search_dir, cosines):
     }
 
 
-def _epoch_record(search_dir, epoch, metrics, measures):
-    """The record of `epoch` (completed) from the search's outputs and its latest checkpoint."""
-    with open(os.path.join(search_dir, search.HISTORY_FILE)) as f:
-        history = json.load(f)
-    entry = next(r for r in history["records"] if r["epoch"] == epoch)
-    run = search.restore_search_network(search_dir)
-    genotype = run.network.genotype()
+def _epoch_recorder(config, record, record_path, measures):
+    """The search's epoch_callback: records the completed epoch (from the live search) in
+    `record`, replacing an entry of the same epoch (an epoch re-run after an interruption),
+    writes it, and returns the eigenvalue and the cosines for the search's own log."""
     hessian, cosines = measures.get("hessian", {}), measures.get("cosines", {})
-    batch = _validation_batch(run, hessian.get("examples", 256))
-    eigenvalue, change = diagnostics.alpha_hessian_eigenvalue(
-        run.network, loop.cross_entropy, batch, iterations=hessian.get("iterations", 10)
+    eigenvalue = diagnostics.hessian_eigenvalue_callback(
+        config, hessian.get("iterations", 10), hessian.get("examples", 256)
     )
     every = cosines.get("every", 0)
-    return {
-        "epoch": epoch,
-        "global_step": run.global_step,
-        "parameter_free_ops": genotype.count_ops(operations.PARAMETER_FREE_OPS),
-        "genotype": genotype.to_string(),
-        "alpha_mass": alpha_masses(entry["probabilities"], history["operations"], history["slots"]),
-        "valid_acc": metrics.get("valid_acc"),
-        "valid_loss": metrics.get("valid_loss"),
-        "hessian_eigenvalue": eigenvalue,
-        "hessian_relative_change": change,
-        "cosine_to_implicit": _cosines(search_dir, cosines)
-        if every and epoch % every == 0
-        else None,
-    }
+
+    def record_epoch(epoch, run, line):
+        measured = eigenvalue(epoch=epoch, run=run, line=line)
+        genotype = run.network.genotype()
+        space = run.network.search_space
+        entry = {
+            "epoch": epoch,
+            "global_step": run.global_step,
+            "parameter_free_ops": genotype.count_ops(operations.PARAMETER_FREE_OPS),
+            "genotype": genotype.to_string(),
+            "alpha_mass": alpha_masses(
+                run.network.alpha_probabilities(), space.operations, search.slot_names(space)
+            ),
+            "valid_acc": line.get("valid_acc"),
+            "valid_loss": line.get("valid_loss"),
+            **measured,
+            "cosine_to_implicit": _cosines(run, cosines) if every and epoch % every == 0 else None,
+        }
+        kept = [e for e in record["epochs"] if e["epoch"] != epoch]
+        record["epochs"] = sorted(kept + [entry], key=lambda e: e["epoch"])
+        _write(record_path, record)
+        for name, values in (entry["cosine_to_implicit"] or {}).items():
+            measured.update(
+                {f"{k}_to_implicit/{name}": v for k, v in values.items() if v is not None}
+            )
+        return measured
+
+    return record_epoch
 
 
 def _write(path, record):
     io_utils.write_atomic(path, json.dumps(record, indent=1, sort_keys=True) + "\n")
 
 
-def _history_epochs(search_dir):
-    """The epochs the search in `search_dir` has completed (its alphas_history.json)."""
-    path = os.path.join(search_dir, search.HISTORY_FILE)
-    if not os.path.exists(path):
-        return set()
-    with open(path) as f:
-        return {r["epoch"] for r in json.load(f)["records"]}
-
-
 def _run_search(planned, search_dir, record, record_path, measures, stop_after_steps, log):
-    """Searches epoch by epoch from where the record ends; False when stopped early."""
+    """Runs (or resumes) the search, recording every epoch; False when stopped early."""
     config = planned.search
-    per_epoch = steps_per_epoch(config)
-    while len(record["epochs"]) < config.epochs:
-        epoch = len(record["epochs"]) + 1
-        stop = epoch * per_epoch
-        limited = stop_after_steps is not None and stop_after_steps < stop
-        if epoch in _history_epochs(search_dir) and not limited:
-            # Interrupted between the epoch's end and its record: the epoch's checkpoint is
-            # the latest; searching again would run on into the next epoch. Its validation
-            # metrics were only in the lost return value.
-            record["epochs"].append(_epoch_record(search_dir, epoch, {}, measures))
-            _write(record_path, record)
-            continue
-        result = search.search(
-            config,
-            search_dir,
-            resume=run_dir.holds_run(search_dir),
-            stop_after_steps=stop_after_steps if limited else stop,
-            render=False,
-            log_stream=log,
-            progress_stream=log,
-        )
-        if limited:
-            return False
-        record["epochs"].append(_epoch_record(search_dir, epoch, result.metrics, measures))
-        _write(record_path, record)
-    return True
+    if len(record["epochs"]) >= config.epochs:
+        return True
+    result = search.search(
+        config,
+        search_dir,
+        resume=run_dir.holds_run(search_dir),
+        stop_after_steps=stop_after_steps,
+        render=False,
+        log_stream=log,
+        progress_stream=log,
+        epoch_callback=_epoch_recorder(config, record, record_path, measures),
+    )
+    return result.finished
 
 
 def run_study(plan, output_dir, *, stop_after_steps=None, log_stream=None):

@@ -64,7 +64,16 @@ def _flag_rules():
         "search_space": _one_of(tuple(sorted(search_space.PRESETS))),
     }
     for names, rule in (
-        (("checkpoint_every", "warmup_epochs", "warmup_steps", "cutout"), _integer_at_least(0)),
+        (
+            (
+                "checkpoint_every",
+                "warmup_epochs",
+                "warmup_steps",
+                "cutout",
+                "hessian_eigenvalue_iterations",
+            ),
+            _integer_at_least(0),
+        ),
         (
             (
                 "stop_after_steps",
@@ -88,6 +97,7 @@ def _flag_rules():
                 "eval_steps_per_epoch",
                 "eval_validation_steps",
                 "eval_batch_size",
+                "hessian_eigenvalue_examples",
             ),
             _integer_at_least(1),
         ),

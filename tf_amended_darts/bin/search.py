@@ -69,6 +69,18 @@ _ARCH_WD = flags.DEFINE_float("arch_weight_decay", 1e-3, "Alphas: L2 weight deca
 _WARMUP = flags.DEFINE_integer("warmup_epochs", 0, "First epochs train the weights only.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of initialisation and data order.")
 _VALIDATE = flags.DEFINE_bool("validate", True, "Evaluate on the architecture part per epoch.")
+_HESSIAN_ITERATIONS = flags.DEFINE_integer(
+    "hessian_eigenvalue_iterations",
+    0,
+    "Power iterations of the dominant eigenvalue of the alpha-Hessian of the validation loss, "
+    "measured at every epoch's end into the log line and TensorBoard epoch/hessian_eigenvalue "
+    "(0: off). Cost: COST_TBD.",
+)
+_HESSIAN_EXAMPLES = flags.DEFINE_integer(
+    "hessian_eigenvalue_examples",
+    256,
+    "The eigenvalue's fixed batch: the first N images of the architecture part.",
+)
 
 flags.mark_flag_as_required("output_dir")
 cli.validate_flags(globals().values())
@@ -114,6 +126,13 @@ def main(argv):
     config.space()  # bad operations / sizes: fail before anything else
     config.estimator()
     strategy = cli.make_strategy(_STRATEGY.value, _DETERMINISTIC.value)
+    callback = None
+    if _HESSIAN_ITERATIONS.value:
+        from tf_amended_darts import diagnostics  # pylint: disable=g-import-not-at-top
+
+        callback = diagnostics.hessian_eigenvalue_callback(
+            config, _HESSIAN_ITERATIONS.value, _HESSIAN_EXAMPLES.value
+        )
     search.search(
         config,
         _OUTPUT_DIR.value,
@@ -125,6 +144,7 @@ def main(argv):
         render=_RENDER.value,
         download=_DOWNLOAD.value,
         flags=cli.flag_values(globals()),
+        epoch_callback=callback,
     )
 
 
