@@ -4,12 +4,15 @@ one clear line)."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 
 import numpy as np
 import tensorflow as tf
+
+from tf_amended_darts import diagnostics, loop, search
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [
@@ -133,6 +136,30 @@ class SearchBinaryTest(tf.test.TestCase):
         self.assertFalse(os.path.exists(os.path.join(checkpoints, "ckpt-7_temp")))
         self.assertFalse(os.path.exists(os.path.join(part, "run.lock")))  # released at the end
 
+    def test_hessian_eigenvalue_flag_logs_the_eigenvalue_of_every_epoch(self):
+        directory = os.path.join(self.get_temp_dir(), "hessian")
+        run = _search(
+            f"--output_dir={directory}",
+            "--arch_gradient=first_order",
+            "--hessian_eigenvalue_iterations=3",
+            "--hessian_eigenvalue_examples=16",
+            *TINY,
+        )
+        self.assertEqual(run.returncode, 0, run.stderr[-3000:])
+        with open(os.path.join(directory, "log.txt")) as f:
+            logged = re.findall(r"\] epoch \d/2 .*hessian_eigenvalue=(\S+)", f.read())
+        self.assertLen(logged, 2)
+        # The last epoch's value is the eigenvalue at the final checkpoint, on the first 16
+        # images of the architecture part (logged to 4 significant digits).
+        restored = search.restore_search_network(directory)
+        eigenvalue, _ = diagnostics.alpha_hessian_eigenvalue(
+            restored.network,
+            loop.cross_entropy,
+            search.architecture_batch(restored.config, 16),
+            iterations=3,
+        )
+        self.assertAllClose(float(logged[-1]), eigenvalue, rtol=1e-3)
+
     def test_bad_flags_exit_with_one_clear_line(self):
         out = os.path.join(self.get_temp_dir(), "bad")
         cases = [
@@ -158,6 +185,8 @@ class SearchBinaryTest(tf.test.TestCase):
             ("--learning_rate=-0.1", "must be a finite number >= 0"),
             ("--logical_cpus=0", "must be an integer >= 1"),
             ("--seed=-1", "must be an integer in [0, 4294967295]"),
+            ("--hessian_eigenvalue_iterations=-1", "must be an integer >= 0"),
+            ("--hessian_eigenvalue_examples=0", "must be an integer >= 1"),
         ):
             run = _search(f"--output_dir={out}", *TINY, flag)
             self.assertEqual(run.returncode, 1, run.stderr[-2000:])

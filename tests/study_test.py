@@ -7,7 +7,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from tf_amended_darts import errors, genotypes, study
+from tf_amended_darts import diagnostics, errors, genotypes, loop, search, study
 
 TINY_PLAN = {
     "search": {
@@ -92,10 +92,16 @@ class RunStudyTest(tf.test.TestCase):
         out = self.get_temp_dir()
         log = open(os.devnull, "w")
         self.addCleanup(log.close)
-        # Interrupted after the first step of each search: no epoch recorded yet.
-        records = study.run_study(TINY_PLAN, out, stop_after_steps=1, log_stream=log)
-        self.assertEqual([len(r["epochs"]) for r in records], [0, 0])
+        # Interrupted in the second epoch of each search: the first epoch is recorded.
+        records = study.run_study(TINY_PLAN, out, stop_after_steps=3, log_stream=log)
+        self.assertEqual([[e["epoch"] for e in r["epochs"]] for r in records], [[1], [1]])
         self.assertNotIn("test_acc", records[0])
+        # As if the first run had recorded epoch 2 and been stopped before its checkpoint:
+        # the epoch runs again on resume and its entry is replaced, not duplicated.
+        path = os.path.join(out, "records", records[0]["run"] + ".json")
+        stale = {**records[0]["epochs"][0], "epoch": 2, "global_step": -1}
+        with open(path, "w") as f:
+            json.dump({**records[0], "epochs": records[0]["epochs"] + [stale]}, f)
         # Continued: both searches resume from their checkpoints and finish.
         records = study.run_study(TINY_PLAN, out, log_stream=log)
         for record in records:
@@ -117,9 +123,27 @@ class RunStudyTest(tf.test.TestCase):
             self.assertEqual(retrained.to_string(), record["epochs"][-1]["genotype"])
             with open(os.path.join(out, "records", record["run"] + ".json")) as f:
                 self.assertEqual(json.load(f), record)
-            log_txt = os.path.join(out, "runs", record["run"], "search", "log.txt")
+            search_dir = os.path.join(out, "runs", record["run"], "search")
+            log_txt = os.path.join(search_dir, "log.txt")
             with open(log_txt) as f:
-                self.assertIn("resumed from", f.read())
+                text = f.read()
+            self.assertIn("resumed from", text)
+            # The measures also reach the search's own epoch lines (and TensorBoard).
+            for e in record["epochs"]:
+                self.assertIn(f"hessian_eigenvalue={e['hessian_eigenvalue']:.4g}", text)
+            self.assertIn(
+                f"cosine_to_implicit/first_order={cosines[1]['first_order']['cosine']:.4g}", text
+            )
+            # Measured on the live supernet at the epoch's end: the same as on the final
+            # checkpoint (saved right after the last epoch's measures, with no step between).
+            run = search.restore_search_network(search_dir)
+            eigenvalue, _ = diagnostics.alpha_hessian_eigenvalue(
+                run.network,
+                loop.cross_entropy,
+                search.architecture_batch(run.config, TINY_PLAN["hessian"]["examples"]),
+                iterations=TINY_PLAN["hessian"]["iterations"],
+            )
+            self.assertAllClose(record["epochs"][-1]["hessian_eigenvalue"], eigenvalue, rtol=1e-5)
         # Finished runs are not searched again (the records, and the logs, stay as they are).
         mtime = os.path.getmtime(log_txt)
         self.assertEqual(study.run_study(TINY_PLAN, out, log_stream=log), records)

@@ -38,6 +38,7 @@ import os
 import numpy as np
 
 from tf_amended_darts import (
+    checkpointing,
     diagnostics,
     errors,
     genotypes,
@@ -205,10 +206,19 @@ def _write(path, record):
     io_utils.write_atomic(path, json.dumps(record, indent=1, sort_keys=True) + "\n")
 
 
+def _searched(search_dir, record, epochs):
+    """Whether the search has recorded its last epoch and saved that epoch's checkpoint (the
+    checkpoint is saved after the record: an interruption between them re-runs the epoch)."""
+    if len(record["epochs"]) < epochs:
+        return False
+    paths = checkpointing.checkpoint_paths(os.path.join(search_dir, run_dir.CHECKPOINT_DIR))
+    return bool(paths) and paths[0].endswith(f"ckpt-{record['epochs'][-1]['global_step']}")
+
+
 def _run_search(planned, search_dir, record, record_path, measures, stop_after_steps, log):
     """Runs (or resumes) the search, recording every epoch; False when stopped early."""
     config = planned.search
-    if len(record["epochs"]) >= config.epochs:
+    if _searched(search_dir, record, config.epochs):
         return True
     result = search.search(
         config,
