@@ -74,7 +74,9 @@ _HESSIAN_ITERATIONS = flags.DEFINE_integer(
     0,
     "Power iterations of the dominant eigenvalue of the alpha-Hessian of the validation loss, "
     "measured at every epoch's end into the log line and TensorBoard epoch/hessian_eigenvalue "
-    "(0: off). Cost: COST_TBD.",
+    "(0: off). Eager power iteration: on the quickstart configuration 10 iterations on 256 "
+    "images added about 3 minutes to every epoch (epochs of 240-250 s instead of 30-65 s, "
+    "shared 2-core CPU); the search's own numbers are unchanged.",
 )
 _HESSIAN_EXAMPLES = flags.DEFINE_integer(
     "hessian_eigenvalue_examples",
