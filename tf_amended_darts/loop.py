@@ -166,7 +166,7 @@ def sgd_weight_update(
     grads = [g + weight_decay * w for g, w in zip(grads, weights)]
     # An exploding forward pass can overflow the moving variance while BatchNorm keeps the
     # loss finite; such statistics must not reach a checkpoint either.
-    floating = [v.value for v in statistics if v.dtype.is_floating]
+    floating = [v.value for v in statistics if tf.as_dtype(v.dtype).is_floating]
     statistics_finite = all_finite(*floating) if floating else tf.constant(True)
     finite = tf.logical_and(proceed, all_finite(global_loss, norm))
     finite = tf.logical_and(finite, statistics_finite)
