@@ -223,6 +223,23 @@ class OperationsTest(tf.test.TestCase):
         self.assertAllClose(layer.moving_mean, 0.1 * mean, rtol=1e-5, atol=1e-6)
         self.assertAllClose(layer.moving_variance, 0.9 + 0.1 * var, rtol=1e-5)
 
+    def test_batch_norm_statistics_take_finite_updates_only(self):
+        # A poisoned or exploding batch must not leave NaN/inf moving statistics behind, on the
+        # fused path (float32) and on Keras' path (float64).
+        for dtype in ("float32", "float64"):
+            layer = operations.batch_norm(affine=False, dtype=dtype)
+            x = np.random.default_rng(0).normal(size=(2, 3, 3, 2))
+            layer(tf.constant(x, dtype), training=True)
+            good = [v.numpy().copy() for v in (layer.moving_mean, layer.moving_variance)]
+            x[0, 0, 0, 0] = np.nan  # channel 0 poisoned, channel 1 sound
+            x[1, 0, 0, 1] = 3.0
+            layer(tf.constant(x, dtype), training=True)
+            for variable, before in zip((layer.moving_mean, layer.moving_variance), good):
+                value = variable.numpy()
+                self.assertTrue(np.isfinite(value).all(), dtype)
+                self.assertEqual(value[0], before[0])  # the poisoned channel kept its value
+                self.assertNotEqual(value[1], before[1])  # the sound one was updated
+
     def test_average_pool_excludes_padding(self):
         y = operations.make_operation("avg_pool_3x3", 2, 1, affine=True)(tf.ones((1, 4, 4, 2)))
         self.assertAllClose(y, tf.ones((1, 4, 4, 2)))

@@ -143,20 +143,16 @@ def apply_if_finite(optimizer, grads, variables, finite):
     tf.distribute.get_replica_context().merge_call(cross_replica, args=(finite, grads))
 
 
-def sgd_weight_update(
-    optimizer, tape, loss, weights, *, grad_clip, weight_decay, proceed=True, statistics=()
-):
+def sgd_weight_update(optimizer, tape, loss, weights, *, grad_clip, weight_decay, proceed=True):
     """The weight update of the DARTS protocol (search, re-training, warm-ups), as the
     reference: the global gradient of `loss` (recorded on `tape`; its mean over the global
     batch) is clipped to norm `grad_clip` (0: no clipping), `weight_decay * w` is added
     (coupled L2, as PyTorch's SGD weight_decay), then `optimizer` (Keras SGD with momentum)
     applies it. Gradients and loss are all-reduced once, together.
 
-    Nothing is applied unless the loss, the gradient norm and `statistics` (the model's
-    non-trainable variables, BatchNorm's moving statistics, as the step's forward pass left
-    them) are finite and `proceed` (a scalar bool of the caller's own checks). Returns
-    {"weight_grad_norm": the global norm before clipping, as this replica's share,
-    "batchnorm_statistics": 0, or inf when `statistics` are not} and the finite flag.
+    Nothing is applied unless the loss and the gradient norm are finite and `proceed` (a
+    scalar bool of the caller's own checks). Returns {"weight_grad_norm": the global norm
+    before clipping, as this replica's share} and the finite flag (including `proceed`).
     """
     grads = tape.gradient(loss, weights, unconnected_gradients=tf.UnconnectedGradients.ZERO)
     *grads, global_loss = distribute.all_reduce_sum(grads + [loss])
@@ -164,18 +160,9 @@ def sgd_weight_update(
     if grad_clip:
         grads, _ = tf.clip_by_global_norm(grads, grad_clip, use_norm=norm)
     grads = [g + weight_decay * w for g, w in zip(grads, weights)]
-    # An exploding forward pass can overflow the moving variance while BatchNorm keeps the
-    # loss finite; such statistics must not reach a checkpoint either.
-    floating = [v.value for v in statistics if tf.as_dtype(v.dtype).is_floating]
-    statistics_finite = all_finite(*floating) if floating else tf.constant(True)
     finite = tf.logical_and(proceed, all_finite(global_loss, norm))
-    finite = tf.logical_and(finite, statistics_finite)
     apply_if_finite(optimizer, grads, weights, finite)
-    replicas = distribute.replicas_in_context()
-    return {
-        "weight_grad_norm": norm / replicas,
-        "batchnorm_statistics": tf.where(statistics_finite, 0.0, float("inf")) / replicas,
-    }, finite
+    return {"weight_grad_norm": norm / distribute.replicas_in_context()}, finite
 
 
 def diverged_metric(finite):
@@ -485,13 +472,7 @@ class Runner:
 
 
 # The quantities a divergence shows first in, named first when several are non-finite.
-_FIRST_SUSPECTS = (
-    "train_loss",
-    "arch/val_loss",
-    "weight_grad_norm",
-    "arch/grad_norm",
-    "batchnorm_statistics",
-)
+_FIRST_SUSPECTS = ("train_loss", "arch/val_loss", "weight_grad_norm", "arch/grad_norm")
 
 
 def _step_summaries(metrics, lr, batch_size, step):

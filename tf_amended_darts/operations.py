@@ -34,6 +34,10 @@ class BatchNorm(layers.BatchNormalization):
     every step's graph (its tracing and optimisation time and memory). The fused kernel is one
     operation with a one-operation gradient and the same result (tested against the Keras
     path, second derivatives included). Several replicas, float64 and masks take Keras' path.
+
+    Moving statistics take finite updates only (elementwise): an exploding or poisoned batch
+    would otherwise leave inf/NaN statistics behind even when its step is refused (the loss
+    can stay finite while the variance overflows), and they would reach the next checkpoint.
     """
 
     def __init__(self, **kwargs):
@@ -41,16 +45,20 @@ class BatchNorm(layers.BatchNormalization):
         super().__init__(**kwargs)
 
     def call(self, inputs, training=None, mask=None):
+        if not training or not self.trainable:
+            return super().call(inputs, training=training, mask=mask)
         if (
-            not training
-            or not self.trainable
-            or mask is not None
+            mask is not None
             or self.axis not in (-1, len(inputs.shape) - 1)
             or len(inputs.shape) != 4
             or inputs.dtype.name not in _FUSED_DTYPES
             or _replicas() > 1
         ):
-            return super().call(inputs, training=training, mask=mask)
+            before = [tf.identity(v.value) for v in (self.moving_mean, self.moving_variance)]
+            outputs = super().call(inputs, training=training, mask=mask)
+            for variable, old in zip((self.moving_mean, self.moving_variance), before):
+                variable.assign(_finite_or(variable.value, old))
+            return outputs
         channels = inputs.shape[-1]
         one = tf.ones([channels], "float32")
         scale = tf.cast(self.gamma, "float32") if self.scale else one
@@ -65,13 +73,14 @@ class BatchNorm(layers.BatchNormalization):
             count = tf.cast(tf.size(inputs) // channels, "float32")
         variance = variance * ((count - 1.0) / count)
         momentum = self.momentum
-        self.moving_mean.assign(
-            tf.cast(self.moving_mean, "float32") * momentum + mean * (1.0 - momentum)
-        )
-        self.moving_variance.assign(
-            tf.cast(self.moving_variance, "float32") * momentum + variance * (1.0 - momentum)
-        )
+        for variable, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
+            old = tf.cast(variable.value, "float32")
+            variable.assign(_finite_or(old * momentum + batch * (1.0 - momentum), old))
         return tf.cast(outputs, self.compute_dtype)
+
+
+def _finite_or(new, old):
+    return tf.where(tf.math.is_finite(new), new, tf.cast(old, new.dtype))
 
 
 def _replicas():

@@ -221,7 +221,6 @@ class _Searcher:
             grad_clip=c.grad_clip,
             weight_decay=c.weight_decay,
             proceed=proceed,
-            statistics=self.model.non_trainable_variables,
         )
         metrics.update(train_loss=loss, train_correct=loop.correct_count(y, logits))
         metrics[loop.DIVERGED] = loop.diverged_metric(finite)

@@ -213,7 +213,6 @@ class _Trainer:
             self.model.trainable_variables,
             grad_clip=c.grad_clip,
             weight_decay=c.weight_decay,
-            statistics=self.model.non_trainable_variables,
         )
         metrics.update(train_loss=loss, train_correct=loop.correct_count(y, logits))
         metrics[loop.DIVERGED] = loop.diverged_metric(finite)
