@@ -9,6 +9,8 @@ import keras
 import tensorflow as tf
 from keras import layers, ops
 
+from tf_amended_darts import distribute
+
 _PACKAGE = "tf_amended_darts"
 
 
@@ -52,7 +54,7 @@ class BatchNorm(layers.BatchNormalization):
             or self.axis not in (-1, len(inputs.shape) - 1)
             or len(inputs.shape) != 4
             or inputs.dtype.name not in _FUSED_DTYPES
-            or _replicas() > 1
+            or distribute.replicas_in_context() > 1
         ):
             before = [tf.identity(v.value) for v in (self.moving_mean, self.moving_variance)]
             outputs = super().call(inputs, training=training, mask=mask)
@@ -81,11 +83,6 @@ class BatchNorm(layers.BatchNormalization):
 
 def _finite_or(new, old):
     return tf.where(tf.math.is_finite(new), new, tf.cast(old, new.dtype))
-
-
-def _replicas():
-    context = tf.distribute.get_replica_context()
-    return 1 if context is None else context.num_replicas_in_sync
 
 
 def pad_symmetric(x, kernel_size, dilation=1, constant_values=0.0):
