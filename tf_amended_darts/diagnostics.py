@@ -317,25 +317,22 @@ def diagnose(
     }
 
 
-def alpha_hessian_eigenvalue(model, loss_fn, batch, iterations=10, seed=0):
-    """The dominant eigenvalue of the Hessian of the loss on `batch` with respect to the
-    architecture variables (Zela et al., ICLR 2020's instability indicator), by power
-    iteration on exact alpha-space Hessian-vector products at the model's current values.
+def alpha_hessian_product(model, loss_fn):
+    """A tf.function (vector, batch) -> H·vector, H the Hessian of the loss on `batch` with
+    respect to the architecture variables at the model's values when it runs (vector: one
+    tensor per arch variable). Traced once per batch shape: build it once per model and call
+    it every epoch (eagerly, one product cost as much as tracing it).
 
-    Products are back-over-back gradients of `model.stateless_call` with the alphas as explicit
-    tensors (estimators' convention: training=True, nothing assigned, new BatchNorm statistics
-    dropped), so each costs about two forward/backward passes of the batch. Power iteration
-    finds the eigenvalue of largest magnitude (sign kept, a Rayleigh quotient); its error
-    shrinks as (|lambda_2| / |lambda_1|)^(2k). Returns (eigenvalue, relative change of the last
-    iteration: a convergence indicator).
+    Products are back-over-back gradients of `model.stateless_call` with the alphas as
+    explicit tensors (estimators' convention: training=True, nothing assigned, new BatchNorm
+    statistics dropped), so each costs about two forward/backward passes of the batch.
     """
-    if iterations < 1:
-        raise errors.InputError(f"iterations must be at least 1, got {iterations}")
-    x, _ = batch
-    losses = estimators._StatelessLosses(model, loss_fn, global_batch_size=int(x.shape[0]))
-    weights, arch = losses.weights(), losses.arch()
 
-    def product(vector):
+    @tf.function(autograph=False, reduce_retracing=True)
+    def product(vector, batch):
+        x, _ = batch
+        losses = estimators._StatelessLosses(model, loss_fn, global_batch_size=tf.shape(x)[0])
+        weights, arch = losses.weights(), losses.arch()
         with tf.GradientTape() as outer:
             outer.watch(arch)
             with tf.GradientTape() as inner:
@@ -345,15 +342,31 @@ def alpha_hessian_eigenvalue(model, loss_fn, batch, iterations=10, seed=0):
             dot = tf.add_n([tf.reduce_sum(g * v) for g, v in zip(grads, vector)])
         return outer.gradient(dot, arch, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
+    return product
+
+
+def alpha_hessian_eigenvalue(model, loss_fn, batch, iterations=10, seed=0, product=None):
+    """The dominant eigenvalue of the Hessian of the loss on `batch` with respect to the
+    architecture variables (Zela et al., ICLR 2020's instability indicator), by power
+    iteration on exact alpha-space Hessian-vector products at the model's current values.
+
+    product: alpha_hessian_product(model, loss_fn), to reuse its trace across calls (built
+    here when None). Power iteration finds the eigenvalue of largest magnitude (sign kept, a
+    Rayleigh quotient); its error shrinks as (|lambda_2| / |lambda_1|)^(2k). Returns
+    (eigenvalue, relative change of the last iteration: a convergence indicator).
+    """
+    if iterations < 1:
+        raise errors.InputError(f"iterations must be at least 1, got {iterations}")
+    product = product or alpha_hessian_product(model, loss_fn)
     rng = np.random.default_rng(seed)
-    vector = [tf.constant(rng.standard_normal(a.shape), a.dtype) for a in arch]
+    vector = [tf.constant(rng.standard_normal(a.shape), a.dtype) for a in model.arch_variables]
     eigenvalue, change = 0.0, float("inf")
     for _ in range(iterations):
         norm = tf.linalg.global_norm(vector)
         if float(norm) == 0.0:  # the Hessian maps the iterate to zero: a zero eigenvalue
             return 0.0, 0.0
         vector = [v / norm for v in vector]
-        image = product(vector)
+        image = product(vector, batch)
         previous, eigenvalue = eigenvalue, float(_flat(vector) @ _flat(image))
         change = abs(eigenvalue - previous) / max(abs(eigenvalue), 1e-30)
         vector = image
@@ -364,17 +377,27 @@ def hessian_eigenvalue_callback(config, iterations, examples):
     """A search.search epoch_callback that measures alpha_hessian_eigenvalue of the
     validation loss at the end of every epoch, on the first `examples` images of the
     architecture part of the search `config`; it returns {"hessian_eigenvalue",
-    "hessian_relative_change"} (the metrics the epoch line and TensorBoard get)."""
+    "hessian_relative_change"} (the metrics the epoch line and TensorBoard get). The
+    product is traced on the first epoch and reused while the network stays the same."""
     if iterations < 1 or examples < 1:
         raise errors.InputError(
             f"hessian eigenvalue: iterations ({iterations}) and examples ({examples}) must be >= 1"
         )
     batch = search.architecture_batch(config, examples)
+    traced = {}  # the network the product was built for, and the product
 
     def measure(epoch, run, line):
         del epoch, line
+        if traced.get("network") is not run.network:
+            traced.update(
+                network=run.network, product=alpha_hessian_product(run.network, loop.cross_entropy)
+            )
         eigenvalue, change = alpha_hessian_eigenvalue(
-            run.network, loop.cross_entropy, batch, iterations=iterations
+            run.network,
+            loop.cross_entropy,
+            batch,
+            iterations=iterations,
+            product=traced["product"],
         )
         return {"hessian_eigenvalue": eigenvalue, "hessian_relative_change": change}
 
