@@ -1,9 +1,14 @@
 """Runs (or continues) a study plan: every search of the plan, recorded per epoch, and the
 re-training of each derived genotype (tf_amended_darts/study.py). Run it again to continue
-after an interruption; finished runs are skipped.
+after an interruption; finished runs are skipped. At the end it draws the study's report
+(tables and plots, tf_amended_darts/study_report.py) from the records; --report_only draws it
+without running anything (the records committed under docs/study/ redraw docs/STUDY.md's
+figures that way).
 
   python -m tf_amended_darts.bin.study --plan=studies/collapse.json --output_dir=runs/collapse \
       --nograppler
+  python -m tf_amended_darts.bin.study --plan=studies/collapse.json --output_dir=docs/study \
+      --report_only --report_dir=docs/study
 """
 
 import json
@@ -24,20 +29,38 @@ _GRAPPLER = flags.DEFINE_boolean(
     "build 25-35 % faster and step up to 15 % faster (benchmarks/estimators_benchmark.py "
     "--grappler=on,off), for ~50 % more peak memory; the arithmetic is the same.",
 )
+_REPORT_DIR = flags.DEFINE_string(
+    "report_dir", None, "Where the report goes (report.md and PNGs); default <output_dir>/report."
+)
+_REPORT_ONLY = flags.DEFINE_boolean(
+    "report_only", False, "Only draw the report from <output_dir>/records; run nothing."
+)
 flags.mark_flags_as_required(["plan", "output_dir"])
 cli.validate_flags(globals().values())
 
 
 def main(argv):
     del argv
+    import os  # pylint: disable=g-import-not-at-top
+
+    from tf_amended_darts import study_report  # pylint: disable=g-import-not-at-top
+
+    plan_path, output_dir = _PLAN.value, _OUTPUT_DIR.value
+    report_dir = _REPORT_DIR.value or os.path.join(output_dir, "report")
+    if not _REPORT_ONLY.value:
+        _run(plan_path, output_dir)
+    for path in study_report.write_report(os.path.join(output_dir, "records"), report_dir):
+        print(f"wrote {path}")
+
+
+def _run(plan_path, output_dir):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
     from tf_amended_darts import study  # pylint: disable=g-import-not-at-top
 
     tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": not _GRAPPLER.value})
-
     records = study.run_study(
-        study.load_plan(_PLAN.value), _OUTPUT_DIR.value, stop_after_steps=_STOP_AFTER_STEPS.value
+        study.load_plan(plan_path), output_dir, stop_after_steps=_STOP_AFTER_STEPS.value
     )
     for record in records:
         last = record["epochs"][-1] if record["epochs"] else {}

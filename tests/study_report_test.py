@@ -1,0 +1,154 @@
+"""study_report: tables and plots from synthetic study records with known values."""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+
+import numpy as np
+
+from tf_amended_darts import errors, study_report
+
+
+def _entry(epoch, free_ops, skip, eigenvalue, valid_acc):
+    return {
+        "epoch": epoch,
+        "parameter_free_ops": free_ops,
+        "alpha_mass": {
+            "skip_connect": {"normal": skip, "reduce": 0.1},
+            "pools": {"normal": 0.2, "reduce": 0.3},
+        },
+        "hessian_eigenvalue": eigenvalue,
+        "valid_acc": valid_acc,
+    }
+
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir)
+
+
+def _write_records(records_dir):
+    os.makedirs(records_dir)
+    for record in _records():
+        with open(os.path.join(records_dir, record["run"] + ".json"), "w") as f:
+            json.dump(record, f)
+
+
+def _records():
+    """Seeds 0 and 1 of first_order finished (3 epochs), seed 2 at epoch 1; amended seed 0."""
+    finished = [
+        {
+            "run": f"digits-darts-first_order-s{seed}",
+            "search": {"epochs": 3},
+            "epochs": [_entry(e, e + seed, 0.1 * e, 0.5 * e + seed, 0.8) for e in (1, 2, 3)],
+            "test_acc": 0.9 + 0.01 * seed,
+        }
+        for seed in (0, 1)
+    ]
+    running = {
+        "run": "digits-darts-first_order-s2",
+        "search": {"epochs": 3},
+        "epochs": [_entry(1, 7, 0.5, 9.0, 0.5)],
+    }
+    amended = {
+        "run": "digits-darts-amended_1-s0",
+        "search": {"epochs": 3},
+        "epochs": [_entry(e, 1, 0.05, None, 0.85) for e in (1, 2, 3)],
+    }
+    return finished + [running, amended]
+
+
+class StudyReportTest(unittest.TestCase):
+    def test_summary_groups_runs_and_keeps_unfinished_epochs_out_of_finals(self):
+        summary = study_report.summarize(_records())
+        self.assertEqual(
+            list(summary), [("digits", "darts", "first_order"), ("digits", "darts", "amended_1")]
+        )
+        group = summary[("digits", "darts", "first_order")]
+        self.assertEqual(group.finished, 2)
+        self.assertEqual(group.test_acc, [0.9, 0.91])
+        # Epoch 1 has all three seeds; epoch 3 only the finished two (the third is NaN).
+        np.testing.assert_allclose(group.curves["parameter_free_ops"][0], [1, 2, 7])
+        np.testing.assert_allclose(group.curves["parameter_free_ops"][2], [3, 4, np.nan])
+        np.testing.assert_allclose(study_report._final(group, "hessian_eigenvalue"), [1.5, 2.5])
+        # A missing eigenvalue (null in the record) is NaN, not zero.
+        self.assertTrue(
+            np.isnan(summary[("digits", "darts", "amended_1")].curves["hessian_eigenvalue"]).all()
+        )
+
+    def test_markdown_shows_mean_and_sample_std_over_finished_seeds(self):
+        table = study_report.markdown(study_report.summarize(_records()))
+        row = next(line for line in table.splitlines() if line.startswith("| first_order"))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        # parameter-free ops at epoch 3: seeds 3 and 4 -> mean 3.5, sample std 0.7071.
+        self.assertEqual(cells[1], "2/3")
+        self.assertEqual(cells[2], f"3.50 ± {np.std([3, 4], ddof=1):.2f}")
+        self.assertEqual(cells[3], "0.300 ± 0.000")
+        self.assertEqual(cells[5], f"2.000 ± {np.std([1.5, 2.5], ddof=1):.3f}")
+        self.assertEqual(cells[6], f"2.000 ± {np.std([1.5, 2.5], ddof=1):.3f}")  # max = last
+        self.assertEqual(cells[8], f"0.9050 ± {np.std([0.9, 0.91], ddof=1):.4f}")
+        amended = next(line for line in table.splitlines() if line.startswith("| amended_1"))
+        # One finished seed: no spread; no eigenvalue recorded: a dash, not 0 or nan.
+        self.assertIn("| 1/1 | 1.00 | 0.050 | 0.200 | — | — | 0.8500 | — |", amended)
+
+    def test_write_report_writes_the_tables_and_pngs(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            records_dir = os.path.join(tmp, "records")
+            _write_records(records_dir)
+            paths = study_report.write_report(records_dir, os.path.join(tmp, "out"))
+            self.assertEqual(
+                sorted(os.path.basename(p) for p in paths),
+                [
+                    "hessian_eigenvalue.png",
+                    "parameter_free_ops.png",
+                    "report.md",
+                    "skip_mass_normal.png",
+                    "test_acc.png",
+                ],
+            )
+            for path in paths:
+                with open(path, "rb") as f:
+                    head = f.read(8)
+                self.assertEqual(head[:4] == b"\x89PNG", path.endswith(".png"))
+            self.assertEqual(
+                sorted(os.listdir(os.path.join(tmp, "out"))),
+                sorted(os.path.basename(p) for p in paths),
+            )  # no temporary files left behind
+
+    def test_bad_records_are_one_input_error(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            with self.assertRaisesRegex(errors.InputError, "no study records"):
+                study_report.load_records(tmp)
+            with open(os.path.join(tmp, "x.json"), "w") as f:
+                f.write("{")
+            with self.assertRaisesRegex(errors.InputError, "x.json"):
+                study_report.load_records(tmp)
+        with self.assertRaisesRegex(errors.InputError, "expected <dataset>"):
+            study_report.summarize([{"run": "no-seed", "search": {"epochs": 1}, "epochs": []}])
+
+    def test_study_binary_report_only(self):
+        """bin/study --report_only draws the report from <output_dir>/records, runs nothing;
+        without records: one line on stderr, exit 2 (errors.InputError)."""
+        command = [sys.executable, "-m", "tf_amended_darts.bin.study", "--report_only"]
+        plan = "--plan=" + os.path.join(ROOT, "studies", "collapse.json")
+        with tempfile.TemporaryDirectory() as tmp:
+            done = subprocess.run(
+                command + [plan, f"--output_dir={tmp}"], capture_output=True, text=True, cwd=ROOT
+            )
+            self.assertEqual(done.returncode, 2, done.stderr)
+            self.assertEqual(len(done.stderr.strip().splitlines()), 1, done.stderr)
+            self.assertIn("no study records", done.stderr)
+            _write_records(os.path.join(tmp, "records"))
+            done = subprocess.run(
+                command + [plan, f"--output_dir={tmp}"], capture_output=True, text=True, cwd=ROOT
+            )
+            self.assertEqual(done.returncode, 0, done.stderr)
+            self.assertIn("report.md", done.stdout)
+            with open(os.path.join(tmp, "report", "report.md")) as f:
+                self.assertIn("| first_order | 2/3 |", f.read())
+            self.assertNotIn("runs", os.listdir(tmp))  # nothing was searched
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,200 @@
+"""The report of a study (tf_amended_darts/study.py): tables and plots from its per-run records
+alone, so they can be redrawn without re-running anything.
+
+  summarize(records)  -> {(dataset, space, estimator): Group}: per-epoch curves and final
+                         values over the group's seeds (mean, sample standard deviation, n);
+  markdown(summary)   -> the tables of docs/STUDY.md;
+  plot(summary, dir)  -> PNGs: parameter-free operations, skip_connect mass and the Hessian
+                         eigenvalue against epoch (mean +- std over seeds), test accuracy;
+  write_report(records_dir, output_dir) -> all of them (report.md + PNGs).
+
+Runs are grouped by the name study.py gives them, <dataset>-<space>-<estimator>-s<seed>; a run
+still in progress counts in the curves for the epochs it has, and in the final columns only
+once it has every epoch of its search (its "final" is then its last epoch).
+"""
+
+import dataclasses
+import glob
+import json
+import os
+import warnings
+
+import numpy as np
+
+from tf_amended_darts import errors, io_utils
+
+# Per-epoch quantities: (label, function of an epoch entry).
+CURVES = {
+    "parameter_free_ops": lambda e: e["parameter_free_ops"],
+    "skip_mass_normal": lambda e: e["alpha_mass"]["skip_connect"]["normal"],
+    "pool_mass_normal": lambda e: e["alpha_mass"]["pools"]["normal"],
+    "hessian_eigenvalue": lambda e: e.get("hessian_eigenvalue"),
+    "valid_acc": lambda e: e.get("valid_acc"),
+}
+
+
+@dataclasses.dataclass
+class Group:
+    runs: list  # run names, by seed
+    curves: dict  # name -> [epochs, seeds] array (NaN where a run has no such epoch yet)
+    finished: int  # runs with every epoch of their search
+    test_acc: list  # re-trained test accuracies of the runs that have one
+
+
+def _key(run_name):
+    parts = run_name.split("-")
+    if len(parts) != 4 or not parts[3].startswith("s"):
+        raise errors.InputError(
+            f"study record {run_name!r}: expected <dataset>-<space>-<estimator>-s<seed>"
+        )
+    return tuple(parts[:3])
+
+
+def load_records(records_dir):
+    """The records (JSON) in `records_dir`, by run name (InputError if there are none)."""
+    paths = sorted(glob.glob(os.path.join(records_dir, "*.json")))
+    if not paths:
+        raise errors.InputError(f"no study records (*.json) in {records_dir}")
+    records = []
+    for path in paths:
+        try:
+            with open(path) as f:
+                records.append(json.load(f))
+        except (OSError, json.JSONDecodeError) as e:
+            raise errors.InputError(f"study record {path}: {e}") from None
+    return records
+
+
+def summarize(records):
+    """{(dataset, space, estimator): Group}, in the records' order."""
+    grouped = {}
+    for record in records:
+        grouped.setdefault(_key(record["run"]), []).append(record)
+    summary = {}
+    for key, group in grouped.items():
+        epochs = max(r["search"]["epochs"] for r in group)
+        curves = {name: np.full([epochs, len(group)], np.nan) for name in CURVES}
+        for j, record in enumerate(group):
+            for entry in record["epochs"]:
+                for name, value_of in CURVES.items():
+                    value = value_of(entry)
+                    curves[name][entry["epoch"] - 1, j] = np.nan if value is None else value
+        summary[key] = Group(
+            runs=[r["run"] for r in group],
+            curves=curves,
+            finished=sum(len(r["epochs"]) == r["search"]["epochs"] for r in group),
+            test_acc=[r["test_acc"] for r in group if r.get("test_acc") is not None],
+        )
+    return summary
+
+
+def _final(group, name):
+    """The values of `name` at the last epoch of the group's finished runs."""
+    last = group.curves[name][-1]
+    return last[~np.isnan(last)]
+
+
+def _mean_std(values, digits):
+    values = np.asarray(values, dtype=float)
+    if values.size == 0:
+        return "—"
+    spread = f" ± {np.std(values, ddof=1):.{digits}f}" if values.size > 1 else ""
+    return f"{np.mean(values):.{digits}f}{spread}"
+
+
+def markdown(summary):
+    """One table per (dataset, space): final values, mean ± sample std over finished seeds."""
+    lines = []
+    for dataset, space in dict.fromkeys((d, s) for d, s, _ in summary):
+        lines += [
+            f"#### {dataset}, {space} space",
+            "",
+            "| estimator | seeds done | parameter-free ops | skip_connect mass (normal) "
+            "| pool mass (normal) | Hessian eigenvalue | max eigenvalue over epochs "
+            "| supernet valid acc | re-trained test acc |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for (d, s, estimator), group in summary.items():
+            if (d, s) != (dataset, space):
+                continue
+            eigenvalues = group.curves["hessian_eigenvalue"]
+            peak = np.nanmax(eigenvalues[:, ~np.isnan(eigenvalues[-1])], axis=0)
+            lines.append(
+                f"| {estimator} | {group.finished}/{len(group.runs)} "
+                f"| {_mean_std(_final(group, 'parameter_free_ops'), 2)} "
+                f"| {_mean_std(_final(group, 'skip_mass_normal'), 3)} "
+                f"| {_mean_std(_final(group, 'pool_mass_normal'), 3)} "
+                f"| {_mean_std(_final(group, 'hessian_eigenvalue'), 3)} "
+                f"| {_mean_std(peak, 3)} "
+                f"| {_mean_std(_final(group, 'valid_acc'), 4)} "
+                f"| {_mean_std(group.test_acc, 4)} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(summary, output_dir):
+    """Writes <curve>.png per plotted curve and test_acc.png; returns their paths."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
+    from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+
+    panels = list(dict.fromkeys((d, s) for d, s, _ in summary))
+    paths = []
+    titles = {
+        "parameter_free_ops": "parameter-free operations in the derived genotype",
+        "skip_mass_normal": "softmax mass on skip_connect (normal cells)",
+        "hessian_eigenvalue": "dominant eigenvalue of the alpha-Hessian of L_val",
+    }
+    for name, title in titles.items():
+        figure = Figure(figsize=(5.5 * len(panels), 4))
+        for i, (dataset, space) in enumerate(panels):
+            axes = figure.add_subplot(1, len(panels), i + 1)
+            for (d, s, estimator), group in summary.items():
+                if (d, s) != (dataset, space):
+                    continue
+                curve = group.curves[name]
+                epochs = np.arange(1, curve.shape[0] + 1)
+                with warnings.catch_warnings():  # epochs no run has reached yet: NaN
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    mean = np.nanmean(curve, axis=1)
+                    std = np.nanstd(curve, axis=1, ddof=1)
+                line = axes.plot(epochs, mean, label=f"{estimator} (n={len(group.runs)})")[0]
+                axes.fill_between(
+                    epochs, mean - std, mean + std, color=line.get_color(), alpha=0.15
+                )
+            axes.set_title(f"{dataset}, {space} space", fontsize=10)
+            axes.set_xlabel("search epoch")
+            axes.legend(fontsize=7)
+        figure.suptitle(title + " (mean ± std over seeds)", fontsize=10)
+        figure.tight_layout()
+        paths.append(_save(figure, FigureCanvasAgg, os.path.join(output_dir, f"{name}.png")))
+    figure = Figure(figsize=(5.5 * len(panels), 4))
+    for i, (dataset, space) in enumerate(panels):
+        axes = figure.add_subplot(1, len(panels), i + 1)
+        names = [e for d, s, e in summary if (d, s) == (dataset, space)]
+        for x, estimator in enumerate(names):
+            values = summary[(dataset, space, estimator)].test_acc
+            axes.scatter([x] * len(values), values, color="k", s=12)
+            if values:
+                axes.errorbar(x + 0.15, np.mean(values), yerr=np.std(values), fmt="o")
+        axes.set_xticks(range(len(names)), names, rotation=30, fontsize=7)
+        axes.set_title(f"{dataset}, {space} space: re-trained test accuracy", fontsize=10)
+    figure.tight_layout()
+    paths.append(_save(figure, FigureCanvasAgg, os.path.join(output_dir, "test_acc.png")))
+    return paths
+
+
+def _save(figure, canvas_class, path):
+    canvas_class(figure)
+    temporary = path + ".tmp.png"
+    figure.savefig(temporary, dpi=90)
+    os.replace(temporary, path)
+    return path
+
+
+def write_report(records_dir, output_dir):
+    """report.md (the tables) and the PNGs in `output_dir`, from the records in records_dir."""
+    summary = summarize(load_records(records_dir))
+    os.makedirs(output_dir, exist_ok=True)
+    io_utils.write_atomic(os.path.join(output_dir, "report.md"), markdown(summary))
+    return [os.path.join(output_dir, "report.md")] + plot(summary, output_dir)
