@@ -1,5 +1,5 @@
 """diagnostics.alpha_hessian_eigenvalue against a model whose alpha-Hessian is known in closed
-form (float64)."""
+form (float64); diagnostics.best_eta against constructed gradients with a known answer."""
 
 import keras
 import numpy as np
@@ -87,3 +87,29 @@ class AlphaHessianEigenvalueTest(tf.test.TestCase):
 
 if __name__ == "__main__":
     tf.test.main()
+
+
+class BestEtaTest(tf.test.TestCase):
+    def test_recovers_the_scale_of_an_exactly_proportional_correction(self):
+        rng = np.random.default_rng(0)
+        g1, c = rng.standard_normal(7), rng.standard_normal(7)
+        # Measured at eta 0.1, the implicit correction is 30x the amended one: eta* = 3.
+        result = diagnostics.best_eta(g1, g1 + c, g1 + 30.0 * c, eta=0.1)
+        self.assertAllClose(result["best_eta"], 3.0, rtol=1e-12)
+        self.assertAllClose(result["cosine_to_implicit_at_best_eta"], 1.0, rtol=1e-12)
+
+    def test_least_squares_with_an_orthogonal_part(self):
+        # c_imp = 2c + d with d orthogonal to c: eta* = eta * 2 whatever d, and the cosine at
+        # eta* is that of g1 + 2c against g1 + 2c + d (closed form below).
+        g1 = np.array([1.0, 0.0, 0.0])
+        c = np.array([0.0, 1.0, 0.0])
+        d = np.array([0.0, 0.0, 0.5])
+        result = diagnostics.best_eta(g1, g1 + c, g1 + 2 * c + d, eta=0.5)
+        self.assertAllClose(result["best_eta"], 1.0, rtol=1e-12)
+        a, b = g1 + 2 * c, g1 + 2 * c + d
+        expected = a @ b / np.linalg.norm(a) / np.linalg.norm(b)  # 5 / (sqrt 5 sqrt 5.25)
+        self.assertAllClose(result["cosine_to_implicit_at_best_eta"], expected, rtol=1e-12)
+
+    def test_zero_correction_is_nan_not_an_error(self):
+        g1 = np.ones(3)
+        self.assertTrue(np.isnan(diagnostics.best_eta(g1, g1, 2 * g1, eta=0.1)["best_eta"]))

@@ -294,6 +294,8 @@ def diagnose(
         results[key]["correction_cosine_to_implicit"] = _cosine(
             vectors[key] - g1, vectors["implicit"] - g1
         )
+    if "amended" in vectors:
+        results["amended"].update(best_eta(g1, vectors["amended"], vectors["implicit"], eta))
     return {
         "config": {
             **source,
@@ -314,6 +316,23 @@ def diagnose(
         "alphas": [keras.ops.convert_to_numpy(a).tolist() for a in model.arch_variables],
         "estimators": results,
         "cosine": {a: {b: _cosine(vectors[a], vectors[b]) for b in keys} for a in keys},
+    }
+
+
+def best_eta(g1, amended, implicit, eta):
+    """{"best_eta", "cosine_to_implicit_at_best_eta"} for flat gradients measured with `eta`.
+
+    The amended correction c = amended - g1 is linear in eta, so eta* = eta <c, c_imp> / |c|^2
+    (c_imp = implicit - g1) is the coefficient whose correction is closest to the implicit one
+    in least squares over alpha space: how far it sits from `eta` says whether `eta` is
+    mis-scaled at this point. NaN when c is zero.
+    """
+    c, c_imp = amended - g1, implicit - g1
+    size = float(c @ c)
+    best = eta * float(c @ c_imp) / size if size > 0 else float("nan")
+    return {
+        "best_eta": best,
+        "cosine_to_implicit_at_best_eta": _cosine(g1 + (best / eta) * c, implicit),
     }
 
 

@@ -13,7 +13,8 @@ Plan (`load_plan(path)`), a JSON object (studies/collapse.json is one):
   "cosines":       {"every": N epochs (0: never), "estimators": [...], "eta": amended's
                    coefficient, "cg_iterations", "batch_size"}: diagnostics.diagnose at the
                    run's checkpoint (bin/diagnose --search_dir): each estimator's cosine to
-                   the implicit reference. Costly (it traces every estimator): off by default.
+                   the implicit reference (amended's also its best eta there). Costly (it
+                   traces every estimator): off by default.
 
 Layout of `output_dir`: runs/<run>/search (the search run), runs/<run>/retrain (the training
 run), records/<run>.json (this module's record of the run, rewritten atomically after each
@@ -61,6 +62,14 @@ PLAN_KEYS = (
     "cosines",
 )
 POOLS = ("max_pool_3x3", "avg_pool_3x3")
+# Record field of a cosine measurement: diagnostics.diagnose's key (also the log's metric name,
+# "<key>/<estimator>"); amended's best eta: diagnostics.best_eta.
+COSINE_FIELDS = {
+    "cosine": "cosine_to_implicit",
+    "correction_cosine": "correction_cosine_to_implicit",
+    "best_eta": "best_eta",
+    "cosine_at_best_eta": "cosine_to_implicit_at_best_eta",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,8 +164,9 @@ def _cosines(run, cosines):
     )
     return {  # NaN (a zero vector: first order has no correction) is recorded as null
         name: {
-            "cosine": _finite_or_none(values["cosine_to_implicit"]),
-            "correction_cosine": _finite_or_none(values["correction_cosine_to_implicit"]),
+            field: _finite_or_none(values[key])
+            for field, key in COSINE_FIELDS.items()
+            if key in values
         }
         for name, values in measured["estimators"].items()
         if name != "implicit"
@@ -195,7 +205,7 @@ def _epoch_recorder(config, record, record_path, measures):
         _write(record_path, record)
         for name, values in (entry["cosine_to_implicit"] or {}).items():
             measured.update(
-                {f"{k}_to_implicit/{name}": v for k, v in values.items() if v is not None}
+                {f"{COSINE_FIELDS[k]}/{name}": v for k, v in values.items() if v is not None}
             )
         return measured
 
