@@ -282,6 +282,8 @@ class RidgeGroundTruthTest(tf.test.TestCase):
                     )
                     self.assertLess(rel_err(grads[0].numpy(), expected), 1e-3)
                     self.assertLess(float(diag["residual_norm"]), 1e-3)
+                    _, v = self.problem.val_grads(self.problem.w_star())
+                    self.assertAllClose(diag["rhs_norm"], np.linalg.norm(v), rtol=1e-10)
 
     def test_amended_correction_is_minus_eta_B_H_v(self):
         w = self.problem.w_star() + 0.1  # any weights, not only the optimum

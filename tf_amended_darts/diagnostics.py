@@ -275,8 +275,9 @@ def diagnose(
             "first_call_seconds": first,
             "seconds_per_call": statistics.median(times),
         }
-        if "residual_norm" in diag:
+        if "residual_norm" in diag:  # the solve's convergence: residual relative to ||v||
             results[key]["residual_norm"] = float(diag["residual_norm"])
+            results[key]["relative_residual"] = float(diag["residual_norm"] / diag["rhs_norm"])
 
     if "first_order" in vectors:
         g1 = vectors["first_order"]

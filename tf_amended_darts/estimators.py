@@ -482,8 +482,9 @@ class ImplicitEstimator(_Estimator):
     `iterations` steps of conjugate gradient ("cg") or the truncated Neumann series
     x = s sum_k (I - s A)^k v ("neumann", needs 0 < s < 2 / lambda_max(A), s = neumann_scale).
     Costs `iterations` Hessian-vector products; a diagnostic, not a search estimator. CG assumes
-    A positive definite (true near a minimum; use damping elsewhere). Diagnostic
-    `residual_norm` is ||v - A x|| (CG: the recursive residual)."""
+    A positive definite (true near a minimum; use damping elsewhere). Diagnostics
+    `residual_norm` ||v - A x|| (CG: the recursive residual) and `rhs_norm` ||v||: their ratio
+    says how far the solve converged."""
 
     name = "implicit"
 
@@ -518,7 +519,7 @@ class ImplicitEstimator(_Estimator):
         else:
             x, residual = self._neumann(apply_a, v, _as_dtype(self.neumann_scale, wd.dtype))
         correction = [-bx for bx in products.mixed_vector(x)]
-        diagnostics = {"val_loss": val_loss, "residual_norm": _norm(residual)}
+        diagnostics = {"val_loss": val_loss, "residual_norm": _norm(residual), "rhs_norm": _norm(v)}
         if self.products == "exact":
             diagnostics["train_loss"] = products.loss_and_grad_w()[0]
         return g1, correction, diagnostics
