@@ -400,6 +400,10 @@ class Runner:
                     + " ".join(f"{k}={v:.4g}" for k, v in line.items())
                     + suffix
                 )
+        if stopped:  # by stop_after_steps (the run diverging raises instead)
+            self.log(
+                f"stopped after global step {global_step} (checkpoint saved; --resume continues)"
+            )
         return Outcome(
             stopped=stopped,
             line=line,

@@ -425,12 +425,7 @@ def search(
         genotype = model.genotype()
         if runner.chief:
             genotypes.write_genotype(genotype, os.path.join(output_dir, GENOTYPE_FILE))
-        if outcome.stopped:
-            runner.log(
-                f"stopped after global step {outcome.global_step} (checkpoint saved; "
-                "--resume continues)"
-            )
-        else:
+        if not outcome.stopped:
             runner.log(
                 f"search finished: {config.epochs} epochs, {outcome.global_step} "
                 f"steps, {outcome.images_per_second:.1f} images/s, estimator "

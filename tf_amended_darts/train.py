@@ -320,12 +320,7 @@ def train(
             stop_after_steps=stop_after_steps,
             divergence_hint="lower --learning_rate",
         )
-        if outcome.stopped:
-            runner.log(
-                f"stopped after global step {outcome.global_step} (checkpoint saved; "
-                "--resume continues)"
-            )
-        else:
+        if not outcome.stopped:
             runner.log(
                 f"training finished: {config.epochs} epochs, {outcome.global_step} "
                 f"steps, {outcome.images_per_second:.1f} images/s"
