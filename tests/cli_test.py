@@ -80,6 +80,10 @@ class FlagRulesTest(absltest.TestCase):
             (flags.DEFINE_float, "train_portion", "1", "must be in \\(0, 1\\)"),
             (flags.DEFINE_float, "drop_path", "1", "must be in \\[0, 1\\)"),
             (flags.DEFINE_float, "fd_radius", "0", "must be a finite number > 0"),
+            (flags.DEFINE_string, "amending_coefficient", "-1", "must be auto or a finite"),
+            (flags.DEFINE_string, "amending_coefficient", "Auto", "must be auto or a finite"),
+            (flags.DEFINE_string, "amending_coefficient", "inf", "must be auto or a finite"),
+            (flags.DEFINE_float, "amending_coefficient", "-0.5", "must be auto or a finite"),
         ):
             with self.subTest(flag=name, value=value):
                 with self.assertRaisesRegex(
@@ -92,6 +96,10 @@ class FlagRulesTest(absltest.TestCase):
         self.assertEqual(self._parse(flags.DEFINE_float, "train_portion", "0.5"), 0.5)
         self.assertEqual(self._parse(flags.DEFINE_string, "arch_gradient", "amended"), "amended")
         self.assertEqual(self._parse(flags.DEFINE_float, "drop_path", "0"), 0.0)
+        # bin/search's is a string (a number or auto), bin/tune's a float: one rule serves both.
+        for value in ("auto", "0", "10"):
+            self.assertEqual(self._parse(flags.DEFINE_string, "amending_coefficient", value), value)
+        self.assertEqual(self._parse(flags.DEFINE_float, "amending_coefficient", "0.3"), 0.3)
 
     def test_library_refuses_logical_cpus_below_one(self):
         for count in (0, -3):

@@ -302,6 +302,46 @@ class RidgeGroundTruthTest(tf.test.TestCase):
                 )
                 self.assertAllClose(diag["g1_norm"], np.linalg.norm(g1), rtol=1e-10)
 
+    def test_amended_auto_takes_the_least_squares_eta(self):
+        # eta = |v|^2 / |A v|^2 (A = H + wd I): the eta for which eta A v is closest to
+        # A^-1 v. Ground truth from the closed-form A, B and v of the ridge problem.
+        p = self.problem
+        p_w = p.w_star() + 0.1
+        g1, v = p.val_grads(p_w)
+        a_v = p.hessian() @ v
+        eta = (v @ v) / (a_v @ a_v)
+        best = np.linalg.lstsq(a_v[:, None], np.linalg.solve(p.hessian(), v), rcond=None)[0]
+        self.assertAllClose(eta, best[0], rtol=1e-12)  # the least-squares claim itself
+        expected_correction = -eta * p.mixed(p_w) @ a_v
+        for products in estimators.PRODUCTS:
+            with self.subTest(products=products):
+                estimator = estimators.make_estimator("amended", eta="auto", products=products)
+                grads, diag = estimator.estimate(
+                    p.model(p_w), squared_error, self.train, self.val, self.state
+                )
+                self.assertAllClose(diag["amending_coefficient"], eta, rtol=1e-6)
+                self.assertLess(rel_err(grads[0].numpy() - g1, expected_correction), 1e-6)
+
+    def test_amended_auto_is_the_implicit_gradient_when_A_is_a_multiple_of_I(self):
+        # A = c I: eta A v = v / c = A^-1 v exactly, so auto amended = implicit, known best
+        # eta 1 / c^2. An orthonormal design X (X^T X = n/2 I at a = 1) with wd = 1 gives c = 2.
+        rng = np.random.default_rng(3)
+        q, _ = np.linalg.qr(rng.normal(size=(40, 5)))
+        p = RidgeProblem(seed=3, wd=1.0)
+        p.x, p.a = q * np.sqrt(40 / 2.0), np.ones(p.d)
+        np.testing.assert_allclose(p.hessian(), 2.0 * np.eye(p.d), atol=1e-12)
+        train = (tf.constant(p.x), tf.constant(p.y))
+        val = (tf.constant(p.xv), tf.constant(p.yv))
+        state = estimators.WeightOptimizerState(weight_decay=tf.constant(1.0, tf.float64))
+        w = p.w_star() + 0.1
+        grads, diag = estimators.AmendedEstimator(eta="auto").estimate(
+            p.model(w), squared_error, train, val, state
+        )
+        self.assertAllClose(diag["amending_coefficient"], 1.0 / 4.0, rtol=1e-10)
+        g1, v = p.val_grads(w)
+        implicit = g1 - p.mixed(w) @ np.linalg.solve(p.hessian(), v)
+        self.assertLess(rel_err(grads[0].numpy(), implicit), 1e-8)
+
     def test_second_order_is_derivative_of_unrolled_objective(self):
         p = self.problem
         rng = np.random.default_rng(1)

@@ -53,8 +53,14 @@ def _run(directory, **kwargs):
 class SearchTest(tf.test.TestCase):
     def test_outputs_and_single_trace(self):
         directory = self.get_temp_dir() + "/out"
+        # amending_coefficient=auto: its per-step eta reaches TensorBoard (checked below).
         result = _run(
-            directory, arch_gradient="amended", epochs=3, warmup_epochs=1, steps_per_epoch=2
+            directory,
+            arch_gradient="amended",
+            amending_coefficient="auto",
+            epochs=3,
+            warmup_epochs=1,
+            steps_per_epoch=2,
         )
         self.assertTrue(result.finished)
         self.assertEqual(result.global_step, 6)
@@ -83,7 +89,16 @@ class SearchTest(tf.test.TestCase):
             log = f.read()
         self.assertIn("estimator 'amended' runs", log)
         self.assertIn("parameter_free_ops=", log)
-        self.assertNotEmpty(os.listdir(os.path.join(directory, "tensorboard")))
+        etas = {}
+        for root, _, files in os.walk(os.path.join(directory, "tensorboard")):
+            for name in files:
+                for event in tf.compat.v1.train.summary_iterator(os.path.join(root, name)):
+                    for value in event.summary.value:
+                        if value.tag == "arch/amending_coefficient":
+                            etas[event.step] = float(tf.make_ndarray(value.tensor))
+        # One eta per architecture step (none in the warm-up epoch), each finite and > 0.
+        self.assertEqual(sorted(etas), [3, 4, 5, 6])
+        self.assertTrue(all(np.isfinite(e) and e > 0 for e in etas.values()), etas)
         # The checkpoint holds every model variable, BatchNorm moving statistics included
         # (Keras 3 keeps cells in lists that tf.train.Checkpoint(model=...) does not follow).
         reader = tf.train.load_checkpoint(os.path.join(directory, "checkpoints"))
@@ -221,6 +236,9 @@ class SearchTest(tf.test.TestCase):
             ({"learning_rate": -0.1}, "learning_rate"),
             ({"batch_size": 0}, "batch_size"),
             ({"train_portion": 1.0}, "train_portion"),
+            ({"amending_coefficient": -1.0}, "amending_coefficient must be auto or"),
+            ({"amending_coefficient": "automatic"}, "amending_coefficient must be auto or"),
+            ({"amending_coefficient": float("nan")}, "amending_coefficient must be auto or"),
         ]:
             with self.assertRaisesRegex(ValueError, message):
                 search.SearchConfig(**kwargs)
@@ -228,6 +246,15 @@ class SearchTest(tf.test.TestCase):
             search.SearchConfig(operations=("none", "bogus")).space()
         with self.assertRaisesRegex(ValueError, "unknown estimator"):
             search.SearchConfig(arch_gradient="zeroth").estimator()
+
+    def test_amending_coefficient_number_string_or_auto(self):
+        # bin/search passes its flag's string: a number becomes a float, auto stays auto.
+        config = search.SearchConfig(amending_coefficient="0.3")
+        self.assertEqual(config.amending_coefficient, 0.3)
+        self.assertEqual(config.estimator().eta, 0.3)
+        auto = search.SearchConfig(amending_coefficient="auto")
+        self.assertEqual(auto.estimator().eta, "auto")
+        self.assertEqual(search.SearchConfig(**auto.to_dict()), auto)  # run.json round trip
 
 
 def _numpy(values):

@@ -69,12 +69,10 @@ class HelpersTest(tf.test.TestCase):
     def test_committed_plan_is_valid(self):
         path = os.path.join(os.path.dirname(__file__), os.pardir, "studies", "collapse.json")
         runs = study.planned_runs(study.load_plan(path))
-        self.assertLen(runs, 2 * 5 * 3)  # spaces x estimators x seeds
+        self.assertLen(runs, 2 * 6 * 3)  # spaces x estimators x seeds
         self.assertEqual(
-            sorted(
-                {r.search.amending_coefficient for r in runs if r.search.arch_gradient == "amended"}
-            ),
-            [0.1, 1.0, 10.0],
+            {r.search.amending_coefficient for r in runs if r.search.arch_gradient == "amended"},
+            {0.1, 1.0, 10.0, "auto"},
         )
 
     def test_bad_plan_file_is_one_line_input_error(self):

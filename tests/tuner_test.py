@@ -349,3 +349,13 @@ def test_search_tuner_with_bayesian_optimization(tmp_path):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q", "-p", "no:cacheprovider"]))
+
+
+def test_auto_amending_coefficient_cannot_be_tuned():
+    hp = kt.HyperParameters()
+    config = search.SearchConfig(amending_coefficient="auto")
+    with pytest.raises(errors.InputError, match="auto chooses eta at every step"):
+        tuner.declare_search_hyperparameters(hp, config)
+    # Without it in the list the other hyperparameters are declared as usual.
+    tuner.declare_search_hyperparameters(hp, config, names=("arch_learning_rate",))
+    assert "arch_learning_rate" in hp.values

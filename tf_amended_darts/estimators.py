@@ -49,6 +49,7 @@ from tf_amended_darts import distribute, errors
 _ZERO = tf.UnconnectedGradients.ZERO
 PRODUCTS = ("exact", "finite_difference")
 SOLVERS = ("cg", "neumann")
+AUTO = "auto"  # the amended estimator's coefficient chosen at every step (AmendedEstimator)
 
 
 class WeightOptimizerState(NamedTuple):
@@ -449,29 +450,38 @@ class SecondOrderEstimator(_Estimator):
 
 
 class AmendedEstimator(_Estimator):
-    """Amended gradient (Bi et al., arXiv:1910.11831): g = g1 - eta B (H + wd I) v, everything
-    at the current weights, i.e. H^-1 replaced by eta H (no unrolled step).
+    """Amended gradient (Bi et al., arXiv:1910.11831): g = g1 - eta B A v with A = H + wd I,
+    everything at the current weights, i.e. A^-1 replaced by eta A (no unrolled step).
 
     eta defaults to 0.1, the value of the public reimplementation, so results are comparable
     with it. The paper fixes no value; the best scalar depends on the Hessian's spectrum
-    (eta H ~ H^-1 wants eta ~ 1 / lambda^2), so measure it with `bin/diagnose.py`, which compares
-    the correction with the implicit reference. eta is a trace-time constant.
+    (eta A ~ A^-1 wants eta ~ 1 / lambda^2): `bin/diagnose.py` measures the best one at a
+    checkpoint. eta="auto" takes, at every step, the eta for which eta A v is closest to A^-1 v
+    in least squares: <A v, A^-1 v> / |A v|^2 = |v|^2 / |A v|^2 (A symmetric), from the product
+    the step computes anyway (no solve, no extra product); it is reported as the diagnostic
+    `amending_coefficient`. A fixed eta is a trace-time constant.
     """
 
     name = "amended"
 
     def __init__(self, eta=0.1, products="exact", fd_radius=0.01):
         super().__init__(products, fd_radius)
-        _check_number("eta", eta, 0.0)
-        self.eta = float(eta)
+        if eta != AUTO:
+            _check_number("eta", eta, 0.0)
+            eta = float(eta)
+        self.eta = eta
 
     def _estimate(self, losses, weights, arch, train_batch, val_batch, state, wd):
         val_loss, v, g1 = self._validation(losses, weights, arch, val_batch)
         products = self._products(losses, weights, arch, _after(v + g1, train_batch))
-        hv = _axpy(wd, v, distribute.all_reduce_sum(products.hessian_vector(v)))
-        eta = _as_dtype(self.eta, weights[0].dtype)
-        correction = [-eta * bu for bu in products.mixed_vector(hv)]
+        av = _axpy(wd, v, distribute.all_reduce_sum(products.hessian_vector(v)))
         diagnostics = {"val_loss": val_loss}
+        if self.eta == AUTO:  # v and A v are global: every replica computes the same eta
+            eta = tf.math.divide_no_nan(_dot(v, v), _dot(av, av))
+            diagnostics["amending_coefficient"] = eta
+        else:
+            eta = _as_dtype(self.eta, weights[0].dtype)
+        correction = [-eta * bu for bu in products.mixed_vector(av)]
         if self.products == "exact":
             diagnostics["train_loss"] = products.loss_and_grad_w()[0]
         return g1, correction, diagnostics

@@ -28,7 +28,7 @@ tensorboard/, and at the end genotype_*.dot/png/svg cell pictures (when graphviz
 import dataclasses
 import json
 import os
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Union
 
 import keras
 import numpy as np
@@ -71,7 +71,7 @@ class SearchConfig:
     cells: Optional[int] = None
     channels: Optional[int] = None
     arch_gradient: str = "amended"
-    amending_coefficient: float = 0.1
+    amending_coefficient: Union[float, str] = 0.1  # or "auto" (estimators.AmendedEstimator)
     products: str = "exact"  # exact | finite_difference Hessian products
     implicit_iterations: int = 20  # CG iterations of arch_gradient=implicit
     epochs: int = 50
@@ -104,12 +104,22 @@ class SearchConfig:
             "grad_clip",
             "arch_learning_rate",
             "arch_weight_decay",
-            "amending_coefficient",
             "warmup_epochs",
         ):
             value = getattr(self, name)
             if not 0 <= value < float("inf"):
                 raise errors.InputError(f"{name} must be a finite number >= 0, got {value}")
+        if self.amending_coefficient != estimators.AUTO:
+            try:
+                eta = float(self.amending_coefficient)
+            except (TypeError, ValueError):
+                eta = float("nan")
+            if not 0 <= eta < float("inf"):
+                raise errors.InputError(
+                    "amending_coefficient must be auto or a finite number >= 0, got "
+                    f"{self.amending_coefficient!r}"
+                )
+            object.__setattr__(self, "amending_coefficient", eta)
         if self.learning_rate_min > self.learning_rate:
             raise errors.InputError(
                 f"learning_rate_min {self.learning_rate_min} exceeds "

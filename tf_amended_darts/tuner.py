@@ -488,6 +488,10 @@ def declare_search_hyperparameters(
     for name in names:
         if name not in declare:
             raise errors.InputError(f"cannot tune {name!r}; tunable: {', '.join(declare)}")
+        if name == "amending_coefficient" and config.amending_coefficient == "auto":
+            raise errors.InputError(
+                "amending_coefficient=auto chooses eta at every step: it cannot be tuned"
+            )
         declare[name]()
     return hp
 

@@ -34,6 +34,16 @@ def _number_in(low, high=math.inf, low_open=False, high_open=False):
     return check, (f"must be in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}")
 
 
+def _number_or_auto():
+    def check(v):
+        try:
+            return v == "auto" or (math.isfinite(float(v)) and float(v) >= 0)
+        except (TypeError, ValueError):
+            return False
+
+    return check, "must be auto or a finite number >= 0"
+
+
 def _not_empty():
     return (lambda v: bool(str(v).strip())), "must not be empty"
 
@@ -58,6 +68,7 @@ def _flag_rules():
         "eval_validation_split": _number_in(0, 1, high_open=True),
         "train_portion": _number_in(0, 1, low_open=True, high_open=True),
         "fd_radius": _number_in(0, low_open=True),
+        "amending_coefficient": _number_or_auto(),
         "strategy": _one_of(distribute.STRATEGIES),
         "arch_gradient": _one_of(tuple(estimators.ESTIMATORS)),
         "products": _one_of(estimators.PRODUCTS),
@@ -104,7 +115,6 @@ def _flag_rules():
         (("cells", "eval_cells"), _integer_at_least(3)),  # two are reductions
         (
             (
-                "amending_coefficient",
                 "learning_rate",
                 "learning_rate_min",
                 "momentum",

@@ -49,7 +49,12 @@ _CHANNELS = flags.DEFINE_integer("channels", None, "Override the initial channel
 _ARCH_GRADIENT = flags.DEFINE_string(
     "arch_gradient", "amended", "first_order | second_order | amended | implicit."
 )
-_AMENDING = flags.DEFINE_float("amending_coefficient", 0.1, "eta of the amended gradient.")
+_AMENDING = flags.DEFINE_string(
+    "amending_coefficient",
+    "0.1",
+    "eta of the amended gradient: a number >= 0, or auto (at every step the eta for which "
+    "eta A v is closest to A^-1 v, from the step's own Hessian product).",
+)
 _PRODUCTS = flags.DEFINE_string("products", "exact", "Hessian products: exact | finite_difference.")
 _IMPLICIT_ITERATIONS = flags.DEFINE_integer(
     "implicit_iterations", 20, "CG iterations of --arch_gradient=implicit."
