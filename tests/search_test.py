@@ -37,6 +37,18 @@ def assert_checkpoints_finite(test, directory):
                 test.assertTrue(np.isfinite(value).all(), f"{path}: {name}")
 
 
+def tensorboard_scalars(directory, tag):
+    """{step: value} of the scalar `tag` in a run's TensorBoard logs."""
+    values = {}
+    for root, _, files in os.walk(os.path.join(directory, "tensorboard")):
+        for name in files:
+            for event in tf.compat.v1.train.summary_iterator(os.path.join(root, name)):
+                for value in event.summary.value:
+                    if value.tag == tag:
+                        values[event.step] = float(tf.make_ndarray(value.tensor))
+    return values
+
+
 def _run(directory, **kwargs):
     options = {
         k: kwargs.pop(k)
@@ -89,13 +101,7 @@ class SearchTest(tf.test.TestCase):
             log = f.read()
         self.assertIn("estimator 'amended' runs", log)
         self.assertIn("parameter_free_ops=", log)
-        etas = {}
-        for root, _, files in os.walk(os.path.join(directory, "tensorboard")):
-            for name in files:
-                for event in tf.compat.v1.train.summary_iterator(os.path.join(root, name)):
-                    for value in event.summary.value:
-                        if value.tag == "arch/amending_coefficient":
-                            etas[event.step] = float(tf.make_ndarray(value.tensor))
+        etas = tensorboard_scalars(directory, "arch/amending_coefficient")
         # One eta per architecture step (none in the warm-up epoch), each finite and > 0.
         self.assertEqual(sorted(etas), [3, 4, 5, 6])
         self.assertTrue(all(np.isfinite(e) and e > 0 for e in etas.values()), etas)
@@ -139,13 +145,7 @@ class SearchTest(tf.test.TestCase):
             epoch_lines = [line for line in f if "] epoch " in line]
         for line, call in zip(epoch_lines, calls, strict=True):
             self.assertIn(f"alpha_norm={call[4]:.4g} ", line)
-        logged = {}
-        for root, _, files in os.walk(os.path.join(directory, "tensorboard")):
-            for name in files:
-                for event in tf.compat.v1.train.summary_iterator(os.path.join(root, name)):
-                    for value in event.summary.value:
-                        if value.tag == "epoch/alpha_norm":
-                            logged[event.step] = float(tf.make_ndarray(value.tensor))
+        logged = tensorboard_scalars(directory, "epoch/alpha_norm")
         self.assertEqual(sorted(logged), [2, 4])
         self.assertAllClose([logged[2], logged[4]], [c[4] for c in calls])
 
