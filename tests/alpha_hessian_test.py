@@ -85,10 +85,6 @@ class AlphaHessianEigenvalueTest(tf.test.TestCase):
             diagnostics.alpha_hessian_eigenvalue(model, _per_example_loss, batch, iterations=0)
 
 
-if __name__ == "__main__":
-    tf.test.main()
-
-
 class BestEtaTest(tf.test.TestCase):
     def test_recovers_the_scale_of_an_exactly_proportional_correction(self):
         rng = np.random.default_rng(0)
@@ -113,3 +109,7 @@ class BestEtaTest(tf.test.TestCase):
     def test_zero_correction_is_nan_not_an_error(self):
         g1 = np.ones(3)
         self.assertTrue(np.isnan(diagnostics.best_eta(g1, g1, 2 * g1, eta=0.1)["best_eta"]))
+
+
+if __name__ == "__main__":
+    tf.test.main()

@@ -347,10 +347,6 @@ def test_search_tuner_with_bayesian_optimization(tmp_path):
         assert 0 <= t.metrics.get_last_value("val_accuracy") <= 1
 
 
-if __name__ == "__main__":
-    sys.exit(pytest.main([__file__, "-q", "-p", "no:cacheprovider"]))
-
-
 def test_auto_amending_coefficient_cannot_be_tuned():
     hp = kt.HyperParameters()
     config = search.SearchConfig(amending_coefficient="auto")
@@ -359,3 +355,7 @@ def test_auto_amending_coefficient_cannot_be_tuned():
     # Without it in the list the other hyperparameters are declared as usual.
     tuner.declare_search_hyperparameters(hp, config, names=("arch_learning_rate",))
     assert "arch_learning_rate" in hp.values
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q", "-p", "no:cacheprovider"]))
