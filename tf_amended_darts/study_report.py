@@ -21,7 +21,7 @@ import warnings
 
 import numpy as np
 
-from tf_amended_darts import errors, io_utils
+from tf_amended_darts import errors, io_utils, visualize
 
 # Per-epoch quantities: (label, function of an epoch entry).
 CURVES = {
@@ -105,7 +105,7 @@ def _mean_std(values, digits):
 def markdown(summary):
     """One table per (dataset, space): final values, mean ± sample std over finished seeds."""
     lines = []
-    for dataset, space in dict.fromkeys((d, s) for d, s, _ in summary):
+    for (dataset, space), groups in _by_panel(summary).items():
         lines += [
             f"#### {dataset}, {space} space",
             "",
@@ -114,9 +114,7 @@ def markdown(summary):
             "| supernet valid acc | re-trained test acc |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
-        for (d, s, estimator), group in summary.items():
-            if (d, s) != (dataset, space):
-                continue
+        for estimator, group in groups:
             eigenvalues = group.curves["hessian_eigenvalue"]
             peak = np.nanmax(eigenvalues[:, ~np.isnan(eigenvalues[-1])], axis=0)
             lines.append(
@@ -133,12 +131,17 @@ def markdown(summary):
     return "\n".join(lines)
 
 
+def _by_panel(summary):
+    """{(dataset, space): [(estimator, Group), ...]} in the summary's order."""
+    panels = {}
+    for (dataset, space, estimator), group in summary.items():
+        panels.setdefault((dataset, space), []).append((estimator, group))
+    return panels
+
+
 def plot(summary, output_dir):
     """Writes <curve>.png per plotted curve and test_acc.png; returns their paths."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
-    from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
-
-    panels = list(dict.fromkeys((d, s) for d, s, _ in summary))
+    panels = _by_panel(summary)
     paths = []
     titles = {
         "parameter_free_ops": "parameter-free operations in the derived genotype",
@@ -146,12 +149,10 @@ def plot(summary, output_dir):
         "hessian_eigenvalue": "dominant eigenvalue of the alpha-Hessian of L_val",
     }
     for name, title in titles.items():
-        figure = Figure(figsize=(5.5 * len(panels), 4))
-        for i, (dataset, space) in enumerate(panels):
+        figure = visualize.figure(5.5 * len(panels), 4)
+        for i, ((dataset, space), groups) in enumerate(panels.items()):
             axes = figure.add_subplot(1, len(panels), i + 1)
-            for (d, s, estimator), group in summary.items():
-                if (d, s) != (dataset, space):
-                    continue
+            for estimator, group in groups:
                 curve = group.curves[name]
                 epochs = np.arange(1, curve.shape[0] + 1)
                 with warnings.catch_warnings():  # epochs no run has reached yet: NaN
@@ -167,29 +168,22 @@ def plot(summary, output_dir):
             axes.legend(fontsize=7)
         figure.suptitle(title + " (mean ± std over seeds)", fontsize=10)
         figure.tight_layout()
-        paths.append(_save(figure, FigureCanvasAgg, os.path.join(output_dir, f"{name}.png")))
-    figure = Figure(figsize=(5.5 * len(panels), 4))
-    for i, (dataset, space) in enumerate(panels):
+        path = os.path.join(output_dir, f"{name}.png")
+        paths.append(visualize.save_figure(figure, path, "png", dpi=90))
+    figure = visualize.figure(5.5 * len(panels), 4)
+    for i, ((dataset, space), groups) in enumerate(panels.items()):
         axes = figure.add_subplot(1, len(panels), i + 1)
-        names = [e for d, s, e in summary if (d, s) == (dataset, space)]
-        for x, estimator in enumerate(names):
-            values = summary[(dataset, space, estimator)].test_acc
+        for x, (_, group) in enumerate(groups):
+            values = group.test_acc
             axes.scatter([x] * len(values), values, color="k", s=12)
             if values:
                 axes.errorbar(x + 0.15, np.mean(values), yerr=np.std(values), fmt="o")
-        axes.set_xticks(range(len(names)), names, rotation=30, fontsize=7)
+        axes.set_xticks(range(len(groups)), [e for e, _ in groups], rotation=30, fontsize=7)
         axes.set_title(f"{dataset}, {space} space: re-trained test accuracy", fontsize=10)
     figure.tight_layout()
-    paths.append(_save(figure, FigureCanvasAgg, os.path.join(output_dir, "test_acc.png")))
+    path = os.path.join(output_dir, "test_acc.png")
+    paths.append(visualize.save_figure(figure, path, "png", dpi=90))
     return paths
-
-
-def _save(figure, canvas_class, path):
-    canvas_class(figure)
-    temporary = path + ".tmp.png"
-    figure.savefig(temporary, dpi=90)
-    os.replace(temporary, path)
-    return path
 
 
 def write_report(records_dir, output_dir):

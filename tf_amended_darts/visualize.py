@@ -172,13 +172,27 @@ def edge_labels(num_edges):
     return labels if len(labels) == num_edges else [f"e{i}" for i in range(num_edges)]
 
 
-def _figure(width, height, dpi=100):
+def figure(width, height, dpi=100):
+    """A matplotlib Figure on the Agg canvas (no pyplot, no global state)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(width, height), dpi=dpi)
     FigureCanvasAgg(fig)
     return fig
+
+
+def save_figure(fig, path, fmt, dpi=100):
+    """Writes `fig` to `path` as `fmt` (png, svg, pdf) atomically; SVG and PDF without a date."""
+    buffer = io.BytesIO()
+    fig.savefig(
+        buffer,
+        format=fmt,
+        dpi=dpi,
+        **({"metadata": {"Date": None}} if fmt in ("svg", "pdf") else {}),
+    )
+    io_utils.write_atomic(path, buffer.getvalue())
+    return str(path)
 
 
 def heatmap_colormap():
@@ -200,7 +214,7 @@ def alpha_heatmap(probabilities, operations, title=""):
             f"{len(operations)}] (one column per operation)"
         )
     num_edges, num_ops = p.shape
-    fig = _figure(1.6 + 0.75 * num_ops, 1.4 + 0.32 * num_edges)
+    fig = figure(1.6 + 0.75 * num_ops, 1.4 + 0.32 * num_edges)
     ax = fig.add_subplot()
     image = ax.imshow(
         p, cmap=heatmap_colormap(), vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest"
@@ -350,7 +364,7 @@ def plot_alpha_history(history, path):
     ]
     columns = min(len(slots), 3)
     rows = math.ceil(len(slots) / columns)
-    fig = _figure(4.2 * columns + 1.8, 3.0 * rows + 0.6)
+    fig = figure(4.2 * columns + 1.8, 3.0 * rows + 0.6)
     colours = _op_colours(len(operations))
     uniform = 1.0 / len(operations)
     lines = []
@@ -375,12 +389,4 @@ def plot_alpha_history(history, path):
         ax.grid(True, alpha=0.3)
     fig.legend(lines, operations, loc="center right", fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0, 1 - 1.7 / (4.2 * columns + 1.8), 1))
-    buffer = io.BytesIO()
-    fig.savefig(
-        buffer,
-        format=fmt,
-        dpi=100,
-        **({"metadata": {"Date": None}} if fmt in ("svg", "pdf") else {}),
-    )
-    io_utils.write_atomic(path, buffer.getvalue())
-    return str(path)
+    return save_figure(fig, path, fmt)
