@@ -318,6 +318,22 @@ def _check_choice(name, value, choices):
         raise errors.InputError(f"unknown {name} {value!r}; expected one of {', '.join(choices)}")
 
 
+def amending_coefficient(value):
+    """A user's amending coefficient (a number, or its text as a flag gives it, or AUTO) as
+    AmendedEstimator takes it: AUTO or a float; InputError unless finite and >= 0."""
+    if value == AUTO:
+        return AUTO
+    try:
+        eta = float(value)
+    except (TypeError, ValueError):
+        eta = float("nan")
+    if isinstance(value, bool) or not 0 <= eta < float("inf"):
+        raise errors.InputError(
+            f"amending_coefficient must be auto or a finite number >= 0, got {value!r}"
+        )
+    return eta
+
+
 def _check_number(name, value, minimum, strict=False):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise errors.InputError(f"{name} must be a number, got {value!r}")

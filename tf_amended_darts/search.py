@@ -109,17 +109,9 @@ class SearchConfig:
             value = getattr(self, name)
             if not 0 <= value < float("inf"):
                 raise errors.InputError(f"{name} must be a finite number >= 0, got {value}")
-        if self.amending_coefficient != estimators.AUTO:
-            try:
-                eta = float(self.amending_coefficient)
-            except (TypeError, ValueError):
-                eta = float("nan")
-            if not 0 <= eta < float("inf"):
-                raise errors.InputError(
-                    "amending_coefficient must be auto or a finite number >= 0, got "
-                    f"{self.amending_coefficient!r}"
-                )
-            object.__setattr__(self, "amending_coefficient", eta)
+        object.__setattr__(
+            self, "amending_coefficient", estimators.amending_coefficient(self.amending_coefficient)
+        )
         if self.learning_rate_min > self.learning_rate:
             raise errors.InputError(
                 f"learning_rate_min {self.learning_rate_min} exceeds "

@@ -38,6 +38,7 @@ import numpy as np
 
 from tf_amended_darts import (
     errors,
+    estimators,
     export,
     genotypes,
     operations,
@@ -488,7 +489,7 @@ def declare_search_hyperparameters(
     for name in names:
         if name not in declare:
             raise errors.InputError(f"cannot tune {name!r}; tunable: {', '.join(declare)}")
-        if name == "amending_coefficient" and config.amending_coefficient == "auto":
+        if name == "amending_coefficient" and config.amending_coefficient == estimators.AUTO:
             raise errors.InputError(
                 "amending_coefficient=auto chooses eta at every step: it cannot be tuned"
             )

@@ -34,12 +34,13 @@ def _number_in(low, high=math.inf, low_open=False, high_open=False):
     return check, (f"must be in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}")
 
 
-def _number_or_auto():
+def _amending_coefficient(estimators):
     def check(v):
         try:
-            return v == "auto" or (math.isfinite(float(v)) and float(v) >= 0)
-        except (TypeError, ValueError):
+            estimators.amending_coefficient(v)
+        except errors.InputError:
             return False
+        return True
 
     return check, "must be auto or a finite number >= 0"
 
@@ -68,7 +69,7 @@ def _flag_rules():
         "eval_validation_split": _number_in(0, 1, high_open=True),
         "train_portion": _number_in(0, 1, low_open=True, high_open=True),
         "fd_radius": _number_in(0, low_open=True),
-        "amending_coefficient": _number_or_auto(),
+        "amending_coefficient": _amending_coefficient(estimators),
         "strategy": _one_of(distribute.STRATEGIES),
         "arch_gradient": _one_of(tuple(estimators.ESTIMATORS)),
         "products": _one_of(estimators.PRODUCTS),
