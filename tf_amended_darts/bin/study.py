@@ -12,6 +12,7 @@ figures that way).
 """
 
 import json
+import os
 
 from absl import flags
 
@@ -41,8 +42,6 @@ cli.validate_flags(globals().values())
 
 def main(argv):
     del argv
-    import os  # pylint: disable=g-import-not-at-top
-
     from tf_amended_darts import study_report  # pylint: disable=g-import-not-at-top
 
     plan_path, output_dir = _PLAN.value, _OUTPUT_DIR.value
