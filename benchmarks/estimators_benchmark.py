@@ -18,7 +18,10 @@ weight step, the search's iteration), each after one first call that traces it. 
   peak RSS                     (the process's maximum resident memory, tracing included), and
   RSS after build              (the model and optimizers built, nothing traced),
   traces                       (tf.function traces of each step function: 1 each, or a retrace).
-`--grappler=on,off` also times each with TensorFlow's graph optimizer off (disable_meta_optimizer);
+`--logical_cpus=1,2` also times each under MirroredStrategy over 2 logical CPUs (the replicas'
+overhead); `--metrics_every=1,10` reads the metrics every step or every 10 (the search's flag);
+`--rounds=3` runs the whole list three times, alternating. `--grappler=on,off` also times
+each with TensorFlow's graph optimizer off (disable_meta_optimizer);
 measured on the small supernet: first calls 25-35 % shorter, steps up to 15 % faster, but
 peak memory about 50 % higher, so the binaries keep it on.
 """
@@ -58,15 +61,32 @@ _GRAPPLER = flags.DEFINE_list(
     "TensorFlow's graph optimizer (grappler) for the step functions: on, "
     "off (tf.config.optimizer disable_meta_optimizer), or both.",
 )
+_LOGICAL_CPUS = flags.DEFINE_list(
+    "logical_cpus",
+    "1",
+    "Replicas to time each estimator with: 1 (one device) and/or N > 1 (the CPU split into N "
+    "logical devices under MirroredStrategy, the global batch split over them).",
+)
+_METRICS_EVERY = flags.DEFINE_list(
+    "metrics_every",
+    "1",
+    "Read the step metrics on the host every N steps (the search's --metrics_every); "
+    "compare by the mean s/step (the median is over groups of N steps).",
+)
+_ROUNDS = flags.DEFINE_integer(
+    "rounds", 1, "Times the whole list of measurements is run, one after the other."
+)
 _FORMAT = flags.DEFINE_enum("format", "text", ["text", "json"], "Output format.")
 _CHILD = flags.DEFINE_string("child", None, "Internal: the measurement to make, as JSON.")
 
 
 def _run_child(configuration, pair, threads):
-    """Times `pair` ("estimator:products:grappler") in a fresh process; returns its dict (or
-    an error entry)."""
-    estimator, products, grappler = pair.split(":")
+    """Times `pair` ("estimator:products:grappler:logical_cpus:metrics_every") in a fresh
+    process; returns its dict (or an error entry)."""
+    estimator, products, grappler, logical_cpus, metrics_every = pair.split(":")
     request = {
+        "logical_cpus": int(logical_cpus),
+        "metrics_every": int(metrics_every),
         "configuration": configuration.__dict__,
         "estimator": estimator,
         "products": products,
@@ -80,16 +100,24 @@ def _run_child(configuration, pair, threads):
 
 
 def _add_ratios(results):
+    def key(r, estimator, products):
+        return (
+            estimator,
+            products,
+            r["grappler"],
+            r["logical_cpus"],
+            r["metrics_every"],
+            r["round"],
+        )
+
     arch = {
-        (r["estimator"], r["products"], r["grappler"]): r["arch_ms"]
-        for r in results
-        if "error" not in r
+        key(r, r["estimator"], r["products"]): r["arch_ms"] for r in results if "error" not in r
     }
     for r in results:
         if "error" in r:
             continue
-        first = arch.get(("first_order", "-", r["grappler"]))
-        second = arch.get(("second_order", r["products"], r["grappler"]))
+        first = arch.get(key(r, "first_order", "-"))
+        second = arch.get(key(r, "second_order", r["products"]))
         r["x_first_order"] = r["arch_ms"] / first if first else None
         r["x_second_order"] = r["arch_ms"] / second if second else None
 
@@ -99,17 +127,19 @@ def _table(results):
         return "" if x is None else f"{x:.2f}"
 
     lines = [
-        "| estimator | products | grappler | search s/step | images/s | arch ms/step "
+        "| estimator | products | grappler | replicas | metrics every | search s/step | mean "
+        "| images/s | arch ms/step "
         "| x first order | x second order | first call s | peak RSS MB | RSS after build MB "
         "| traces |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         if "error" in r:
             lines.append(f"| {r['estimator']} | failed: {r['error']} |")
             continue
         lines.append(
-            f"| {r['estimator']} | {r['products']} | {r['grappler']} | {r['search_s']:.3f} "
+            f"| {r['estimator']} | {r['products']} | {r['grappler']} | {r['logical_cpus']} "
+            f"| {r['metrics_every']} | {r['search_s']:.3f} | {r['search_mean_s']:.3f} "
             f"| {r['images_per_s']:.1f} "
             f"| {r['arch_ms']:.0f} | {ratio(r['x_first_order'])} | {ratio(r['x_second_order'])} "
             f"| {r['first_call_s']:.0f} | {r['peak_rss_mb']:.0f} | {r['rss_after_build_mb']:.0f} "
@@ -135,9 +165,16 @@ def main(argv):
     for grappler in _GRAPPLER.value:
         if grappler not in ("on", "off"):
             raise app.UsageError(f"--grappler takes on and/or off, got {grappler!r}")
+    for name, values in (("logical_cpus", _LOGICAL_CPUS), ("metrics_every", _METRICS_EVERY)):
+        if not all(v.isdigit() and int(v) >= 1 for v in values.value):
+            raise app.UsageError(f"--{name} takes integers >= 1, got {','.join(values.value)}")
+    if _ROUNDS.value < 1:
+        raise app.UsageError("--rounds must be at least 1")
     pairs = list(
         dict.fromkeys(
-            f"{name}:{'exact' if name == 'first_order' else products}:{grappler}"
+            f"{name}:{'exact' if name == 'first_order' else products}:{grappler}:{cpus}:{every}"
+            for cpus in _LOGICAL_CPUS.value
+            for every in _METRICS_EVERY.value
             for grappler in _GRAPPLER.value
             for products in _PRODUCTS.value
             for name in _ESTIMATORS.value
@@ -155,9 +192,10 @@ def main(argv):
         flush=True,
     )
     results = []
-    for pair in pairs:
-        results.append(_run_child(configuration, pair, threads))
-        print(f"  {pair}: {json.dumps(results[-1])}", file=sys.stderr, flush=True)
+    for round_ in range(_ROUNDS.value):
+        for pair in pairs:
+            results.append({**_run_child(configuration, pair, threads), "round": round_})
+            print(f"  {pair}: {json.dumps(results[-1])}", file=sys.stderr, flush=True)
     _add_ratios(results)
     print(json.dumps(results, indent=1) if _FORMAT.value == "json" else _table(results))
 

@@ -6,6 +6,7 @@ resident set size, tracing included) is its own; the child prints its result as 
 """
 
 import dataclasses
+import itertools
 import json
 import os
 import resource
@@ -86,16 +87,35 @@ def _rss_mb():
     return kb / 1024
 
 
-def _timed(step, args, steps):
-    """(seconds of the first call, median seconds of the next `steps` calls)."""
-    times = []
-    for _ in range(steps + 1):
-        start = time.perf_counter()
-        metrics = step(*args)
-        float(metrics["train_loss"])  # wait for the step
-        times.append(time.perf_counter() - start)
-    rest = sorted(times[1:])
-    return times[0], rest[len(rest) // 2]
+def _timed(step, batches, steps, metrics_every=1):
+    """(seconds of the first call, seconds per step of the next `steps` calls: the median
+    over groups of steps, and the mean).
+
+    `batches()` gives a step's arguments. The metrics are read on the host every
+    `metrics_every` steps, as the search's loop reads them (1: before each next step); a
+    group is the steps between two reads. Compare different `metrics_every` by the mean: a
+    median over groups of 10 steps keeps slow steps that a median over single steps drops.
+    """
+
+    def read(metrics):
+        return {k: float(v) for k, v in metrics.items()}
+
+    start = time.perf_counter()
+    read(step(*batches()))
+    first = time.perf_counter() - start
+    times, unread = [], []
+    start = began = time.perf_counter()
+    for index in range(steps):
+        unread.append(step(*batches()))
+        if len(unread) >= metrics_every or index == steps - 1:
+            for metrics in unread:
+                read(metrics)
+            times.append((time.perf_counter() - start) / len(unread))
+            unread.clear()
+            start = time.perf_counter()
+    mean = (time.perf_counter() - began) / steps
+    times.sort()
+    return first, times[len(times) // 2], mean
 
 
 def measure(
@@ -107,6 +127,8 @@ def measure(
     implicit_iterations=20,
     grappler="on",
     time_weight_step=True,
+    logical_cpus=1,
+    metrics_every=1,
 ):
     """Times one estimator's search iteration in this process; returns a JSON-ready dict.
 
@@ -115,6 +137,8 @@ def measure(
     step + one weight step) after one first call that traces it. With `time_weight_step`, the
     weight step alone is first timed the same way (to split off the architecture step's cost);
     the search traces it only for warm-up epochs, so leave it out to measure a search's memory.
+    With `logical_cpus` > 1 the CPU is split and the steps run under MirroredStrategy, each
+    global batch split over the replicas; `metrics_every`: see _timed.
     """
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
@@ -122,8 +146,9 @@ def measure(
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(threads)
     tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": grappler == "off"})
-    from tf_amended_darts import search  # pylint: disable=g-import-not-at-top
+    from tf_amended_darts import distribute, search  # pylint: disable=g-import-not-at-top
 
+    distribute.configure_logical_cpus(logical_cpus)
     if isinstance(configuration, dict):
         configuration = Configuration(**configuration)
     config = search.SearchConfig(
@@ -136,7 +161,7 @@ def measure(
         batch_size=configuration.batch_size,
     )
     shape, classes = configuration.input_shape(), configuration.classes
-    strategy = tf.distribute.get_strategy()
+    strategy = distribute.make_strategy("mirrored" if logical_cpus > 1 else "one_device")
     searcher = search._Searcher(config, strategy, shape, classes)  # pylint: disable=protected-access
     rss_built = _rss_mb()
     batch = config.batch_size
@@ -144,11 +169,28 @@ def measure(
     pair = [
         (rng.normal((batch,) + shape), rng.uniform([batch], 0, classes, tf.int64)) for _ in range(2)
     ]
+    # The same two global batches every step, split over the replicas as the search splits
+    # its batches (one device: the batches as they are).
+    if logical_cpus > 1:
+        datasets = [
+            iter(
+                distribute.distribute_dataset(
+                    strategy, tf.data.Dataset.from_tensors(p).repeat().unbatch().batch(batch)
+                )
+            )
+            for p in pair
+        ]
+    else:
+        datasets = [itertools.repeat(p) for p in pair]
     result = {}
     if time_weight_step:
-        weight_first, weight = _timed(searcher.weight_step, pair[:1], steps)
+        weight_first, weight, _ = _timed(
+            searcher.weight_step, lambda: (next(datasets[0]),), steps, metrics_every
+        )
         result.update(weight_ms=1000 * weight, weight_first_call_s=weight_first)
-    search_first, search_step = _timed(searcher.search_step, pair, steps)
+    search_first, search_step, search_mean = _timed(
+        searcher.search_step, lambda: tuple(next(d) for d in datasets), steps, metrics_every
+    )
     if time_weight_step:
         result["arch_ms"] = 1000 * search_step - result["weight_ms"]
     return {
@@ -156,7 +198,10 @@ def measure(
         "products": products if estimator != "first_order" else "-",
         "grappler": grappler,
         "threads": threads,
+        "logical_cpus": logical_cpus,
+        "metrics_every": metrics_every,
         "search_s": search_step,
+        "search_mean_s": search_mean,
         "images_per_s": batch / search_step,
         "first_call_s": search_first,
         **result,

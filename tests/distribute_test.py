@@ -1,4 +1,5 @@
-"""Strategy selection; 2 replicas give the 1-device alphas; two localhost workers agree.
+"""Strategy selection; the all-reduce's derivatives; 2 replicas give the 1-device alphas; two
+localhost workers agree.
 
 Needs 2 logical CPUs configured before any TF op: tests/conftest.py does it under pytest, the
 block below when this file runs as a script (bazel)."""
@@ -10,6 +11,7 @@ import subprocess
 import sys
 
 import tensorflow as tf
+from tensorflow.python.ops import op_selector
 
 from tf_amended_darts import distribute, search
 
@@ -76,6 +78,66 @@ class DistributeTest(tf.test.TestCase):
         ):
             distribute.check_global_batch(15, mirrored)
         self.assertTrue(distribute.is_chief(mirrored))
+
+    def test_all_reduce_sum_derivatives_to_second_order(self):
+        # Replica r holds a_r and the shared scalar w; s = all_reduce_sum(a_r w) = w A with
+        # A = sum_r a_r; replica r's loss is a_r s^2, the total A^3 w^2. Summed over the
+        # replicas, the per-replica derivatives are the total's: 2 A^3 w, then 2 A^3 (a
+        # gradient that ignored the other replicas would give 2 w A sum_r a_r^2).
+        mirrored = distribute.make_strategy("mirrored")
+        a = [1.5, -0.25]
+        total = sum(a)
+        with mirrored.scope():
+            w = tf.Variable(0.7, dtype=tf.float64)
+
+        @tf.function(autograph=False)
+        def step():
+            def replica():
+                a_r = tf.constant(a, tf.float64)[
+                    tf.distribute.get_replica_context().replica_id_in_sync_group
+                ]
+                with tf.GradientTape() as outer:
+                    with tf.GradientTape() as inner:
+                        s = distribute.all_reduce_sum(a_r * w)
+                        loss = a_r * s**2
+                    first = inner.gradient(loss, w)
+                return first, outer.gradient(first, w), s
+
+            first, second, s = mirrored.run(replica)
+            reduce = lambda v: mirrored.reduce("SUM", v, axis=None)  # noqa: E731
+            return reduce(first), reduce(second), mirrored.experimental_local_results(s)
+
+        first, second, sums = step()
+        self.assertAllClose(sums, [0.7 * total] * 2, rtol=1e-14, atol=0)
+        self.assertAllClose(first, 2 * total**3 * 0.7, rtol=1e-14, atol=0)
+        self.assertAllClose(second, 2 * total**3, rtol=1e-14, atol=0)
+
+    def test_all_reduce_sum_does_not_walk_the_graph_behind_it(self):
+        # tf.custom_gradient walks back from its outputs (to find variables) when a graph is
+        # built; ReplicaContext.all_reduce's own walk reached the other replica's inputs and
+        # everything before them, once per all-reduce: here a 300-op chain, in a supernet
+        # the whole step. The walk must stay inside the reduction.
+        mirrored = distribute.make_strategy("mirrored")
+        walked = []
+        walk = op_selector.get_backward_walk_ops
+
+        def counting_walk(*args, **kwargs):
+            ops = walk(*args, **kwargs)
+            walked.append(len(ops))
+            return ops
+
+        def replica(x):
+            for _ in range(300):
+                x = tf.sin(x)
+            return distribute.all_reduce_sum([x, 2.0 * x])
+
+        op_selector.get_backward_walk_ops = counting_walk
+        try:
+            tf.function(lambda: mirrored.run(replica, args=(tf.ones([3]),))).get_concrete_function()
+        finally:
+            op_selector.get_backward_walk_ops = walk
+        self.assertNotEmpty(walked)
+        self.assertLess(max(walked), 50, walked)
 
     def test_two_replicas_match_one_device(self):
         mirrored = distribute.make_strategy("mirrored")

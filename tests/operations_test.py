@@ -4,7 +4,10 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
-from tf_amended_darts import operations, search_space
+from tf_amended_darts import distribute, operations, search_space
+
+if __name__ == "__main__":  # pytest: tests/conftest.py splits the CPU
+    distribute.configure_logical_cpus(2)
 
 BUILT_IN = operations.DARTS_OPS + ("sep_conv_7x7", "conv_7x1_1x7", "conv_1x1", "conv_3x3")
 
@@ -222,6 +225,53 @@ class OperationsTest(tf.test.TestCase):
         _, mean, var = formula(*args64[:3])
         self.assertAllClose(layer.moving_mean, 0.1 * mean, rtol=1e-5, atol=1e-6)
         self.assertAllClose(layer.moving_variance, 0.9 + 0.1 * var, rtol=1e-5)
+
+    def test_batch_norm_over_two_replicas_matches_the_formula_to_second_derivatives(self):
+        # Under MirroredStrategy BatchNorm normalises with the global batch's moments
+        # (distribute.all_reduce_sum). Each replica differentiates its own half's loss; the
+        # sums over the replicas must be the full batch's derivatives (float64 formula).
+        rng = np.random.default_rng(2)
+        x, c, u = (rng.normal(size=(4, 3, 3, 2)) for _ in range(3))
+        gamma, beta = rng.uniform(0.5, 1.5, size=2), rng.normal(size=2)
+        layer = operations.batch_norm(affine=True, dtype="float64")
+        layer.build((None, 3, 3, 2))
+        statistics = [v.value for v in layer.non_trainable_variables]
+        mirrored = distribute.make_strategy("mirrored")
+        self.assertEqual(mirrored.num_replicas_in_sync, 2)
+
+        def derivatives(normalize, x, gamma, c, u):
+            with tf.GradientTape(persistent=True) as outer:
+                outer.watch([x, gamma])
+                with tf.GradientTape() as inner:
+                    inner.watch(x)
+                    loss = tf.reduce_sum(tf.sin(normalize(x, gamma)) * c)
+                grad = inner.gradient(loss, x)
+                dot = tf.reduce_sum(grad * u)
+            return [loss, grad, *outer.gradient(dot, [gamma, x])]
+
+        def replica():
+            r = tf.distribute.get_replica_context().replica_id_in_sync_group
+            half = [tf.constant(a, tf.float64)[2 * r : 2 * r + 2] for a in (x, c, u)]
+            return derivatives(
+                lambda x, g: layer.stateless_call([g, beta], statistics, x, training=True)[0],
+                half[0],
+                tf.constant(gamma, tf.float64),
+                *half[1:],
+            )
+
+        per_replica = tf.function(lambda: mirrored.run(replica), autograph=False)()
+        loss, grad, mixed, hvp = (mirrored.experimental_local_results(v) for v in per_replica)
+        got = [sum(loss), tf.concat(grad, 0), sum(mixed), tf.concat(hvp, 0)]
+
+        def formula(x, gamma):
+            mean = tf.reduce_mean(x, [0, 1, 2])
+            var = tf.reduce_mean(tf.square(x - mean), [0, 1, 2])
+            return (x - mean) * tf.math.rsqrt(var + 1e-5) * gamma + beta
+
+        args = [tf.constant(a, tf.float64) for a in (x, gamma, c, u)]
+        expected = derivatives(formula, *args)
+        for name, g, e in zip(("loss", "grad", "mixed", "hvp"), got, expected):
+            self.assertAllClose(g, e, rtol=1e-10, atol=1e-10, msg=name)
 
     def test_batch_norm_statistics_take_finite_updates_only(self):
         # A poisoned or exploding batch must not leave NaN/inf moving statistics behind, on the

@@ -357,6 +357,7 @@ class Runner:
         batch_size,
         checkpoint_every=0,
         stop_after_steps=None,
+        metrics_every=1,
         divergence_hint="",
     ):
         """Runs the epochs left: per epoch task.start_epoch, the steps (progress, per-step
@@ -364,10 +365,17 @@ class Runner:
         reaches `stop_after_steps`), task.end_epoch, epoch summaries, a checkpoint and the
         epoch's log line.
 
+        The steps' metrics are read on the host every `metrics_every` steps (a read waits for
+        the device; between reads the host queues the next steps), and always before a
+        checkpoint, a stop and the epoch's end; every step's metrics are summarised.
+
         Returns an Outcome (`line`: the last completed epoch's summary). Raises
         DivergedError (message + `divergence_hint`) at the first step whose numbers are not
-        finite, before anything of that step is saved.
+        finite, before anything is saved after it: that step's update was skipped; the
+        steps queued after it before the read are discarded with the run.
         """
+        if metrics_every < 1:
+            raise ValueError(f"metrics_every must be at least 1, got {metrics_every}")
         epoch, step_in_epoch, global_step = self.epoch, self.step_in_epoch, self.global_step
         self.progress = run_dir.Progress(
             epochs * steps_per_epoch, batch_size, stream=self._progress_stream, enabled=self.chief
@@ -385,6 +393,7 @@ class Runner:
                     global_step=global_step,
                     checkpoint_every=checkpoint_every,
                     stop_after_steps=stop_after_steps,
+                    metrics_every=metrics_every,
                     divergence_hint=divergence_hint,
                 )
                 if stopped and step_in_epoch < steps_per_epoch:
@@ -423,27 +432,38 @@ class Runner:
         global_step,
         checkpoint_every,
         stop_after_steps,
+        metrics_every,
         divergence_hint,
     ):
         """The steps of the rest of an epoch; returns (summary, step_in_epoch, global_step,
         stopped); summary: mean train_loss and train_acc of the steps run."""
-        sums, ran, stopped = {}, 0, False
+        sums, ran, stopped, unread = {}, 0, False, []
+
+        def read():
+            for step, values in unread:
+                metrics = {k: float(v) for k, v in values.items()}
+                if metrics.pop(DIVERGED, 0.0) > 0:
+                    self._diverged(metrics, step, divergence_hint)
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                self.progress.update(step, epoch=epoch, loss=metrics["train_loss"])
+                _step_summaries(metrics, plan.scalars["lr"], batch_size, step)
+            unread.clear()
+
         for batch in plan.batches:
-            metrics = {k: float(v) for k, v in plan.step(batch).items()}
-            if metrics.pop(DIVERGED, 0.0) > 0:
-                self._diverged(metrics, global_step + 1, divergence_hint)
-            for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + v
             step_in_epoch, global_step, ran = step_in_epoch + 1, global_step + 1, ran + 1
-            self.progress.update(global_step, epoch=epoch, loss=metrics["train_loss"])
-            _step_summaries(metrics, plan.scalars["lr"], batch_size, global_step)
+            unread.append((global_step, plan.step(batch)))
             stopped = stop_after_steps is not None and global_step >= stop_after_steps
-            if step_in_epoch < steps_per_epoch and (
+            save = step_in_epoch < steps_per_epoch and (
                 stopped or (checkpoint_every and global_step % checkpoint_every == 0)
-            ):
+            )
+            if save or stopped or len(unread) >= metrics_every:
+                read()
+            if save:
                 self.save(epoch, step_in_epoch, global_step)
             if stopped:
                 break
+        read()
         ran = max(ran, 1)
         summary = {
             "train_loss": sums.get("train_loss", 0.0) / ran,

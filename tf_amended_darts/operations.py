@@ -35,7 +35,9 @@ class BatchNorm(layers.BatchNormalization):
     and the architecture gradients differentiate through them twice, so they made up half of
     every step's graph (its tracing and optimisation time and memory). The fused kernel is one
     operation with a one-operation gradient and the same result (tested against the Keras
-    path, second derivatives included). Several replicas, float64 and masks take Keras' path.
+    path, second derivatives included). Several replicas, float64 and masks take Keras' path;
+    on several replicas with the global batch's moments from one lean all-reduce per layer
+    (`_moments`).
 
     Moving statistics take finite updates only (elementwise): an exploding or poisoned batch
     would otherwise leave inf/NaN statistics behind even when its step is refused (the loss
@@ -79,6 +81,20 @@ class BatchNorm(layers.BatchNormalization):
             old = tf.cast(variable.value, "float32")
             variable.assign(_finite_or(old * momentum + batch * (1.0 - momentum), old))
         return tf.cast(outputs, self.compute_dtype)
+
+    def _moments(self, inputs, mask):
+        # Several replicas: the global batch's moments from one all-reduce per layer of
+        # the same sums Keras all-reduces in three (same formula, same results), through
+        # distribute.all_reduce_sum, whose gradient does not walk the graph.
+        if mask is not None or not self.synchronized or distribute.replicas_in_context() == 1:
+            return super()._moments(inputs, mask)
+        axes = self._reduction_axes
+        count = tf.cast(tf.size(inputs) // tf.shape(inputs)[self.axis], inputs.dtype)
+        total, squares, count = distribute.all_reduce_sum(
+            [tf.reduce_sum(inputs, axes), tf.reduce_sum(tf.square(inputs), axes), count]
+        )
+        mean = tf.math.divide_no_nan(total, count)
+        return mean, tf.maximum(tf.math.divide_no_nan(squares, count) - tf.square(mean), 0.0)
 
 
 def _finite_or(new, old):

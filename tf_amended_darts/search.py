@@ -306,6 +306,7 @@ def search(
     overwrite=False,
     checkpoint_every=0,
     stop_after_steps=None,
+    metrics_every=1,
     flags=None,
     progress_stream=None,
     render=True,
@@ -322,6 +323,9 @@ def search(
       strategy: a tf.distribute strategy (default: the current/default one).
       checkpoint_every: also checkpoint every this many steps (0: only at epoch ends).
       stop_after_steps: stop (with a checkpoint) once the global step reaches this value.
+      metrics_every: read the steps' metrics on the host every this many steps (progress,
+        summaries, the divergence check; always before a checkpoint): between reads the host
+        queues steps without waiting for the device.
       flags: dict of the command-line flags, recorded in run.json.
       download: tensorflow-datasets: build the dataset when it is missing.
       epoch_callback: called at the end of every epoch, after validation and before the
@@ -422,6 +426,7 @@ def search(
             batch_size=config.batch_size,
             checkpoint_every=checkpoint_every,
             stop_after_steps=stop_after_steps,
+            metrics_every=metrics_every,
             divergence_hint="lower --learning_rate or --arch_learning_rate",
         )
         genotype = model.genotype()

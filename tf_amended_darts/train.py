@@ -232,6 +232,7 @@ def train(
     overwrite=False,
     checkpoint_every=0,
     stop_after_steps=None,
+    metrics_every=1,
     flags=None,
     progress_stream=None,
     log_stream=None,
@@ -318,6 +319,7 @@ def train(
             batch_size=config.batch_size,
             checkpoint_every=checkpoint_every,
             stop_after_steps=stop_after_steps,
+            metrics_every=metrics_every,
             divergence_hint="lower --learning_rate",
         )
         if not outcome.stopped:

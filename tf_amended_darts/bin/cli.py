@@ -89,6 +89,7 @@ def _flag_rules():
         (
             (
                 "stop_after_steps",
+                "metrics_every",
                 "logical_cpus",
                 "image_size",
                 "nodes",

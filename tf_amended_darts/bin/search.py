@@ -21,6 +21,11 @@ _CHECKPOINT_EVERY = flags.DEFINE_integer(
 _STOP_AFTER_STEPS = flags.DEFINE_integer(
     "stop_after_steps", None, "Stop (with a checkpoint) at this global step."
 )
+_METRICS_EVERY = flags.DEFINE_integer(
+    "metrics_every",
+    1,
+    "Read the step metrics (progress, summaries, divergence check) every N steps.",
+)
 _STRATEGY = flags.DEFINE_string("strategy", "auto", "auto|one_device|mirrored|multi_worker.")
 _LOGICAL_CPUS = flags.DEFINE_integer("logical_cpus", 1, "Split the CPU into N logical devices.")
 _DETERMINISTIC = flags.DEFINE_bool(
@@ -148,6 +153,7 @@ def main(argv):
         overwrite=_OVERWRITE.value,
         checkpoint_every=_CHECKPOINT_EVERY.value,
         stop_after_steps=_STOP_AFTER_STEPS.value,
+        metrics_every=_METRICS_EVERY.value,
         render=_RENDER.value,
         download=_DOWNLOAD.value,
         flags=cli.flag_values(globals()),

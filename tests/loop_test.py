@@ -1,0 +1,143 @@
+"""loop.Runner: when a step's metrics are read on the host (every --metrics_every steps, and
+always before a checkpoint, a stop and the epoch's end), and what a divergence found at a
+deferred read leaves behind. The steps here are Python functions, so nothing is traced."""
+
+import io
+import math
+import os
+import sys
+
+import pytest
+import tensorflow as tf
+
+from tf_amended_darts import loop
+
+
+class _Value:
+    """A step metric whose read on the host (float()) is recorded in `events`."""
+
+    def __init__(self, value, step, events):
+        self.value, self.step, self.events = value, step, events
+
+    def __float__(self):
+        self.events.append(("read", self.step))
+        return float(self.value)
+
+
+class _Task:
+    """An EpochTask of `steps` steps per epoch; step `bad_step` (global) has a NaN loss."""
+
+    def __init__(self, steps, events, bad_step=None):
+        self.steps, self.events, self.bad_step = steps, events, bad_step
+        self.global_step = 0
+
+    def start_epoch(self, epoch, skip_batches):
+        def step(batch):
+            self.global_step += 1
+            self.events.append(("step", self.global_step))
+            loss = math.nan if self.global_step == self.bad_step else 1.0 / self.global_step
+            values = {
+                "train_loss": loss,
+                "train_correct": 2.0,
+                "weight_grad_norm": 0.5,
+                loop.DIVERGED: float(self.global_step == self.bad_step),
+            }
+            return {k: _Value(v, self.global_step, self.events) for k, v in values.items()}
+
+        return loop.Epoch(
+            step=step, batches=range(skip_batches, self.steps), scalars={"lr": 0.1}, note=""
+        )
+
+    def end_epoch(self, epochs_done, global_step, line):
+        self.events.append(("end_epoch", global_step))
+        return ""
+
+
+class RunnerTest(tf.test.TestCase):
+    def _run(self, events, *, epochs=1, steps=7, bad_step=None, **kwargs):
+        directory = os.path.join(self.get_temp_dir(), "run")
+        runner = loop.Runner(
+            directory,
+            tf.distribute.get_strategy(),
+            kind="search",
+            config={"a": 1},
+            resume=False,
+            overwrite=True,
+            owned=(),
+            log_stream=io.StringIO(),
+            progress_stream=io.StringIO(),
+        )
+        saved = []
+        with runner:
+            runner.start({}, dict(config={"a": 1}, kind="search"))
+
+            def save(step):
+                saved.append(step)
+                events.append(("save", step))
+
+            runner.checkpointer.save = save
+            outcome = runner.run(
+                _Task(steps, events, bad_step),
+                epochs=epochs,
+                steps_per_epoch=steps,
+                batch_size=4,
+                **kwargs,
+            )
+        return outcome, saved
+
+    @staticmethod
+    def _reads_after(events):
+        """{global step: the last step queued when that step's metrics were first read}."""
+        queued, first_read = 0, {}
+        for kind, step in events:
+            if kind == "step":
+                queued = step
+            elif kind == "read":
+                first_read.setdefault(step, queued)
+        return first_read
+
+    def test_every_step_is_read_before_the_next_by_default(self):
+        events = []
+        outcome, _ = self._run(events)
+        self.assertEqual(self._reads_after(events), {s: s for s in range(1, 8)})
+        self.assertEqual(outcome.global_step, 7)
+
+    def test_reads_every_n_steps_and_at_the_epoch_end(self):
+        events = []
+        outcome, _ = self._run(events, metrics_every=3)
+        # Steps 1-3 read after step 3 ran, 4-6 after 6, step 7 at the epoch's end.
+        self.assertEqual(self._reads_after(events), {1: 3, 2: 3, 3: 3, 4: 6, 5: 6, 6: 6, 7: 7})
+        # The epoch's means still cover every step: losses 1/1 .. 1/7, 2 correct of 4 each.
+        expected_loss = sum(1.0 / s for s in range(1, 8)) / 7
+        self.assertAlmostEqual(outcome.line["train_loss"], expected_loss, places=12)
+        self.assertAlmostEqual(outcome.line["train_acc"], 0.5, places=12)
+
+    def test_reads_before_every_checkpoint_and_stop(self):
+        events = []
+        outcome, saved = self._run(events, metrics_every=5, checkpoint_every=2, stop_after_steps=5)
+        self.assertEqual(self._reads_after(events), {1: 2, 2: 2, 3: 4, 4: 4, 5: 5})
+        self.assertEqual(saved, [2, 4, 5])
+        for step in saved:  # every step up to a checkpoint was read before it was saved
+            save_at = events.index(("save", step))
+            for s in range(1, step + 1):
+                self.assertLess(events.index(("read", s)), save_at)
+        self.assertTrue(outcome.stopped)
+
+    def test_divergence_found_at_a_deferred_read_saves_nothing_after_it(self):
+        events = []
+        with self.assertRaisesRegex(
+            loop.DivergedError, r"diverged at global step 5: train_loss is nan"
+        ):
+            self._run(events, epochs=2, steps=4, bad_step=5, metrics_every=2)
+        saves = [step for kind, step in events if kind == "save"]
+        self.assertEqual(saves, [4])  # the first epoch's end only
+        # Step 6 was queued before the read that found step 5; step 7 never ran.
+        self.assertEqual(max(step for kind, step in events if kind == "step"), 6)
+
+    def test_refuses_metrics_every_below_one(self):
+        with self.assertRaisesRegex(ValueError, "metrics_every must be at least 1"):
+            self._run([], metrics_every=0)
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q", "-p", "no:cacheprovider"]))
