@@ -77,6 +77,36 @@ class StudyReportTest(unittest.TestCase):
             np.isnan(summary[("digits", "darts", "amended_1")].curves["hessian_eigenvalue"]).all()
         )
 
+    def test_estimators_listed_by_gradient_then_coefficient(self):
+        # Record files come in alphabetical order; the table lists first order, second order,
+        # amended by increasing coefficient with auto last, whatever the file order.
+        searches = {
+            "amended_10": {"arch_gradient": "amended", "amending_coefficient": 10.0},
+            "amended_auto": {"arch_gradient": "amended", "amending_coefficient": "auto"},
+            "amended_0.1": {"arch_gradient": "amended", "amending_coefficient": 0.1},
+            "second_order": {"arch_gradient": "second_order", "amending_coefficient": 0.1},
+            "first_order": {"arch_gradient": "first_order", "amending_coefficient": 0.1},
+        }
+        records = [
+            {
+                "run": f"digits-darts-{name}-s0",
+                "search": {"epochs": 1, **search},
+                "epochs": [_entry(1, 1, 0.1, 0.5, 0.8)],
+            }
+            for name, search in sorted(searches.items())
+        ]
+        summary = study_report.summarize(records)
+        self.assertEqual(
+            [key[2] for key in summary],
+            ["first_order", "second_order", "amended_0.1", "amended_10", "amended_auto"],
+        )
+        rows = [
+            line.split("|")[1].strip()
+            for line in study_report.markdown(summary).splitlines()
+            if line.startswith("| ") and not line.startswith("| estimator")
+        ]
+        self.assertEqual(rows, [key[2] for key in summary])
+
     def test_markdown_shows_mean_and_sample_std_over_finished_seeds(self):
         table = study_report.markdown(study_report.summarize(_records()))
         row = next(line for line in table.splitlines() if line.startswith("| first_order"))

@@ -65,13 +65,35 @@ def load_records(records_dir):
     return records
 
 
+# Within a (dataset, space) panel, estimators are listed first order, second order, amended by
+# increasing coefficient (auto last), implicit; then any other in the records' order.
+_GRADIENT_RANK = {"first_order": 0, "second_order": 1, "amended": 2, "implicit": 3}
+
+
+def _estimator_rank(record):
+    search = record["search"]
+    gradient = search.get("arch_gradient")
+    coefficient = 0.0
+    if gradient == "amended":
+        value = search.get("amending_coefficient", 0.0)
+        coefficient = float("inf") if value == "auto" else float(value)
+    return _GRADIENT_RANK.get(gradient, len(_GRADIENT_RANK)), coefficient
+
+
 def summarize(records):
-    """{(dataset, space, estimator): Group}, in the records' order."""
+    """{(dataset, space, estimator): Group}: panels in the records' order, estimators within a
+    panel as _estimator_rank orders them."""
     grouped = {}
     for record in records:
         grouped.setdefault(_key(record["run"]), []).append(record)
+    panels = list(dict.fromkeys(key[:2] for key in grouped))
+    order = sorted(
+        grouped,
+        key=lambda key: (panels.index(key[:2]), _estimator_rank(grouped[key][0])),
+    )
     summary = {}
-    for key, group in grouped.items():
+    for key in order:
+        group = grouped[key]
         epochs = max(r["search"]["epochs"] for r in group)
         curves = {name: np.full([epochs, len(group)], np.nan) for name in CURVES}
         for j, record in enumerate(group):
