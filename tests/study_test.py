@@ -66,6 +66,24 @@ class HelpersTest(tf.test.TestCase):
         with self.assertRaisesRegex(errors.InputError, "unknown search fields.*'etta'"):
             study.planned_runs({**TINY_PLAN, "estimators": {"x": {"etta": 1}}})
 
+    def test_runs_selected_by_glob_patterns(self):
+        plan = {**TINY_PLAN, "seeds": [0, 1]}
+        names = lambda runs: [r.name for r in study.planned_runs(plan, runs)]  # noqa: E731
+        self.assertEqual(
+            names(["*-s1"]), ["digits-darts-first_order-s1", "digits-darts-amended_0.1-s1"]
+        )
+        self.assertEqual(
+            names(["*amended*-s0", "*first_order-s0"]),  # plan order, whatever the patterns' order
+            ["digits-darts-first_order-s0", "digits-darts-amended_0.1-s0"],
+        )
+        with self.assertRaisesRegex(errors.InputError, "no run matches 'digits-enlarged-\\*'"):
+            study.planned_runs(plan, ["*-s0", "digits-enlarged-*"])
+        # run_study selects before it runs anything: a typo creates nothing.
+        output_dir = os.path.join(self.get_temp_dir(), "typo")
+        with self.assertRaises(errors.InputError):
+            study.run_study(plan, output_dir, runs=["*-s7"])
+        self.assertFalse(os.path.exists(output_dir))
+
     def test_committed_plan_is_valid(self):
         path = os.path.join(os.path.dirname(__file__), os.pardir, "studies", "collapse.json")
         runs = study.planned_runs(study.load_plan(path))

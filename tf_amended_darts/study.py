@@ -33,6 +33,7 @@ same way.
 """
 
 import dataclasses
+import fnmatch
 import json
 import os
 
@@ -95,14 +96,19 @@ def load_plan(path):
     return plan
 
 
-def planned_runs(plan):
-    """Every PlannedRun of `plan`, in plan order (InputError on a bad field)."""
+def planned_runs(plan, runs=None):
+    """Every PlannedRun of `plan`, in plan order (InputError on a bad field).
+
+    runs: glob patterns of run names (fnmatch): only the runs matching one of them; a pattern
+    that matches no run is an InputError (a typo would otherwise run nothing). Disjoint
+    patterns let several processes share a plan (each run has its own lock).
+    """
     fields = {f.name for f in dataclasses.fields(search.SearchConfig)}
     retrain = plan.get("retrain")
     unknown = sorted(set(retrain or {}) - {f.name for f in dataclasses.fields(train.TrainConfig)})
     if unknown or "genotype" in (retrain or {}):
         raise errors.InputError(f"study plan: unusable retrain fields {unknown or ['genotype']}")
-    runs = []
+    planned = []
     for dataset in plan.get("datasets", ["digits"]):
         for space_name, space in plan.get("search_spaces", {"darts": {}}).items():
             for estimator_name, estimator in plan["estimators"].items():
@@ -117,7 +123,7 @@ def planned_runs(plan):
                     unknown = sorted(set(settings) - fields)
                     if unknown:
                         raise errors.InputError(f"study plan: unknown search fields {unknown}")
-                    runs.append(
+                    planned.append(
                         PlannedRun(
                             f"{dataset}-{space_name}-{estimator_name}-s{seed}",
                             search.SearchConfig(**settings),
@@ -126,7 +132,12 @@ def planned_runs(plan):
                             else {**retrain, "dataset": dataset, "seed": seed},
                         )
                     )
-    return runs
+    if runs is None:
+        return planned
+    for pattern in runs:
+        if not any(fnmatch.fnmatchcase(p.name, pattern) for p in planned):
+            raise errors.InputError(f"study plan: no run matches {pattern!r}")
+    return [p for p in planned if any(fnmatch.fnmatchcase(p.name, r) for r in runs)]
 
 
 def alpha_masses(probabilities, operations_, slots):
@@ -243,15 +254,16 @@ def _run_search(planned, search_dir, record, record_path, measures, stop_after_s
     return result.finished
 
 
-def run_study(plan, output_dir, *, stop_after_steps=None, log_stream=None):
+def run_study(plan, output_dir, *, runs=None, stop_after_steps=None, log_stream=None):
     """Runs (or continues) every run of `plan` (a dict, see load_plan); returns the records.
 
+    runs: only the runs whose names match one of these glob patterns (see planned_runs).
     stop_after_steps: stop every search once its global step reaches this value (simulates an
     interruption; the next call continues).
     """
     measures = {"hessian": plan.get("hessian", {}), "cosines": plan.get("cosines", {})}
     records = []
-    for planned in planned_runs(plan):
+    for planned in planned_runs(plan, runs):
         run_path = os.path.join(output_dir, "runs", planned.name)
         record_path = os.path.join(output_dir, "records", planned.name + ".json")
         record = {"run": planned.name, "search": planned.search.to_dict(), "epochs": []}

@@ -7,6 +7,9 @@ figures that way).
 
   python -m tf_amended_darts.bin.study --plan=studies/collapse.json --output_dir=runs/collapse \
       --nograppler
+  # two processes sharing the plan (e.g. one per core):
+  python -m tf_amended_darts.bin.study ... --runs='*-darts-*' &
+  python -m tf_amended_darts.bin.study ... --runs='*-enlarged-*'
   python -m tf_amended_darts.bin.study --plan=studies/collapse.json --output_dir=docs/study \
       --report_only --report_dir=docs/study
 """
@@ -20,6 +23,12 @@ from tf_amended_darts.bin import cli
 
 _PLAN = flags.DEFINE_string("plan", None, "The study plan (JSON; see tf_amended_darts/study.py).")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where the runs and records go.")
+_RUNS = flags.DEFINE_list(
+    "runs",
+    None,
+    "Only the runs whose names (<dataset>-<space>-<estimator>-s<seed>) match one of these glob "
+    "patterns, e.g. 'digits-enlarged-*'. Processes given disjoint patterns share a plan.",
+)
 _STOP_AFTER_STEPS = flags.DEFINE_integer(
     "stop_after_steps", None, "Stop each search/training at this global step (continue later)."
 )
@@ -59,7 +68,10 @@ def _run(plan_path, output_dir):
 
     tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": not _GRAPPLER.value})
     records = study.run_study(
-        study.load_plan(plan_path), output_dir, stop_after_steps=_STOP_AFTER_STEPS.value
+        study.load_plan(plan_path),
+        output_dir,
+        runs=_RUNS.value,
+        stop_after_steps=_STOP_AFTER_STEPS.value,
     )
     for record in records:
         last = record["epochs"][-1] if record["epochs"] else {}
