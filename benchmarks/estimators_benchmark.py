@@ -73,6 +73,12 @@ _METRICS_EVERY = flags.DEFINE_list(
     "Read the step metrics on the host every N steps (the search's --metrics_every); "
     "compare by the mean s/step (the median is over groups of N steps).",
 )
+_SUB_BATCHES = flags.DEFINE_list(
+    "sub_batches",
+    "1",
+    "The search's --sub_batches to time each estimator with (products summed over that many "
+    "sub-batches, one at a time; first order has none).",
+)
 _ROUNDS = flags.DEFINE_integer(
     "rounds", 1, "Times the whole list of measurements is run, one after the other."
 )
@@ -81,10 +87,11 @@ _CHILD = flags.DEFINE_string("child", None, "Internal: the measurement to make, 
 
 
 def _run_child(configuration, pair, threads):
-    """Times `pair` ("estimator:products:grappler:logical_cpus:metrics_every") in a fresh
-    process; returns its dict (or an error entry)."""
-    estimator, products, grappler, logical_cpus, metrics_every = pair.split(":")
+    """Times `pair` ("estimator:products:grappler:logical_cpus:metrics_every:sub_batches") in
+    a fresh process; returns its dict (or an error entry)."""
+    estimator, products, grappler, logical_cpus, metrics_every, sub_batches = pair.split(":")
     request = {
+        "sub_batches": int(sub_batches),
         "logical_cpus": int(logical_cpus),
         "metrics_every": int(metrics_every),
         "configuration": configuration.__dict__,
@@ -107,6 +114,7 @@ def _add_ratios(results):
             r["grappler"],
             r["logical_cpus"],
             r["metrics_every"],
+            r["sub_batches"] if estimator != "first_order" else 1,
             r["round"],
         )
 
@@ -127,18 +135,20 @@ def _table(results):
         return "" if x is None else f"{x:.2f}"
 
     lines = [
-        "| estimator | products | grappler | replicas | metrics every | search s/step | mean "
+        "| estimator | products | sub-batches | grappler | replicas | metrics every "
+        "| search s/step | mean "
         "| images/s | arch ms/step "
         "| x first order | x second order | first call s | peak RSS MB | RSS after build MB "
         "| traces |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         if "error" in r:
             lines.append(f"| {r['estimator']} | failed: {r['error']} |")
             continue
         lines.append(
-            f"| {r['estimator']} | {r['products']} | {r['grappler']} | {r['logical_cpus']} "
+            f"| {r['estimator']} | {r['products']} | {r['sub_batches']} | {r['grappler']} "
+            f"| {r['logical_cpus']} "
             f"| {r['metrics_every']} | {r['search_s']:.3f} | {r['search_mean_s']:.3f} "
             f"| {r['images_per_s']:.1f} "
             f"| {r['arch_ms']:.0f} | {ratio(r['x_first_order'])} | {ratio(r['x_second_order'])} "
@@ -165,15 +175,21 @@ def main(argv):
     for grappler in _GRAPPLER.value:
         if grappler not in ("on", "off"):
             raise app.UsageError(f"--grappler takes on and/or off, got {grappler!r}")
-    for name, values in (("logical_cpus", _LOGICAL_CPUS), ("metrics_every", _METRICS_EVERY)):
+    for name, values in (
+        ("logical_cpus", _LOGICAL_CPUS),
+        ("metrics_every", _METRICS_EVERY),
+        ("sub_batches", _SUB_BATCHES),
+    ):
         if not all(v.isdigit() and int(v) >= 1 for v in values.value):
             raise app.UsageError(f"--{name} takes integers >= 1, got {','.join(values.value)}")
     if _ROUNDS.value < 1:
         raise app.UsageError("--rounds must be at least 1")
     pairs = list(
         dict.fromkeys(
-            f"{name}:{'exact' if name == 'first_order' else products}:{grappler}:{cpus}:{every}"
+            f"{name}:{'exact' if name == 'first_order' else products}:{grappler}:{cpus}:{every}:"
+            f"{1 if name == 'first_order' else sub}"
             for cpus in _LOGICAL_CPUS.value
+            for sub in _SUB_BATCHES.value
             for every in _METRICS_EVERY.value
             for grappler in _GRAPPLER.value
             for products in _PRODUCTS.value

@@ -129,6 +129,7 @@ def measure(
     time_weight_step=True,
     logical_cpus=1,
     metrics_every=1,
+    sub_batches=1,
 ):
     """Times one estimator's search iteration in this process; returns a JSON-ready dict.
 
@@ -154,6 +155,7 @@ def measure(
     config = search.SearchConfig(
         arch_gradient=estimator,
         products=products,
+        sub_batches=sub_batches,
         implicit_iterations=implicit_iterations,
         channels=configuration.channels,
         cells=configuration.cells,
@@ -200,6 +202,7 @@ def measure(
         "threads": threads,
         "logical_cpus": logical_cpus,
         "metrics_every": metrics_every,
+        "sub_batches": sub_batches,
         "search_s": search_step,
         "search_mean_s": search_mean,
         "images_per_s": batch / search_step,

@@ -65,11 +65,13 @@ def _run(directory, **kwargs):
 class SearchTest(tf.test.TestCase):
     def test_outputs_and_single_trace(self):
         directory = self.get_temp_dir() + "/out"
-        # amending_coefficient=auto: its per-step eta reaches TensorBoard (checked below).
+        # amending_coefficient=auto: its per-step eta reaches TensorBoard (checked below);
+        # sub_batches=2: the products' while loop inside the traced search step.
         result = _run(
             directory,
             arch_gradient="amended",
             amending_coefficient="auto",
+            sub_batches=2,
             epochs=3,
             warmup_epochs=1,
             steps_per_epoch=2,
@@ -96,7 +98,7 @@ class SearchTest(tf.test.TestCase):
             genotypes.load_genotype(os.path.join(directory, "genotype.json")), result.genotype
         )
         with open(os.path.join(directory, "run.json")) as f:
-            self.assertIn("AmendedEstimator", json.load(f)["estimator"])
+            self.assertIn("sub_batches=2", json.load(f)["estimator"])
         with open(os.path.join(directory, "log.txt")) as f:
             log = f.read()
         self.assertIn("estimator 'amended' runs", log)
@@ -239,6 +241,8 @@ class SearchTest(tf.test.TestCase):
             ({"amending_coefficient": -1.0}, "amending_coefficient must be auto or"),
             ({"amending_coefficient": "automatic"}, "amending_coefficient must be auto or"),
             ({"amending_coefficient": float("nan")}, "amending_coefficient must be auto or"),
+            ({"sub_batches": 0}, "sub_batches must be at least 1"),
+            ({"batch_size": 64, "sub_batches": 3}, "sub_batches 3 does not divide batch_size 64"),
         ]:
             with self.assertRaisesRegex(ValueError, message):
                 search.SearchConfig(**kwargs)
@@ -255,6 +259,14 @@ class SearchTest(tf.test.TestCase):
         auto = search.SearchConfig(amending_coefficient="auto")
         self.assertEqual(auto.estimator().eta, "auto")
         self.assertEqual(search.SearchConfig(**auto.to_dict()), auto)  # run.json round trip
+
+    def test_sub_batches_reach_the_estimator_and_old_runs_keep_their_identity(self):
+        config = search.SearchConfig(batch_size=64, sub_batches=4)
+        self.assertEqual(config.estimator().sub_batches, 4)
+        self.assertEqual(search.SearchConfig(**config.to_dict()), config)
+        # Runs recorded before the field existed have no sub_batches in run.json: at its
+        # default it stays out, so their recorded config still equals the new one (resume).
+        self.assertNotIn("sub_batches", search.SearchConfig().to_dict())
 
 
 def _numpy(values):

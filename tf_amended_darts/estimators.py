@@ -22,7 +22,9 @@ Conventions:
   in static shape, else ValueError naming the argument (checked while tracing, not in the graph).
 - Products are exact (back-over-back nested tapes; one forward/backward of L_train is shared by
   all products of a call) or central finite differences as the reference code
-  (R = fd_radius / ||vector||), `products="finite_difference"`.
+  (R = fd_radius / ||vector||), `products="finite_difference"`. `sub_batches=K` sums them over
+  K sub-batches of the training batch, one at a time (_SubBatchProducts: less memory, one more
+  forward/backward per product, BatchNorm statistics per sub-batch).
 - Nothing is assigned: every forward pass is `model.stateless_call(..., training=True)` on
   explicit tensors (the unrolled step is a tensor w', never written into the model), and the new
   BatchNorm statistics it returns are dropped. Weights, BN statistics and optimizer slots are
@@ -39,6 +41,7 @@ Conventions:
 """
 
 import collections.abc
+import copy
 from typing import Any, NamedTuple, Optional, Sequence
 
 import numpy as np
@@ -223,6 +226,9 @@ class _ExactProducts:
     def loss_and_grad_w(self):
         return self._loss, self._grad_w
 
+    def train_loss(self):
+        return self._loss
+
     def _derivative_of_dot(self, vector, sources):
         with self._tape:  # re-entering records d<grad_w, vector> on the same tape
             dot = _dot(self._grad_w, [tf.stop_gradient(u) for u in vector])
@@ -249,6 +255,9 @@ class _FiniteDifferenceProducts:
             self._at_w = loss, grad_w
         return self._at_w
 
+    def train_loss(self):
+        return self.loss_and_grad_w()[0]
+
     def _difference(self, vector, want_weights):
         norm = _norm(vector)
         r = self._radius / tf.where(norm > 0, norm, tf.ones_like(norm))
@@ -267,7 +276,84 @@ class _FiniteDifferenceProducts:
         return self._difference(vector, want_weights=False)
 
 
-def _make_products(method, fd_radius, losses, weights, arch, batch):
+class _SubBatchProducts:
+    """The products of L_train summed over `count` equal sub-batches of `batch`, one sub-batch
+    at a time (a tf.while_loop on one replica), so that only one sub-batch's passes are alive:
+    the activation memory of batch / count examples, for one more forward/backward per product
+    (each product recomputes its sub-batches' passes). The loss is the full batch's mean (each
+    sub-batch's loss is divided by the global batch size). BatchNorm in training mode
+    normalises each sub-batch with its own statistics, so H and B are those of that loss (the
+    batch normalised in `count` groups, as `count` replicas without synchronised BatchNorm
+    would); on a model without batch statistics they are the full batch's exactly."""
+
+    def __init__(self, method, fd_radius, losses, weights, arch, batch, count):
+        size = batch[0].shape[0]
+        if size is not None and size % count:
+            raise errors.InputError(
+                f"sub_batches={count} does not divide the batch of {size} examples (per replica)"
+            )
+        if losses.global_batch_size is None:  # the full batch's, not the sub-batch's
+            losses = copy.copy(losses)
+            losses.global_batch_size = tf.shape(batch[0])[0] * distribute.replicas_in_context()
+        self._make = lambda sub_batch: _make_products(
+            method, fd_radius, losses, weights, arch, sub_batch
+        )
+        self._weights, self._arch = weights, arch
+        self._batch, self._count, self._exact = batch, count, method == "exact"
+        self._loss = self._at_w = None
+
+    def _sum(self, compute, like):
+        """sum over the sub-batches k of compute(products of sub-batch k), a list of tensors
+        shaped as `like`. Over several replicas the loop is unrolled (MirroredStrategy refuses
+        synchronised BatchNorm's all-reduces inside a while loop)."""
+        size = tf.shape(self._batch[0])[0] // self._count
+
+        def body(k, total):
+            sub_batch = tf.nest.map_structure(lambda t: t[k * size : (k + 1) * size], self._batch)
+            return k + 1, [a + b for a, b in zip(total, compute(self._make(sub_batch)))]
+
+        total = [tf.zeros_like(t) for t in like]
+        if distribute.replicas_in_context() > 1:
+            for k in range(self._count):
+                total = body(k, total)[1]
+            return total
+        # parallel_iterations=1: an iteration's passes depend on k only, so by default the
+        # loop would run up to 10 sub-batches at once, holding their activations together.
+        return tf.while_loop(
+            lambda k, _: k < self._count, body, (tf.constant(0), total), parallel_iterations=1
+        )[1]
+
+    def _product(self, method_name, vector, like):
+        if not self._exact:
+            return self._sum(lambda p: getattr(p, method_name)(vector), like)
+        # Exact products compute the loss anyway: keep it for train_loss.
+        loss_like = tf.zeros([], like[0].dtype)
+        total = self._sum(
+            lambda p: getattr(p, method_name)(vector) + [p.train_loss()], like + [loss_like]
+        )
+        self._loss = total[-1]
+        return total[:-1]
+
+    def loss_and_grad_w(self):
+        if self._at_w is None:
+            like = [tf.zeros([], self._weights[0].dtype)] + self._weights
+            total = self._sum(lambda p: [p.loss_and_grad_w()[0]] + p.loss_and_grad_w()[1], like)
+            self._at_w = total[0], total[1:]
+        return self._at_w
+
+    def train_loss(self):
+        return self._loss if self._loss is not None else self.loss_and_grad_w()[0]
+
+    def hessian_vector(self, vector):
+        return self._product("hessian_vector", vector, self._weights)
+
+    def mixed_vector(self, vector):
+        return self._product("mixed_vector", vector, self._arch)
+
+
+def _make_products(method, fd_radius, losses, weights, arch, batch, sub_batches=1):
+    if sub_batches > 1:
+        return _SubBatchProducts(method, fd_radius, losses, weights, arch, batch, sub_batches)
     if method == "exact":
         return _ExactProducts(losses, weights, arch, batch)
     return _FiniteDifferenceProducts(losses, weights, arch, batch, fd_radius)
@@ -283,28 +369,43 @@ def hessian_vector_product(
     weight_decay=0.0,
     fd_radius=0.01,
     global_batch_size=None,
+    sub_batches=1,
 ):
     """(H + wd I) v of L_train on `batch` at the model's weights; global, aligned with
-    model.weight_variables. `vector` must be global (identical on every replica)."""
+    model.weight_variables. `vector` must be global (identical on every replica). sub_batches:
+    accumulated over that many sub-batches (_SubBatchProducts)."""
     _check_choice("products", products, PRODUCTS)
     losses = _StatelessLosses(model, loss_fn, global_batch_size)
     _check_like_weights("vector", vector, model.weight_variables)
     weights, arch = losses.weights(), losses.arch()
-    hv = _make_products(products, fd_radius, losses, weights, arch, batch).hessian_vector(vector)
+    hv = _make_products(
+        products, fd_radius, losses, weights, arch, batch, sub_batches
+    ).hessian_vector(vector)
     wd = _as_dtype(weight_decay, weights[0].dtype)
     return _axpy(wd, vector, distribute.all_reduce_sum(hv))
 
 
 def mixed_vector_product(
-    model, loss_fn, batch, vector, *, products="exact", fd_radius=0.01, global_batch_size=None
+    model,
+    loss_fn,
+    batch,
+    vector,
+    *,
+    products="exact",
+    fd_radius=0.01,
+    global_batch_size=None,
+    sub_batches=1,
 ):
     """B u = d/d alpha <grad_w L_train, u>, aligned with model.arch_variables: this replica's
-    local contribution (sum over replicas = global product; the product itself on one device)."""
+    local contribution (sum over replicas = global product; the product itself on one device).
+    sub_batches: as hessian_vector_product."""
     _check_choice("products", products, PRODUCTS)
     losses = _StatelessLosses(model, loss_fn, global_batch_size)
     _check_like_weights("vector", vector, model.weight_variables)
     weights, arch = losses.weights(), losses.arch()
-    return _make_products(products, fd_radius, losses, weights, arch, batch).mixed_vector(vector)
+    return _make_products(
+        products, fd_radius, losses, weights, arch, batch, sub_batches
+    ).mixed_vector(vector)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -356,10 +457,12 @@ class _Estimator:
     # Diagnostics that are this replica's local contribution, summed over replicas in estimate.
     _LOCAL_DIAGNOSTICS = ("val_loss", "unrolled_val_loss", "train_loss")
 
-    def __init__(self, products="exact", fd_radius=0.01):
+    def __init__(self, products="exact", fd_radius=0.01, sub_batches=1):
         _check_choice("products", products, PRODUCTS)
         _check_number("fd_radius", fd_radius, 0.0, strict=True)
-        self.products, self.fd_radius = products, float(fd_radius)
+        if isinstance(sub_batches, bool) or not isinstance(sub_batches, int) or sub_batches < 1:
+            raise errors.InputError(f"sub_batches must be an integer >= 1, got {sub_batches!r}")
+        self.products, self.fd_radius, self.sub_batches = products, float(fd_radius), sub_batches
 
     def __repr__(self):
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
@@ -403,7 +506,9 @@ class _Estimator:
         """Raises ValueError if this estimator cannot run on `weight_state` (None allowed)."""
 
     def _products(self, losses, weights, arch, batch):
-        return _make_products(self.products, self.fd_radius, losses, weights, arch, batch)
+        return _make_products(
+            self.products, self.fd_radius, losses, weights, arch, batch, self.sub_batches
+        )
 
     @staticmethod
     def _validation(losses, weights, arch, val_batch):
@@ -480,8 +585,8 @@ class AmendedEstimator(_Estimator):
 
     name = "amended"
 
-    def __init__(self, eta=0.1, products="exact", fd_radius=0.01):
-        super().__init__(products, fd_radius)
+    def __init__(self, eta=0.1, products="exact", fd_radius=0.01, sub_batches=1):
+        super().__init__(products, fd_radius, sub_batches)
         if eta != AUTO:
             _check_number("eta", eta, 0.0)
             eta = float(eta)
@@ -499,7 +604,7 @@ class AmendedEstimator(_Estimator):
             eta = _as_dtype(self.eta, weights[0].dtype)
         correction = [-eta * bu for bu in products.mixed_vector(av)]
         if self.products == "exact":
-            diagnostics["train_loss"] = products.loss_and_grad_w()[0]
+            diagnostics["train_loss"] = products.train_loss()
         return g1, correction, diagnostics
 
 
@@ -522,8 +627,9 @@ class ImplicitEstimator(_Estimator):
         neumann_scale=0.01,
         products="exact",
         fd_radius=0.01,
+        sub_batches=1,
     ):
-        super().__init__(products, fd_radius)
+        super().__init__(products, fd_radius, sub_batches)
         _check_choice("solver", solver, SOLVERS)
         if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
             raise errors.InputError(f"iterations must be an integer >= 1, got {iterations!r}")
@@ -547,7 +653,7 @@ class ImplicitEstimator(_Estimator):
         correction = [-bx for bx in products.mixed_vector(x)]
         diagnostics = {"val_loss": val_loss, "residual_norm": _norm(residual), "rhs_norm": _norm(v)}
         if self.products == "exact":
-            diagnostics["train_loss"] = products.loss_and_grad_w()[0]
+            diagnostics["train_loss"] = products.train_loss()
         return g1, correction, diagnostics
 
     # On one replica the solvers loop in tf.while_loop, so a traced step holds ONE

@@ -73,6 +73,7 @@ class SearchConfig:
     arch_gradient: str = "amended"
     amending_coefficient: Union[float, str] = 0.1  # or "auto" (estimators.AmendedEstimator)
     products: str = "exact"  # exact | finite_difference Hessian products
+    sub_batches: int = 1  # products summed over this many sub-batches (memory; estimators.py)
     implicit_iterations: int = 20  # CG iterations of arch_gradient=implicit
     epochs: int = 50
     steps_per_epoch: Optional[int] = None  # cap on the iterations of an epoch (None: all)
@@ -93,7 +94,7 @@ class SearchConfig:
     def __post_init__(self):
         if self.operations is not None:
             object.__setattr__(self, "operations", tuple(self.operations))
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size", "sub_batches"):
             if getattr(self, name) < 1:
                 raise errors.InputError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in (
@@ -112,6 +113,10 @@ class SearchConfig:
         object.__setattr__(
             self, "amending_coefficient", estimators.amending_coefficient(self.amending_coefficient)
         )
+        if self.batch_size % self.sub_batches:
+            raise errors.InputError(
+                f"sub_batches {self.sub_batches} does not divide batch_size {self.batch_size}"
+            )
         if self.learning_rate_min > self.learning_rate:
             raise errors.InputError(
                 f"learning_rate_min {self.learning_rate_min} exceeds "
@@ -139,7 +144,7 @@ class SearchConfig:
         )
 
     def estimator(self):
-        params = {"products": self.products}
+        params = {"products": self.products, "sub_batches": self.sub_batches}
         if self.arch_gradient == "amended":
             params["eta"] = self.amending_coefficient
         if self.arch_gradient == "implicit":
@@ -155,6 +160,9 @@ class SearchConfig:
     def to_dict(self):
         d = dataclasses.asdict(self)
         d["operations"] = list(self.operations) if self.operations is not None else None
+        # Added after runs were recorded without it: kept out at its default, so they resume.
+        if d["sub_batches"] == 1:
+            del d["sub_batches"]
         return d
 
 

@@ -95,6 +95,7 @@ def _flag_rules():
                 "nodes",
                 "channels",
                 "implicit_iterations",
+                "sub_batches",
                 "epochs",
                 "steps_per_epoch",
                 "batch_size",

@@ -61,6 +61,14 @@ _AMENDING = flags.DEFINE_string(
     "eta A v is closest to A^-1 v, from the step's own Hessian product).",
 )
 _PRODUCTS = flags.DEFINE_string("products", "exact", "Hessian products: exact | finite_difference.")
+_SUB_BATCHES = flags.DEFINE_integer(
+    "sub_batches",
+    1,
+    "Sum the estimator's second-derivative products of L_train over this many sub-batches of "
+    "the batch, one at a time: their activation memory is that of batch / sub_batches "
+    "examples, for one more forward/backward per product; BatchNorm then normalises each "
+    "sub-batch alone (README 'Speed and memory').",
+)
 _IMPLICIT_ITERATIONS = flags.DEFINE_integer(
     "implicit_iterations", 20, "CG iterations of --arch_gradient=implicit."
 )
@@ -118,6 +126,7 @@ def main(argv):
         arch_gradient=_ARCH_GRADIENT.value,
         amending_coefficient=_AMENDING.value,
         products=_PRODUCTS.value,
+        sub_batches=_SUB_BATCHES.value,
         implicit_iterations=_IMPLICIT_ITERATIONS.value,
         epochs=_EPOCHS.value,
         steps_per_epoch=_STEPS_PER_EPOCH.value,
