@@ -62,6 +62,13 @@ _ESTIMATORS = flags.DEFINE_list(
 _PRODUCTS = flags.DEFINE_enum(
     "products", "exact", ["exact", "finite_difference"], "Our Hessian products."
 )
+_SUB_BATCHES = flags.DEFINE_integer(
+    "sub_batches",
+    1,
+    "Our search's --sub_batches for second order and amended (their products summed over that "
+    "many sub-batches: less memory).",
+    lower_bound=1,
+)
 _STEPS = flags.DEFINE_integer(
     "steps", 3, "Timed iterations of each measurement, after its first call.", lower_bound=1
 )
@@ -143,6 +150,7 @@ def _measure(estimator, side, configuration, threads, reference_command):
             "configuration": dataclasses.asdict(configuration),
             "estimator": estimator,
             "products": _PRODUCTS.value,
+            "sub_batches": 1 if estimator == "first_order" else _SUB_BATCHES.value,
             "steps": _STEPS.value,
             "threads": threads,
             # The search traces the weight step alone only in warm-up epochs.
@@ -196,6 +204,7 @@ def main(argv):
         "steps": _STEPS.value,
         "repeats": _REPEATS.value,
         "products": _PRODUCTS.value,
+        "sub_batches": _SUB_BATCHES.value,
         "reference_command": reference_command,
     }
     print(json.dumps(header), file=sys.stderr, flush=True)

@@ -125,5 +125,6 @@ def text_report(header, result_rows):
         f"C={c['channels']}, {c['cells']} cells, {c['nodes']} nodes, batch {c['batch_size']}, "
         f"{c['image_size']}x{c['image_size']}x{c['image_channels']}, {header['threads']} "
         f"threads each, {header['steps']} timed iterations x {header['repeats']} repeats, "
-        f"our products {header['products']}\n\n" + table(result_rows)
+        f"our products {header['products']}, our sub-batches {header.get('sub_batches', 1)}"
+        "\n\n" + table(result_rows)
     )
