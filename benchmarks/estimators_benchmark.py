@@ -15,6 +15,8 @@ weight step, the search's iteration), each after one first call that traces it. 
   arch ms/step                 (search step - weight step: the estimator + the Adam step),
   x first order, x second order  (arch-step time ratios, same products),
   first call                   (tracing + graph optimisation + one step of the search step),
+  trace s, graph nodes         (one device: the search step traced alone first, its Python
+                                graph's nodes and constants, RSS after that trace),
   peak RSS                     (the process's maximum resident memory, tracing included), and
   RSS after build              (the model and optimizers built, nothing traced),
   traces                       (tf.function traces of each step function: 1 each, or a retrace).
@@ -130,6 +132,10 @@ def _add_ratios(results):
         r["x_second_order"] = r["arch_ms"] / second if second else None
 
 
+def _get(result, key, spec):
+    return format(result[key], spec) if key in result else ""
+
+
 def _table(results):
     def ratio(x):
         return "" if x is None else f"{x:.2f}"
@@ -138,9 +144,9 @@ def _table(results):
         "| estimator | products | sub-batches | grappler | replicas | metrics every "
         "| search s/step | mean "
         "| images/s | arch ms/step "
-        "| x first order | x second order | first call s | peak RSS MB | RSS after build MB "
-        "| traces |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| x first order | x second order | first call s | trace s | graph nodes (constants) "
+        "| peak RSS MB | RSS after build MB | RSS after trace MB | traces |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         if "error" in r:
@@ -152,7 +158,10 @@ def _table(results):
             f"| {r['metrics_every']} | {r['search_s']:.3f} | {r['search_mean_s']:.3f} "
             f"| {r['images_per_s']:.1f} "
             f"| {r['arch_ms']:.0f} | {ratio(r['x_first_order'])} | {ratio(r['x_second_order'])} "
-            f"| {r['first_call_s']:.0f} | {r['peak_rss_mb']:.0f} | {r['rss_after_build_mb']:.0f} "
+            f"| {r['first_call_s']:.0f} | {_get(r, 'trace_s', '.0f')} "
+            f"| {_get(r, 'graph_nodes', ',')} ({_get(r, 'graph_constants', ',')}) "
+            f"| {r['peak_rss_mb']:.0f} | {r['rss_after_build_mb']:.0f} "
+            f"| {_get(r, 'rss_after_trace_mb', '.0f')} "
             f"| {r['traces']['search_step']}+{r['traces']['weight_step']} |"
         )
     return "\n".join(lines)
