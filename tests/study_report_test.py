@@ -121,6 +121,10 @@ class StudyReportTest(unittest.TestCase):
         amended = next(line for line in table.splitlines() if line.startswith("| amended_1"))
         # One finished seed: no spread; no eigenvalue recorded: a dash, not 0 or nan.
         self.assertIn("| 1/1 | 1.00 | 0.050 | 0.200 | — | — | 0.8500 | — |", amended)
+        # With the plan's seeds the denominator is the plan's, not the records found.
+        planned = study_report.markdown(study_report.summarize(_records(), planned_seeds=3))
+        self.assertIn("| amended_1 | 1/3 |", planned)
+        self.assertIn("| first_order | 2/3 |", planned)
 
     def test_write_report_writes_the_tables_and_pngs(self):
         with tempfile.TemporaryDirectory() as tmp:

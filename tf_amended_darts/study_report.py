@@ -38,6 +38,7 @@ class Group:
     runs: list  # run names, by seed
     curves: dict  # name -> [epochs, seeds] array (NaN where a run has no such epoch yet)
     finished: int  # runs with every epoch of their search
+    planned: int  # runs the plan has for this group (the records' count when not given)
     test_acc: list  # re-trained test accuracies of the runs that have one
 
 
@@ -80,9 +81,10 @@ def _estimator_rank(record):
     return _GRADIENT_RANK.get(gradient, len(_GRADIENT_RANK)), coefficient
 
 
-def summarize(records):
+def summarize(records, planned_seeds=None):
     """{(dataset, space, estimator): Group}: panels in the records' order, estimators within a
-    panel as _estimator_rank orders them."""
+    panel as _estimator_rank orders them. planned_seeds: the plan's seeds per group (the
+    "seeds done" denominator; default: the records found)."""
     grouped = {}
     for record in records:
         grouped.setdefault(_key(record["run"]), []).append(record)
@@ -105,6 +107,7 @@ def summarize(records):
             runs=[r["run"] for r in group],
             curves=curves,
             finished=sum(len(r["epochs"]) == r["search"]["epochs"] for r in group),
+            planned=planned_seeds or len(group),
             test_acc=[r["test_acc"] for r in group if r.get("test_acc") is not None],
         )
     return summary
@@ -140,7 +143,7 @@ def markdown(summary):
             eigenvalues = group.curves["hessian_eigenvalue"]
             peak = np.nanmax(eigenvalues[:, ~np.isnan(eigenvalues[-1])], axis=0)
             lines.append(
-                f"| {estimator} | {group.finished}/{len(group.runs)} "
+                f"| {estimator} | {group.finished}/{group.planned} "
                 f"| {_mean_std(_final(group, 'parameter_free_ops'), 2)} "
                 f"| {_mean_std(_final(group, 'skip_mass_normal'), 3)} "
                 f"| {_mean_std(_final(group, 'pool_mass_normal'), 3)} "
@@ -208,9 +211,10 @@ def plot(summary, output_dir):
     return paths
 
 
-def write_report(records_dir, output_dir):
-    """report.md (the tables) and the PNGs in `output_dir`, from the records in records_dir."""
-    summary = summarize(load_records(records_dir))
+def write_report(records_dir, output_dir, planned_seeds=None):
+    """report.md (the tables) and the PNGs in `output_dir`, from the records in records_dir
+    (planned_seeds: see summarize)."""
+    summary = summarize(load_records(records_dir), planned_seeds)
     os.makedirs(output_dir, exist_ok=True)
     io_utils.write_atomic(os.path.join(output_dir, "report.md"), markdown(summary))
     return [os.path.join(output_dir, "report.md")] + plot(summary, output_dir)

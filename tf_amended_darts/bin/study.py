@@ -57,8 +57,17 @@ def main(argv):
     report_dir = _REPORT_DIR.value or os.path.join(output_dir, "report")
     if not _REPORT_ONLY.value:
         _run(plan_path, output_dir)
-    for path in study_report.write_report(os.path.join(output_dir, "records"), report_dir):
+    seeds = len(_load_plan(plan_path).get("seeds", [0]))
+    for path in study_report.write_report(
+        os.path.join(output_dir, "records"), report_dir, planned_seeds=seeds
+    ):
         print(f"wrote {path}")
+
+
+def _load_plan(plan_path):
+    from tf_amended_darts import study  # pylint: disable=g-import-not-at-top
+
+    return study.load_plan(plan_path)
 
 
 def _run(plan_path, output_dir):
@@ -68,7 +77,7 @@ def _run(plan_path, output_dir):
 
     tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": not _GRAPPLER.value})
     records = study.run_study(
-        study.load_plan(plan_path),
+        _load_plan(plan_path),
         output_dir,
         runs=_RUNS.value,
         stop_after_steps=_STOP_AFTER_STEPS.value,
