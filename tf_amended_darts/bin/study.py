@@ -51,33 +51,29 @@ cli.validate_flags(globals().values())
 
 def main(argv):
     del argv
-    from tf_amended_darts import study_report  # pylint: disable=g-import-not-at-top
+    from tf_amended_darts import study, study_report  # pylint: disable=g-import-not-at-top
 
-    plan_path, output_dir = _PLAN.value, _OUTPUT_DIR.value
+    output_dir = _OUTPUT_DIR.value
+    plan = study.load_plan(_PLAN.value)
     report_dir = _REPORT_DIR.value or os.path.join(output_dir, "report")
     if not _REPORT_ONLY.value:
-        _run(plan_path, output_dir)
-    seeds = len(_load_plan(plan_path).get("seeds", [0]))
+        _run(plan, output_dir)
     for path in study_report.write_report(
-        os.path.join(output_dir, "records"), report_dir, planned_seeds=seeds
+        os.path.join(output_dir, "records"),
+        report_dir,
+        planned_seeds=len(plan.get("seeds", [0])),
     ):
         print(f"wrote {path}")
 
 
-def _load_plan(plan_path):
-    from tf_amended_darts import study  # pylint: disable=g-import-not-at-top
-
-    return study.load_plan(plan_path)
-
-
-def _run(plan_path, output_dir):
+def _run(plan, output_dir):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
     from tf_amended_darts import study  # pylint: disable=g-import-not-at-top
 
     tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": not _GRAPPLER.value})
     records = study.run_study(
-        _load_plan(plan_path),
+        plan,
         output_dir,
         runs=_RUNS.value,
         stop_after_steps=_STOP_AFTER_STEPS.value,
