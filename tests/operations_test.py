@@ -179,9 +179,12 @@ class OperationsTest(tf.test.TestCase):
             )
             self.assertAllClose(operations.max_pool_3x3(tf.constant(z), 2), expected)
 
-    def test_fused_batch_norm_matches_the_formula_to_second_derivatives(self):
-        # BatchNorm's one-replica training pass is TF's fused kernel; ground truth: the
-        # formula (x - mean) / sqrt(biased var + eps) * gamma + beta differentiated in float64.
+    def test_batch_norm_matches_the_formula_to_second_derivatives(self):
+        # BatchNorm's one-replica training pass is normalize_batch: the fused kernel (float32)
+        # or the formula (float64) forward, closed-form first and second derivatives. Ground
+        # truth: the formula (x - mean) / sqrt(biased var + eps) * gamma + beta, differentiated
+        # by TF in float64. Tolerances: float32 against float64 1e-4; float64 1e-10 (measured
+        # ~1e-15).
         rng = np.random.default_rng(1)
         x, c, u = (rng.normal(size=(4, 5, 5, 3)) for _ in range(3))
         gamma, beta = rng.uniform(0.5, 1.5, size=3), rng.normal(size=3)
@@ -192,7 +195,8 @@ class OperationsTest(tf.test.TestCase):
             return (x - mean) * tf.math.rsqrt(var + 1e-5) * gamma + beta, mean, var
 
         def derivatives(normalize, x, gamma, beta, c, u):
-            # loss, dL/dx, d/dgamma <dL/dx, u> and d/dx <dL/dx, u> (Hessian times u).
+            # loss, dL/dx, d/dgamma <dL/dx, u> and d/dx <dL/dx, u> (Hessian times u); the
+            # sine makes dL/dy depend on x, so both second derivatives of the layer count.
             with tf.GradientTape(persistent=True) as outer:
                 outer.watch([x, gamma])
                 with tf.GradientTape() as inner:
@@ -202,29 +206,52 @@ class OperationsTest(tf.test.TestCase):
                 dot = tf.reduce_sum(grad * u)
             return [loss, grad, *outer.gradient(dot, [gamma, x])]
 
-        layer = operations.batch_norm(affine=True)
-        layer.build((None, 5, 5, 3))
-        statistics = [v.value for v in layer.non_trainable_variables]
-
-        def fused(x, gamma, beta):  # as the estimators call it: variables as tensors
-            return layer.stateless_call([gamma, beta], statistics, x, training=True)[0]
-
-        args32 = [tf.constant(a, tf.float32) for a in (x, gamma, beta, c, u)]
-        got = tf.function(lambda *a: derivatives(fused, *a))(*args32)
-        graph = tf.function(lambda *a: derivatives(fused, *a)).get_concrete_function(*args32)
-        ops_used = {op.type for op in graph.graph.get_operations()}
-        self.assertIn("FusedBatchNormV3", ops_used)  # the fused path did run
         args64 = [tf.constant(a, tf.float64) for a in (x, gamma, beta, c, u)]
         expected = derivatives(lambda *a: formula(*a)[0], *args64)
-        for name, g, e in zip(("loss", "grad", "mixed", "hvp"), got, expected):
-            self.assertAllClose(g, e, rtol=1e-4, atol=1e-4, msg=name)
-        # Moving statistics: momentum 0.9 over the biased batch variance, as Keras' path.
-        layer.moving_mean.assign(np.zeros(3, np.float32))
-        layer.moving_variance.assign(np.ones(3, np.float32))
-        layer(args32[0], training=True)
-        _, mean, var = formula(*args64[:3])
-        self.assertAllClose(layer.moving_mean, 0.1 * mean, rtol=1e-5, atol=1e-6)
-        self.assertAllClose(layer.moving_variance, 0.9 + 0.1 * var, rtol=1e-5)
+        for dtype, tolerance in (("float32", 1e-4), ("float64", 1e-10)):
+            layer = operations.batch_norm(affine=True, dtype=dtype)
+            layer.build((None, 5, 5, 3))
+            statistics = [v.value for v in layer.non_trainable_variables]
+
+            def layer_call(x, gamma, beta, layer=layer, statistics=statistics):
+                # As the estimators call it: variables as tensors.
+                return layer.stateless_call([gamma, beta], statistics, x, training=True)[0]
+
+            args = [tf.constant(a, dtype) for a in (x, gamma, beta, c, u)]
+            traced = tf.function(lambda *a: derivatives(layer_call, *a))
+            got = traced(*args)
+            graph = traced.get_concrete_function(*args).graph
+            ops_used = [op.type for op in graph.get_operations()]
+            if dtype == "float32":  # the kernels did run (forward, first derivatives)
+                self.assertIn("FusedBatchNormV3", ops_used)
+                self.assertIn("FusedBatchNormGradV3", ops_used)
+            # The closed-form second derivatives did: TF's own (its gradient kernel rebuilt
+            # from elementwise operations, then differentiated) would bring RsqrtGrad.
+            self.assertNotIn("RsqrtGrad", ops_used)
+            for name, g, e in zip(("loss", "grad", "mixed", "hvp"), got, expected):
+                self.assertAllClose(g, e, rtol=tolerance, atol=tolerance, msg=f"{name} {dtype}")
+            # Moving statistics: momentum 0.9 over the biased batch variance, as Keras' path.
+            layer.moving_mean.assign(np.zeros(3, dtype))
+            layer.moving_variance.assign(np.ones(3, dtype))
+            layer(args[0], training=True)
+            _, mean, var = formula(*args64[:3])
+            self.assertAllClose(layer.moving_mean, 0.1 * mean, rtol=1e-5, atol=1e-6)
+            self.assertAllClose(layer.moving_variance, 0.9 + 0.1 * var, rtol=1e-5)
+
+    def test_batch_norm_refuses_third_derivatives(self):
+        # Its second derivatives are closed forms that TF cannot differentiate correctly.
+        x = tf.constant(np.random.default_rng(0).normal(size=(2, 3, 3, 2)))
+        with tf.GradientTape() as third:
+            third.watch(x)
+            with tf.GradientTape() as second:
+                second.watch(x)
+                with tf.GradientTape() as first:
+                    first.watch(x)
+                    loss = tf.reduce_sum(tf.sin(operations.normalize_batch(x, 1e-5)[0]))
+                dot = tf.reduce_sum(first.gradient(loss, x))
+            hvp = tf.reduce_sum(second.gradient(dot, x))
+        with self.assertRaisesRegex(NotImplementedError, "third derivatives"):
+            third.gradient(hvp, x)
 
     def test_batch_norm_over_two_replicas_matches_the_formula_to_second_derivatives(self):
         # Under MirroredStrategy BatchNorm normalises with the global batch's moments

@@ -28,16 +28,16 @@ _FUSED_DTYPES = ("float16", "bfloat16", "float32")
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class BatchNorm(layers.BatchNormalization):
     """Keras BatchNormalization (synchronized: global-batch statistics under MirroredStrategy)
-    whose training pass on one replica is TensorFlow's fused kernel.
+    whose training pass on one replica is `normalize_batch`: TF's fused kernel forward, first
+    and second derivatives in closed form.
 
-    Keras computes batch moments and normalisation from about 45 small graph operations per
-    layer, and their gradients from as many again; the supernet has hundreds of these layers
-    and the architecture gradients differentiate through them twice, so they made up half of
-    every step's graph (its tracing and optimisation time and memory). The fused kernel is one
-    operation with a one-operation gradient and the same result (tested against the Keras
-    path, second derivatives included). Several replicas, float64 and masks take Keras' path;
-    on several replicas with the global batch's moments from one lean all-reduce per layer
-    (`_moments`).
+    The supernet has hundreds of these layers and the architecture gradients differentiate
+    through them twice. Keras' path is about 45 small operations per layer and as many again
+    per derivative; the fused kernel is one, but TF differentiates its gradient by rebuilding
+    it from ~40 elementwise operations and differentiating those (~80 more), per layer and per
+    second-order product: half of the amended step's graph. Several replicas and masks take
+    Keras' path (on several replicas with the global batch's moments from one lean all-reduce
+    per layer, `_moments`).
 
     Moving statistics take finite updates only (elementwise): an exploding or poisoned batch
     would otherwise leave inf/NaN statistics behind even when its step is refused (the loss
@@ -55,7 +55,6 @@ class BatchNorm(layers.BatchNormalization):
             mask is not None
             or self.axis not in (-1, len(inputs.shape) - 1)
             or len(inputs.shape) != 4
-            or inputs.dtype.name not in _FUSED_DTYPES
             or distribute.replicas_in_context() > 1
         ):
             before = [tf.identity(v.value) for v in (self.moving_mean, self.moving_variance)]
@@ -63,23 +62,17 @@ class BatchNorm(layers.BatchNormalization):
             for variable, old in zip((self.moving_mean, self.moving_variance), before):
                 variable.assign(_finite_or(variable.value, old))
             return outputs
-        channels = inputs.shape[-1]
-        one = tf.ones([channels], "float32")
-        scale = tf.cast(self.gamma, "float32") if self.scale else one
-        offset = tf.cast(self.beta, "float32") if self.center else tf.zeros_like(one)
-        outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
-            inputs, scale, offset, epsilon=self.epsilon, is_training=True
-        )
-        # The kernel's batch variance is Bessel-corrected; Keras' moving average (and the
-        # path above) take the biased one.
-        count = inputs.shape[:-1].num_elements()  # static where the batch size is known
-        if count is None:
-            count = tf.cast(tf.size(inputs) // channels, "float32")
-        variance = variance * ((count - 1.0) / count)
+        outputs, mean, variance = normalize_batch(inputs, self.epsilon)
+        if self.scale:
+            outputs = outputs * tf.cast(self.gamma, outputs.dtype)
+        if self.center:
+            outputs = outputs + tf.cast(self.beta, outputs.dtype)
         momentum = self.momentum
         for variable, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
-            old = tf.cast(variable.value, "float32")
-            variable.assign(_finite_or(old * momentum + batch * (1.0 - momentum), old))
+            old = tf.cast(variable.value, batch.dtype)
+            variable.assign(
+                tf.cast(_finite_or(old * momentum + batch * (1.0 - momentum), old), variable.dtype)
+            )
         return tf.cast(outputs, self.compute_dtype)
 
     def _moments(self, inputs, mask):
@@ -95,6 +88,104 @@ class BatchNorm(layers.BatchNormalization):
         )
         mean = tf.math.divide_no_nan(total, count)
         return mean, tf.maximum(tf.math.divide_no_nan(squares, count) - tf.square(mean), 0.0)
+
+
+def normalize_batch(x, epsilon):
+    """(x - mean) / sqrt(var + epsilon) over N, H, W per channel of an NHWC batch (biased
+    variance, as Keras), with the batch mean and variance (not differentiable: for the moving
+    statistics).
+
+    Forward and first derivative: TF's fused kernel and its gradient kernel (float64, which
+    they lack, from the formulas). Second derivatives: in closed form. With
+    s = 1/sqrt(var + eps), x^ the output, means over N, H, W:
+      dL/dx = J(g) = s (g - mean(g) - x^ mean(g x^))      (g = dL/dx^; J is symmetric)
+    and for the second derivatives of <u, J(g)> (u: the upstream of dL/dx)
+      d/dg = J(u),  d/dx = -s^2 x^ (mean(u g) - mean(u) mean(g) - c d) - s (d J(g) + c J(u))
+    with c = mean(g x^), d = mean(u x^). A handful of operations per derivative where TF
+    rebuilds the fused gradient from ~40 operations and differentiates those. Third
+    derivatives are refused (an error, not a silently wrong number).
+    """
+    axes = [0, 1, 2]
+    statistics = []
+
+    def jacobian(v, xhat, s):
+        return s * (v - tf.reduce_mean(v, axes) - xhat * tf.reduce_mean(v * xhat, axes))
+
+    @tf.custom_gradient
+    def normalize(x):
+        if x.dtype.name in _FUSED_DTYPES:
+            channels = x.shape[-1]
+            count = x.shape[:-1].num_elements()  # static where the batch size is known
+            if count is None:
+                count = tf.cast(tf.size(x) // channels, "float32")
+            one = tf.ones([channels], "float32")
+            y, mean, variance, *reserved = tf.raw_ops.FusedBatchNormV3(
+                x=x,
+                scale=one,
+                offset=tf.zeros_like(one),
+                mean=tf.zeros([0]),
+                variance=tf.zeros([0]),
+                epsilon=epsilon,
+                is_training=True,
+            )
+            # The kernel's batch variance is Bessel-corrected.
+            variance = variance * ((count - 1.0) / count)
+            s = tf.math.rsqrt(variance + epsilon)
+
+            def first_derivative(g):  # TF's own gradient of the kernel, one operation
+                return tf.raw_ops.FusedBatchNormGradV3(
+                    y_backprop=g,
+                    x=x,
+                    scale=one,
+                    reserve_space_1=reserved[0],
+                    reserve_space_2=reserved[1],
+                    reserve_space_3=reserved[2],
+                    epsilon=epsilon,
+                    is_training=True,
+                )[0]
+
+        else:
+            mean = tf.reduce_mean(x, axes)
+            variance = tf.reduce_mean(tf.square(x - mean), axes)
+            s = tf.math.rsqrt(variance + epsilon)
+            y = (x - mean) * s
+
+            def first_derivative(g):
+                return jacobian(g, y, s)
+
+        statistics.extend([mean, variance])
+        xhat = tf.cast(y, s.dtype)
+
+        def first(dy):
+            return backward(dy, x)
+
+        @tf.custom_gradient
+        def backward(dy, x):  # x: only what the second derivatives are taken against
+            g = tf.cast(dy, s.dtype)
+            dx = tf.cast(first_derivative(dy), s.dtype)
+
+            def second(u):
+                u = tf.cast(u, s.dtype)
+                ju = jacobian(u, xhat, s)
+                c, d = tf.reduce_mean(g * xhat, axes), tf.reduce_mean(u * xhat, axes)
+                a = tf.reduce_mean(u * g, axes) - tf.reduce_mean(u, axes) * tf.reduce_mean(g, axes)
+                ddx = -(s * s * xhat) * (a - c * d) - s * (d * dx + c * ju)
+                return _no_third_derivative(tf.cast(ju, dy.dtype), tf.cast(ddx, x.dtype))
+
+            return tf.cast(dx, x.dtype), second
+
+        return y, first
+
+    y = normalize(x)
+    return y, tf.stop_gradient(statistics[0]), tf.stop_gradient(statistics[1])
+
+
+@tf.custom_gradient
+def _no_third_derivative(*tensors):
+    def refuse(*_):
+        raise NotImplementedError("BatchNorm (normalize_batch) has no third derivatives")
+
+    return tensors, refuse
 
 
 def _finite_or(new, old):

@@ -39,7 +39,9 @@ class MixedOp(operations.Composite):
         """`weights`: this edge's softmax(alpha) row, a [num_ops] tensor or a list of scalars."""
         if not isinstance(weights, (list, tuple)):
             weights = ops.unstack(weights)
-        return sum(weights[i] * op(x, training=training) for i, op in self.ops)
+        # Products and one AddN: a contraction of the stacked outputs (tf.einsum, or a matmul)
+        # makes the step's graph smaller but its run slower (the stack copies every output).
+        return tf.add_n([weights[i] * op(x, training=training) for i, op in self.ops])
 
     def get_config(self):
         return {
@@ -90,9 +92,11 @@ class SearchCell(operations.Composite):
         offset = 0
         for _ in range(self.nodes):
             states.append(
-                sum(
-                    self.edges[offset + j](h, weights[offset + j], training=training)
-                    for j, h in enumerate(states)
+                tf.add_n(
+                    [
+                        self.edges[offset + j](h, weights[offset + j], training=training)
+                        for j, h in enumerate(states)
+                    ]
                 )
             )
             offset += len(states) - 1
