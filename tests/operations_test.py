@@ -228,8 +228,22 @@ class OperationsTest(tf.test.TestCase):
             # The closed-form second derivatives did: TF's own (its gradient kernel rebuilt
             # from elementwise operations, then differentiated) would bring RsqrtGrad.
             self.assertNotIn("RsqrtGrad", ops_used)
-            for name, g, e in zip(("loss", "grad", "mixed", "hvp"), got, expected):
-                self.assertAllClose(g, e, rtol=tolerance, atol=tolerance, msg=f"{name} {dtype}")
+            # Also eagerly, and traced for any batch size (the count of values per channel is
+            # then a tensor: sub-batch loops, retracing-reduced functions).
+            spec = tf.TensorSpec([None, 5, 5, 3], dtype)
+            any_batch = tf.function(
+                lambda x, *a: derivatives(layer_call, x, *a),
+                input_signature=[spec, *(tf.TensorSpec([3], dtype),) * 2, spec, spec],
+            )
+            for mode, values in (
+                ("traced", got),
+                ("eager", derivatives(layer_call, *args)),
+                ("any batch", any_batch(*args)),
+            ):
+                for name, g, e in zip(("loss", "grad", "mixed", "hvp"), values, expected):
+                    self.assertAllClose(
+                        g, e, rtol=tolerance, atol=tolerance, msg=f"{name} {dtype} {mode}"
+                    )
             # Moving statistics: momentum 0.9 over the biased batch variance, as Keras' path.
             layer.moving_mean.assign(np.zeros(3, dtype))
             layer.moving_variance.assign(np.ones(3, dtype))
