@@ -138,12 +138,17 @@ class ToyMixedNet(keras.Model):
     """Stem conv + BN, two edges mixing (conv3x3, conv1x1, max_pool3x3) by softmax(alpha), each op
     followed by a non-affine synchronized BN (as the DARTS supernet), global pool, dense."""
 
-    def __init__(self, channels=4, num_classes=3, dtype="float64", seed=0, batch_norm=None):
-        # batch_norm: Keras' layer by default; operations.BatchNorm (closed-form second
-        # derivatives) where a test says so.
+    def __init__(
+        self,
+        channels=4,
+        num_classes=3,
+        dtype="float64",
+        seed=0,
+        batch_norm=keras.layers.BatchNormalization,
+    ):
         super().__init__(dtype=dtype)
         init = lambda s: keras.initializers.GlorotUniform(seed=seed + s)  # noqa: E731
-        bn = lambda affine: (batch_norm or keras.layers.BatchNormalization)(  # noqa: E731
+        bn = lambda affine: batch_norm(  # noqa: E731
             synchronized=True, center=affine, scale=affine, momentum=0.9, epsilon=1e-5, dtype=dtype
         )
         self.stem = keras.layers.Conv2D(
@@ -210,7 +215,7 @@ def toy_batches(seed, batch=8, size=6, num_classes=3, dtype=tf.float64):
     return make(), make()
 
 
-def build_toy(dtype="float64", batch_norm=None):
+def build_toy(dtype="float64", batch_norm=keras.layers.BatchNormalization):
     model = ToyMixedNet(dtype=dtype, batch_norm=batch_norm)
     model(tf.zeros([2, 6, 6, 2], dtype=dtype))
     return model
