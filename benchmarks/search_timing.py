@@ -139,6 +139,7 @@ def measure(
     logical_cpus=1,
     metrics_every=1,
     sub_batches=1,
+    mixed_precision=False,
 ):
     """Times one estimator's search iteration in this process; returns a JSON-ready dict.
 
@@ -148,7 +149,8 @@ def measure(
     weight step alone is first timed the same way (to split off the architecture step's cost);
     the search traces it only for warm-up epochs, so leave it out to measure a search's memory.
     With `logical_cpus` > 1 the CPU is split and the steps run under MirroredStrategy, each
-    global batch split over the replicas; `metrics_every`: see _timed.
+    global batch split over the replicas; `metrics_every`: see _timed; `mixed_precision`: the
+    search's (bfloat16 compute).
     """
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
@@ -165,6 +167,7 @@ def measure(
         arch_gradient=estimator,
         products=products,
         sub_batches=sub_batches,
+        mixed_precision=mixed_precision,
         implicit_iterations=implicit_iterations,
         channels=configuration.channels,
         cells=configuration.cells,
@@ -228,6 +231,7 @@ def measure(
         "logical_cpus": logical_cpus,
         "metrics_every": metrics_every,
         "sub_batches": sub_batches,
+        "mixed_precision": mixed_precision,
         "search_s": search_step,
         "search_mean_s": search_mean,
         "images_per_s": batch / search_step,

@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_amended_darts import genotypes, model, search_model, search_space
+from tf_amended_darts import genotypes, model, operations, search_model, search_space
 
 V2 = genotypes.PUBLISHED["DARTS_V2"]
 
@@ -73,6 +73,25 @@ class NetworkTest(tf.test.TestCase):
             self.assertAllEqual(loaded(x, training=False), y)
             self.assertEqual(loaded.genotype, V2)
             self.assertAllClose(loaded.drop_path_rate, 0.1)
+
+    def test_mixed_precision_reaches_every_layer_and_round_trips(self):
+        policy = operations.dtype_policy(True)
+        for cls, size in ((model.NetworkCIFAR, 16), (model.NetworkImageNet, 32)):
+            net = cls(V2, 4, 3, 10, auxiliary=True, dtype=policy)
+            x = tf.random.normal((2, size, size, 3), seed=2)
+            logits, aux = net(x, training=True, return_aux=True)
+            self.assertEqual((logits.dtype, aux.dtype), (tf.float32, tf.float32))
+            sublayers = list(net._flatten_layers(include_self=False))
+            self.assertEqual({layer.dtype_policy.name for layer in sublayers}, {policy})
+            floats = {v.dtype for v in net.variables if v.dtype != "int64"}  # int64: seeds
+            self.assertEqual(floats, {"float32"})
+            self.assertFalse(net.drop_path_rate._autocast)  # Keras 3.15's name
+            y = net(x, training=False)
+            with tempfile.TemporaryDirectory() as d:
+                net.save(os.path.join(d, "net.keras"))
+                loaded = keras.models.load_model(os.path.join(d, "net.keras"))
+            self.assertEqual(loaded.dtype_policy.name, policy)
+            self.assertAllEqual(loaded(x, training=False), y)
 
     def test_config_with_the_old_argument_names_still_loads(self):
         # .keras files of version 0.1.0 name the width and depth init_channels and layers_count.

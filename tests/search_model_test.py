@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_amended_darts import search_space
+from tf_amended_darts import operations, search_space
 from tf_amended_darts.search_model import MixedOp, SearchNetwork, derive_genotype
 
 TINY = search_space.get_search_space("darts").replace(cells=3, channels=4, nodes=2)
@@ -115,6 +115,19 @@ class SearchNetworkTest(tf.test.TestCase):
         for a, b in zip(g32, g64):
             self.assertAllClose(a, b, rtol=1e-4, atol=1e-5)
         self.assertAllClose(net32(x, training=False), net64(x, training=False), atol=1e-6)
+
+    def test_mixed_precision_computes_in_bfloat16_with_float32_alphas_and_logits(self):
+        net = SearchNetwork(TINY, 10, seed=3, dtype=operations.dtype_policy(True))
+        net.build((None, 8, 8, 1))
+        # Every sublayer takes the policy (Keras does not pass it down by itself).
+        sublayers = list(net._flatten_layers(include_self=False))
+        self.assertGreater(len(sublayers), 50)
+        self.assertEqual({layer.dtype_policy.name for layer in sublayers}, {"mixed_bfloat16"})
+        self.assertEqual({v.dtype for v in net.variables}, {"float32"})
+        # The alphas are not cast to bfloat16 when read: their softmax is float32 (Keras 3.15
+        # keeps the constructor's `autocast` as `_autocast`).
+        self.assertFalse(any(a._autocast for a in net.arch_variables))
+        self.assertEqual(net(tf.zeros((2, 8, 8, 1)), training=True).dtype, tf.float32)
 
     def test_keras_round_trip_gives_identical_outputs(self):
         net = SearchNetwork(TINY, 7, seed=1)

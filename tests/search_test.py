@@ -268,6 +268,32 @@ class SearchTest(tf.test.TestCase):
         # default it stays out, so their recorded config still equals the new one (resume).
         self.assertNotIn("sub_batches", search.SearchConfig().to_dict())
 
+    def test_mixed_precision_needs_exact_products_and_old_runs_keep_their_identity(self):
+        with self.assertRaisesRegex(errors.InputError, "mixed precision needs products=exact"):
+            search.SearchConfig(mixed_precision=True, products="finite_difference")
+        config = search.SearchConfig(mixed_precision=True)
+        self.assertEqual(search.SearchConfig(**config.to_dict()), config)
+        self.assertNotIn("mixed_precision", search.SearchConfig().to_dict())
+
+    def test_mixed_precision_search_ends_with_a_valid_genotype(self):
+        directory = self.get_temp_dir() + "/mixed"
+        result = _run(directory, mixed_precision=True, epochs=2, steps_per_epoch=2)
+        self.assertTrue(result.finished)
+        self.assertEqual(result.traces, {"search_step": 1, "weight_step": 0})  # no warm-up
+        self.assertTrue(np.isfinite(result.metrics["valid_loss"]))
+        start = search.SearchConfig(**TINY).build_network(10, (8, 8, 1)).arch_variables
+        for alpha, initial in zip(result.alphas, start):
+            self.assertTrue(np.isfinite(alpha).all())
+            self.assertNotAllClose(alpha, initial)  # the architecture steps moved them
+        self.assertEqual(
+            genotypes.load_genotype(os.path.join(directory, "genotype.json")), result.genotype
+        )
+        with open(os.path.join(directory, "run.json")) as f:
+            self.assertIs(json.load(f)["config"]["mixed_precision"], True)
+        run = search.restore_search_network(directory)
+        self.assertEqual(run.network.compute_dtype, "bfloat16")
+        self.assertAllEqual(run.network.arch_variables, result.alphas)
+
 
 def _numpy(values):
     return [np.asarray(v, np.float64) for v in values]

@@ -78,6 +78,29 @@ class TrainTest(tf.test.TestCase):
         self.assertEqual(result.traces, {"train_step": 1})
         self.assertLess(result.train_loss, 0.8 * first)
 
+    def test_mixed_precision_trains_and_exports_a_servable_model(self):
+        export_dir = self.get_temp_dir() + "/mixed_model"
+        result = _run(
+            self.get_temp_dir() + "/mixed",
+            mixed_precision=True,
+            epochs=1,
+            steps_per_epoch=2,
+            export_dir=export_dir,
+        )
+        self.assertEqual(result.model.compute_dtype, "bfloat16")
+        self.assertTrue(np.isfinite(result.train_loss))
+        self.assertTrue(np.isfinite(result.valid["valid_loss"]))
+        info = data.load_dataset("digits").info
+        images = data.load_dataset("digits").test.batch(16).take(1).get_single_element()[0]
+        loaded = tf.saved_model.load(export_dir)
+        served = loaded.serving_default(images)["probabilities"]
+        expected = tf.nn.softmax(result.model(data.normalize(images, info.mean, info.std)))
+        self.assertEqual(served.dtype, tf.float32)
+        self.assertAllClose(served, expected, atol=1e-6)
+        config = train.TrainConfig(**TINY, mixed_precision=True)
+        self.assertEqual(train.TrainConfig.from_dict(config.to_dict()), config)
+        self.assertNotIn("mixed_precision", train.TrainConfig(**TINY).to_dict())
+
     def test_resume_continues_at_the_right_step_and_learning_rate(self):
         common = dict(epochs=3, steps_per_epoch=3, validate=False, drop_path=0.2)
         full = _run(self.get_temp_dir() + "/full", **common)

@@ -47,7 +47,7 @@ from typing import Any, NamedTuple, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from tf_amended_darts import distribute, errors
+from tf_amended_darts import distribute, errors, operations
 
 _ZERO = tf.UnconnectedGradients.ZERO
 PRODUCTS = ("exact", "finite_difference")
@@ -477,6 +477,11 @@ class _Estimator:
         loss_fn(labels, logits) -> per-example losses; batches are (x, labels) (this replica's
         share under a strategy); global_batch_size defaults to local batch x replicas.
         """
+        if self.products != "exact" and model.compute_dtype in operations.HALF_DTYPES:
+            raise errors.InputError(
+                f"products={self.products!r} on a {model.compute_dtype} model: the "
+                f"finite-difference step of the weights is below its resolution; use exact"
+            )
         losses = _StatelessLosses(model, loss_fn, global_batch_size)
         self._check_weight_state(weight_state)
         state = weight_state or WeightOptimizerState()

@@ -22,11 +22,14 @@ class DropPath(operations.Composite):
     def call(self, x, rate, training=False):
         if not training:
             return x
-        keep = 1.0 - ops.cast(rate, x.dtype)
+        # The keep mask from float32 noise under a mixed policy (bfloat16 would round the
+        # keep probability to 1/128).
+        dtype = "float32" if x.dtype in operations.HALF_DTYPES else x.dtype
+        keep = 1.0 - ops.cast(rate, dtype)
         noise = keras.random.uniform(
-            (ops.shape(x)[0], 1, 1, 1), dtype=x.dtype, seed=self.seed_generator
+            (ops.shape(x)[0], 1, 1, 1), dtype=dtype, seed=self.seed_generator
         )
-        return x / keep * ops.floor(keep + noise)
+        return x / ops.cast(keep, x.dtype) * ops.cast(ops.floor(keep + noise), x.dtype)
 
     def get_config(self):
         return {**super().get_config(), "seed": self.seed}
@@ -44,17 +47,20 @@ class Cell(operations.Composite):
         self.channels = channels
         self.reduction = reduction
         self.reduction_prev = reduction_prev
-        self.preprocess0, self.preprocess1 = preprocess(channels, reduction_prev, affine=True)
+        dtype = self.dtype_policy
+        self.preprocess0, self.preprocess1 = preprocess(
+            channels, reduction_prev, affine=True, dtype=dtype
+        )
         self.node_ops = [
             [
                 operations.make_operation(
-                    op, channels, 2 if reduction and j < 2 else 1, affine=True
+                    op, channels, 2 if reduction and j < 2 else 1, affine=True, dtype=dtype
                 )
                 for op, j in node
             ]
             for node in cell_genotype.nodes
         ]
-        self.drop_path = DropPath()
+        self.drop_path = DropPath(dtype=dtype)
 
     def call(self, s0, s1, drop_rate, training=False):
         states = [self.preprocess0(s0, training=training), self.preprocess1(s1, training=training)]
@@ -92,12 +98,13 @@ class AuxiliaryHead(operations.Composite):
         self.num_classes = num_classes
         self.pool_stride = pool_stride
         self.bn_after_conv2 = bn_after_conv2
-        self.conv1 = layers.Conv2D(128, 1, use_bias=False)
-        self.bn1 = operations.batch_norm(affine=True)
-        self.conv2 = layers.Conv2D(768, 2, use_bias=False)
-        self.bn2 = operations.batch_norm(affine=True) if bn_after_conv2 else None
-        self.global_pooling = layers.GlobalAveragePooling2D()
-        self.classifier = layers.Dense(num_classes)
+        dtype = self.dtype_policy
+        self.conv1 = layers.Conv2D(128, 1, use_bias=False, dtype=dtype)
+        self.bn1 = operations.batch_norm(affine=True, dtype=dtype)
+        self.conv2 = layers.Conv2D(768, 2, use_bias=False, dtype=dtype)
+        self.bn2 = operations.batch_norm(affine=True, dtype=dtype) if bn_after_conv2 else None
+        self.global_pooling = layers.GlobalAveragePooling2D(dtype=dtype)
+        self.classifier = layers.Dense(num_classes, dtype=dtype)
 
     def call(self, x, training=False):
         x = ops.relu(x)
@@ -159,15 +166,20 @@ class _Network(keras.Model):
                     reduction,
                     reduction_prev,
                     name=f"cell_{i}",
+                    dtype=self.dtype_policy,
                 )
             )
             reduction_prev = reduction
         self.aux_position = 2 * cells // 3
-        self.auxiliary_head = AuxiliaryHead(num_classes, *self._aux_args) if auxiliary else None
-        self.global_pooling = layers.GlobalAveragePooling2D()
-        self.classifier = layers.Dense(num_classes)
+        self.auxiliary_head = (
+            AuxiliaryHead(num_classes, *self._aux_args, dtype=self.dtype_policy)
+            if auxiliary
+            else None
+        )
+        self.global_pooling = layers.GlobalAveragePooling2D(dtype=self.dtype_policy)
+        self.classifier = layers.Dense(num_classes, dtype=self.dtype_policy)
         self.drop_path_rate = self.add_weight(
-            shape=(), initializer="zeros", trainable=False, name="drop_path_rate"
+            shape=(), initializer="zeros", trainable=False, name="drop_path_rate", autocast=False
         )
 
     def stem(self, x, training):
@@ -184,8 +196,9 @@ class _Network(keras.Model):
         for i, cell in enumerate(self.cells):
             s0, s1 = s1, cell(s0, s1, self.drop_path_rate, training=training)
             if i == self.aux_position and return_aux:
-                aux_logits = self.auxiliary_head(s1, training=training)
-        logits = self.classifier(self.global_pooling(s1))
+                aux_logits = ops.cast(self.auxiliary_head(s1, training=training), self.dtype)
+        # Logits in the variable dtype: under a mixed policy the loss is float32.
+        logits = ops.cast(self.classifier(self.global_pooling(s1)), self.dtype)
         return (logits, aux_logits) if return_aux else logits
 
     def get_config(self):
@@ -215,7 +228,7 @@ class NetworkCIFAR(_Network):
         super().__init__(
             genotype, channels, cells, num_classes, auxiliary, reduction_prev=False, **kwargs
         )
-        self.stem_layers = operations.conv_bn(3 * channels, 1)
+        self.stem_layers = operations.conv_bn(3 * channels, 1, dtype=self.dtype_policy)
 
     def stem(self, x, training):
         x = operations.apply_layers(self.stem_layers, x, training)
@@ -234,9 +247,13 @@ class NetworkImageNet(_Network):
         super().__init__(
             genotype, channels, cells, num_classes, auxiliary, reduction_prev=True, **kwargs
         )
-        c = channels
-        self.stem0 = operations.conv_bn(c // 2, 2) + [layers.ReLU()] + operations.conv_bn(c, 2)
-        self.stem1 = [layers.ReLU()] + operations.conv_bn(c, 2)
+        c, dtype = channels, self.dtype_policy
+        self.stem0 = (
+            operations.conv_bn(c // 2, 2, dtype)
+            + [layers.ReLU(dtype=dtype)]
+            + operations.conv_bn(c, 2, dtype)
+        )
+        self.stem1 = [layers.ReLU(dtype=dtype)] + operations.conv_bn(c, 2, dtype)
 
     def stem(self, x, training):
         s0 = operations.apply_layers(self.stem0, x, training)

@@ -14,6 +14,19 @@ from tf_amended_darts import distribute
 _PACKAGE = "tf_amended_darts"
 
 
+# `mixed_precision=True` (search and train): Keras' mixed_bfloat16 policy on every device.
+# bfloat16 has float32's exponent range, so no loss scaling is needed: float16 would need it
+# on every gradient, through the estimators' nested tapes too (not implemented). Variables,
+# alphas, their softmax, logits, losses and BatchNorm statistics stay float32.
+MIXED_PRECISION_POLICY = "mixed_bfloat16"
+HALF_DTYPES = ("float16", "bfloat16")
+
+
+def dtype_policy(mixed_precision):
+    """The dtype policy of a network (None: Keras' global default, float32 unless set)."""
+    return MIXED_PRECISION_POLICY if mixed_precision else None
+
+
 def batch_norm(affine, name=None, dtype=None):
     """BatchNorm as the reference uses it (PyTorch eps 1e-5, momentum 0.1)."""
     return BatchNorm(

@@ -90,6 +90,7 @@ class SearchConfig:
     warmup_epochs: int = 0
     seed: int = 0
     validate: bool = True  # evaluate on the architecture part every epoch
+    mixed_precision: bool = False  # operations.MIXED_PRECISION_POLICY (bfloat16 compute)
 
     def __post_init__(self):
         if self.operations is not None:
@@ -113,6 +114,11 @@ class SearchConfig:
         object.__setattr__(
             self, "amending_coefficient", estimators.amending_coefficient(self.amending_coefficient)
         )
+        if self.mixed_precision and self.products != "exact":
+            raise errors.InputError(
+                "mixed precision needs products=exact: a finite-difference step of the "
+                "weights is far below bfloat16's resolution (2**-8 relative)"
+            )
         if self.batch_size % self.sub_batches:
             raise errors.InputError(
                 f"sub_batches {self.sub_batches} does not divide batch_size {self.batch_size}"
@@ -151,6 +157,17 @@ class SearchConfig:
             params["iterations"] = self.implicit_iterations
         return estimators.make_estimator(self.arch_gradient, **params)
 
+    def build_network(self, num_classes, image_shape):
+        """The supernet, built for images of `image_shape` (H, W, C)."""
+        net = search_model.SearchNetwork(
+            self.space(),
+            num_classes,
+            seed=self.seed,
+            dtype=operations.dtype_policy(self.mixed_precision),
+        )
+        net.build((None,) + tuple(image_shape))
+        return net
+
     def learning_rate_at(self, epoch):
         """The weights' learning rate in epoch `epoch` (0-based; see the module docstring)."""
         return loop.cosine_learning_rate(
@@ -160,9 +177,11 @@ class SearchConfig:
     def to_dict(self):
         d = dataclasses.asdict(self)
         d["operations"] = list(self.operations) if self.operations is not None else None
-        # Added after runs were recorded without it: kept out at its default, so they resume.
-        if d["sub_batches"] == 1:
-            del d["sub_batches"]
+        # Added after runs were recorded without them: kept out at their defaults, so that
+        # those runs resume.
+        for name, default in (("sub_batches", 1), ("mixed_precision", False)):
+            if d[name] == default:
+                del d[name]
         return d
 
 
@@ -196,8 +215,7 @@ class _Searcher:
         self.traces = {"search_step": 0, "weight_step": 0}
         keras.utils.set_random_seed(config.seed)
         with strategy.scope():
-            self.model = search_model.SearchNetwork(config.space(), num_classes, seed=config.seed)
-            self.model.build((None,) + tuple(input_shape))
+            self.model = config.build_network(num_classes, input_shape)
             self.weight_optimizer = loop.SGD(config.learning_rate, momentum=config.momentum)
             self.arch_optimizer = loop.Adam(
                 config.arch_learning_rate,
@@ -569,8 +587,7 @@ def restore_search_network(directory, checkpoint=None):
     info = meta.get("dataset_info") or data.dataset_info_dict(
         data.load_dataset(config.dataset, config.data_dir, image_size=config.image_size).info
     )  # older runs
-    net = search_model.SearchNetwork(config.space(), info["num_classes"], seed=config.seed)
-    net.build((None,) + tuple(info["image_shape"]))
+    net = config.build_network(info["num_classes"], info["image_shape"])
     optimizer = keras.optimizers.SGD(config.learning_rate, momentum=config.momentum)
     optimizer.build(net.weight_variables)
     global_step = tf.Variable(0, dtype=tf.int64, trainable=False)

@@ -165,8 +165,13 @@ class SearchNetwork(keras.Model):
     def _alpha(self, name, seeds):
         shape = (self.search_space.num_edges, len(self.search_space.operations))
         init = keras.random.normal(shape, stddev=1e-3, seed=seeds)
+        # autocast=False: under a mixed policy the alphas and their softmax stay in the
+        # variable dtype (float32); only the mixing weights are cast to the compute dtype.
         return self.add_weight(
-            shape=shape, name=name, initializer=lambda *_, dtype=None, **__: ops.cast(init, dtype)
+            shape=shape,
+            name=name,
+            initializer=lambda *_, dtype=None, **__: ops.cast(init, dtype),
+            autocast=False,
         )
 
     def build(self, input_shape):
@@ -183,13 +188,16 @@ class SearchNetwork(keras.Model):
 
     def call(self, x, training=False):
         s0 = s1 = operations.apply_layers(self.stem, x, training)
-        weights = {(False, s): ops.softmax(a, axis=-1) for s, a in enumerate(self.normal_alphas)}
-        weights.update(
-            {(True, s): ops.softmax(a, axis=-1) for s, a in enumerate(self.reduce_alphas)}
-        )
+        slots = [(False, s) for s in range(len(self.normal_alphas))]
+        slots += [(True, s) for s in range(len(self.reduce_alphas))]
+        weights = {
+            slot: ops.cast(ops.softmax(a, axis=-1), self.compute_dtype)
+            for slot, a in zip(slots, self.arch_variables)
+        }
         for i, cell in enumerate(self.cells):
             s0, s1 = s1, cell(s0, s1, weights[self.search_space.cell_slot(i)], training=training)
-        return self.classifier(self.global_pooling(s1))
+        # Logits in the variable dtype: under a mixed policy the loss is float32.
+        return ops.cast(self.classifier(self.global_pooling(s1)), self.dtype)
 
     def alpha_probabilities(self):
         """softmax(alpha) per slot as numpy arrays, in `arch_variables` order."""

@@ -32,6 +32,7 @@ from tf_amended_darts import (
     export,
     genotypes,
     loop,
+    operations,
     profiling,
     run_dir,
 )
@@ -72,6 +73,7 @@ class TrainConfig:
     # Fraction of the training split held out to validate on instead of the test split: what
     # a choice between architectures (keras-tuner trials) must be scored on. 0: the test split.
     validation_split: float = 0.0
+    mixed_precision: bool = False  # operations.MIXED_PRECISION_POLICY (bfloat16 compute)
 
     def __post_init__(self):
         g = self.genotype
@@ -135,6 +137,7 @@ class TrainConfig:
             cells=self.cells,
             num_classes=num_classes,
             auxiliary=self.auxiliary if auxiliary is None else auxiliary,
+            dtype=operations.dtype_policy(self.mixed_precision),
         )
         net.build((None,) + tuple(image_shape))
         return net
@@ -142,6 +145,8 @@ class TrainConfig:
     def to_dict(self):
         d = dataclasses.asdict(self)
         d["genotype"] = self.genotype.to_dict()
+        if not d["mixed_precision"]:  # added later: kept out at its default, so runs resume
+            del d["mixed_precision"]
         return json.loads(json.dumps(d))  # JSON-normal (lists, not tuples), as run.json holds
 
     @classmethod

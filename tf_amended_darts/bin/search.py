@@ -69,6 +69,12 @@ _SUB_BATCHES = flags.DEFINE_integer(
     "examples, for one more forward/backward per product; BatchNorm then normalises each "
     "sub-batch alone (README 'Speed and memory').",
 )
+_MIXED_PRECISION = flags.DEFINE_bool(
+    "mixed_precision",
+    False,
+    "Compute in bfloat16 (Keras mixed_bfloat16; variables, alphas, logits and losses stay "
+    "float32). Needs --products=exact (README 'Speed and memory').",
+)
 _IMPLICIT_ITERATIONS = flags.DEFINE_integer(
     "implicit_iterations", 20, "CG iterations of --arch_gradient=implicit."
 )
@@ -143,6 +149,7 @@ def main(argv):
         warmup_epochs=_WARMUP.value,
         seed=_SEED.value,
         validate=_VALIDATE.value,
+        mixed_precision=_MIXED_PRECISION.value,
     )
     config.space()  # bad operations / sizes: fail before anything else
     config.estimator()
