@@ -83,9 +83,6 @@ class NetworkTest(tf.test.TestCase):
             self.assertEqual((logits.dtype, aux.dtype), (tf.float32, tf.float32))
             sublayers = list(net._flatten_layers(include_self=False))
             self.assertEqual({layer.dtype_policy.name for layer in sublayers}, {policy})
-            floats = {v.dtype for v in net.variables if v.dtype != "int64"}  # int64: seeds
-            self.assertEqual(floats, {"float32"})
-            self.assertFalse(net.drop_path_rate._autocast)  # Keras 3.15's name
             y = net(x, training=False)
             with tempfile.TemporaryDirectory() as d:
                 net.save(os.path.join(d, "net.keras"))

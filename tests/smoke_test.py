@@ -1,8 +1,9 @@
 """Smoke test: the package and TensorFlow import, and TensorFlow computes.
 
-Runs under pytest (`python -m pytest -q tests`) and as a Bazel py_test (//:smoke_test,
-tagged "bazel_ci"): Bazel executes the file as a script, so the `__main__` block at the
-bottom hands it to pytest. Every tests/NAME_test.py keeps that block (see BUILD).
+Runs under pytest (`python -m pytest -q -n 2 --dist loadscope tests`) and as a Bazel
+py_test (//:smoke_test, tagged "bazel_ci"): Bazel executes the file as a script, so the
+`__main__` block at the bottom hands it to pytest. Every tests/NAME_test.py keeps that block
+(see BUILD).
 """
 
 import sys

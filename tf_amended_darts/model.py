@@ -22,8 +22,8 @@ class DropPath(operations.Composite):
     def call(self, x, rate, training=False):
         if not training:
             return x
-        # The keep mask from float32 noise under a mixed policy (bfloat16 would round the
-        # keep probability to 1/128).
+        # Under a mixed policy the mask comes from float32 noise: in bfloat16, keep + noise
+        # is rounded to 2^-7 near 1 and the drop probability with it.
         dtype = "float32" if x.dtype in operations.HALF_DTYPES else x.dtype
         keep = 1.0 - ops.cast(rate, dtype)
         noise = keras.random.uniform(
@@ -179,7 +179,7 @@ class _Network(keras.Model):
         self.global_pooling = layers.GlobalAveragePooling2D(dtype=self.dtype_policy)
         self.classifier = layers.Dense(num_classes, dtype=self.dtype_policy)
         self.drop_path_rate = self.add_weight(
-            shape=(), initializer="zeros", trainable=False, name="drop_path_rate", autocast=False
+            shape=(), initializer="zeros", trainable=False, name="drop_path_rate"
         )
 
     def stem(self, x, training):

@@ -167,7 +167,6 @@ def normalize_batch(x, epsilon):
                 return jacobian(g, y, s)
 
         statistics.extend([mean, variance])
-        xhat = tf.cast(y, s.dtype)
 
         def first(dy):
             return backward(dy, x)
@@ -178,7 +177,9 @@ def normalize_batch(x, epsilon):
             dx = tf.cast(first_derivative(dy), s.dtype)
 
             def second(u):
-                u = tf.cast(u, s.dtype)
+                # x^ in float32 only here: a float32 copy made in the forward would be kept
+                # alive for every layer under a half-precision policy.
+                u, xhat = tf.cast(u, s.dtype), tf.cast(y, s.dtype)
                 ju = jacobian(u, xhat, s)
                 c, d = tf.reduce_mean(g * xhat, axes), tf.reduce_mean(u * xhat, axes)
                 a = tf.reduce_mean(u * g, axes) - tf.reduce_mean(u, axes) * tf.reduce_mean(g, axes)

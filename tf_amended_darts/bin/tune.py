@@ -126,6 +126,7 @@ _SEARCH_FLAGS = {
                 "epochs",
                 "steps_per_epoch",
                 "batch_size",
+                "sub_batches",
                 "warmup_epochs",
                 "seed",
             ),
@@ -147,7 +148,7 @@ _SEARCH_FLAGS = {
             ),
         ),
         (flags.DEFINE_list, ("operations",)),
-        (flags.DEFINE_bool, ("validate",)),
+        (flags.DEFINE_bool, ("validate", "mixed_precision")),
     )
     for name in names
 }
@@ -211,6 +212,8 @@ def main(argv):
             drop_path=_EVAL_DROP_PATH.value,
             cutout=_EVAL_CUTOUT.value,
             validation_split=_EVAL_VALIDATION_SPLIT.value,
+            # Trials train as the search ran; None (the default) keeps older tunings' options.
+            mixed_precision=config.mixed_precision or None,
         )
     )
     if _MODE.value == "architectures":
