@@ -212,5 +212,27 @@ def test_bad_flags_exit_2_with_one_line(tmp_path):
         assert message in run.stderr.strip().splitlines()[-1]
 
 
+def test_search_options_are_the_search_binarys():
+    # Every SearchConfig field has its flag here, read as the search binary reads it
+    # (amending_coefficient takes auto; booleans and integers reach the config).
+    code = """
+import dataclasses
+from absl import flags
+from tf_amended_darts import search
+from tf_amended_darts.bin import tune
+flags.FLAGS(["tune", "--directory=unused", "--amending_coefficient=auto",
+             "--mixed_precision", "--sub_batches=2"])
+config = tune._search_config()
+fields = {f.name for f in dataclasses.fields(search.SearchConfig)}
+print(config.amending_coefficient, config.mixed_precision, config.sub_batches,
+      sorted(fields - set(tune._SEARCH_FLAGS)))
+"""
+    run = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=_env(), capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.split("\n")[-2] == "auto True 2 []"
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q", "-p", "no:cacheprovider"]))

@@ -114,7 +114,17 @@ _EVAL_CUTOUT = flags.DEFINE_integer(
 _SEARCH_FLAGS = {
     name: define(name, None, f"Search option {name} (default: the search binary's).")
     for define, names in (
-        (flags.DEFINE_string, ("dataset", "data_dir", "search_space", "arch_gradient", "products")),
+        (
+            flags.DEFINE_string,
+            (
+                "dataset",
+                "data_dir",
+                "search_space",
+                "arch_gradient",
+                "amending_coefficient",  # a number or auto
+                "products",
+            ),
+        ),
         (
             flags.DEFINE_integer,
             (
@@ -135,7 +145,6 @@ _SEARCH_FLAGS = {
             flags.DEFINE_float,
             (
                 "train_portion",
-                "amending_coefficient",
                 "learning_rate",
                 "learning_rate_min",
                 "momentum",
