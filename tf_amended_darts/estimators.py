@@ -419,6 +419,18 @@ def _check_choice(name, value, choices):
         raise errors.InputError(f"unknown {name} {value!r}; expected one of {', '.join(choices)}")
 
 
+def check_products_for_dtype(products, compute_dtype):
+    """InputError for finite-difference products on a half-precision model: the step
+    R = fd_radius / |v| moves each weight by ~fd_radius / sqrt(n), far below the 2^-8 relative
+    resolution of bfloat16, so the differences would be rounding noise."""
+    if products != "exact" and compute_dtype in operations.HALF_DTYPES:
+        raise errors.InputError(
+            f"mixed precision needs products=exact: products={products!r} on a "
+            f"{compute_dtype} model, whose resolution is far coarser than the "
+            f"finite-difference step of the weights"
+        )
+
+
 def amending_coefficient(value):
     """A user's amending coefficient (a number, or its text as a flag gives it, or AUTO) as
     AmendedEstimator takes it: AUTO or a float; InputError unless finite and >= 0."""
@@ -477,11 +489,7 @@ class _Estimator:
         loss_fn(labels, logits) -> per-example losses; batches are (x, labels) (this replica's
         share under a strategy); global_batch_size defaults to local batch x replicas.
         """
-        if self.products != "exact" and model.compute_dtype in operations.HALF_DTYPES:
-            raise errors.InputError(
-                f"products={self.products!r} on a {model.compute_dtype} model: the "
-                f"finite-difference step of the weights is below its resolution; use exact"
-            )
+        check_products_for_dtype(self.products, model.compute_dtype)
         losses = _StatelessLosses(model, loss_fn, global_batch_size)
         self._check_weight_state(weight_state)
         state = weight_state or WeightOptimizerState()

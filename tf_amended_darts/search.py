@@ -114,10 +114,10 @@ class SearchConfig:
         object.__setattr__(
             self, "amending_coefficient", estimators.amending_coefficient(self.amending_coefficient)
         )
-        if self.mixed_precision and self.products != "exact":
-            raise errors.InputError(
-                "mixed precision needs products=exact: a finite-difference step of the "
-                "weights is far below bfloat16's resolution (2**-8 relative)"
+        if self.mixed_precision:  # before anything is built (the estimator checks it again)
+            estimators.check_products_for_dtype(
+                self.products,
+                keras.dtype_policies.get(operations.MIXED_PRECISION_POLICY).compute_dtype,
             )
         if self.batch_size % self.sub_batches:
             raise errors.InputError(
