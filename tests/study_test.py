@@ -3,6 +3,9 @@ records; and the pure helpers (alpha masses, plan expansion)."""
 
 import json
 import os
+import re
+import subprocess
+import sys
 
 import numpy as np
 import tensorflow as tf
@@ -111,6 +114,9 @@ RUN_PLAN = {
     "seeds": [0, 1],
 }
 
+RUN_NAMES = ["digits-darts-first_order-s0", "digits-darts-first_order-s1"]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 class RunStudyTest(tf.test.TestCase):
     def test_interrupted_then_resumed_then_skipped(self):
@@ -173,6 +179,41 @@ class RunStudyTest(tf.test.TestCase):
         mtime = os.path.getmtime(log_txt)
         self.assertEqual(study.run_study(RUN_PLAN, out, log_stream=log), records)
         self.assertEqual(os.path.getmtime(log_txt), mtime)
+
+
+class StudyBinaryTest(tf.test.TestCase):
+    def test_binary_runs_each_run_in_a_process_of_its_own(self):
+        """bin/study with several runs starts itself once per run (--runs=<that run>), so a
+        run's memory goes back before the next; a child's bad exit stops the study with it."""
+        out = self.get_temp_dir()
+        plan_path = os.path.join(out, "plan.json")
+        with open(plan_path, "w") as f:
+            json.dump(RUN_PLAN, f)
+        command = [sys.executable, "-m", "tf_amended_darts.bin.study", f"--plan={plan_path}"]
+        command += [f"--output_dir={out}", "--stop_after_steps=2", "--noreport"]
+        done = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+        stdout, stderr = (s.decode() for s in done.communicate())
+        self.assertEqual(done.returncode, 0, stderr[-3000:])
+        started = re.findall(r"^study: run (\d)/2 (\S+) \(process (\d+)\)$", stdout, re.M)
+        self.assertEqual(
+            [(i, n) for i, n, _ in started], [("1", RUN_NAMES[0]), ("2", RUN_NAMES[1])]
+        )
+        pids = {int(pid) for _, _, pid in started}
+        self.assertEqual(len(pids), 2)
+        self.assertNotIn(done.pid, pids)
+        # Each child ran its run (one epoch recorded: stopped at step 2) and said so.
+        for name in RUN_NAMES:
+            with open(os.path.join(out, "records", name + ".json")) as f:
+                self.assertEqual([e["epoch"] for e in json.load(f)["epochs"]], [1])
+            self.assertIn(f'"run": "{name}", "epochs": 1', stdout)
+        self.assertNotIn("report", os.listdir(out))  # --noreport
+        # A failing child (here: bad input, a dataset that is not there) stops the study with
+        # its exit status, before the next run.
+        with open(plan_path, "w") as f:
+            json.dump({**RUN_PLAN, "datasets": ["no_such_dataset"]}, f)
+        done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+        self.assertEqual(done.returncode, 2, done.stderr[-3000:])
+        self.assertEqual(len(re.findall("^study: run", done.stdout, re.M)), 1, done.stdout)
 
 
 if __name__ == "__main__":
