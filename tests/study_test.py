@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import tensorflow as tf
@@ -214,6 +215,42 @@ class StudyBinaryTest(tf.test.TestCase):
         done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
         self.assertEqual(done.returncode, 2, done.stderr[-3000:])
         self.assertEqual(len(re.findall("^study: run", done.stdout, re.M)), 1, done.stdout)
+
+    def test_a_killed_study_takes_its_run_process_with_it(self):
+        """kill -9 of the study process ends the run's process too (no orphan keeps the run's
+        lock and goes on searching)."""
+        out = self.get_temp_dir()
+        plan_path = os.path.join(out, "plan.json")
+        with open(plan_path, "w") as f:
+            json.dump(RUN_PLAN, f)
+        command = [sys.executable, "-m", "tf_amended_darts.bin.study", f"--plan={plan_path}"]
+        study_process = subprocess.Popen(
+            command + [f"--output_dir={out}", "--noreport"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            cwd=ROOT,
+        )
+        line = study_process.stdout.readline()
+        match = re.match(r"study: run 1/2 \S+ \(process (\d+)\)$", line)
+        self.assertIsNotNone(match, line)
+        child = int(match.group(1))
+        self.assertTrue(_alive(child))
+        study_process.kill()
+        study_process.wait()
+        deadline = time.monotonic() + 30
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        self.assertFalse(_alive(child))
+
+
+def _alive(pid):
+    """Whether `pid` runs (a zombie, ended but not reaped by its new parent, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 if __name__ == "__main__":
