@@ -17,6 +17,7 @@ before the next.
 """
 
 import ctypes
+import functools
 import glob
 import json
 import os
@@ -93,6 +94,7 @@ def _run(plan, output_dir):
     env = dict(
         os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
     )
+    end_with_parent = _end_with_parent()
     for index, name in enumerate(names):
         command = [
             sys.executable,
@@ -106,17 +108,21 @@ def _run(plan, output_dir):
         ]
         if _STOP_AFTER_STEPS.value is not None:
             command.append(f"--stop_after_steps={_STOP_AFTER_STEPS.value}")
-        child = subprocess.Popen(command, env=env, preexec_fn=_end_with_parent)
+        child = subprocess.Popen(command, env=env, preexec_fn=end_with_parent)
         print(f"study: run {index + 1}/{len(names)} {name} (process {child.pid})", flush=True)
         if child.wait():  # the child has said why (one line, or a bug's traceback)
             sys.exit(child.returncode)
 
 
 def _end_with_parent():
-    """In the child, before it runs: on Linux, SIGTERM it when the study process ends, however
-    it ends (kill -9 too), so no orphan goes on holding its run's lock."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    """What the child calls before it runs: on Linux, to get SIGTERM when the study process
+    ends, however it ends (kill -9 too), so that no orphan goes on holding its run's lock.
+    Resolved here, in the parent: the child calls it between fork and exec, where loading a
+    library could deadlock."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    return functools.partial(prctl, 1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
 
 
 def _run_here(plan, output_dir):
