@@ -69,6 +69,11 @@ class HelpersTest(tf.test.TestCase):
         self.assertEqual(runs[2].search.amending_coefficient, 0.1)
         with self.assertRaisesRegex(errors.InputError, "unknown search fields.*'etta'"):
             study.planned_runs({**TINY_PLAN, "estimators": {"x": {"etta": 1}}})
+        # Each run must be selectable alone by its name (bin/study's run processes).
+        with self.assertRaisesRegex(errors.InputError, "'digits-darts-first_order-s0' is repeated"):
+            study.planned_runs({**TINY_PLAN, "seeds": [0, 0]})
+        with self.assertRaisesRegex(errors.InputError, "'digits-darts-a,b-s0' is not usable"):
+            study.planned_runs({**TINY_PLAN, "estimators": {"a,b": {}}})
 
     def test_runs_selected_by_glob_patterns(self):
         plan = {**TINY_PLAN, "seeds": [0, 1]}
@@ -231,6 +236,9 @@ class StudyBinaryTest(tf.test.TestCase):
             text=True,
             cwd=ROOT,
         )
+        self.addCleanup(study_process.stdout.close)
+        self.addCleanup(study_process.wait)
+        self.addCleanup(study_process.kill)  # the test failed before killing it
         line = study_process.stdout.readline()
         match = re.match(r"study: run 1/2 \S+ \(process (\d+)\)$", line)
         self.assertIsNotNone(match, line)

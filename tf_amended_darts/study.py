@@ -132,6 +132,14 @@ def planned_runs(plan, runs=None):
                             else {**retrain, "dataset": dataset, "seed": seed},
                         )
                     )
+    names = [p.name for p in planned]
+    for name in names:
+        # A run is selected alone by its name as a --runs pattern (bin/study's processes).
+        if names.count(name) > 1 or "," in name:
+            raise errors.InputError(
+                f"study plan: run name {name!r} is "
+                + ("repeated" if names.count(name) > 1 else "not usable (a comma)")
+            )
     if runs is None:
         return planned
     for pattern in runs:

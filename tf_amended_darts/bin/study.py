@@ -17,7 +17,6 @@ before the next.
 """
 
 import ctypes
-import functools
 import glob
 import json
 import os
@@ -90,11 +89,11 @@ def _run(plan, output_dir):
     # A process keeps memory of the models and traced functions it has built: a study process
     # grew from 785 to 859, 927, 1046 MB over four tiny amended searches (measured;
     # keras.backend.clear_session and gc did not return it). A process per run gives it back.
+    env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.abspath(tf_amended_darts.__file__)))
-    env = dict(
-        os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
-    )
-    end_with_parent = _end_with_parent()
+    if root not in [os.path.abspath(p or os.curdir) for p in sys.path]:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    preexec = _end_with_parent()
     for index, name in enumerate(names):
         command = [
             sys.executable,
@@ -102,27 +101,43 @@ def _run(plan, output_dir):
             "tf_amended_darts.bin.study",
             f"--plan={_PLAN.value}",
             f"--output_dir={output_dir}",
-            f"--runs={glob.escape(name)}",
+            f"--runs={glob.escape(name)}",  # names hold no comma (study.planned_runs)
             "--grappler" if _GRAPPLER.value else "--nograppler",
             "--noreport",
         ]
         if _STOP_AFTER_STEPS.value is not None:
             command.append(f"--stop_after_steps={_STOP_AFTER_STEPS.value}")
-        child = subprocess.Popen(command, env=env, preexec_fn=end_with_parent)
+        if flags.FLAGS["verbosity"].present:
+            command.append(f"--verbosity={flags.FLAGS.verbosity}")
+        child = subprocess.Popen(command, env=env, preexec_fn=preexec)
         print(f"study: run {index + 1}/{len(names)} {name} (process {child.pid})", flush=True)
-        if child.wait():  # the child has said why (one line, or a bug's traceback)
-            sys.exit(child.returncode)
+        try:
+            status = child.wait()
+        except KeyboardInterrupt:  # Ctrl-C reaches the child too: let it stop, then stop
+            child.wait()
+            sys.exit(130)
+        if status < 0:  # killed by a signal (the OOM killer: SIGKILL), so it said nothing
+            print(f"study: run {name} ended by signal {-status}", file=sys.stderr)
+            sys.exit(128 - status)
+        if status:  # the child has said why (one line, or a bug's traceback)
+            sys.exit(status)
 
 
 def _end_with_parent():
     """What the child calls before it runs: on Linux, to get SIGTERM when the study process
-    ends, however it ends (kill -9 too), so that no orphan goes on holding its run's lock.
-    Resolved here, in the parent: the child calls it between fork and exec, where loading a
-    library could deadlock."""
+    ends, however it ends (kill -9 too), so that no orphan goes on holding its run's lock; if
+    the study process ended before that, the child stops. Resolved here, in the parent: the
+    child calls it between fork and exec, where loading a library could deadlock."""
     if not sys.platform.startswith("linux"):
         return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    return functools.partial(prctl, 1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    prctl, parent = ctypes.CDLL(None, use_errno=True).prctl, os.getpid()
+
+    def end_with_parent():
+        prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return end_with_parent
 
 
 def _run_here(plan, output_dir):
