@@ -11,7 +11,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from tf_amended_darts import diagnostics, errors, genotypes, loop, search, study
+from tf_amended_darts import diagnostics, errors, genotypes, loop, run_dir, search, study
 
 TINY_PLAN = {
     "search": {
@@ -188,15 +188,20 @@ class RunStudyTest(tf.test.TestCase):
 
 
 class StudyBinaryTest(tf.test.TestCase):
-    def test_binary_runs_each_run_in_a_process_of_its_own(self):
-        """bin/study with several runs starts itself once per run (--runs=<that run>), so a
-        run's memory goes back before the next; a child's bad exit stops the study with it."""
+    def _command(self, plan):
+        """(output dir, the bin/study command line) for `plan`, written to a file there."""
         out = self.get_temp_dir()
         plan_path = os.path.join(out, "plan.json")
         with open(plan_path, "w") as f:
-            json.dump(RUN_PLAN, f)
+            json.dump(plan, f)
         command = [sys.executable, "-m", "tf_amended_darts.bin.study", f"--plan={plan_path}"]
-        command += [f"--output_dir={out}", "--stop_after_steps=2", "--noreport"]
+        return out, command + [f"--output_dir={out}", "--noreport"]
+
+    def test_binary_runs_each_run_in_a_process_of_its_own(self):
+        """bin/study with several runs starts itself once per run (--runs=<that run>), so a
+        run's memory goes back before the next; a child's bad exit stops the study with it."""
+        out, command = self._command(RUN_PLAN)
+        command.append("--stop_after_steps=2")
         done = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
         stdout, stderr = (s.decode() for s in done.communicate())
         self.assertEqual(done.returncode, 0, stderr[-3000:])
@@ -215,8 +220,7 @@ class StudyBinaryTest(tf.test.TestCase):
         self.assertNotIn("report", os.listdir(out))  # --noreport
         # A failing child (here: bad input, a dataset that is not there) stops the study with
         # its exit status, before the next run.
-        with open(plan_path, "w") as f:
-            json.dump({**RUN_PLAN, "datasets": ["no_such_dataset"]}, f)
+        _, command = self._command({**RUN_PLAN, "datasets": ["no_such_dataset"]})
         done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
         self.assertEqual(done.returncode, 2, done.stderr[-3000:])
         self.assertEqual(len(re.findall("^study: run", done.stdout, re.M)), 1, done.stdout)
@@ -224,13 +228,9 @@ class StudyBinaryTest(tf.test.TestCase):
     def test_a_killed_study_takes_its_run_process_with_it(self):
         """kill -9 of the study process ends the run's process too (no orphan keeps the run's
         lock and goes on searching)."""
-        out = self.get_temp_dir()
-        plan_path = os.path.join(out, "plan.json")
-        with open(plan_path, "w") as f:
-            json.dump(RUN_PLAN, f)
-        command = [sys.executable, "-m", "tf_amended_darts.bin.study", f"--plan={plan_path}"]
+        _, command = self._command(RUN_PLAN)
         study_process = subprocess.Popen(
-            command + [f"--output_dir={out}", "--noreport"],
+            command,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
@@ -253,12 +253,10 @@ class StudyBinaryTest(tf.test.TestCase):
 
 
 def _alive(pid):
-    """Whether `pid` runs (a zombie, ended but not reaped by its new parent, does not)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+    """Whether `pid` runs (a zombie, ended but not reaped by its new parent, does not), as
+    run_dir reads a lock owner's state."""
+    state = run_dir._process_start(pid)  # pylint: disable=protected-access
+    return state is not None and state[0] != "Z"
 
 
 if __name__ == "__main__":
