@@ -32,6 +32,7 @@ before its checkpoint runs again and its record entry is replaced. Re-training r
 same way.
 """
 
+import collections
 import dataclasses
 import fnmatch
 import json
@@ -132,14 +133,11 @@ def planned_runs(plan, runs=None):
                             else {**retrain, "dataset": dataset, "seed": seed},
                         )
                     )
-    names = [p.name for p in planned]
-    for name in names:
-        # A run is selected alone by its name as a --runs pattern (bin/study's processes).
-        if names.count(name) > 1 or "," in name:
-            raise errors.InputError(
-                f"study plan: run name {name!r} is "
-                + ("repeated" if names.count(name) > 1 else "not usable (a comma)")
-            )
+    # A run is selected alone by its name as a --runs pattern (bin/study's processes).
+    for name, count in collections.Counter(p.name for p in planned).items():
+        if count > 1 or "," in name:
+            problem = "repeated" if count > 1 else "not usable (a comma)"
+            raise errors.InputError(f"study plan: run name {name!r} is {problem}")
     if runs is None:
         return planned
     for pattern in runs:
