@@ -22,7 +22,8 @@ weight step, the search's iteration), each after one first call that traces it. 
   traces                       (tf.function traces of each step function: 1 each, or a retrace).
 `--logical_cpus=1,2` also times each under MirroredStrategy over 2 logical CPUs (the replicas'
 overhead); `--metrics_every=1,10` reads the metrics every step or every 10 (the search's flag);
-`--mixed_precision=off,on` also times each in bfloat16 (the search's --mixed_precision);
+`--mixed_precision=off,bfloat16,float16` also times each in half precision (the search's
+--mixed_precision; float16 with its loss scale);
 `--rounds=3` runs the whole list three times, alternating. `--grappler=on,off` also times
 each with TensorFlow's graph optimizer off (disable_meta_optimizer);
 measured on the small supernet: first calls 25-35 % shorter, steps up to 15 % faster, but
@@ -85,8 +86,8 @@ _SUB_BATCHES = flags.DEFINE_list(
 _MIXED_PRECISION = flags.DEFINE_list(
     "mixed_precision",
     "off",
-    "The search's --mixed_precision to time each estimator with: off, on (bfloat16 compute; "
-    "exact products only), or both.",
+    "The search's --mixed_precision to time each estimator with: off, bfloat16, float16 "
+    "(exact products only), or several.",
 )
 _ROUNDS = flags.DEFINE_integer(
     "rounds", 1, "Times the whole list of measurements is run, one after the other."
@@ -100,7 +101,7 @@ def _run_child(configuration, pair, threads):
     mixed_precision") in a fresh process; returns its dict (or an error entry)."""
     estimator, products, grappler, logical_cpus, metrics_every, sub_batches, mixed = pair.split(":")
     request = {
-        "mixed_precision": mixed == "on",
+        "mixed_precision": None if mixed == "off" else mixed,
         "sub_batches": int(sub_batches),
         "logical_cpus": int(logical_cpus),
         "metrics_every": int(metrics_every),
@@ -164,7 +165,7 @@ def _table(results):
             continue
         lines.append(
             f"| {r['estimator']} | {r['products']} | {r['sub_batches']} "
-            f"| {'on' if r['mixed_precision'] else 'off'} | {r['grappler']} "
+            f"| {r['mixed_precision'] or 'off'} | {r['grappler']} "
             f"| {r['logical_cpus']} "
             f"| {r['metrics_every']} | {r['search_s']:.3f} | {r['search_mean_s']:.3f} "
             f"| {r['images_per_s']:.1f} "
@@ -192,11 +193,16 @@ def main(argv):
     for products in _PRODUCTS.value:
         if products not in ("exact", "finite_difference"):
             raise app.UsageError(f"unknown products {products!r}")
-    for name, values in (("grappler", _GRAPPLER), ("mixed_precision", _MIXED_PRECISION)):
-        if not set(values.value) <= {"on", "off"}:
-            raise app.UsageError(f"--{name} takes on and/or off, got {','.join(values.value)}")
-    if "on" in _MIXED_PRECISION.value and "finite_difference" in _PRODUCTS.value:
-        raise app.UsageError("--mixed_precision=on needs exact products")
+    for name, values, choices in (
+        ("grappler", _GRAPPLER, ("on", "off")),
+        ("mixed_precision", _MIXED_PRECISION, ("off", "bfloat16", "float16")),
+    ):
+        if not set(values.value) <= set(choices):
+            raise app.UsageError(
+                f"--{name} takes some of {', '.join(choices)}, got {','.join(values.value)}"
+            )
+    if set(_MIXED_PRECISION.value) - {"off"} and "finite_difference" in _PRODUCTS.value:
+        raise app.UsageError("--mixed_precision other than off needs exact products")
     for name, values in (
         ("logical_cpus", _LOGICAL_CPUS),
         ("metrics_every", _METRICS_EVERY),

@@ -139,7 +139,7 @@ def measure(
     logical_cpus=1,
     metrics_every=1,
     sub_batches=1,
-    mixed_precision=False,
+    mixed_precision=None,
 ):
     """Times one estimator's search iteration in this process; returns a JSON-ready dict.
 
@@ -150,7 +150,7 @@ def measure(
     the search traces it only for warm-up epochs, so leave it out to measure a search's memory.
     With `logical_cpus` > 1 the CPU is split and the steps run under MirroredStrategy, each
     global batch split over the replicas; `metrics_every`: see _timed; `mixed_precision`: the
-    search's (bfloat16 compute).
+    search's (None, "bfloat16" or "float16").
     """
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
 

@@ -56,6 +56,20 @@ class RunTest(absltest.TestCase):
                 self.assertNotIn("error: internal", stderr)
 
 
+class MixedPrecisionTest(absltest.TestCase):
+    def test_auto_is_float16_on_a_gpu_else_bfloat16(self):
+        import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+        self.assertEqual(
+            [cli.mixed_precision(v) for v in ("off", "float16", "bfloat16")],
+            [None, "float16", "bfloat16"],
+        )
+        gpus = [tf.config.PhysicalDevice("/physical_device:GPU:0", "GPU")]
+        for devices, dtype in (([], "bfloat16"), (gpus, "float16")):
+            with mock.patch.object(tf.config, "list_physical_devices", return_value=devices):
+                self.assertEqual(cli.mixed_precision("auto"), dtype)
+
+
 class FlagRulesTest(absltest.TestCase):
     def _parse(self, define, name, value):
         """Defines flag `name` in a fresh FlagValues, registers cli's checks, parses value."""

@@ -846,19 +846,24 @@ class TinySearchNetworkTest(tf.test.TestCase):
         )(batch32, [tf.constant(v, tf.float32) for v in vector])
         self.assertLess(rel_err([h.numpy() for h in hv32], [h.numpy() for h in hv64]), 1e-4)
 
+    def _mixed_network(self, dtype):
+        """The tiny net computing in `dtype` (mixed_<dtype>) with the float32 net's weights."""
+        net = search_model.SearchNetwork(
+            TINY_SPACE, 10, seed=1, dtype=operations.dtype_policy(dtype)
+        )
+        net.build((None, 8, 8, 1))
+        self.assertEqual(net.compute_dtype, dtype)
+        net.set_weights(self.net32.get_weights())
+        return net
+
     def test_bfloat16_estimates_are_close_to_float32(self):
-        # operations.MIXED_PRECISION_POLICY against float32 (itself 1e-4 from float64, above),
+        # mixed_bfloat16 against float32 (itself 1e-4 from float64, above),
         # same weights and batches. Measured: relative error first order 0.18, second order
         # 0.25, amended 0.29 (cosines 0.985, 0.969, 0.961): bfloat16 keeps 8 bits of every
         # activation. A different validation batch moves the float32 estimate by 1.15-1.40:
         # the rounding is a fraction of the minibatch noise the search lives with.
         # Bound: relative error < 0.4 and < a third of that batch-to-batch change.
-        mixed = search_model.SearchNetwork(
-            TINY_SPACE, 10, seed=1, dtype=operations.dtype_policy(True)
-        )
-        mixed.build((None, 8, 8, 1))
-        self.assertEqual(mixed.compute_dtype, "bfloat16")
-        mixed.set_weights([w.astype(np.float32) for w in self.net64.get_weights()])
+        mixed = self._mixed_network("bfloat16")
         (train, val), (_, other_val) = tiny_batches(tf.float32), tiny_batches(tf.float32, seed=2)
         state = estimators.WeightOptimizerState(learning_rate=0.025, weight_decay=3e-4)
         for name in ("first_order", "second_order", "amended"):
@@ -878,8 +883,48 @@ class TinySearchNetworkTest(tf.test.TestCase):
                 self.assertGreater(error, 1e-3)  # bfloat16 did compute (float32: ~1e-7)
                 self.assertLess(error, spread / 3)
 
+    def test_float16_estimates_need_and_take_a_loss_scale(self):
+        # mixed_float16 on a loss whose gradients are those of a small loss (per-example
+        # losses x 1e-5: |g1| ~ 3e-6, float16's smallest normal is 6e-5, its smallest value
+        # 6e-8), eta scaled by 1e10 so that the amended correction stays as large against g1.
+        # Measured (same weights and batches as float32): with the loss scale 2^15 relative
+        # error first order 0.11, second order 0.11, amended 0.13; without it 0.87, 0.87,
+        # 1.01 (the gradients underflow). A different validation batch moves the float32
+        # estimate by 1.3-1.4. Bounds: scaled < 0.3 and < a third of that change; unscaled
+        # (first order, for time) > 0.5. Second order's products are amended's.
+        half = self._mixed_network("float16")
+        (train, val), (_, other_val) = tiny_batches(tf.float32), tiny_batches(tf.float32, seed=2)
+
+        def small(labels, logits):
+            return 1e-5 * cross_entropy(labels, logits)
+
+        def estimate(estimator, net, val_batch, scale=None):
+            grads, _ = estimator.estimate(
+                net, small, train, val_batch, weight_decay_state, loss_scale=scale
+            )
+            return [g.numpy() for g in grads]
+
+        weight_decay_state = estimators.WeightOptimizerState(weight_decay=3e-4)
+        for name, params in (
+            ("first_order", {}),
+            ("amended", {"eta": 1e9}),
+            ("amended", {"eta": 1e9, "sub_batches": 2}),  # the scale reaches each sub-batch
+        ):
+            with self.subTest(name=name, **params):
+                estimator = estimators.make_estimator(name, **params)
+                truth = estimate(estimator, self.net32, val)
+                scaled = rel_err(estimate(estimator, half, val, tf.constant(2.0**15)), truth)
+                self.assertLess(scaled, 0.3)
+                self.assertLess(
+                    scaled, rel_err(estimate(estimator, self.net32, other_val), truth) / 3
+                )
+                if name == "first_order":
+                    self.assertGreater(rel_err(estimate(estimator, half, val), truth), 0.5)
+
     def test_finite_differences_are_refused_on_a_bfloat16_model(self):
-        mixed = search_model.SearchNetwork(TINY_SPACE, 10, dtype=operations.dtype_policy(True))
+        mixed = search_model.SearchNetwork(
+            TINY_SPACE, 10, dtype=operations.dtype_policy("bfloat16")
+        )
         mixed.build((None, 8, 8, 1))
         train, val = tiny_batches(tf.float32)
         with self.assertRaisesRegex(errors.InputError, "'finite_difference' on a bfloat16"):

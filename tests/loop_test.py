@@ -139,5 +139,40 @@ class RunnerTest(tf.test.TestCase):
             self._run([], metrics_every=0)
 
 
+class LossScaleTest(tf.test.TestCase):
+    """The dynamic loss scale's rule (Keras LossScaleOptimizer's), step by step, eagerly."""
+
+    def _end_step(self, scale, finite, loss=1.0):
+        metrics = scale.outcome(tf.constant(finite), (tf.constant(loss),))
+        return {k: float(v) for k, v in metrics.items()}
+
+    def test_halves_on_an_overflow_doubles_after_growth_steps_and_tells_divergence(self):
+        scale = loop.LossScale(initial=8.0, growth_steps=3)
+        # Overflow: gradients not finite, losses finite, scale above 1: skipped, not diverged.
+        self.assertEqual(
+            self._end_step(scale, False), {loop.DIVERGED: 0.0, "overflow": 1.0, "loss_scale": 8.0}
+        )
+        self.assertEqual(float(scale.scale), 4.0)
+        for _ in range(2):  # two finite steps: not yet growth_steps in a row
+            self.assertEqual(self._end_step(scale, True)["overflow"], 0.0)
+        self.assertEqual(float(scale.scale), 4.0)
+        self._end_step(scale, True)  # the third doubles and starts the count again
+        self.assertEqual((float(scale.scale), int(scale.finite_steps)), (8.0, 0))
+        self._end_step(scale, True)
+        self._end_step(scale, False)  # an overflow resets the count
+        self.assertEqual((float(scale.scale), int(scale.finite_steps)), (4.0, 0))
+        # A non-finite loss is the run diverging, whatever the scale.
+        self.assertEqual(self._end_step(scale, False, loss=math.nan)[loop.DIVERGED], 1.0)
+        # At a scale of 1 an overflow is not the scale's doing: diverged.
+        scale.scale.assign(1.0)
+        self.assertEqual(
+            self._end_step(scale, False), {loop.DIVERGED: 1.0, "overflow": 0.0, "loss_scale": 1.0}
+        )
+
+    def test_without_a_loss_scale_a_skipped_step_diverged(self):
+        metrics = loop.step_outcome(tf.constant(False), (tf.constant(1.0),))
+        self.assertEqual({k: float(v) for k, v in metrics.items()}, {loop.DIVERGED: 1.0})
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q", "-p", "no:cacheprovider"]))

@@ -75,7 +75,7 @@ class NetworkTest(tf.test.TestCase):
             self.assertAllClose(loaded.drop_path_rate, 0.1)
 
     def test_mixed_precision_reaches_every_layer_and_round_trips(self):
-        policy = operations.dtype_policy(True)
+        policy = operations.dtype_policy("bfloat16")
         for cls, size in ((model.NetworkCIFAR, 16), (model.NetworkImageNet, 32)):
             net = cls(V2, 4, 3, 10, auxiliary=True, dtype=policy)
             x = tf.random.normal((2, size, size, 3), seed=2)

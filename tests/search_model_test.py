@@ -117,7 +117,7 @@ class SearchNetworkTest(tf.test.TestCase):
         self.assertAllClose(net32(x, training=False), net64(x, training=False), atol=1e-6)
 
     def test_mixed_precision_computes_in_bfloat16_with_float32_alphas_and_logits(self):
-        net = SearchNetwork(TINY, 10, seed=3, dtype=operations.dtype_policy(True))
+        net = SearchNetwork(TINY, 10, seed=3, dtype=operations.dtype_policy("bfloat16"))
         net.build((None, 8, 8, 1))
         # Every sublayer takes the policy (Keras does not pass it down by itself).
         sublayers = list(net._flatten_layers(include_self=False))

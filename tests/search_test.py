@@ -269,15 +269,21 @@ class SearchTest(tf.test.TestCase):
         self.assertNotIn("sub_batches", search.SearchConfig().to_dict())
 
     def test_mixed_precision_needs_exact_products_and_old_runs_keep_their_identity(self):
-        with self.assertRaisesRegex(errors.InputError, "mixed precision needs products=exact"):
-            search.SearchConfig(mixed_precision=True, products="finite_difference")
-        config = search.SearchConfig(mixed_precision=True)
-        self.assertEqual(search.SearchConfig(**config.to_dict()), config)
+        for dtype in ("float16", "bfloat16"):
+            with self.assertRaisesRegex(errors.InputError, "mixed precision needs products=exact"):
+                search.SearchConfig(mixed_precision=dtype, products="finite_difference")
+            config = search.SearchConfig(mixed_precision=dtype)
+            self.assertEqual(search.SearchConfig(**config.to_dict()), config)
+        with self.assertRaisesRegex(errors.InputError, "mixed_precision must be one of"):
+            search.SearchConfig(mixed_precision="float8")
+        # Runs recorded before float16 say true for bfloat16 (and leave out false).
+        self.assertEqual(search.SearchConfig(mixed_precision=True).mixed_precision, "bfloat16")
+        self.assertIsNone(search.SearchConfig(mixed_precision=False).mixed_precision)
         self.assertNotIn("mixed_precision", search.SearchConfig().to_dict())
 
-    def test_mixed_precision_search_ends_with_a_valid_genotype(self):
+    def test_float16_search_ends_with_a_valid_genotype_and_keeps_its_loss_scale(self):
         directory = self.get_temp_dir() + "/mixed"
-        result = _run(directory, mixed_precision=True, epochs=2, steps_per_epoch=2)
+        result = _run(directory, mixed_precision="float16", epochs=2, steps_per_epoch=2)
         self.assertTrue(result.finished)
         self.assertEqual(result.traces, {"search_step": 1, "weight_step": 0})  # no warm-up
         self.assertTrue(np.isfinite(result.metrics["valid_loss"]))
@@ -289,10 +295,16 @@ class SearchTest(tf.test.TestCase):
             genotypes.load_genotype(os.path.join(directory, "genotype.json")), result.genotype
         )
         with open(os.path.join(directory, "run.json")) as f:
-            self.assertIs(json.load(f)["config"]["mixed_precision"], True)
+            self.assertEqual(json.load(f)["config"]["mixed_precision"], "float16")
         run = search.restore_search_network(directory)
-        self.assertEqual(run.network.compute_dtype, "bfloat16")
+        self.assertEqual(run.network.compute_dtype, "float16")
         self.assertAllEqual(run.network.arch_variables, result.alphas)
+        # The loss scale is checkpointed (a resume continues with it); the epochs' log lines
+        # count the steps skipped for an overflow.
+        names = [name for name, _ in tf.train.list_variables(run.checkpoint)]
+        self.assertTrue(any(name.startswith("loss_scale/scale") for name in names), names)
+        with open(os.path.join(directory, "log.txt")) as f:
+            self.assertEqual(f.read().count(" overflow_steps="), 2)
 
 
 def _numpy(values):
@@ -446,6 +458,51 @@ class StepArithmeticTest(tf.test.TestCase):
         self.assertEqual(float(metrics[loop.DIVERGED]), 0)
         self.assertNotAllClose(state()[0], before[0])
         self.assertEqual(searcher.traces["search_step"], 1)
+
+    def test_float16_overflow_skips_the_step_halves_the_scale_and_is_no_divergence(self):
+        # One device and 2 logical CPUs (the scale is a variable every replica updates alike).
+        for strategy in (tf.distribute.get_strategy(), distribute.make_strategy("mirrored")):
+            with self.subTest(replicas=strategy.num_replicas_in_sync):
+                config = search.SearchConfig(**{**self.CONFIG, "mixed_precision": "float16"})
+                searcher = search._Searcher(config, strategy, (8, 8, 1), 10)
+                _, _, train_batch, val_batch = self._setup()
+                if strategy.num_replicas_in_sync > 1:
+                    train_batch, val_batch = (
+                        next(
+                            iter(
+                                strategy.experimental_distribute_dataset(
+                                    tf.data.Dataset.from_tensors(b)
+                                )
+                            )
+                        )
+                        for b in (train_batch, val_batch)
+                    )
+                variables = (
+                    searcher.model.weight_variables
+                    + searcher.weight_optimizer.variables
+                    + searcher.model.arch_variables
+                    + searcher.arch_optimizer.variables
+                )
+                before = _numpy(variables)
+                # 2^60 times a loss of ~2.3: float16 (largest 65504) overflows at once.
+                searcher.loss_scale.scale.assign(2.0**60)
+                metrics = {
+                    k: float(v) for k, v in searcher.search_step(train_batch, val_batch).items()
+                }
+                self.assertEqual(metrics[loop.DIVERGED], 0)
+                self.assertEqual(metrics["overflow"], 1)
+                self.assertEqual(metrics["loss_scale"], 2.0**60)
+                self.assertEqual(float(searcher.loss_scale.scale.read_value()), 2.0**59)
+                for a, b in zip(before, _numpy(variables)):
+                    self.assertAllEqual(a, b)  # nothing applied
+                searcher.loss_scale.scale.assign(2.0**10)  # a scale that fits: the step applies
+                metrics = {
+                    k: float(v) for k, v in searcher.search_step(train_batch, val_batch).items()
+                }
+                self.assertEqual((metrics[loop.DIVERGED], metrics["overflow"]), (0, 0))
+                self.assertEqual(float(searcher.loss_scale.scale.read_value()), 2.0**10)
+                self.assertNotAllClose(_numpy(variables)[0], before[0])
+                self.assertEqual(searcher.traces["search_step"], 1)
 
     def test_first_order_search_step(self):
         config, searcher, train_batch, val_batch = self._setup(grad_clip=1e-3)

@@ -78,16 +78,16 @@ class TrainTest(tf.test.TestCase):
         self.assertEqual(result.traces, {"train_step": 1})
         self.assertLess(result.train_loss, 0.8 * first)
 
-    def test_mixed_precision_trains_and_exports_a_servable_model(self):
+    def test_float16_trains_with_its_loss_scale_and_exports_a_servable_model(self):
         export_dir = self.get_temp_dir() + "/mixed_model"
         result = _run(
             self.get_temp_dir() + "/mixed",
-            mixed_precision=True,
+            mixed_precision="float16",
             epochs=1,
             steps_per_epoch=2,
             export_dir=export_dir,
         )
-        self.assertEqual(result.model.compute_dtype, "bfloat16")
+        self.assertEqual(result.model.compute_dtype, "float16")
         self.assertTrue(np.isfinite(result.train_loss))
         self.assertTrue(np.isfinite(result.valid["valid_loss"]))
         info = data.load_dataset("digits").info
@@ -96,10 +96,13 @@ class TrainTest(tf.test.TestCase):
         served = loaded.serving_default(images)["probabilities"]
         expected = tf.nn.softmax(result.model(data.normalize(images, info.mean, info.std)))
         self.assertEqual(served.dtype, tf.float32)
-        # The same bfloat16 kernels in the SavedModel: as close as export_test's float32.
+        # The same float16 kernels in the SavedModel: as close as export_test's float32.
         self.assertAllClose(served, expected, atol=1e-5)
-        config = train.TrainConfig(**TINY, mixed_precision=True)
-        self.assertEqual(train.TrainConfig.from_dict(config.to_dict()), config)
+        with open(os.path.join(self.get_temp_dir(), "mixed", "log.txt")) as f:
+            self.assertIn(" overflow_steps=", f.read())  # the loss scale took part
+        for dtype in ("float16", "bfloat16"):
+            config = train.TrainConfig(**TINY, mixed_precision=dtype)
+            self.assertEqual(train.TrainConfig.from_dict(config.to_dict()), config)
         self.assertNotIn("mixed_precision", train.TrainConfig(**TINY).to_dict())
 
     def test_resume_continues_at_the_right_step_and_learning_rate(self):

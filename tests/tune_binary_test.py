@@ -221,7 +221,7 @@ from absl import flags
 from tf_amended_darts import search
 from tf_amended_darts.bin import tune
 flags.FLAGS(["tune", "--directory=unused", "--amending_coefficient=auto",
-             "--mixed_precision", "--sub_batches=2"])
+             "--mixed_precision=float16", "--sub_batches=2"])
 config = tune._search_config()
 fields = {f.name for f in dataclasses.fields(search.SearchConfig)}
 print(config.amending_coefficient, config.mixed_precision, config.sub_batches,
@@ -231,7 +231,7 @@ print(config.amending_coefficient, config.mixed_precision, config.sub_batches,
         [sys.executable, "-c", code], cwd=REPO, env=_env(), capture_output=True, text=True
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stdout.split("\n")[-2] == "auto True 2 []"
+    assert run.stdout.split("\n")[-2] == "auto float16 2 []"
 
 
 if __name__ == "__main__":

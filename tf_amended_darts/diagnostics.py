@@ -337,6 +337,11 @@ def best_eta(g1, amended, implicit, eta):
     }
 
 
+# A fixed scale (the product of a unit vector, once per epoch: no dynamic scale to keep):
+# 2^12 puts alpha gradients of 1e-6..1 well inside float16's range, whose top is 65504.
+ALPHA_HESSIAN_LOSS_SCALE = 2.0**12
+
+
 def alpha_hessian_product(model, loss_fn):
     """A tf.function (vector, batch) -> H·vector, H the Hessian of the loss on `batch` with
     respect to the architecture variables at the model's values when it runs (vector: one
@@ -345,8 +350,11 @@ def alpha_hessian_product(model, loss_fn):
 
     Products are back-over-back gradients of `model.stateless_call` with the alphas as
     explicit tensors (estimators' convention: training=True, nothing assigned, new BatchNorm
-    statistics dropped), so each costs about two forward/backward passes of the batch.
+    statistics dropped), so each costs about two forward/backward passes of the batch. On a
+    float16 network they are of the loss times ALPHA_HESSIAN_LOSS_SCALE (float16 gradients
+    underflow below 6e-8), divided by it.
     """
+    scale = ALPHA_HESSIAN_LOSS_SCALE if model.compute_dtype == "float16" else None
 
     @tf.function(autograph=False, reduce_retracing=True)
     def product(vector, batch):
@@ -358,9 +366,15 @@ def alpha_hessian_product(model, loss_fn):
             with tf.GradientTape() as inner:
                 inner.watch(arch)
                 loss = losses.loss(weights, arch, batch)
-            grads = inner.gradient(loss, arch, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            grads = inner.gradient(
+                loss,
+                arch,
+                output_gradients=scale,
+                unconnected_gradients=tf.UnconnectedGradients.ZERO,
+            )
             dot = tf.add_n([tf.reduce_sum(g * v) for g, v in zip(grads, vector)])
-        return outer.gradient(dot, arch, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        products = outer.gradient(dot, arch, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return products if scale is None else [p / scale for p in products]
 
     return product
 

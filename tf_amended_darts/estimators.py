@@ -25,6 +25,9 @@ Conventions:
   (R = fd_radius / ||vector||), `products="finite_difference"`. `sub_batches=K` sums them over
   K sub-batches of the training batch, one at a time (_SubBatchProducts: less memory, one more
   forward/backward per product, BatchNorm statistics per sub-batch).
+- float16 models take a loss scale (`estimate(loss_scale=)`, loop.LossScale): every derivative,
+  the nested ones too, is of the scaled loss and unscaled at once; finite differences are
+  refused in half precision (check_products_for_dtype).
 - Nothing is assigned: every forward pass is `model.stateless_call(..., training=True)` on
   explicit tensors (the unrolled step is a tensor w', never written into the model), and the new
   BatchNorm statistics it returns are dropped. Weights, BN statistics and optimizer slots are
@@ -131,6 +134,17 @@ def _as_dtype(value, dtype):
     return tf.cast(tf.convert_to_tensor(value, dtype_hint=dtype), dtype)
 
 
+def gradients(tape, loss, sources, scale=None):
+    """d loss / d sources (zeros where unconnected); with a loss scale, of loss x scale and
+    divided by it (`scale`, a scalar: it seeds the backward pass, so the tape needs no scaled
+    loss)."""
+    if scale is None:
+        return tape.gradient(loss, sources, unconnected_gradients=_ZERO)
+    scale = tf.cast(scale, loss.dtype)
+    grads = tape.gradient(loss, sources, output_gradients=scale, unconnected_gradients=_ZERO)
+    return [g / tf.cast(scale, g.dtype) for g in grads]
+
+
 # ---------------------------------------------------------------------------------------------
 # Small vector helpers (lists of tensors); cross-replica sums are distribute.all_reduce_sum.
 
@@ -151,7 +165,7 @@ def _axpy(a, xs, ys):
 class _StatelessLosses:
     """L(w, alpha) on a batch as a function of explicit tensors, via model.stateless_call."""
 
-    def __init__(self, model, loss_fn, global_batch_size):
+    def __init__(self, model, loss_fn, global_batch_size, loss_scale=None):
         trainable = list(model.trainable_variables)
         position = {id(v): i for i, v in enumerate(trainable)}
         for kind in ("arch_variables", "weight_variables"):
@@ -161,6 +175,7 @@ class _StatelessLosses:
             if missing:
                 raise ValueError(f"{kind} not in model.trainable_variables: {missing}")
         self.model, self.loss_fn, self.global_batch_size = model, loss_fn, global_batch_size
+        self.loss_scale = loss_scale  # float16: every derivative seeded with it (gradients)
         self._arch_positions = [position[id(v)] for v in model.arch_variables]
         self._weight_positions = [position[id(v)] for v in model.weight_variables]
         # Trainable variables in neither list are held at their current values.
@@ -190,7 +205,7 @@ class _StatelessLosses:
         with tf.GradientTape() as tape:
             tape.watch(weights + arch)
             loss = self.loss(weights, arch, batch)
-        grads = tape.gradient(loss, weights + arch, unconnected_gradients=_ZERO)
+        grads = gradients(tape, loss, weights + arch, self.loss_scale)
         return loss, grads[: len(weights)], grads[len(weights) :]
 
 
@@ -211,17 +226,27 @@ def _after(tensors, batch):
 
 
 class _ExactProducts:
-    """Back-over-back products; one persistent outer tape shares the forward and first backward."""
+    """Back-over-back products; one persistent outer tape shares the forward and first backward.
+
+    With a loss scale s (float16), the first backward is of s L: the products differentiate
+    <s grad_w L, u / |u|> and are multiplied by |u| / s, so that the second backward's values
+    are those of a scaled gradient whatever the size of u."""
 
     def __init__(self, losses, weights, arch, batch):
-        self._weights, self._arch = weights, arch
+        self._weights, self._arch, self._scale = weights, arch, losses.loss_scale
         self._tape = tf.GradientTape(persistent=True)
         with self._tape:
             self._tape.watch(weights + arch)
             with tf.GradientTape() as inner:
                 inner.watch(weights)
                 self._loss = losses.loss(weights, arch, batch)
-            self._grad_w = inner.gradient(self._loss, weights, unconnected_gradients=_ZERO)
+            scale = None if self._scale is None else tf.cast(self._scale, self._loss.dtype)
+            self._scaled_grad_w = inner.gradient(
+                self._loss, weights, output_gradients=scale, unconnected_gradients=_ZERO
+            )
+        self._grad_w = self._scaled_grad_w
+        if scale is not None:
+            self._grad_w = [g / scale for g in self._scaled_grad_w]
 
     def loss_and_grad_w(self):
         return self._loss, self._grad_w
@@ -230,9 +255,16 @@ class _ExactProducts:
         return self._loss
 
     def _derivative_of_dot(self, vector, sources):
-        with self._tape:  # re-entering records d<grad_w, vector> on the same tape
-            dot = _dot(self._grad_w, [tf.stop_gradient(u) for u in vector])
-        return self._tape.gradient(dot, sources, unconnected_gradients=_ZERO)
+        if self._scale is None:
+            with self._tape:  # re-entering records d<grad_w, vector> on the same tape
+                dot = _dot(self._grad_w, [tf.stop_gradient(u) for u in vector])
+            return self._tape.gradient(dot, sources, unconnected_gradients=_ZERO)
+        norm = tf.stop_gradient(_norm(vector))
+        norm = tf.where(norm > 0, norm, tf.ones_like(norm))
+        with self._tape:
+            dot = _dot(self._scaled_grad_w, [tf.stop_gradient(u / norm) for u in vector])
+        products = self._tape.gradient(dot, sources, unconnected_gradients=_ZERO)
+        return [p * (norm / tf.cast(self._scale, p.dtype)) for p in products]
 
     def hessian_vector(self, vector):
         return self._derivative_of_dot(vector, self._weights)
@@ -421,8 +453,8 @@ def _check_choice(name, value, choices):
 
 def check_products_for_dtype(products, compute_dtype):
     """InputError for finite-difference products on a half-precision model: the step
-    R = fd_radius / |v| moves each weight by ~fd_radius / sqrt(n), far below the 2^-8 relative
-    resolution of bfloat16, so the differences would be rounding noise."""
+    R = fd_radius / |v| moves each weight by ~fd_radius / sqrt(n), far below the relative
+    resolution of bfloat16 (2^-8) or float16 (2^-11): the differences would be rounding noise."""
     if products != "exact" and compute_dtype in operations.HALF_DTYPES:
         raise errors.InputError(
             f"mixed precision needs products=exact: products={products!r} on a "
@@ -482,15 +514,24 @@ class _Estimator:
 
     @tf.autograph.experimental.do_not_convert  # plain Python control flow, trace-time only
     def estimate(
-        self, model, loss_fn, train_batch, val_batch, weight_state=None, global_batch_size=None
+        self,
+        model,
+        loss_fn,
+        train_batch,
+        val_batch,
+        weight_state=None,
+        global_batch_size=None,
+        loss_scale=None,
     ):
         """Architecture gradient for `model` (see module doc for the model contract).
 
         loss_fn(labels, logits) -> per-example losses; batches are (x, labels) (this replica's
         share under a strategy); global_batch_size defaults to local batch x replicas.
+        loss_scale: a scalar for float16 models (loop.LossScale's): every derivative is of the
+        loss times it and divided by it; results and diagnostics are unscaled.
         """
         check_products_for_dtype(self.products, model.compute_dtype)
-        losses = _StatelessLosses(model, loss_fn, global_batch_size)
+        losses = _StatelessLosses(model, loss_fn, global_batch_size, loss_scale)
         self._check_weight_state(weight_state)
         state = weight_state or WeightOptimizerState()
         if state.momentum_buffers is not None:

@@ -8,6 +8,7 @@
   sgd_weight_update      the SGD weight update of search, re-training and diagnostics' warm-up
   SGD, Adam              Keras' optimizers for gradients that are already global
   apply_if_finite        their apply_gradients, skipped when a step's numbers are not finite
+  LossScale, step_outcome   float16's dynamic loss scale; how a step ended (skipped, diverged)
   DivergedError          a run whose loss, gradients or alphas became non-finite
   cosine_learning_rate   the per-epoch schedules, as the reference steps them
   exponential_learning_rate
@@ -28,7 +29,7 @@ from typing import Callable, Iterable, Protocol
 import keras
 import tensorflow as tf
 
-from tf_amended_darts import checkpointing, data, distribute, errors, run_dir
+from tf_amended_darts import checkpointing, data, distribute, errors, estimators, run_dir
 
 POSITION = ("epoch", "step_in_epoch", "global_step")  # checkpoint keys of the loop position
 DIVERGED = "diverged"  # the step metric that says a step's update was skipped
@@ -143,7 +144,69 @@ def apply_if_finite(optimizer, grads, variables, finite):
     tf.distribute.get_replica_context().merge_call(cross_replica, args=(finite, grads))
 
 
-def sgd_weight_update(optimizer, tape, loss, weights, *, grad_clip, weight_decay, proceed=True):
+class LossScale(tf.Module):
+    """Dynamic loss scaling for float16 steps (Keras LossScaleOptimizer's rule, kept for a whole
+    step: its weight and architecture updates and the estimators' nested gradients).
+
+    float16 gradients underflow below 6e-8 and overflow above 65504. Every loss a step
+    differentiates is seeded with `scale` instead of 1 (tape.gradient's output_gradients) and
+    every gradient divided by it. A step whose gradients are not finite while its losses are
+    (an overflow) is skipped and the scale halved; after `growth_steps` finite steps in a row
+    it doubles. An overflow at a scale of 1 or less is no longer the scale's doing: the step
+    diverged. Make it under the strategy's scope; checkpoint it with the run (resuming then
+    continues with the same scale).
+    """
+
+    def __init__(self, initial=2.0**15, growth_steps=2000, name="loss_scale"):
+        super().__init__(name=name)
+        self.growth_steps = growth_steps
+        # Every replica computes the same update (from all-reduced values): keep the first.
+        kwargs = dict(trainable=False, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        self.scale = tf.Variable(initial, dtype=tf.float32, name="scale", **kwargs)
+        self.finite_steps = tf.Variable(0, dtype=tf.int64, name="finite_steps", **kwargs)
+
+    def outcome(self, finite, losses):
+        """The step metrics of a step whose updates were applied iff `finite`, its global
+        `losses` computed, and the scale's update (replica context): DIVERGED (not an overflow),
+        `overflow` (1 when skipped for one) and `loss_scale` (the step's scale), each as this
+        replica's share."""
+        scale = self.scale.read_value()
+        overflow = tf.logical_and(
+            tf.logical_not(finite), tf.logical_and(all_finite(*losses), scale > 1.0)
+        )
+        grow = tf.logical_and(finite, self.finite_steps + 1 >= self.growth_steps)
+        self.scale.assign(tf.where(finite, tf.where(grow, 2.0 * scale, scale), 0.5 * scale))
+        self.finite_steps.assign(
+            tf.where(tf.logical_and(finite, tf.logical_not(grow)), self.finite_steps + 1, 0)
+        )
+        replicas = distribute.replicas_in_context()
+        return {
+            DIVERGED: diverged_metric(tf.logical_or(finite, overflow)),
+            "overflow": tf.cast(overflow, tf.float32) / replicas,
+            "loss_scale": scale / replicas,
+        }
+
+
+def step_outcome(finite, losses=(), loss_scale=None):
+    """The step metrics that say how a step ended (DIVERGED, and with a LossScale its overflow
+    and scale); `finite`: its updates were applied; `losses`: the global losses it computed."""
+    if loss_scale is None:
+        return {DIVERGED: diverged_metric(finite)}
+    return loss_scale.outcome(finite, losses)
+
+
+def sgd_weight_update(
+    optimizer,
+    tape,
+    loss,
+    weights,
+    *,
+    grad_clip,
+    weight_decay,
+    proceed=True,
+    loss_scale=None,
+    losses=(),
+):
     """The weight update of the DARTS protocol (search, re-training, warm-ups), as the
     reference: the global gradient of `loss` (recorded on `tape`; its mean over the global
     batch) is clipped to norm `grad_clip` (0: no clipping), `weight_decay * w` is added
@@ -151,10 +214,13 @@ def sgd_weight_update(optimizer, tape, loss, weights, *, grad_clip, weight_decay
     applies it. Gradients and loss are all-reduced once, together.
 
     Nothing is applied unless the loss and the gradient norm are finite and `proceed` (a
-    scalar bool of the caller's own checks). Returns {"weight_grad_norm": the global norm
-    before clipping, as this replica's share} and the finite flag (including `proceed`).
+    scalar bool of the caller's own checks). `loss_scale`: a LossScale (float16), updated by
+    the step's outcome; `losses`: the step's other global losses (see step_outcome). Returns
+    the step metrics: "weight_grad_norm" (the global norm before clipping) and step_outcome's,
+    each as this replica's share.
     """
-    grads = tape.gradient(loss, weights, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    scale = None if loss_scale is None else loss_scale.scale.read_value()
+    grads = estimators.gradients(tape, loss, weights, scale)
     *grads, global_loss = distribute.all_reduce_sum(grads + [loss])
     norm = tf.linalg.global_norm(grads)
     if grad_clip:
@@ -162,7 +228,9 @@ def sgd_weight_update(optimizer, tape, loss, weights, *, grad_clip, weight_decay
     grads = [g + weight_decay * w for g, w in zip(grads, weights)]
     finite = tf.logical_and(proceed, all_finite(global_loss, norm))
     apply_if_finite(optimizer, grads, weights, finite)
-    return {"weight_grad_norm": norm / distribute.replicas_in_context()}, finite
+    metrics = {"weight_grad_norm": norm / distribute.replicas_in_context()}
+    metrics.update(step_outcome(finite, (global_loss,) + tuple(losses), loss_scale))
+    return metrics
 
 
 def diverged_metric(finite):
@@ -469,6 +537,8 @@ class Runner:
             "train_loss": sums.get("train_loss", 0.0) / ran,
             "train_acc": sums.get("train_correct", 0.0) / (ran * batch_size),
         }
+        if "overflow" in sums:  # float16 (LossScale): the steps skipped for an overflow
+            summary["overflow_steps"] = sums["overflow"]
         return summary, step_in_epoch, global_step, stopped
 
     def _diverged(self, metrics, step, hint):

@@ -9,22 +9,37 @@ import keras
 import tensorflow as tf
 from keras import layers, ops
 
-from tf_amended_darts import distribute
+from tf_amended_darts import distribute, errors
 
 _PACKAGE = "tf_amended_darts"
 
 
-# `mixed_precision=True` (search and train): Keras' mixed_bfloat16 policy on every device.
-# bfloat16 has float32's exponent range, so no loss scaling is needed: float16 would need it
-# on every gradient, through the estimators' nested tapes too (not implemented). Variables,
-# alphas, their softmax, logits, losses and BatchNorm statistics stay float32.
-MIXED_PRECISION_POLICY = "mixed_bfloat16"
+# Mixed precision (search and train, `mixed_precision=`): Keras' mixed_<dtype> policy on every
+# device, computing in float16 (GPUs: tensor cores) or bfloat16 (CPUs; float32's exponent
+# range). Variables, alphas, their softmax, logits, losses and BatchNorm statistics stay
+# float32. float16 gradients underflow and overflow: its steps scale every loss they
+# differentiate (loop.LossScale, through the estimators' nested tapes too).
 HALF_DTYPES = ("float16", "bfloat16")
+
+
+def mixed_precision_dtype(value):
+    """The compute dtype a config's `mixed_precision` names: None (off) or one of HALF_DTYPES.
+    False is off; True is bfloat16, as runs recorded it before float16 (2026-11-30)."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return "bfloat16"
+    if value not in HALF_DTYPES:
+        raise errors.InputError(
+            f"mixed_precision must be one of {', '.join(HALF_DTYPES)} or off, got {value!r}"
+        )
+    return value
 
 
 def dtype_policy(mixed_precision):
     """The dtype policy of a network (None: Keras' global default, float32 unless set)."""
-    return MIXED_PRECISION_POLICY if mixed_precision else None
+    dtype = mixed_precision_dtype(mixed_precision)
+    return f"mixed_{dtype}" if dtype else None
 
 
 def batch_norm(affine, name=None, dtype=None):

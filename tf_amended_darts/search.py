@@ -90,7 +90,7 @@ class SearchConfig:
     warmup_epochs: int = 0
     seed: int = 0
     validate: bool = True  # evaluate on the architecture part every epoch
-    mixed_precision: bool = False  # operations.MIXED_PRECISION_POLICY (bfloat16 compute)
+    mixed_precision: Optional[str] = None  # float16 | bfloat16 compute (operations.py)
 
     def __post_init__(self):
         if self.operations is not None:
@@ -114,11 +114,11 @@ class SearchConfig:
         object.__setattr__(
             self, "amending_coefficient", estimators.amending_coefficient(self.amending_coefficient)
         )
-        if self.mixed_precision:  # before anything is built (the estimator checks it again)
-            estimators.check_products_for_dtype(
-                self.products,
-                keras.dtype_policies.get(operations.MIXED_PRECISION_POLICY).compute_dtype,
-            )
+        object.__setattr__(
+            self, "mixed_precision", operations.mixed_precision_dtype(self.mixed_precision)
+        )
+        # Before anything is built (the estimator checks it again).
+        estimators.check_products_for_dtype(self.products, self.mixed_precision)
         if self.batch_size % self.sub_batches:
             raise errors.InputError(
                 f"sub_batches {self.sub_batches} does not divide batch_size {self.batch_size}"
@@ -179,7 +179,7 @@ class SearchConfig:
         d["operations"] = list(self.operations) if self.operations is not None else None
         # Added after runs were recorded without them: kept out at their defaults, so that
         # those runs resume.
-        for name, default in (("sub_batches", 1), ("mixed_precision", False)):
+        for name, default in (("sub_batches", 1), ("mixed_precision", None)):
             if d[name] == default:
                 del d[name]
         return d
@@ -226,6 +226,7 @@ class _Searcher:
             # Slots built here: Keras 3.15 cannot create them lazily inside strategy.run.
             self.weight_optimizer.build(self.model.weight_variables)
             self.arch_optimizer.build(self.model.arch_variables)
+            self.loss_scale = loop.LossScale() if config.mixed_precision == "float16" else None
         self.search_step = loop.step_function(self._search_step)
         self.weight_step = loop.step_function(self._weight_step)
         self.eval_step = loop.step_function(
@@ -233,7 +234,7 @@ class _Searcher:
         )
 
     # -- replica functions
-    def _replica_weight_step(self, batch, proceed=True):
+    def _replica_weight_step(self, batch, proceed=True, losses=()):
         c = self.config
         x, y = batch
         with tf.GradientTape() as tape:
@@ -241,7 +242,7 @@ class _Searcher:
             loss = tf.nn.compute_average_loss(
                 loop.cross_entropy(y, logits), global_batch_size=c.batch_size
             )
-        metrics, finite = loop.sgd_weight_update(
+        metrics = loop.sgd_weight_update(
             self.weight_optimizer,
             tape,
             loss,
@@ -249,9 +250,10 @@ class _Searcher:
             grad_clip=c.grad_clip,
             weight_decay=c.weight_decay,
             proceed=proceed,
+            loss_scale=self.loss_scale,
+            losses=losses,
         )
         metrics.update(train_loss=loss, train_correct=loop.correct_count(y, logits))
-        metrics[loop.DIVERGED] = loop.diverged_metric(finite)
         return metrics
 
     def _replica_search_step(self, train_batch, val_batch):
@@ -267,15 +269,19 @@ class _Searcher:
             val_batch,
             weight_state=state,
             global_batch_size=c.batch_size,
+            loss_scale=None if self.loss_scale is None else self.loss_scale.scale.read_value(),
         )
         grads = distribute.all_reduce_sum(grads)
         norm = tf.linalg.global_norm(grads)
         grads = [g + c.arch_weight_decay * a for g, a in zip(grads, alphas)]
         finite = loop.all_finite(norm, diagnostics["val_loss"])
         loop.apply_if_finite(self.arch_optimizer, grads, alphas, finite)
-        # The weight step runs at the updated alphas; a bad architecture step stops it too.
+        # The weight step runs at the updated alphas; a bad architecture step stops it too
+        # (under a loss scale, an overflow of either skips the weight update).
         metrics = self._replica_weight_step(
-            train_batch, proceed=tf.logical_and(finite, loop.all_finite(*alphas))
+            train_batch,
+            proceed=tf.logical_and(finite, loop.all_finite(*alphas)),
+            losses=(diagnostics["val_loss"],),
         )
         # Diagnostics are global on every replica: divide so that the SUM below is right.
         diagnostics = {**diagnostics, "grad_norm": norm}
@@ -402,6 +408,7 @@ def search(
                 network=checkpointing.named_variables(model),
                 weight_optimizer=searcher.weight_optimizer,
                 arch_optimizer=searcher.arch_optimizer,
+                **({"loss_scale": searcher.loss_scale} if searcher.loss_scale is not None else {}),
             ),
             dict(
                 config=config.to_dict(),

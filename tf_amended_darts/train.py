@@ -73,7 +73,7 @@ class TrainConfig:
     # Fraction of the training split held out to validate on instead of the test split: what
     # a choice between architectures (keras-tuner trials) must be scored on. 0: the test split.
     validation_split: float = 0.0
-    mixed_precision: bool = False  # operations.MIXED_PRECISION_POLICY (bfloat16 compute)
+    mixed_precision: Optional[str] = None  # float16 | bfloat16 compute (operations.py)
 
     def __post_init__(self):
         g = self.genotype
@@ -117,6 +117,9 @@ class TrainConfig:
             raise errors.InputError(
                 f"steps_per_epoch must be at least 1, got {self.steps_per_epoch}"
             )
+        object.__setattr__(
+            self, "mixed_precision", operations.mixed_precision_dtype(self.mixed_precision)
+        )
 
     def learning_rate_at(self, epoch):
         """The learning rate of epoch `epoch` (0-based; see the module docstring)."""
@@ -145,7 +148,7 @@ class TrainConfig:
     def to_dict(self):
         d = dataclasses.asdict(self)
         d["genotype"] = self.genotype.to_dict()
-        if not d["mixed_precision"]:  # added later: kept out at its default, so runs resume
+        if d["mixed_precision"] is None:  # added later: kept out at its default, so runs resume
             del d["mixed_precision"]
         return json.loads(json.dumps(d))  # JSON-normal (lists, not tuples), as run.json holds
 
@@ -196,6 +199,7 @@ class _Trainer:
             self.optimizer = loop.SGD(config.learning_rate, momentum=config.momentum)
             # Slots built here: Keras 3.15 cannot create them lazily inside strategy.run.
             self.optimizer.build(self.model.trainable_variables)
+            self.loss_scale = loop.LossScale() if config.mixed_precision == "float16" else None
         self.train_step = loop.step_function(self._train_step)
         self.eval_step = loop.step_function(
             loop.evaluation_step(self.model, strategy), reduce_retracing=True
@@ -211,16 +215,16 @@ class _Trainer:
                 logits = self.model(x, training=True)
                 per_example = self.loss(y, logits)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=c.batch_size)
-        metrics, finite = loop.sgd_weight_update(
+        metrics = loop.sgd_weight_update(
             self.optimizer,
             tape,
             loss,
             self.model.trainable_variables,
             grad_clip=c.grad_clip,
             weight_decay=c.weight_decay,
+            loss_scale=self.loss_scale,
         )
         metrics.update(train_loss=loss, train_correct=loop.correct_count(y, logits))
-        metrics[loop.DIVERGED] = loop.diverged_metric(finite)
         return metrics
 
     def _train_step(self, batch):
@@ -291,7 +295,11 @@ def train(
         model = trainer.model
         params = profiling.trainable_params(model, include_auxiliary=False)
         restored = runner.start(
-            dict(network=checkpointing.named_variables(model), optimizer=trainer.optimizer),
+            dict(
+                network=checkpointing.named_variables(model),
+                optimizer=trainer.optimizer,
+                **({"loss_scale": trainer.loss_scale} if trainer.loss_scale is not None else {}),
+            ),
             dict(
                 config=config.to_dict(),
                 kind=KIND,

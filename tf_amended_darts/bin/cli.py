@@ -173,6 +173,22 @@ def flag_values(namespace):
     return {h.name: h.value for h in namespace.values() if isinstance(h, flags.FlagHolder)}
 
 
+MIXED_PRECISION = ("off", "auto", "float16", "bfloat16")  # --mixed_precision's values
+
+
+def mixed_precision(value):
+    """--mixed_precision as the configs take it: None (off), "float16" or "bfloat16"; auto is
+    float16 when TensorFlow sees a GPU (its tensor cores; the step scales its losses), else
+    bfloat16 (float32's range, no scaling; CPUs have no fast float16)."""
+    if value == "off":
+        return None
+    if value == "auto":
+        import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+        return "float16" if tf.config.list_physical_devices("GPU") else "bfloat16"
+    return value
+
+
 def make_strategy(name, deterministic=False):
     """The tf.distribute strategy `name` (distribute.make_strategy), after enabling op
     determinism when `deterministic`; call it after distribute.configure_logical_cpus."""

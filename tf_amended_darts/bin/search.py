@@ -69,11 +69,13 @@ _SUB_BATCHES = flags.DEFINE_integer(
     "examples, for one more forward/backward per product; BatchNorm then normalises each "
     "sub-batch alone (README 'Speed and memory').",
 )
-_MIXED_PRECISION = flags.DEFINE_bool(
+_MIXED_PRECISION = flags.DEFINE_enum(
     "mixed_precision",
-    False,
-    "Compute in bfloat16 (Keras mixed_bfloat16; variables, alphas, logits and losses stay "
-    "float32). Needs --products=exact (README 'Speed and memory').",
+    "off",
+    cli.MIXED_PRECISION,
+    "Compute in float16 (with dynamic loss scaling) or bfloat16 (Keras mixed_<dtype>; "
+    "variables, alphas, logits and losses stay float32); auto: float16 on a GPU, else "
+    "bfloat16. Needs --products=exact (README 'Mixed precision').",
 )
 _IMPLICIT_ITERATIONS = flags.DEFINE_integer(
     "implicit_iterations", 20, "CG iterations of --arch_gradient=implicit."
@@ -149,7 +151,7 @@ def main(argv):
         warmup_epochs=_WARMUP.value,
         seed=_SEED.value,
         validate=_VALIDATE.value,
-        mixed_precision=_MIXED_PRECISION.value,
+        mixed_precision=cli.mixed_precision(_MIXED_PRECISION.value),
     )
     config.space()  # bad operations / sizes: fail before anything else
     config.estimator()

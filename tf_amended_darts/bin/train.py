@@ -71,11 +71,13 @@ _MOMENTUM = flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
 _WEIGHT_DECAY = flags.DEFINE_float("weight_decay", 3e-4, "L2 weight decay.")
 _GRAD_CLIP = flags.DEFINE_float("grad_clip", 5.0, "Gradient norm clip (0: none).")
 _LABEL_SMOOTHING = flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing.")
-_MIXED_PRECISION = flags.DEFINE_bool(
+_MIXED_PRECISION = flags.DEFINE_enum(
     "mixed_precision",
-    False,
-    "Compute in bfloat16 (Keras mixed_bfloat16; variables, logits and losses stay float32); "
-    "the exported SavedModel computes as trained.",
+    "off",
+    cli.MIXED_PRECISION,
+    "Compute in float16 (with dynamic loss scaling) or bfloat16 (Keras mixed_<dtype>; "
+    "variables, logits and losses stay float32); auto: float16 on a GPU, else bfloat16. "
+    "The exported SavedModel computes as trained.",
 )
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of initialisation, data order, drop-path.")
 _VALIDATE = flags.DEFINE_bool("validate", True, "Evaluate every epoch.")
@@ -123,7 +125,7 @@ def main(argv):
         seed=_SEED.value,
         validate=_VALIDATE.value,
         validation_split=_VALIDATION_SPLIT.value,
-        mixed_precision=_MIXED_PRECISION.value,
+        mixed_precision=cli.mixed_precision(_MIXED_PRECISION.value),
     )
     strategy = cli.make_strategy(_STRATEGY.value, _DETERMINISTIC.value)
     train.train(

@@ -157,7 +157,11 @@ _SEARCH_FLAGS = {
             ),
         ),
         (flags.DEFINE_list, ("operations",)),
-        (flags.DEFINE_bool, ("validate", "mixed_precision")),
+        (flags.DEFINE_bool, ("validate",)),
+        (
+            lambda name, default, help: flags.DEFINE_enum(name, default, cli.MIXED_PRECISION, help),
+            ("mixed_precision",),
+        ),
     )
     for name in names
 }
@@ -170,9 +174,10 @@ cli.validate_flags(_SEARCH_FLAGS.values())
 def _search_config():
     from tf_amended_darts import search  # pylint: disable=g-import-not-at-top
 
-    config = search.SearchConfig(
-        **{k: h.value for k, h in _SEARCH_FLAGS.items() if h.value is not None}
-    )
+    options = {k: h.value for k, h in _SEARCH_FLAGS.items() if h.value is not None}
+    if "mixed_precision" in options:
+        options["mixed_precision"] = cli.mixed_precision(options["mixed_precision"])
+    config = search.SearchConfig(**options)
     config.space()  # bad operations / sizes: fail before anything else
     config.estimator()
     return config
@@ -222,7 +227,7 @@ def main(argv):
             cutout=_EVAL_CUTOUT.value,
             validation_split=_EVAL_VALIDATION_SPLIT.value,
             # Trials train as the search ran; None (the default) keeps older tunings' options.
-            mixed_precision=config.mixed_precision or None,
+            mixed_precision=config.mixed_precision,
         )
     )
     if _MODE.value == "architectures":
