@@ -115,7 +115,7 @@ class AlphaHessianEigenvalueTest(tf.test.TestCase):
 
         truth = eigenvalue(nets[0])
         self.assertAllClose(eigenvalue(nets[1]), truth, rtol=0.05)
-        with mock.patch.object(diagnostics, "ALPHA_HESSIAN_LOSS_SCALE", None):
+        with mock.patch.object(diagnostics, "FLOAT16_LOSS_SCALE", None):
             self.assertNotAllClose(eigenvalue(nets[1]), truth, rtol=0.5)
 
 

@@ -161,8 +161,9 @@ class LossScaleTest(tf.test.TestCase):
         self._end_step(scale, True)
         self._end_step(scale, False)  # an overflow resets the count
         self.assertEqual((float(scale.scale), int(scale.finite_steps)), (4.0, 0))
-        # A non-finite loss is the run diverging, whatever the scale.
+        # A non-finite loss is the run diverging, whatever the scale (which still halves).
         self.assertEqual(self._end_step(scale, False, loss=math.nan)[loop.DIVERGED], 1.0)
+        self.assertEqual(float(scale.scale), 2.0)
         # At a scale of 1 an overflow is not the scale's doing: diverged.
         scale.scale.assign(1.0)
         self.assertEqual(

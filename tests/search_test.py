@@ -276,8 +276,12 @@ class SearchTest(tf.test.TestCase):
             self.assertEqual(search.SearchConfig(**config.to_dict()), config)
         with self.assertRaisesRegex(errors.InputError, "mixed_precision must be one of"):
             search.SearchConfig(mixed_precision="float8")
-        # Runs recorded before float16 say true for bfloat16 (and leave out false).
+        # Runs recorded before float16 say true for bfloat16 (and leave out false): it is
+        # still recorded so, so that they resume.
         self.assertEqual(search.SearchConfig(mixed_precision=True).mixed_precision, "bfloat16")
+        self.assertIs(
+            search.SearchConfig(mixed_precision="bfloat16").to_dict()["mixed_precision"], True
+        )
         self.assertIsNone(search.SearchConfig(mixed_precision=False).mixed_precision)
         self.assertNotIn("mixed_precision", search.SearchConfig().to_dict())
 
@@ -492,7 +496,10 @@ class StepArithmeticTest(tf.test.TestCase):
                 self.assertEqual(metrics[loop.DIVERGED], 0)
                 self.assertEqual(metrics["overflow"], 1)
                 self.assertEqual(metrics["loss_scale"], 2.0**60)
-                self.assertEqual(float(searcher.loss_scale.scale.read_value()), 2.0**59)
+                self.assertEqual(  # every replica's copy
+                    strategy.experimental_local_results(searcher.loss_scale.scale),
+                    (2.0**59,) * strategy.num_replicas_in_sync,
+                )
                 for a, b in zip(before, _numpy(variables)):
                     self.assertAllEqual(a, b)  # nothing applied
                 searcher.loss_scale.scale.assign(2.0**10)  # a scale that fits: the step applies

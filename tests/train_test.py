@@ -100,9 +100,17 @@ class TrainTest(tf.test.TestCase):
         self.assertAllClose(served, expected, atol=1e-5)
         with open(os.path.join(self.get_temp_dir(), "mixed", "log.txt")) as f:
             self.assertIn(" overflow_steps=", f.read())  # the loss scale took part
+        checkpoint = tf.train.latest_checkpoint(
+            os.path.join(self.get_temp_dir(), "mixed", "checkpoints")
+        )
+        names = [name for name, _ in tf.train.list_variables(checkpoint)]
+        self.assertTrue(any(name.startswith("loss_scale/scale") for name in names), names)
         for dtype in ("float16", "bfloat16"):
             config = train.TrainConfig(**TINY, mixed_precision=dtype)
             self.assertEqual(train.TrainConfig.from_dict(config.to_dict()), config)
+        self.assertIs(  # recorded as before float16 existed, so that those runs resume
+            train.TrainConfig(**TINY, mixed_precision="bfloat16").to_dict()["mixed_precision"], True
+        )
         self.assertNotIn("mixed_precision", train.TrainConfig(**TINY).to_dict())
 
     def test_resume_continues_at_the_right_step_and_learning_rate(self):

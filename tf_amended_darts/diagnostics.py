@@ -255,7 +255,11 @@ def diagnose(
         (n, e) for n, e in compared.items() if n != "implicit" or e.products != "exact"
     ]:
         key = name if name != "implicit" or est is reference else "implicit_" + products
-        fn = tf.function(lambda t, v, est=est: est.estimate(model, loop.cross_entropy, t, v, state))
+        fn = tf.function(
+            lambda t, v, est=est: est.estimate(
+                model, loop.cross_entropy, t, v, state, loss_scale=loss_scale_for(model)
+            )
+        )
         start = time.perf_counter()
         grads, diag = fn(train_batch, val_batch)
         first = time.perf_counter() - start
@@ -285,7 +289,7 @@ def diagnose(
         g1 = _flat(
             tf.function(
                 lambda t, v: estimators.FirstOrderEstimator().estimate(
-                    model, loop.cross_entropy, t, v
+                    model, loop.cross_entropy, t, v, loss_scale=loss_scale_for(model)
                 )
             )(train_batch, val_batch)[0]
         )
@@ -337,9 +341,15 @@ def best_eta(g1, amended, implicit, eta):
     }
 
 
-# A fixed scale (the product of a unit vector, once per epoch: no dynamic scale to keep):
-# 2^12 puts alpha gradients of 1e-6..1 well inside float16's range, whose top is 65504.
-ALPHA_HESSIAN_LOSS_SCALE = 2.0**12
+# The loss scale of the diagnostics' derivatives on a float16 network (a restored float16
+# search): fixed, as they run once per checkpoint or epoch, with no dynamic scale to keep.
+# 2^12 puts gradients of 1e-6..1 well inside float16's range, whose top is 65504.
+FLOAT16_LOSS_SCALE = 2.0**12
+
+
+def loss_scale_for(model):
+    """FLOAT16_LOSS_SCALE for a float16 network, None otherwise (no scaling)."""
+    return FLOAT16_LOSS_SCALE if model.compute_dtype == "float16" else None
 
 
 def alpha_hessian_product(model, loss_fn):
@@ -351,10 +361,10 @@ def alpha_hessian_product(model, loss_fn):
     Products are back-over-back gradients of `model.stateless_call` with the alphas as
     explicit tensors (estimators' convention: training=True, nothing assigned, new BatchNorm
     statistics dropped), so each costs about two forward/backward passes of the batch. On a
-    float16 network they are of the loss times ALPHA_HESSIAN_LOSS_SCALE (float16 gradients
+    float16 network they are of the loss times FLOAT16_LOSS_SCALE (float16 gradients
     underflow below 6e-8), divided by it.
     """
-    scale = ALPHA_HESSIAN_LOSS_SCALE if model.compute_dtype == "float16" else None
+    scale = loss_scale_for(model)
 
     @tf.function(autograph=False, reduce_retracing=True)
     def product(vector, batch):

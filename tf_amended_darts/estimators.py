@@ -402,12 +402,13 @@ def hessian_vector_product(
     fd_radius=0.01,
     global_batch_size=None,
     sub_batches=1,
+    loss_scale=None,
 ):
     """(H + wd I) v of L_train on `batch` at the model's weights; global, aligned with
     model.weight_variables. `vector` must be global (identical on every replica). sub_batches:
-    accumulated over that many sub-batches (_SubBatchProducts)."""
+    accumulated over that many sub-batches (_SubBatchProducts); loss_scale: as estimate's."""
     _check_choice("products", products, PRODUCTS)
-    losses = _StatelessLosses(model, loss_fn, global_batch_size)
+    losses = _StatelessLosses(model, loss_fn, global_batch_size, loss_scale)
     _check_like_weights("vector", vector, model.weight_variables)
     weights, arch = losses.weights(), losses.arch()
     hv = _make_products(
@@ -427,12 +428,13 @@ def mixed_vector_product(
     fd_radius=0.01,
     global_batch_size=None,
     sub_batches=1,
+    loss_scale=None,
 ):
     """B u = d/d alpha <grad_w L_train, u>, aligned with model.arch_variables: this replica's
     local contribution (sum over replicas = global product; the product itself on one device).
-    sub_batches: as hessian_vector_product."""
+    sub_batches, loss_scale: as hessian_vector_product."""
     _check_choice("products", products, PRODUCTS)
-    losses = _StatelessLosses(model, loss_fn, global_batch_size)
+    losses = _StatelessLosses(model, loss_fn, global_batch_size, loss_scale)
     _check_like_weights("vector", vector, model.weight_variables)
     weights, arch = losses.weights(), losses.arch()
     return _make_products(

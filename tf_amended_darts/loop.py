@@ -32,7 +32,7 @@ import tensorflow as tf
 from tf_amended_darts import checkpointing, data, distribute, errors, estimators, run_dir
 
 POSITION = ("epoch", "step_in_epoch", "global_step")  # checkpoint keys of the loop position
-DIVERGED = "diverged"  # the step metric that says a step's update was skipped
+DIVERGED = "diverged"  # the step metric that says a step's numbers diverged (update skipped)
 
 
 class DivergedError(errors.InputError):
@@ -165,14 +165,15 @@ class LossScale(tf.Module):
         self.scale = tf.Variable(initial, dtype=tf.float32, name="scale", **kwargs)
         self.finite_steps = tf.Variable(0, dtype=tf.int64, name="finite_steps", **kwargs)
 
-    def outcome(self, finite, losses):
-        """The step metrics of a step whose updates were applied iff `finite`, its global
-        `losses` computed, and the scale's update (replica context): DIVERGED (not an overflow),
-        `overflow` (1 when skipped for one) and `loss_scale` (the step's scale), each as this
-        replica's share."""
+    def outcome(self, finite, values):
+        """The step metrics of a step whose updates were applied iff `finite`, and the scale's
+        update (replica context): DIVERGED (not an overflow), `overflow` (1 when skipped for
+        one) and `loss_scale` (the step's scale), each as this replica's share. `values`: the
+        step's global losses and whatever else a scale cannot make non-finite (the alphas after
+        their update): if one is not finite, the step diverged."""
         scale = self.scale.read_value()
         overflow = tf.logical_and(
-            tf.logical_not(finite), tf.logical_and(all_finite(*losses), scale > 1.0)
+            tf.logical_not(finite), tf.logical_and(all_finite(*values), scale > 1.0)
         )
         grow = tf.logical_and(finite, self.finite_steps + 1 >= self.growth_steps)
         self.scale.assign(tf.where(finite, tf.where(grow, 2.0 * scale, scale), 0.5 * scale))
@@ -187,12 +188,12 @@ class LossScale(tf.Module):
         }
 
 
-def step_outcome(finite, losses=(), loss_scale=None):
+def step_outcome(finite, values=(), loss_scale=None):
     """The step metrics that say how a step ended (DIVERGED, and with a LossScale its overflow
-    and scale); `finite`: its updates were applied; `losses`: the global losses it computed."""
+    and scale); `finite`: its updates were applied; `values`: see LossScale.outcome."""
     if loss_scale is None:
         return {DIVERGED: diverged_metric(finite)}
-    return loss_scale.outcome(finite, losses)
+    return loss_scale.outcome(finite, values)
 
 
 def sgd_weight_update(
@@ -205,7 +206,7 @@ def sgd_weight_update(
     weight_decay,
     proceed=True,
     loss_scale=None,
-    losses=(),
+    values=(),
 ):
     """The weight update of the DARTS protocol (search, re-training, warm-ups), as the
     reference: the global gradient of `loss` (recorded on `tape`; its mean over the global
@@ -215,7 +216,8 @@ def sgd_weight_update(
 
     Nothing is applied unless the loss and the gradient norm are finite and `proceed` (a
     scalar bool of the caller's own checks). `loss_scale`: a LossScale (float16), updated by
-    the step's outcome; `losses`: the step's other global losses (see step_outcome). Returns
+    the step's outcome; `values`: the step's other values that must be finite for a skipped
+    step to be an overflow (LossScale.outcome). Returns
     the step metrics: "weight_grad_norm" (the global norm before clipping) and step_outcome's,
     each as this replica's share.
     """
@@ -229,7 +231,7 @@ def sgd_weight_update(
     finite = tf.logical_and(proceed, all_finite(global_loss, norm))
     apply_if_finite(optimizer, grads, weights, finite)
     metrics = {"weight_grad_norm": norm / distribute.replicas_in_context()}
-    metrics.update(step_outcome(finite, (global_loss,) + tuple(losses), loss_scale))
+    metrics.update(step_outcome(finite, (global_loss,) + tuple(values), loss_scale))
     return metrics
 
 
@@ -574,6 +576,9 @@ def _step_summaries(metrics, lr, batch_size, step):
     run_dir.write_scalar("train/accuracy", metrics["train_correct"] / batch_size, step)
     run_dir.write_scalar("train/weight_grad_norm", metrics["weight_grad_norm"], step)
     run_dir.write_scalar("train/learning_rate", lr, step)
+    for k in ("loss_scale", "overflow"):  # float16 (LossScale)
+        if k in metrics:
+            run_dir.write_scalar(f"train/{k}", metrics[k], step)
     for k, v in metrics.items():
         if k.startswith("arch/"):  # estimator diagnostics: val_loss, g1_norm, correction_norm..
             run_dir.write_scalar(k, v, step)

@@ -31,9 +31,17 @@ def mixed_precision_dtype(value):
         return "bfloat16"
     if value not in HALF_DTYPES:
         raise errors.InputError(
-            f"mixed_precision must be one of {', '.join(HALF_DTYPES)} or off, got {value!r}"
+            f"mixed_precision must be one of {', '.join(HALF_DTYPES)} (or None: off), got {value!r}"
         )
     return value
+
+
+def recorded_mixed_precision(config_dict):
+    """A config's dict as run.json records it: bfloat16 as true, as runs recorded it before
+    float16 existed, so that they still resume (run.json's config is compared as written)."""
+    if config_dict.get("mixed_precision") == "bfloat16":
+        return {**config_dict, "mixed_precision": True}
+    return config_dict
 
 
 def dtype_policy(mixed_precision):

@@ -182,7 +182,7 @@ class SearchConfig:
         for name, default in (("sub_batches", 1), ("mixed_precision", None)):
             if d[name] == default:
                 del d[name]
-        return d
+        return operations.recorded_mixed_precision(d)
 
 
 @dataclasses.dataclass
@@ -234,7 +234,7 @@ class _Searcher:
         )
 
     # -- replica functions
-    def _replica_weight_step(self, batch, proceed=True, losses=()):
+    def _replica_weight_step(self, batch, proceed=True, values=()):
         c = self.config
         x, y = batch
         with tf.GradientTape() as tape:
@@ -251,7 +251,7 @@ class _Searcher:
             weight_decay=c.weight_decay,
             proceed=proceed,
             loss_scale=self.loss_scale,
-            losses=losses,
+            values=values,
         )
         metrics.update(train_loss=loss, train_correct=loop.correct_count(y, logits))
         return metrics
@@ -277,11 +277,12 @@ class _Searcher:
         finite = loop.all_finite(norm, diagnostics["val_loss"])
         loop.apply_if_finite(self.arch_optimizer, grads, alphas, finite)
         # The weight step runs at the updated alphas; a bad architecture step stops it too
-        # (under a loss scale, an overflow of either skips the weight update).
+        # (under a loss scale, an overflow of either skips the weight update; non-finite
+        # losses or alphas are a divergence).
         metrics = self._replica_weight_step(
             train_batch,
             proceed=tf.logical_and(finite, loop.all_finite(*alphas)),
-            losses=(diagnostics["val_loss"],),
+            values=[v for k, v in diagnostics.items() if k.endswith("_loss")] + alphas,
         )
         # Diagnostics are global on every replica: divide so that the SUM below is right.
         diagnostics = {**diagnostics, "grad_norm": norm}

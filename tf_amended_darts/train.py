@@ -150,7 +150,9 @@ class TrainConfig:
         d["genotype"] = self.genotype.to_dict()
         if d["mixed_precision"] is None:  # added later: kept out at its default, so runs resume
             del d["mixed_precision"]
-        return json.loads(json.dumps(d))  # JSON-normal (lists, not tuples), as run.json holds
+        return json.loads(
+            json.dumps(operations.recorded_mixed_precision(d))
+        )  # JSON-normal (lists, not tuples), as run.json holds
 
     @classmethod
     def from_dict(cls, d):

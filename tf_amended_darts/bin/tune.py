@@ -226,8 +226,9 @@ def main(argv):
             drop_path=_EVAL_DROP_PATH.value,
             cutout=_EVAL_CUTOUT.value,
             validation_split=_EVAL_VALIDATION_SPLIT.value,
-            # Trials train as the search ran; None (the default) keeps older tunings' options.
-            mixed_precision=config.mixed_precision,
+            # Trials train as the search ran, recorded as run.json records it (bfloat16: true),
+            # so that older tunings' options stay the same; None (off) is left out.
+            mixed_precision=config.to_dict().get("mixed_precision"),
         )
     )
     if _MODE.value == "architectures":
