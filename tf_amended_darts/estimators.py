@@ -255,16 +255,16 @@ class _ExactProducts:
         return self._loss
 
     def _derivative_of_dot(self, vector, sources):
-        if self._scale is None:
-            with self._tape:  # re-entering records d<grad_w, vector> on the same tape
-                dot = _dot(self._grad_w, [tf.stop_gradient(u) for u in vector])
-            return self._tape.gradient(dot, sources, unconnected_gradients=_ZERO)
-        norm = tf.stop_gradient(_norm(vector))
-        norm = tf.where(norm > 0, norm, tf.ones_like(norm))
-        with self._tape:
-            dot = _dot(self._scaled_grad_w, [tf.stop_gradient(u / norm) for u in vector])
+        factor = None  # what the products are multiplied by: |u| / s under a loss scale
+        if self._scale is not None:
+            norm = tf.stop_gradient(_norm(vector))
+            norm = tf.where(norm > 0, norm, tf.ones_like(norm))
+            vector = [u / norm for u in vector]
+            factor = norm / tf.cast(self._scale, norm.dtype)
+        with self._tape:  # re-entering records d<grad_w, vector> on the same tape
+            dot = _dot(self._scaled_grad_w, [tf.stop_gradient(u) for u in vector])
         products = self._tape.gradient(dot, sources, unconnected_gradients=_ZERO)
-        return [p * (norm / tf.cast(self._scale, p.dtype)) for p in products]
+        return products if factor is None else [p * factor for p in products]
 
     def hessian_vector(self, vector):
         return self._derivative_of_dot(vector, self._weights)

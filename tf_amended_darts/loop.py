@@ -389,15 +389,16 @@ class Runner:
         return int(self.position["global_step"].numpy())
 
     def start(self, trackables, metadata, records=None):
-        """Checkpoints `trackables` (plus the position, and `records`: strings kept with each
-        checkpoint and compared on restore) from now on, restores the newest checkpoint that
+        """Checkpoints `trackables` (None values left out: what a run does not have, e.g. a
+        loss scale; plus the position, and `records`: strings kept with each checkpoint and
+        compared on restore) from now on, restores the newest checkpoint that
         restores when resuming, writes run.json (config + `metadata`) and opens the
         summaries; returns the restored checkpoint path or None."""
         self.checkpointer = checkpointing.Checkpointer(
             os.path.join(self.output_dir, run_dir.CHECKPOINT_DIR),
             self.strategy,
             records=records,
-            **trackables,
+            **{name: value for name, value in trackables.items() if value is not None},
             **self.position,
         )
         restored = self.checkpointer.restore(report=self.log) if self.resuming else None

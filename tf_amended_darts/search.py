@@ -409,7 +409,7 @@ def search(
                 network=checkpointing.named_variables(model),
                 weight_optimizer=searcher.weight_optimizer,
                 arch_optimizer=searcher.arch_optimizer,
-                **({"loss_scale": searcher.loss_scale} if searcher.loss_scale is not None else {}),
+                loss_scale=searcher.loss_scale,
             ),
             dict(
                 config=config.to_dict(),

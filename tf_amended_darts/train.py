@@ -150,9 +150,8 @@ class TrainConfig:
         d["genotype"] = self.genotype.to_dict()
         if d["mixed_precision"] is None:  # added later: kept out at its default, so runs resume
             del d["mixed_precision"]
-        return json.loads(
-            json.dumps(operations.recorded_mixed_precision(d))
-        )  # JSON-normal (lists, not tuples), as run.json holds
+        d = operations.recorded_mixed_precision(d)
+        return json.loads(json.dumps(d))  # JSON-normal (lists, not tuples), as run.json holds
 
     @classmethod
     def from_dict(cls, d):
@@ -300,7 +299,7 @@ def train(
             dict(
                 network=checkpointing.named_variables(model),
                 optimizer=trainer.optimizer,
-                **({"loss_scale": trainer.loss_scale} if trainer.loss_scale is not None else {}),
+                loss_scale=trainer.loss_scale,
             ),
             dict(
                 config=config.to_dict(),
