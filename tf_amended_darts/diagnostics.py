@@ -176,6 +176,7 @@ def diagnose(
     seed=0,
     search_dir=None,
     search_run=None,
+    traced=None,
 ):
     """Returns the measurements as a JSON-ready dict (see the module docstring).
 
@@ -184,6 +185,10 @@ def diagnose(
     (default digits). With `search_dir`: those must be None (ValueError otherwise).
     `search_run`: a search.RestoredSearch (the live search of an epoch_callback) measured
     instead of `search_dir`'s latest checkpoint.
+    `traced`: a dict that keeps the traced estimate functions between calls on the same
+    supernet (the study measures a live search every few epochs, and tracing is most of a
+    measurement's cost); "first_call_seconds" then times a call that traces nothing. The
+    weight optimizer's state is an argument of those functions, so each call reads its own.
     """
     searched = bool(search_dir) or search_run is not None
     names = _check(
@@ -255,18 +260,21 @@ def diagnose(
         (n, e) for n, e in compared.items() if n != "implicit" or e.products != "exact"
     ]:
         key = name if name != "implicit" or est is reference else "implicit_" + products
-        fn = tf.function(
-            lambda t, v, est=est: est.estimate(
-                model, loop.cross_entropy, t, v, state, loss_scale=loss_scale_for(model)
-            )
+        fn = _traced(
+            traced,
+            model,
+            repr(est),
+            lambda t, v, s, est=est: est.estimate(
+                model, loop.cross_entropy, t, v, s, loss_scale=loss_scale_for(model)
+            ),
         )
         start = time.perf_counter()
-        grads, diag = fn(train_batch, val_batch)
+        grads, diag = fn(train_batch, val_batch, state)
         first = time.perf_counter() - start
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
-            grads, diag = fn(train_batch, val_batch)
+            grads, diag = fn(train_batch, val_batch, state)
             [g.numpy() for g in grads]
             times.append(time.perf_counter() - start)
         vectors[key] = flat = _flat(grads)
@@ -286,13 +294,15 @@ def diagnose(
     if "first_order" in vectors:
         g1 = vectors["first_order"]
     else:  # the first-order gradient is needed for the corrections
-        g1 = _flat(
-            tf.function(
-                lambda t, v: estimators.FirstOrderEstimator().estimate(
-                    model, loop.cross_entropy, t, v, loss_scale=loss_scale_for(model)
-                )
-            )(train_batch, val_batch)[0]
+        first_order = _traced(
+            traced,
+            model,
+            "g1",
+            lambda t, v: estimators.FirstOrderEstimator().estimate(
+                model, loop.cross_entropy, t, v, loss_scale=loss_scale_for(model)
+            ),
         )
+        g1 = _flat(first_order(train_batch, val_batch)[0])
     keys = list(vectors)
     for key in keys:
         results[key]["cosine_to_implicit"] = _cosine(vectors[key], vectors["implicit"])
@@ -322,6 +332,19 @@ def diagnose(
         "estimators": results,
         "cosine": {a: {b: _cosine(vectors[a], vectors[b]) for b in keys} for a in keys},
     }
+
+
+def _traced(traced, model, key, function):
+    """tf.function(function), kept in the dict `traced` under `key` while `model` is the same
+    (a fresh one each time when `traced` is None)."""
+    if traced is None:
+        return tf.function(function)
+    if traced.get("model") is not model:
+        traced.clear()
+        traced["model"] = model
+    if key not in traced:
+        traced[key] = tf.function(function)
+    return traced[key]
 
 
 def best_eta(g1, amended, implicit, eta):

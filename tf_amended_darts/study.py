@@ -11,10 +11,15 @@ Plan (`load_plan(path)`), a JSON object (studies/collapse.json is one):
   "retrain":       TrainConfig fields of the re-training (null: none); dataset comes from the run;
   "hessian":       {"iterations": power iterations, "examples": architecture-part examples};
   "cosines":       {"every": N epochs (0: never), "estimators": [...], "eta": amended's
-                   coefficient, "cg_iterations", "batch_size"}: diagnostics.diagnose at the
-                   run's checkpoint (bin/diagnose --search_dir): each estimator's cosine to
-                   the implicit reference (amended's also its best eta there). Costly (it
-                   traces every estimator): off by default.
+                   coefficient, "cg_iterations", "damping", "batch_size"}: diagnostics.diagnose
+                   at the
+                   live search (bin/diagnose --search_dir's measure): each estimator's cosine
+                   to the implicit reference (amended's also its best eta there), and the
+                   reference's CG relative residual (late in a search A = H + wd I can be
+                   indefinite and CG diverge: a residual near 1 or above voids the cosines;
+                   `damping` regularises A). The
+                   estimators are traced at a run's first measurement (minutes) and reused
+                   after it (one call each): off by default.
 
 Layout of `output_dir`: runs/<run>/search (the search run), runs/<run>/retrain (the training
 run), records/<run>.json (this module's record of the run, rewritten atomically after each
@@ -71,6 +76,7 @@ COSINE_FIELDS = {
     "correction_cosine": "correction_cosine_to_implicit",
     "best_eta": "best_eta",
     "cosine_at_best_eta": "cosine_to_implicit_at_best_eta",
+    "relative_residual": "relative_residual",  # the implicit reference's CG solve
 }
 
 
@@ -166,9 +172,11 @@ def _finite_or_none(value):
     return value if np.isfinite(value) else None
 
 
-def _cosines(run, cosines):
-    """{estimator: {"cosine", "correction_cosine"}} to the implicit reference at the live
-    search `run` (a search.RestoredSearch; one (train, val) batch pair)."""
+def _cosines(run, cosines, traced):
+    """{estimator: {"cosine", "correction_cosine", ...}} to the implicit reference at the
+    live search `run` (a search.RestoredSearch; one (train, val) batch pair), and {"implicit":
+    {"relative_residual"}}, with the estimate functions kept in `traced` from one measurement
+    to the next (traced once per run)."""
     measured = diagnostics.diagnose(
         batch_size=cosines.get("batch_size", 32),
         estimator_names=tuple(
@@ -176,17 +184,20 @@ def _cosines(run, cosines):
         ),
         eta=cosines.get("eta", 0.1),
         cg_iterations=cosines.get("cg_iterations", 20),
+        damping=cosines.get("damping", 0.0),
         repeats=1,
         search_run=run,
+        traced=traced,
     )
-    return {  # NaN (a zero vector: first order has no correction) is recorded as null
+    # NaN (a zero vector: first order has no correction) is recorded as null; the reference's
+    # cosines to itself are 1 and not recorded.
+    return {
         name: {
             field: _finite_or_none(values[key])
             for field, key in COSINE_FIELDS.items()
-            if key in values
+            if key in values and (name != "implicit" or field == "relative_residual")
         }
         for name, values in measured["estimators"].items()
-        if name != "implicit"
     }
 
 
@@ -198,7 +209,7 @@ def _epoch_recorder(config, record, record_path, measures):
     eigenvalue = diagnostics.hessian_eigenvalue_callback(
         config, hessian.get("iterations", 10), hessian.get("examples", 256)
     )
-    every = cosines.get("every", 0)
+    every, traced = cosines.get("every", 0), {}
 
     def record_epoch(epoch, run, line):
         measured = eigenvalue(epoch=epoch, run=run, line=line)
@@ -215,7 +226,9 @@ def _epoch_recorder(config, record, record_path, measures):
             "valid_acc": line.get("valid_acc"),
             "valid_loss": line.get("valid_loss"),
             **measured,
-            "cosine_to_implicit": _cosines(run, cosines) if every and epoch % every == 0 else None,
+            "cosine_to_implicit": _cosines(run, cosines, traced)
+            if every and epoch % every == 0
+            else None,
         }
         kept = [e for e in record["epochs"] if e["epoch"] != epoch]
         record["epochs"] = sorted(kept + [entry], key=lambda e: e["epoch"])

@@ -5,7 +5,9 @@ alone, so they can be redrawn without re-running anything.
                          values over the group's seeds (mean, sample standard deviation, n);
   markdown(summary)   -> the tables of docs/STUDY.md;
   plot(summary, dir)  -> PNGs: parameter-free operations, skip_connect mass and the Hessian
-                         eigenvalue against epoch (mean +- std over seeds), test accuracy;
+                         eigenvalue against epoch (mean +- std over seeds), test accuracy,
+                         and, when the records have them, the cosines to the implicit
+                         reference;
   write_report(records_dir, output_dir) -> all of them (report.md + PNGs).
 
 Runs are grouped by the name study.py gives them, <dataset>-<space>-<estimator>-s<seed>; a run
@@ -31,6 +33,18 @@ CURVES = {
     "hessian_eigenvalue": lambda e: e.get("hessian_eigenvalue"),
     "valid_acc": lambda e: e.get("valid_acc"),
 }
+# Cosines to the implicit reference (study plans with "cosines"), measured every few epochs
+# (NaN in between) of these estimators at each run's supernet, and the reference's CG
+# relative residual (above ~1 the reference, and so the cosines, are void).
+COSINE_ESTIMATORS = ("first_order", "second_order", "amended")
+
+
+def _cosine_field(name, field):
+    return lambda e: ((e.get("cosine_to_implicit") or {}).get(name) or {}).get(field)
+
+
+CURVES.update({f"cosine_{n}": _cosine_field(n, "cosine") for n in COSINE_ESTIMATORS})
+CURVES["reference_residual"] = _cosine_field("implicit", "relative_residual")
 
 
 @dataclasses.dataclass
@@ -153,7 +167,32 @@ def markdown(summary):
                 f"| {_mean_std(group.test_acc, 4)} |"
             )
         lines.append("")
+        lines += _cosine_table(groups)
     return "\n".join(lines)
+
+
+def _last_measured(group, name):
+    """The values of `name` at the last epoch where any run of the group has one."""
+    rows = [row for row in group.curves[name] if not np.all(np.isnan(row))]
+    return rows[-1][~np.isnan(rows[-1])] if rows else np.array([])
+
+
+def _cosine_table(groups):
+    """Cosines to the implicit reference at each run's last measurement (none: no lines)."""
+    if all(np.all(np.isnan(g.curves["reference_residual"])) for _, g in groups):
+        return []
+    lines = [
+        "Cosine to the implicit reference at the last measurement, of each estimator measured "
+        "at the runs' supernets (the rows are the runs' own estimators):",
+        "",
+        "| search run by | " + " | ".join(COSINE_ESTIMATORS) + " | reference CG residual |",
+        "|---|" + "---|" * (len(COSINE_ESTIMATORS) + 1),
+    ]
+    for estimator, group in groups:
+        cells = [_mean_std(_last_measured(group, f"cosine_{n}"), 3) for n in COSINE_ESTIMATORS]
+        residual = _mean_std(_last_measured(group, "reference_residual"), 3)
+        lines.append(f"| {estimator} | " + " | ".join(cells) + f" | {residual} |")
+    return lines + [""]
 
 
 def _by_panel(summary):
@@ -195,6 +234,12 @@ def plot(summary, output_dir):
         figure.tight_layout()
         path = os.path.join(output_dir, f"{name}.png")
         paths.append(visualize.save_figure(figure, path, "png", dpi=90))
+    if any(
+        not np.all(np.isnan(g.curves["reference_residual"]))
+        for groups in panels.values()
+        for _, g in groups
+    ):
+        paths.append(_plot_cosines(panels, output_dir))
     figure = visualize.figure(5.5 * len(panels), 4)
     for i, ((dataset, space), groups) in enumerate(panels.items()):
         axes = figure.add_subplot(1, len(panels), i + 1)
@@ -209,6 +254,35 @@ def plot(summary, output_dir):
     path = os.path.join(output_dir, "test_acc.png")
     paths.append(visualize.save_figure(figure, path, "png", dpi=90))
     return paths
+
+
+def _plot_cosines(panels, output_dir):
+    """cosine_to_implicit.png: a row per (dataset, space), a column per measured estimator,
+    a line per search estimator (mean over seeds at the measured epochs)."""
+    figure = visualize.figure(4.5 * len(COSINE_ESTIMATORS), 3.5 * len(panels))
+    for i, ((dataset, space), groups) in enumerate(panels.items()):
+        for j, measured in enumerate(COSINE_ESTIMATORS):
+            axes = figure.add_subplot(
+                len(panels), len(COSINE_ESTIMATORS), 1 + j + i * len(COSINE_ESTIMATORS)
+            )
+            for estimator, group in groups:
+                curve = group.curves[f"cosine_{measured}"]
+                rows = ~np.all(np.isnan(curve), axis=1)
+                axes.plot(
+                    np.flatnonzero(rows) + 1,
+                    np.nanmean(curve[rows], axis=1),
+                    "o-",
+                    label=estimator,
+                    markersize=3,
+                )
+            axes.set_title(f"{measured}: {dataset}, {space}", fontsize=9)
+            axes.set_xlabel("search epoch")
+            axes.set_ylim(-1, 1)
+            axes.legend(fontsize=6, title="search run by", title_fontsize=6)
+    figure.suptitle("cosine to the implicit reference (mean over seeds)", fontsize=10)
+    figure.tight_layout()
+    path = os.path.join(output_dir, "cosine_to_implicit.png")
+    return visualize.save_figure(figure, path, "png", dpi=90)
 
 
 def write_report(records_dir, output_dir, planned_seeds=None):
