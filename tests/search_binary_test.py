@@ -160,6 +160,49 @@ class SearchBinaryTest(tf.test.TestCase):
         )
         self.assertAllClose(float(logged[-1]), eigenvalue, rtol=1e-3)
 
+    def test_cosines_flag_logs_the_cosines_every_n_epochs(self):
+        directory = os.path.join(self.get_temp_dir(), "cosines")
+        run = _search(
+            f"--output_dir={directory}",
+            "--arch_gradient=first_order",
+            "--amending_coefficient=0.5",
+            "--cosines_every=2",
+            "--cosines_damping=0.5",
+            *TINY,
+        )
+        self.assertEqual(run.returncode, 0, run.stderr[-3000:])
+        with open(os.path.join(directory, "log.txt")) as f:
+            lines = re.findall(r"\] epoch (\d)/2 (.*)", f.read())
+        self.assertEqual([epoch for epoch, _ in lines], ["1", "2"])
+        self.assertNotIn("cosine_to_implicit", lines[0][1])
+        logged = dict(re.findall(r"(\S+/\w+)=(\S+)", lines[1][1]))
+        # Measured at the epoch's end on the live supernet: the final checkpoint's values, as
+        # bin/diagnose measures them there with the same settings (logged to 4 digits).
+        measured = diagnostics.diagnose(
+            search_dir=directory,
+            batch_size=16,
+            eta=0.5,
+            cg_iterations=2,
+            damping=0.5,
+            repeats=1,
+        )["estimators"]
+        for name in ("first_order", "second_order", "amended"):
+            self.assertAllClose(
+                float(logged[f"cosine_to_implicit/{name}"]),
+                measured[name]["cosine_to_implicit"],
+                rtol=1e-3,
+                atol=1e-4,
+            )
+        self.assertAllClose(
+            float(logged["best_eta/amended"]), measured["amended"]["best_eta"], rtol=1e-3
+        )
+        self.assertAllClose(
+            float(logged["relative_residual/implicit"]),
+            measured["implicit"]["relative_residual"],
+            rtol=1e-3,
+        )
+        self.assertNotIn("correction_cosine_to_implicit/first_order", logged)  # NaN: no line
+
     def test_bad_flags_exit_with_one_clear_line(self):
         out = os.path.join(self.get_temp_dir(), "bad")
         cases = [

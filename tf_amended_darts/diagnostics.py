@@ -469,3 +469,69 @@ def hessian_eigenvalue_callback(config, iterations, examples):
         return {"hessian_eigenvalue": eigenvalue, "hessian_relative_change": change}
 
     return measure
+
+
+# diagnose's measures of an estimator that the epoch callbacks report (the implicit reference
+# reports only its CG residual: its cosines to itself are 1).
+COSINE_KEYS = (
+    "cosine_to_implicit",
+    "correction_cosine_to_implicit",
+    "best_eta",
+    "cosine_to_implicit_at_best_eta",
+    "relative_residual",
+)
+
+
+def estimator_cosines(
+    run,
+    traced,
+    estimator_names=("first_order", "second_order", "amended"),
+    eta=0.1,
+    cg_iterations=20,
+    damping=0.0,
+    batch_size=32,
+):
+    """{estimator: {key: value}} for the COSINE_KEYS of `diagnose` at the live search `run` (a
+    search.RestoredSearch), on one (train, val) batch pair; NaN (a zero vector: first order
+    has no correction) is None. `traced`: a dict kept for the run (diagnose's)."""
+    measured = diagnose(
+        batch_size=batch_size,
+        estimator_names=tuple(estimator_names),
+        eta=eta,
+        cg_iterations=cg_iterations,
+        damping=damping,
+        repeats=1,
+        search_run=run,
+        traced=traced,
+    )
+    return {
+        name: {
+            key: values[key] if np.isfinite(values[key]) else None
+            for key in COSINE_KEYS
+            if key in values and (name != "implicit" or key == "relative_residual")
+        }
+        for name, values in measured["estimators"].items()
+    }
+
+
+def cosines_callback(every, **settings):
+    """A search.search epoch_callback: every `every` epochs, estimator_cosines(**settings) at
+    the live search, as metrics "<key>/<estimator>" for the epoch line and TensorBoard ({} on
+    the other epochs). The estimate functions are traced at the first measurement and kept
+    while the network stays the same."""
+    if every < 1:
+        raise errors.InputError(f"cosines: every must be >= 1 epoch, got {every}")
+    traced = {}
+
+    def measure(epoch, run, line):
+        del line
+        if epoch % every:
+            return {}
+        return {
+            f"{key}/{name}": value
+            for name, values in estimator_cosines(run, traced, **settings).items()
+            for key, value in values.items()
+            if value is not None
+        }
+
+    return measure

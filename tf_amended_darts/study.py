@@ -168,36 +168,23 @@ def alpha_masses(probabilities, operations_, slots):
     return masses
 
 
-def _finite_or_none(value):
-    return value if np.isfinite(value) else None
-
-
 def _cosines(run, cosines, traced):
     """{estimator: {"cosine", "correction_cosine", ...}} to the implicit reference at the
-    live search `run` (a search.RestoredSearch; one (train, val) batch pair), and {"implicit":
-    {"relative_residual"}}, with the estimate functions kept in `traced` from one measurement
-    to the next (traced once per run)."""
-    measured = diagnostics.diagnose(
-        batch_size=cosines.get("batch_size", 32),
-        estimator_names=tuple(
-            cosines.get("estimators", ("first_order", "second_order", "amended"))
-        ),
+    live search `run`, and {"implicit": {"relative_residual"}}, with the estimate functions
+    kept in `traced` from one measurement to the next (traced once per run); the plan's
+    "cosines" settings (diagnostics.estimator_cosines)."""
+    measured = diagnostics.estimator_cosines(
+        run,
+        traced,
+        estimator_names=cosines.get("estimators", ("first_order", "second_order", "amended")),
         eta=cosines.get("eta", 0.1),
         cg_iterations=cosines.get("cg_iterations", 20),
         damping=cosines.get("damping", 0.0),
-        repeats=1,
-        search_run=run,
-        traced=traced,
+        batch_size=cosines.get("batch_size", 32),
     )
-    # NaN (a zero vector: first order has no correction) is recorded as null; the reference's
-    # cosines to itself are 1 and not recorded.
     return {
-        name: {
-            field: _finite_or_none(values[key])
-            for field, key in COSINE_FIELDS.items()
-            if key in values and (name != "implicit" or field == "relative_residual")
-        }
-        for name, values in measured["estimators"].items()
+        name: {field: values[key] for field, key in COSINE_FIELDS.items() if key in values}
+        for name, values in measured.items()
     }
 
 
