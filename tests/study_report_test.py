@@ -159,7 +159,7 @@ class StudyReportTest(unittest.TestCase):
         self.assertEqual(cells[1], f"0.050 ± {np.std([0.0, 0.1], ddof=1):.3f}")
         self.assertEqual(cells[2], "—")
         self.assertEqual(cells[3], f"0.300 ± {np.std([0.2, 0.4], ddof=1):.3f}")
-        self.assertEqual(cells[4], f"0.000 ± {np.std([0.0, 1e-4], ddof=1):.3f}")
+        self.assertEqual(cells[4], f"5.0e-05 ± {np.std([0.0, 1e-4], ddof=1):.1e}")
         with tempfile.TemporaryDirectory() as tmp:
             paths = study_report.plot(summary, tmp)
             self.assertIn(os.path.join(tmp, "cosine_to_implicit.png"), paths)

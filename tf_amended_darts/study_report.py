@@ -133,12 +133,13 @@ def _final(group, name):
     return last[~np.isnan(last)]
 
 
-def _mean_std(values, digits):
+def _mean_std(values, digits, style="f"):
+    """"mean ± sample std" with `digits` in `style` (f or e), "—" for no values."""
     values = np.asarray(values, dtype=float)
     if values.size == 0:
         return "—"
-    spread = f" ± {np.std(values, ddof=1):.{digits}f}" if values.size > 1 else ""
-    return f"{np.mean(values):.{digits}f}{spread}"
+    spread = f" ± {np.std(values, ddof=1):.{digits}{style}}" if values.size > 1 else ""
+    return f"{np.mean(values):.{digits}{style}}{spread}"
 
 
 def markdown(summary):
@@ -190,7 +191,7 @@ def _cosine_table(groups):
     ]
     for estimator, group in groups:
         cells = [_mean_std(_last_measured(group, f"cosine_{n}"), 3) for n in COSINE_ESTIMATORS]
-        residual = _mean_std(_last_measured(group, "reference_residual"), 3)
+        residual = _mean_std(_last_measured(group, "reference_residual"), 1, "e")
         lines.append(f"| {estimator} | " + " | ".join(cells) + f" | {residual} |")
     return lines + [""]
 
