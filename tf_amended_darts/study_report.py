@@ -134,7 +134,7 @@ def _final(group, name):
 
 
 def _mean_std(values, digits, style="f"):
-    """"mean ± sample std" with `digits` in `style` (f or e), "—" for no values."""
+    """ "mean ± sample std" with `digits` in `style` (f or e), "—" for no values."""
     values = np.asarray(values, dtype=float)
     if values.size == 0:
         return "—"
