@@ -11,15 +11,14 @@ Plan (`load_plan(path)`), a JSON object (studies/collapse.json is one):
   "retrain":       TrainConfig fields of the re-training (null: none); dataset comes from the run;
   "hessian":       {"iterations": power iterations, "examples": architecture-part examples};
   "cosines":       {"every": N epochs (0: never), "estimators": [...], "eta": amended's
-                   coefficient, "cg_iterations", "damping", "batch_size"}: diagnostics.diagnose
-                   at the
-                   live search (bin/diagnose --search_dir's measure): each estimator's cosine
-                   to the implicit reference (amended's also its best eta there), and the
+                   coefficient, "cg_iterations", "damping", "batch_size"; defaults:
+                   diagnostics.estimator_cosines'}: diagnostics.diagnose at the live search
+                   (bin/diagnose --search_dir's measure): each estimator's cosine to the
+                   implicit reference (amended's also its best eta there), and the
                    reference's CG relative residual (late in a search A = H + wd I can be
                    indefinite and CG diverge: a residual near 1 or above voids the cosines;
-                   `damping` regularises A). The
-                   estimators are traced at a run's first measurement (minutes) and reused
-                   after it (one call each): off by default.
+                   `damping` regularises A). The estimators are traced at a run's first
+                   measurement (minutes) and reused after it (one call each): off by default.
 
 Layout of `output_dir`: runs/<run>/search (the search run), runs/<run>/retrain (the training
 run), records/<run>.json (this module's record of the run, rewritten atomically after each
@@ -168,20 +167,24 @@ def alpha_masses(probabilities, operations_, slots):
     return masses
 
 
+# The plan's "cosines" settings, by diagnostics.estimator_cosines' parameter (its defaults
+# are the plan's).
+_COSINE_SETTINGS = {
+    "estimators": "estimator_names",
+    "eta": "eta",
+    "cg_iterations": "cg_iterations",
+    "damping": "damping",
+    "batch_size": "batch_size",
+}
+
+
 def _cosines(run, cosines, traced):
     """{estimator: {"cosine", "correction_cosine", ...}} to the implicit reference at the
     live search `run`, and {"implicit": {"relative_residual"}}, with the estimate functions
     kept in `traced` from one measurement to the next (traced once per run); the plan's
     "cosines" settings (diagnostics.estimator_cosines)."""
-    measured = diagnostics.estimator_cosines(
-        run,
-        traced,
-        estimator_names=cosines.get("estimators", ("first_order", "second_order", "amended")),
-        eta=cosines.get("eta", 0.1),
-        cg_iterations=cosines.get("cg_iterations", 20),
-        damping=cosines.get("damping", 0.0),
-        batch_size=cosines.get("batch_size", 32),
-    )
+    settings = {_COSINE_SETTINGS[k]: v for k, v in cosines.items() if k in _COSINE_SETTINGS}
+    measured = diagnostics.estimator_cosines(run, traced, **settings)
     return {
         name: {field: values[key] for field, key in COSINE_FIELDS.items() if key in values}
         for name, values in measured.items()

@@ -178,9 +178,14 @@ def _last_measured(group, name):
     return rows[-1][~np.isnan(rows[-1])] if rows else np.array([])
 
 
+def _has_cosines(groups):
+    """Whether any run of `groups` ([(estimator, Group)]) has a cosine measurement."""
+    return any(not np.all(np.isnan(g.curves["reference_residual"])) for _, g in groups)
+
+
 def _cosine_table(groups):
     """Cosines to the implicit reference at each run's last measurement (none: no lines)."""
-    if all(np.all(np.isnan(g.curves["reference_residual"])) for _, g in groups):
+    if not _has_cosines(groups):
         return []
     lines = [
         "Cosine to the implicit reference at the last measurement, of each estimator measured "
@@ -235,11 +240,7 @@ def plot(summary, output_dir):
         figure.tight_layout()
         path = os.path.join(output_dir, f"{name}.png")
         paths.append(visualize.save_figure(figure, path, "png", dpi=90))
-    if any(
-        not np.all(np.isnan(g.curves["reference_residual"]))
-        for groups in panels.values()
-        for _, g in groups
-    ):
+    if any(_has_cosines(groups) for groups in panels.values()):
         paths.append(_plot_cosines(panels, output_dir))
     figure = visualize.figure(5.5 * len(panels), 4)
     for i, ((dataset, space), groups) in enumerate(panels.items()):
