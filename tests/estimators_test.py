@@ -613,6 +613,43 @@ class ToyNetworkTest(tf.test.TestCase):
                 )
             self.assertEqual(nodes[0], nodes[1], solver)
 
+    def test_traced_step_holds_each_pass_once(self):
+        # An estimator makes up to five forward/backward passes of the supernet; each kind is
+        # one traced function called as often as needed (one device), so the step's graph
+        # does not grow with the passes. Inlined, amended with finite differences held five
+        # forward passes and 4.9x first order's nodes.
+        model = build_toy()
+        train, val = toy_batches(0)
+        state = toy_weight_state(model)
+
+        def forward_passes_and_nodes(estimator):
+            step = tf.function(
+                lambda t, v: estimator.estimate(model, cross_entropy, t, v, state),
+                autograph=False,
+            )
+            graph = step.get_concrete_function(train, val).graph.as_graph_def()
+            bodies = [graph.node] + [f.node_def for f in graph.library.function]
+            # One loss op per forward pass of the model, in the step or in a function.
+            losses = sum(n.op == "SparseSoftmaxCrossEntropyWithLogits" for b in bodies for n in b)
+            return losses, sum(len(b) for b in bodies)
+
+        _, first_order_nodes = forward_passes_and_nodes(estimators.FirstOrderEstimator())
+        for estimator in (
+            estimators.SecondOrderEstimator(),
+            estimators.SecondOrderEstimator(products="finite_difference"),
+            estimators.AmendedEstimator(),
+            estimators.AmendedEstimator(products="finite_difference"),
+            estimators.AmendedEstimator(sub_batches=2),
+            estimators.ImplicitEstimator(iterations=3),
+        ):
+            with self.subTest(estimator=repr(estimator)):
+                passes, nodes = forward_passes_and_nodes(estimator)
+                # The gradient pass and the products pass; second order also evaluates L_val
+                # at w once (a forward-only diagnostic).
+                self.assertLessEqual(passes, 3 if estimator.name == "second_order" else 2)
+                if estimator.products == "finite_difference":
+                    self.assertLess(nodes, 2 * first_order_nodes)
+
     def test_mismatched_vectors_raise_value_errors_naming_the_argument(self):
         # Each of these was silently broadcast or truncated, giving wrong numbers.
         model = build_toy()

@@ -20,8 +20,8 @@ Conventions:
 - Hyperparameters given as Python numbers are converted at the model's dtype (exact in float64).
   Weight-space vectors and momentum buffers must match `model.weight_variables` entry by entry
   in static shape, else ValueError naming the argument (checked while tracing, not in the graph).
-- Products are exact (back-over-back nested tapes; one forward/backward of L_train is shared by
-  all products of a call) or central finite differences as the reference code
+- Products are exact (back-over-back nested tapes; each product one forward/backward and one
+  double backward of L_train) or central finite differences as the reference code
   (R = fd_radius / ||vector||), `products="finite_difference"`. `sub_batches=K` sums them over
   K sub-batches of the training batch, one at a time (_SubBatchProducts: less memory, one more
   forward/backward per product, BatchNorm statistics per sub-batch).
@@ -181,6 +181,7 @@ class _StatelessLosses:
         # Trainable variables in neither list are held at their current values.
         self._values = [tf.convert_to_tensor(v.value) for v in trainable]
         self._non_trainable = [v.value for v in model.non_trainable_variables]
+        self._functions = {}
 
     def weights(self):
         return [self._values[i] for i in self._weight_positions]
@@ -202,11 +203,65 @@ class _StatelessLosses:
 
     def loss_and_grads(self, weights, arch, batch):
         """(local loss, local grad_w, local grad_alpha) from one forward/backward pass."""
+        return self._function("grads", self._loss_and_grads)(weights, arch, batch)
+
+    def _loss_and_grads(self, weights, arch, batch):
         with tf.GradientTape() as tape:
             tape.watch(weights + arch)
             loss = self.loss(weights, arch, batch)
         grads = gradients(tape, loss, weights + arch, self.loss_scale)
         return loss, grads[: len(weights)], grads[len(weights) :]
+
+    def products(self, weights, arch, batch, vector):
+        """(local loss, local H vector, local B vector) of this loss (L_train): one forward,
+        one backward and one double backward (back-over-back tapes). Under a loss scale s
+        (float16) the first backward is of s L: the products differentiate
+        <s grad_w L, vector / |vector|> and are multiplied by |vector| / s, so that the second
+        backward's values are those of a scaled gradient whatever the size of the vector."""
+        return self._function("products", self._products)(weights, arch, batch, vector)
+
+    def _products(self, weights, arch, batch, vector):
+        scale = self.loss_scale
+        with tf.GradientTape() as outer:
+            outer.watch(weights + arch)
+            with tf.GradientTape() as inner:
+                inner.watch(weights)
+                loss = self.loss(weights, arch, batch)
+            if scale is not None:
+                scale = tf.cast(scale, loss.dtype)
+            grad_w = inner.gradient(
+                loss, weights, output_gradients=scale, unconnected_gradients=_ZERO
+            )
+            factor = None
+            if scale is not None:
+                norm = tf.stop_gradient(_norm(vector))
+                norm = tf.where(norm > 0, norm, tf.ones_like(norm))
+                vector = [u / norm for u in vector]
+                factor = norm / tf.cast(scale, norm.dtype)
+            dot = _dot(grad_w, [tf.stop_gradient(u) for u in vector])
+        products = outer.gradient(dot, weights + arch, unconnected_gradients=_ZERO)
+        if factor is not None:
+            products = [p * factor for p in products]
+        return loss, products[: len(weights)], products[len(weights) :]
+
+    def _function(self, name, python_function):
+        """`python_function` as a nested tf.function when tracing on one device, else itself.
+
+        An estimator makes up to five passes; traced inline, the step's graph would hold a copy
+        of the supernet's forward/backward per pass (the products' double backward too), which
+        dominated the first call and the peak memory (docs/DESIGN.md "One traced function per
+        pass"). Traced once and called, the graph holds one of each, and a call's activations
+        are freed when it returns. `_noinline` keeps TensorFlow from inlining the calls again.
+        Over several replicas the passes stay inline: MirroredStrategy's cross-replica sums
+        (synchronised BatchNorm) cannot run inside a nested function. Eagerly there is nothing
+        to trace."""
+        if not tf.inside_function() or distribute.replicas_in_context() > 1:
+            return python_function
+        if name not in self._functions:
+            self._functions[name] = tf.function(
+                python_function, autograph=False, experimental_attributes={"_noinline": True}
+            )
+        return self._functions[name]
 
 
 def _after(tensors, batch):
@@ -225,61 +280,12 @@ def _after(tensors, batch):
 # (sum over replicas = global product) of H v and B u for GLOBAL vectors v, u.
 
 
-class _ExactProducts:
-    """Back-over-back products; one persistent outer tape shares the forward and first backward.
-
-    With a loss scale s (float16), the first backward is of s L: the products differentiate
-    <s grad_w L, u / |u|> and are multiplied by |u| / s, so that the second backward's values
-    are those of a scaled gradient whatever the size of u."""
+class _Products:
+    """What both kinds of products share: the batch, and L_train's gradient at w computed once."""
 
     def __init__(self, losses, weights, arch, batch):
-        self._weights, self._arch, self._scale = weights, arch, losses.loss_scale
-        self._tape = tf.GradientTape(persistent=True)
-        with self._tape:
-            self._tape.watch(weights + arch)
-            with tf.GradientTape() as inner:
-                inner.watch(weights)
-                self._loss = losses.loss(weights, arch, batch)
-            scale = None if self._scale is None else tf.cast(self._scale, self._loss.dtype)
-            self._scaled_grad_w = inner.gradient(
-                self._loss, weights, output_gradients=scale, unconnected_gradients=_ZERO
-            )
-        self._grad_w = self._scaled_grad_w
-        if scale is not None:
-            self._grad_w = [g / scale for g in self._scaled_grad_w]
-
-    def loss_and_grad_w(self):
-        return self._loss, self._grad_w
-
-    def train_loss(self):
-        return self._loss
-
-    def _derivative_of_dot(self, vector, sources):
-        factor = None  # what the products are multiplied by: |u| / s under a loss scale
-        if self._scale is not None:
-            norm = tf.stop_gradient(_norm(vector))
-            norm = tf.where(norm > 0, norm, tf.ones_like(norm))
-            vector = [u / norm for u in vector]
-            factor = norm / tf.cast(self._scale, norm.dtype)
-        with self._tape:  # re-entering records d<grad_w, vector> on the same tape
-            dot = _dot(self._scaled_grad_w, [tf.stop_gradient(u) for u in vector])
-        products = self._tape.gradient(dot, sources, unconnected_gradients=_ZERO)
-        return products if factor is None else [p * factor for p in products]
-
-    def hessian_vector(self, vector):
-        return self._derivative_of_dot(vector, self._weights)
-
-    def mixed_vector(self, vector):
-        return self._derivative_of_dot(vector, self._arch)
-
-
-class _FiniteDifferenceProducts:
-    """Central differences of gradients at w +- R vector, R = radius / ||vector|| (reference)."""
-
-    def __init__(self, losses, weights, arch, batch, radius):
         self._losses, self._weights, self._arch, self._batch = losses, weights, arch, batch
-        self._radius = radius
-        self._at_w = None
+        self._at_w = self._loss = None
 
     def loss_and_grad_w(self):
         if self._at_w is None:
@@ -288,7 +294,29 @@ class _FiniteDifferenceProducts:
         return self._at_w
 
     def train_loss(self):
-        return self.loss_and_grad_w()[0]
+        return self._loss if self._loss is not None else self.loss_and_grad_w()[0]
+
+
+class _ExactProducts(_Products):
+    """Exact products, each one call of `_StatelessLosses.products` (H v and B v come from the
+    same double backward): a product recomputes its forward/backward rather than keeping a
+    persistent tape's activations alive from one product to the next."""
+
+    def hessian_vector(self, vector):
+        self._loss, hv, _ = self._losses.products(self._weights, self._arch, self._batch, vector)
+        return hv
+
+    def mixed_vector(self, vector):
+        self._loss, _, bv = self._losses.products(self._weights, self._arch, self._batch, vector)
+        return bv
+
+
+class _FiniteDifferenceProducts(_Products):
+    """Central differences of gradients at w +- R vector, R = radius / ||vector|| (reference)."""
+
+    def __init__(self, losses, weights, arch, batch, radius):
+        super().__init__(losses, weights, arch, batch)
+        self._radius = radius
 
     def _difference(self, vector, want_weights):
         norm = _norm(vector)
@@ -326,6 +354,7 @@ class _SubBatchProducts:
             )
         if losses.global_batch_size is None:  # the full batch's, not the sub-batch's
             losses = copy.copy(losses)
+            losses._functions = {}
             losses.global_batch_size = tf.shape(batch[0])[0] * distribute.replicas_in_context()
         self._make = lambda sub_batch: _make_products(
             method, fd_radius, losses, weights, arch, sub_batch
