@@ -541,6 +541,27 @@ class StepArithmeticTest(tf.test.TestCase):
             self.assertAllLessEqual(np.abs(v.numpy() - expected) - tolerance, 0.0)
             self.assertGreater(np.abs(v.numpy() - a0).max(), 0.5 * lr)  # Adam: ~ lr sign(g)
 
+    def test_search_step_holds_one_forward_backward(self):
+        # The weight step is a call of the estimators' traced pass (StatelessLosses), so a
+        # first-order or finite-difference search step's graph holds the supernet's
+        # forward/backward once; the weight step's own tape on model(x) held a second copy.
+        for arch_gradient, products, passes in (
+            ("first_order", "exact", 1),
+            ("amended", "finite_difference", 1),
+            ("amended", "exact", 2),  # the pass and the products' double backward
+        ):
+            with self.subTest(arch_gradient=arch_gradient, products=products):
+                _, searcher, train_batch, val_batch = self._setup(
+                    arch_gradient=arch_gradient, products=products
+                )
+                graph = searcher.search_step.get_concrete_function(train_batch, val_batch).graph
+                definition = graph.as_graph_def()
+                bodies = [definition.node] + [f.node_def for f in definition.library.function]
+                losses = sum(
+                    n.op == "SparseSoftmaxCrossEntropyWithLogits" for b in bodies for n in b
+                )
+                self.assertEqual(losses, passes)
+
 
 if __name__ == "__main__":
     tf.test.main()

@@ -142,7 +142,7 @@ def _warmed_up_supernet(space, ds, batches, warmup_steps, seed):
             loss = tf.reduce_mean(loop.cross_entropy(y, model(x, training=True)))
         loop.sgd_weight_update(
             optimizer,
-            tape,
+            loop.weight_gradients(tape, loss, model.weight_variables),
             loss,
             model.weight_variables,
             grad_clip=GRAD_CLIP,
@@ -392,7 +392,7 @@ def alpha_hessian_product(model, loss_fn):
     @tf.function(autograph=False, reduce_retracing=True)
     def product(vector, batch):
         x, _ = batch
-        losses = estimators._StatelessLosses(model, loss_fn, global_batch_size=tf.shape(x)[0])
+        losses = estimators.StatelessLosses(model, loss_fn, global_batch_size=tf.shape(x)[0])
         weights, arch = losses.weights(), losses.arch()
         with tf.GradientTape() as outer:
             outer.watch(arch)

@@ -162,8 +162,13 @@ def _axpy(a, xs, ys):
     return [a * x + y for x, y in zip(xs, ys)]
 
 
-class _StatelessLosses:
-    """L(w, alpha) on a batch as a function of explicit tensors, via model.stateless_call."""
+class StatelessLosses:
+    """L(w, alpha) on a batch as a function of explicit tensors, via model.stateless_call.
+
+    The estimators' passes and the search's weight step are calls of the same traced pass
+    (`loss_and_grads`, `training_pass`), so a search step's graph holds one forward/backward
+    of the supernet: build one per step and give it to `estimate(losses=)`.
+    """
 
     def __init__(self, model, loss_fn, global_batch_size, loss_scale=None):
         trainable = list(model.trainable_variables)
@@ -190,27 +195,45 @@ class _StatelessLosses:
         return [self._values[i] for i in self._arch_positions]
 
     def loss(self, weights, arch, batch):
+        return self._forward(weights, arch, batch)[0]
+
+    def _forward(self, weights, arch, batch):
+        """(local loss, logits, the model's new non-trainable values) in training mode."""
         values = list(self._values)
         for i, w in zip(self._weight_positions, weights):
             values[i] = w
         for i, a in zip(self._arch_positions, arch):
             values[i] = a
         x, y = batch
-        logits, _ = self.model.stateless_call(values, self._non_trainable, x, training=True)
-        return tf.nn.compute_average_loss(
+        logits, non_trainable = self.model.stateless_call(
+            values, self._non_trainable, x, training=True
+        )
+        loss = tf.nn.compute_average_loss(
             self.loss_fn(y, logits), global_batch_size=self.global_batch_size
         )
+        return loss, logits, non_trainable
 
     def loss_and_grads(self, weights, arch, batch):
         """(local loss, local grad_w, local grad_alpha) from one forward/backward pass."""
-        return self._function("grads", self._loss_and_grads)(weights, arch, batch)
+        return self._function("pass", self._pass)(weights, arch, batch)[:3]
 
-    def _loss_and_grads(self, weights, arch, batch):
+    def training_pass(self, weights, arch, batch):
+        """(local loss, local grad_w, logits, new non-trainable values: BatchNorm's moving
+        statistics, in model.non_trainable_variables order) from the same traced pass as
+        `loss_and_grads`, for a weight step that assigns them."""
+        loss, grad_w, _, logits, non_trainable = self._function("pass", self._pass)(
+            weights, arch, batch
+        )
+        return loss, grad_w, logits, non_trainable
+
+    def _pass(self, weights, arch, batch):
+        # One body for every pass: a second function (without the logits and statistics, or
+        # without grad_alpha) would double the traced graph for a few small outputs.
         with tf.GradientTape() as tape:
             tape.watch(weights + arch)
-            loss = self.loss(weights, arch, batch)
+            loss, logits, non_trainable = self._forward(weights, arch, batch)
         grads = gradients(tape, loss, weights + arch, self.loss_scale)
-        return loss, grads[: len(weights)], grads[len(weights) :]
+        return loss, grads[: len(weights)], grads[len(weights) :], logits, non_trainable
 
     def products(self, weights, arch, batch, vector):
         """(local loss, local H vector, local B vector) of this loss (L_train): one forward,
@@ -298,7 +321,7 @@ class _Products:
 
 
 class _ExactProducts(_Products):
-    """Exact products, each one call of `_StatelessLosses.products` (H v and B v come from the
+    """Exact products, each one call of `StatelessLosses.products` (H v and B v come from the
     same double backward): a product recomputes its forward/backward rather than keeping a
     persistent tape's activations alive from one product to the next."""
 
@@ -437,7 +460,7 @@ def hessian_vector_product(
     model.weight_variables. `vector` must be global (identical on every replica). sub_batches:
     accumulated over that many sub-batches (_SubBatchProducts); loss_scale: as estimate's."""
     _check_choice("products", products, PRODUCTS)
-    losses = _StatelessLosses(model, loss_fn, global_batch_size, loss_scale)
+    losses = StatelessLosses(model, loss_fn, global_batch_size, loss_scale)
     _check_like_weights("vector", vector, model.weight_variables)
     weights, arch = losses.weights(), losses.arch()
     hv = _make_products(
@@ -463,7 +486,7 @@ def mixed_vector_product(
     local contribution (sum over replicas = global product; the product itself on one device).
     sub_batches, loss_scale: as hessian_vector_product."""
     _check_choice("products", products, PRODUCTS)
-    losses = _StatelessLosses(model, loss_fn, global_batch_size, loss_scale)
+    losses = StatelessLosses(model, loss_fn, global_batch_size, loss_scale)
     _check_like_weights("vector", vector, model.weight_variables)
     weights, arch = losses.weights(), losses.arch()
     return _make_products(
@@ -553,6 +576,7 @@ class _Estimator:
         weight_state=None,
         global_batch_size=None,
         loss_scale=None,
+        losses=None,
     ):
         """Architecture gradient for `model` (see module doc for the model contract).
 
@@ -560,9 +584,14 @@ class _Estimator:
         share under a strategy); global_batch_size defaults to local batch x replicas.
         loss_scale: a scalar for float16 models (loop.LossScale's): every derivative is of the
         loss times it and divided by it; results and diagnostics are unscaled.
+        losses: the StatelessLosses of these arguments that the caller's own passes use (the
+        search's weight step), so that both run one traced pass; default: a new one.
         """
         check_products_for_dtype(self.products, model.compute_dtype)
-        losses = _StatelessLosses(model, loss_fn, global_batch_size, loss_scale)
+        if losses is None:
+            losses = StatelessLosses(model, loss_fn, global_batch_size, loss_scale)
+        elif (losses.model, losses.loss_fn) != (model, loss_fn):
+            raise ValueError("`losses` is of another model or loss function")
         self._check_weight_state(weight_state)
         state = weight_state or WeightOptimizerState()
         if state.momentum_buffers is not None:

@@ -6,6 +6,7 @@
                          the stop on divergence. A search or training supplies an EpochTask:
                          its step function and batches per epoch and its end-of-epoch work.
   sgd_weight_update      the SGD weight update of search, re-training and diagnostics' warm-up
+  weight_gradients       its gradients from a tape (the search's come from its stateless pass)
   SGD, Adam              Keras' optimizers for gradients that are already global
   apply_if_finite        their apply_gradients, skipped when a step's numbers are not finite
   LossScale, step_outcome   float16's dynamic loss scale; how a step ended (skipped, diverged)
@@ -196,9 +197,15 @@ def step_outcome(finite, values=(), loss_scale=None):
     return loss_scale.outcome(finite, values)
 
 
+def weight_gradients(tape, loss, weights, loss_scale=None):
+    """d loss / d weights recorded on `tape`; under a LossScale, of the scaled loss, unscaled."""
+    scale = None if loss_scale is None else loss_scale.scale.read_value()
+    return estimators.gradients(tape, loss, weights, scale)
+
+
 def sgd_weight_update(
     optimizer,
-    tape,
+    grads,
     loss,
     weights,
     *,
@@ -209,10 +216,11 @@ def sgd_weight_update(
     values=(),
 ):
     """The weight update of the DARTS protocol (search, re-training, warm-ups), as the
-    reference: the global gradient of `loss` (recorded on `tape`; its mean over the global
-    batch) is clipped to norm `grad_clip` (0: no clipping), `weight_decay * w` is added
-    (coupled L2, as PyTorch's SGD weight_decay), then `optimizer` (Keras SGD with momentum)
-    applies it. Gradients and loss are all-reduced once, together.
+    reference: the global gradient (the sum over replicas of `grads`, this replica's gradient
+    of its `loss`, a share of the mean over the global batch; `weight_gradients`) is clipped
+    to norm `grad_clip` (0: no clipping), `weight_decay * w` is added (coupled L2, as PyTorch's
+    SGD weight_decay), then `optimizer` (Keras SGD with momentum) applies it. Gradients and
+    loss are all-reduced once, together.
 
     Nothing is applied unless the loss and the gradient norm are finite and `proceed` (a
     scalar bool of the caller's own checks). `loss_scale`: a LossScale (float16), updated by
@@ -221,9 +229,7 @@ def sgd_weight_update(
     the step metrics: "weight_grad_norm" (the global norm before clipping) and step_outcome's,
     each as this replica's share.
     """
-    scale = None if loss_scale is None else loss_scale.scale.read_value()
-    grads = estimators.gradients(tape, loss, weights, scale)
-    *grads, global_loss = distribute.all_reduce_sum(grads + [loss])
+    *grads, global_loss = distribute.all_reduce_sum(list(grads) + [loss])
     norm = tf.linalg.global_norm(grads)
     if grad_clip:
         grads, _ = tf.clip_by_global_norm(grads, grad_clip, use_norm=norm)

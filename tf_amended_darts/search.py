@@ -7,7 +7,10 @@ one architecture step (Adam on the alphas, gradient from the chosen estimator on
 
 Optimisation details, as the reference (quark0/darts):
 - weights: loop.sgd_weight_update (the global gradient clipped to norm `grad_clip` unless 0,
-  plus `weight_decay * w` (coupled L2, as PyTorch's SGD weight_decay), SGD with momentum);
+  plus `weight_decay * w` (coupled L2, as PyTorch's SGD weight_decay), SGD with momentum); its
+  gradient and BatchNorm's new statistics come from the estimator's own traced pass
+  (estimators.StatelessLosses.training_pass), so a search step's graph holds one
+  forward/backward of the supernet, not two;
 - alphas: gradient + `arch_weight_decay * alpha` (coupled, as PyTorch's Adam), then Adam;
 - learning rate: cosine from `learning_rate` to `learning_rate_min` stepped PER EPOCH as the
   reference steps CosineAnnealingLR (epoch e of E uses min + (max - min) (1 + cos(pi (e + 1)
@@ -234,17 +237,25 @@ class _Searcher:
         )
 
     # -- replica functions
-    def _replica_weight_step(self, batch, proceed=True, values=()):
+    def _losses(self):
+        """The step's StatelessLosses: the estimator's passes and the weight step's run one
+        traced forward/backward (estimators.StatelessLosses)."""
+        scale = None if self.loss_scale is None else self.loss_scale.scale.read_value()
+        return estimators.StatelessLosses(
+            self.model, loop.cross_entropy, self.config.batch_size, scale
+        )
+
+    def _replica_weight_step(self, batch, losses, proceed=True, values=()):
         c = self.config
-        x, y = batch
-        with tf.GradientTape() as tape:
-            logits = self.model(x, training=True)
-            loss = tf.nn.compute_average_loss(
-                loop.cross_entropy(y, logits), global_batch_size=c.batch_size
-            )
+        _, y = batch
+        # The alphas as they are now (after the architecture step), the rest as `losses` read them.
+        arch = [tf.convert_to_tensor(a.value) for a in self.model.arch_variables]
+        loss, grads, logits, non_trainable = losses.training_pass(losses.weights(), arch, batch)
+        for variable, value in zip(self.model.non_trainable_variables, non_trainable):
+            variable.assign(value)  # BatchNorm's moving statistics, as a Keras call would
         metrics = loop.sgd_weight_update(
             self.weight_optimizer,
-            tape,
+            grads,
             loss,
             self.model.weight_variables,
             grad_clip=c.grad_clip,
@@ -262,6 +273,7 @@ class _Searcher:
         state = estimators.weight_state_from_keras_sgd(
             self.weight_optimizer, self.model.weight_variables, c.weight_decay
         )
+        losses = self._losses()
         grads, diagnostics = self.estimator.estimate(
             self.model,
             loop.cross_entropy,
@@ -269,7 +281,8 @@ class _Searcher:
             val_batch,
             weight_state=state,
             global_batch_size=c.batch_size,
-            loss_scale=None if self.loss_scale is None else self.loss_scale.scale.read_value(),
+            loss_scale=losses.loss_scale,
+            losses=losses,
         )
         grads = distribute.all_reduce_sum(grads)
         norm = tf.linalg.global_norm(grads)
@@ -281,6 +294,7 @@ class _Searcher:
         # losses or alphas are a divergence).
         metrics = self._replica_weight_step(
             train_batch,
+            losses,
             proceed=tf.logical_and(finite, loop.all_finite(*alphas)),
             values=[v for k, v in diagnostics.items() if k.endswith("_loss")] + alphas,
         )
@@ -300,7 +314,10 @@ class _Searcher:
     def _weight_step(self, train_batch):
         self.traces["weight_step"] += 1
         return loop.reduce_sum(
-            self.strategy, self.strategy.run(self._replica_weight_step, args=(train_batch,))
+            self.strategy,
+            self.strategy.run(
+                lambda batch: self._replica_weight_step(batch, self._losses()), args=(train_batch,)
+            ),
         )
 
 

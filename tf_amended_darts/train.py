@@ -216,11 +216,12 @@ class _Trainer:
                 logits = self.model(x, training=True)
                 per_example = self.loss(y, logits)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=c.batch_size)
+        weights = self.model.trainable_variables
         metrics = loop.sgd_weight_update(
             self.optimizer,
-            tape,
+            loop.weight_gradients(tape, loss, weights, self.loss_scale),
             loss,
-            self.model.trainable_variables,
+            weights,
             grad_clip=c.grad_clip,
             weight_decay=c.weight_decay,
             loss_scale=self.loss_scale,
