@@ -650,6 +650,34 @@ class ToyNetworkTest(tf.test.TestCase):
                 if estimator.products == "finite_difference":
                     self.assertLess(nodes, 2 * first_order_nodes)
 
+    def test_given_losses_must_be_of_the_arguments_and_hold_their_settings(self):
+        # A StatelessLosses given to estimate() replaces its own: one of another model would
+        # differentiate the wrong network, and a batch size or loss scale beside it would be
+        # silently ignored.
+        model, other = build_toy(), build_toy()
+        train, val = toy_batches(0)
+        estimator = estimators.FirstOrderEstimator()
+        cases = {
+            "another model": (estimators.StatelessLosses(other, cross_entropy, None), {}),
+            "global_batch_size beside it": (
+                estimators.StatelessLosses(model, cross_entropy, 8),
+                {"global_batch_size": 8},
+            ),
+            "loss_scale beside it": (
+                estimators.StatelessLosses(model, cross_entropy, None),
+                {"loss_scale": 1.0},
+            ),
+        }
+        for case, (losses, kwargs) in cases.items():
+            with self.subTest(case=case):
+                with self.assertRaisesRegex(ValueError, "losses"):
+                    estimator.estimate(model, cross_entropy, train, val, losses=losses, **kwargs)
+        given = estimators.StatelessLosses(model, cross_entropy, None)
+        grads, _ = estimator.estimate(model, cross_entropy, train, val, losses=given)
+        expected, _ = estimator.estimate(model, cross_entropy, train, val)
+        for g, e in zip(grads, expected):
+            self.assertAllClose(g, e, rtol=1e-12, atol=0)
+
     def test_mismatched_vectors_raise_value_errors_naming_the_argument(self):
         # Each of these was silently broadcast or truncated, giving wrong numbers.
         model = build_toy()

@@ -584,14 +584,17 @@ class _Estimator:
         share under a strategy); global_batch_size defaults to local batch x replicas.
         loss_scale: a scalar for float16 models (loop.LossScale's): every derivative is of the
         loss times it and divided by it; results and diagnostics are unscaled.
-        losses: the StatelessLosses of these arguments that the caller's own passes use (the
-        search's weight step), so that both run one traced pass; default: a new one.
+        losses: the StatelessLosses of `model` and `loss_fn` that the caller's own passes use
+        (the search's weight step), so that both run one traced pass; it holds the global
+        batch size and the loss scale, so those two are not given with it. Default: a new one.
         """
         check_products_for_dtype(self.products, model.compute_dtype)
         if losses is None:
             losses = StatelessLosses(model, loss_fn, global_batch_size, loss_scale)
         elif (losses.model, losses.loss_fn) != (model, loss_fn):
             raise ValueError("`losses` is of another model or loss function")
+        elif global_batch_size is not None or loss_scale is not None:
+            raise ValueError("give global_batch_size and loss_scale to `losses`, not beside it")
         self._check_weight_state(weight_state)
         state = weight_state or WeightOptimizerState()
         if state.momentum_buffers is not None:

@@ -280,8 +280,6 @@ class _Searcher:
             train_batch,
             val_batch,
             weight_state=state,
-            global_batch_size=c.batch_size,
-            loss_scale=losses.loss_scale,
             losses=losses,
         )
         grads = distribute.all_reduce_sum(grads)
