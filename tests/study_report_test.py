@@ -135,10 +135,12 @@ class StudyReportTest(unittest.TestCase):
             }
 
         records = []
-        for seed in (0, 1):
+        for seed in (0, 1, 2):
             epochs = [_entry(e, 1, 0.1, 0.5, 0.8) for e in (1, 2, 3, 4, 5)]
             epochs[1]["cosine_to_implicit"] = cosines(0.9, 0.8, 1e-3)  # epoch 2
             epochs[3]["cosine_to_implicit"] = cosines(0.1 * seed, 0.2 + 0.2 * seed, 1e-4 * seed)
+            if seed == 2:  # a failed reference solve: its cosines are void
+                epochs[3]["cosine_to_implicit"] = cosines(0.99, -0.5, 0.74)
             records.append(
                 {
                     "run": f"digits-darts-amended_1-s{seed}",
@@ -146,20 +148,34 @@ class StudyReportTest(unittest.TestCase):
                     "epochs": epochs,
                 }
             )
+        records.append(  # a run without measurements beside them: dashes
+            {
+                "run": "digits-darts-first_order-s0",
+                "search": {"epochs": 5},
+                "epochs": [_entry(e, 1, 0.1, 0.5, 0.8) for e in (1, 2, 3, 4, 5)],
+            }
+        )
         summary = study_report.summarize(records)
         group = summary[("digits", "darts", "amended_1")]
         np.testing.assert_allclose(
             group.curves["cosine_amended"][:, 1], [np.nan, 0.8, np.nan, 0.4, np.nan]
         )
+        np.testing.assert_allclose(
+            group.curves["cosine_amended"][:, 2], [np.nan, 0.8, np.nan, np.nan, np.nan]
+        )
+        self.assertEqual(group.curves["reference_residual"][3, 2], 0.74)
         table = study_report.markdown(summary)
         # Epoch 4 is the last measured (not epoch 5, which has none); second order was not
-        # measured: a dash.
+        # measured: a dash; seed 2's measurement there is void (residual 0.74 > 0.1): out of
+        # the means, counted in the last column.
         row = next(line for line in table.splitlines() if line.startswith("| amended_1 | 0."))
         cells = [c.strip() for c in row.strip("|").split("|")]
         self.assertEqual(cells[1], f"0.050 ± {np.std([0.0, 0.1], ddof=1):.3f}")
         self.assertEqual(cells[2], "—")
         self.assertEqual(cells[3], f"0.300 ± {np.std([0.2, 0.4], ddof=1):.3f}")
         self.assertEqual(cells[4], f"5.0e-05 ± {np.std([0.0, 1e-4], ddof=1):.1e}")
+        self.assertEqual(cells[5], "1 of 3")
+        self.assertIn("| first_order | — | — | — | — | — |", table.splitlines())
         with tempfile.TemporaryDirectory() as tmp:
             paths = study_report.plot(summary, tmp)
             self.assertIn(os.path.join(tmp, "cosine_to_implicit.png"), paths)
