@@ -39,7 +39,7 @@ CURVES = {
 COSINE_ESTIMATORS = ("first_order", "second_order", "amended")
 # A reference solve that leaves more than this share of v unexplained is no reference: its
 # measurement's cosines are left out of the tables and plots (counted as void); converged
-# solves in the studies are at 1e-10-1e-3, a failed one at 0.74.
+# solves in the studies are at 1e-10-1e-3, failed ones at 0.74 and 9.6.
 VOID_RESIDUAL = 0.1
 
 
@@ -134,10 +134,14 @@ def summarize(records, planned_seeds=None):
     return summary
 
 
+def _present(row):
+    """The values of a curve's row (an epoch) that runs have (not NaN)."""
+    return row[~np.isnan(row)]
+
+
 def _final(group, name):
     """The values of `name` at the last epoch of the group's finished runs."""
-    last = group.curves[name][-1]
-    return last[~np.isnan(last)]
+    return _present(group.curves[name][-1])
 
 
 def _mean_std(values, digits, style="f"):
@@ -208,12 +212,10 @@ def _cosine_table(groups):
             )
             continue
         last = measured[-1]
-
-        def kept(values):
-            return values[~np.isnan(values)]
-
-        cells = [_mean_std(kept(group.curves[f"cosine_{n}"][last]), 3) for n in COSINE_ESTIMATORS]
-        residual = kept(residuals[last])
+        cells = [
+            _mean_std(_present(group.curves[f"cosine_{n}"][last]), 3) for n in COSINE_ESTIMATORS
+        ]
+        residual = _present(residuals[last])
         void = residual > VOID_RESIDUAL
         lines.append(
             f"| {estimator} | "
