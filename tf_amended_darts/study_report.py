@@ -39,7 +39,7 @@ CURVES = {
 COSINE_ESTIMATORS = ("first_order", "second_order", "amended")
 # A reference solve that leaves more than this share of v unexplained is no reference: its
 # measurement's cosines are left out of the tables and plots (counted as void); converged
-# solves in the studies are at 1e-10-1e-3, failed ones at 0.74 and 9.6.
+# solves in the studies end at 3e-10-4e-3, failed ones at 0.37-20.
 VOID_RESIDUAL = 0.1
 
 
