@@ -13,12 +13,13 @@ from tf_amended_darts import distribute, errors, genotypes
 from tf_amended_darts.bin import cli
 
 
-def _run(main):
-    """(SystemExit code or the exception raised, stderr) of cli.run(main) on no flags."""
+def _run(main, *args):
+    """(SystemExit code or the exception raised, stderr) of cli.run(main) on no flags and
+    the command-line arguments `args`."""
     stderr = io.StringIO()
     with (
         flagsaver.flagsaver(),
-        mock.patch.object(sys, "argv", ["prog"]),
+        mock.patch.object(sys, "argv", ["prog", *args]),
         contextlib.redirect_stderr(stderr),
     ):
         try:
@@ -44,6 +45,14 @@ class RunTest(absltest.TestCase):
         self.assertEqual(code, 2)
         self.assertEqual(stderr.count("\n"), 1, stderr)
         self.assertIn("prog: error: genotype: normal: concat must be a list", stderr)
+
+    def test_a_stray_argument_is_one_line_and_exit_2(self):
+        ran = []
+        code, stderr = _run(ran.append, "extra")
+        self.assertEqual(code, 2)
+        self.assertEqual(stderr.count("\n"), 1, stderr)
+        self.assertIn("prog: error: unexpected arguments: extra", stderr)
+        self.assertEqual(ran, [])
 
     def test_a_bug_keeps_its_traceback(self):
         # A library function failing with a plain ValueError is a bug, not bad input: absl's

@@ -173,6 +173,32 @@ class GenotypesTest(tf.test.TestCase):
             genotypes.load_genotype(text)
         self.assertLess(len(str(c.exception)), 4000)  # the problems alone: 2 MB
 
+    def test_an_input_index_of_thousands_of_digits_gives_one_short_line(self):
+        for digits in (4000, 5000):  # below and above int()'s 4300-digit string limit
+            index = "9" * digits
+            cell = '{"nodes": [[["sep_conv_3x3", %s]]], "concat": [2]}' % index
+            texts = (
+                '{"normal": [%s], "reduce": [%s]}' % (cell, cell),
+                f"Genotype(normal=[('sep_conv_3x3', {index})], normal_concat=[2], "
+                f"reduce=[('sep_conv_3x3', {index})], reduce_concat=[2])",
+            )
+            for text in texts:
+                with self.subTest(digits=digits, form=text[0]):
+                    with self.assertRaises(GenotypeError) as c:
+                        genotypes.load_genotype(text)
+                    self.assertNotIn("\n", str(c.exception))
+                    self.assertLess(len(str(c.exception)), 400)
+
+    def test_a_node_without_edges_is_refused(self):
+        empty_first = {"nodes": [[], [["sep_conv_3x3", 0]]], "concat": [2, 3]}
+        empty_only = {"nodes": [[]], "concat": [2]}
+        good = {"nodes": [[["sep_conv_3x3", 0], ["sep_conv_3x3", 1]]], "concat": [2]}
+        for cell in (empty_first, empty_only):
+            with self.subTest(cell=cell):
+                text = json.dumps({"normal": [cell], "reduce": [good]})
+                with self.assertRaisesRegex(GenotypeError, "normal: node 2 has no incoming edge"):
+                    genotypes.load_genotype(text)
+
     def test_cells_built_in_code_are_checked_too(self):
         with self.assertRaisesRegex(GenotypeError, "concat must be a list of node numbers"):
             genotypes.CellGenotype(((("skip_connect", 0),),), 2)

@@ -2,15 +2,18 @@
 always before a checkpoint, a stop and the epoch's end), and what a divergence found at a
 deferred read leaves behind. The steps here are Python functions, so nothing is traced."""
 
+import dataclasses
 import io
 import math
 import os
+import signal
 import sys
+import types
 
 import pytest
 import tensorflow as tf
 
-from tf_amended_darts import loop
+from tf_amended_darts import errors, loop
 
 
 class _Value:
@@ -53,8 +56,56 @@ class _Task:
         return ""
 
 
+class _SignalledTask(_Task):
+    """A _Task that sends its own process `signum` during global step `at_step`."""
+
+    def __init__(self, steps, events, signum, at_step):
+        super().__init__(steps, events)
+        self.signum, self.at_step = signum, at_step
+
+    def start_epoch(self, epoch, skip_batches):
+        plan = super().start_epoch(epoch, skip_batches)
+        step = plan.step
+
+        def signalling_step(batch):
+            if self.global_step + 1 == self.at_step:
+                os.kill(os.getpid(), self.signum)
+            return step(batch)
+
+        return dataclasses.replace(plan, step=signalling_step)
+
+
+class _ValidatedTask(_Task):
+    """A _Task whose epoch end validates (loop.validate) on a model that returns NaN logits
+    from epoch `bad_epoch` on, then writes an output (an "output" event)."""
+
+    def __init__(self, steps, events, bad_epoch):
+        super().__init__(steps, events)
+        self.bad_epoch = bad_epoch
+        images = tf.zeros([6, 2, 2, 1], tf.uint8)
+        self.split = tf.data.Dataset.from_tensor_slices((images, tf.zeros([6], tf.int64)))
+
+    def end_epoch(self, epochs_done, global_step, line):
+        def eval_step(batch):
+            _, labels = batch
+            logits = tf.fill(
+                [tf.shape(labels)[0], 3], math.nan if epochs_done >= self.bad_epoch else 0.0
+            )
+            return {
+                "loss": tf.reduce_sum(loop.cross_entropy(labels, logits)),
+                "correct": loop.correct_count(labels, logits),
+                "count": tf.cast(tf.shape(labels)[0], tf.float32),
+            }
+
+        info = types.SimpleNamespace(mean=(0.0,), std=(1.0,))
+        strategy = tf.distribute.get_strategy()
+        line.update(loop.validate(eval_step, strategy, self.split, info, batch_size=4))
+        self.events.append(("output", global_step))
+        return ""
+
+
 class RunnerTest(tf.test.TestCase):
-    def _run(self, events, *, epochs=1, steps=7, bad_step=None, **kwargs):
+    def _run(self, events, *, epochs=1, steps=7, bad_step=None, task=None, **kwargs):
         directory = os.path.join(self.get_temp_dir(), "run")
         runner = loop.Runner(
             directory,
@@ -77,7 +128,7 @@ class RunnerTest(tf.test.TestCase):
 
             runner.checkpointer.save = save
             outcome = runner.run(
-                _Task(steps, events, bad_step),
+                task or _Task(steps, events, bad_step),
                 epochs=epochs,
                 steps_per_epoch=steps,
                 batch_size=4,
@@ -133,6 +184,45 @@ class RunnerTest(tf.test.TestCase):
         self.assertEqual(saves, [4])  # the first epoch's end only
         # Step 6 was queued before the read that found step 5; step 7 never ran.
         self.assertEqual(max(step for kind, step in events if kind == "step"), 6)
+
+    def test_a_non_finite_validation_loss_stops_before_the_epochs_outputs(self):
+        # The training losses stay finite (a search at --learning_rate=1e6 does that while its
+        # weights explode); the validation loss of epoch 2 is NaN.
+        events = []
+        task = _ValidatedTask(3, events, bad_epoch=2)
+        with self.assertRaisesRegex(
+            loop.DivergedError, r"^diverged at the end of epoch 2: the validation loss is nan;"
+        ):
+            self._run(events, epochs=3, steps=3, task=task)
+        self.assertEqual(
+            [e for e in events if e[0] in ("save", "output")], [("output", 3), ("save", 3)]
+        )  # epoch 1's only
+
+    def test_a_signal_stops_after_its_step_with_a_checkpoint(self):
+        for signum, at_step, saves in (
+            (signal.SIGTERM, 5, [3, 5]),  # mid-epoch: a checkpoint at the step
+            (signal.SIGINT, 6, [3, 6]),  # an epoch's last step: the epoch ends first
+        ):
+            with self.subTest(signal=signum.name):
+                events = []
+                previous = signal.getsignal(signum)
+                task = _SignalledTask(3, events, signum, at_step)
+                with self.assertRaises(errors.Interrupted) as c:
+                    self._run(events, epochs=4, steps=3, task=task, metrics_every=4)
+                self.assertEqual(c.exception.signum, signum)
+                self.assertEqual(
+                    str(c.exception),
+                    f"stopped by {signum.name} after global step {at_step} (checkpoint saved)",
+                )
+                self.assertEqual([s for kind, s in events if kind == "save"], saves)
+                self.assertEqual(max(s for kind, s in events if kind == "step"), at_step)
+                self.assertIs(signal.getsignal(signum), previous)  # handlers restored
+
+    def test_a_signal_as_the_last_epoch_ends_lets_the_run_complete(self):
+        events = []
+        task = _SignalledTask(3, events, signal.SIGTERM, at_step=6)
+        outcome, saved = self._run(events, epochs=2, steps=3, task=task)
+        self.assertEqual((outcome.stopped, outcome.epoch, saved), (False, 2, [3, 6]))
 
     def test_refuses_metrics_every_below_one(self):
         with self.assertRaisesRegex(ValueError, "metrics_every must be at least 1"):

@@ -5,6 +5,7 @@ one clear line)."""
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -39,6 +40,26 @@ def _search(*args):
         text=True,
         timeout=600,
     )
+
+
+def _popen_search(*args):
+    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.Popen(
+        [sys.executable, "-m", "tf_amended_darts.bin.search", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for_line(process, text):
+    """Reads the process' stdout until a line holds `text` (fails if it ends first)."""
+    for line in process.stdout:
+        if text in line:
+            return
+    raise AssertionError(f"the search ended before printing {text!r}")
 
 
 def _final_probabilities(directory):
@@ -213,13 +234,82 @@ class SearchBinaryTest(tf.test.TestCase):
                 "global batch size 15 is not a positive multiple of the 2 replicas",
             ),
         ]
+        # tensorflow-datasets warns through absl about a version folder without metadata.
+        unprepared = os.path.join(self.get_temp_dir(), "tfds")
+        os.makedirs(os.path.join(unprepared, "mnist", "3.0.1"))
+        cases += [
+            (
+                ["--dataset=mnist", f"--data_dir={unprepared}"],
+                f"tensorflow-datasets dataset 'mnist' is not prepared in {unprepared}",
+            ),
+            (["extra"], "unexpected arguments: extra"),  # not the flag help
+        ]
         for extra, message in cases:
-            run = _search(f"--output_dir={out}", "--overwrite", *TINY, *extra)
-            self.assertEqual(run.returncode, 2, run.stderr[-2000:])
-            self.assertLen(run.stderr.strip().splitlines(), 1, run.stderr[-2000:])
-            self.assertStartsWith(run.stderr, "search: error: ")
-            self.assertIn(message, run.stderr)
-            self.assertFalse(os.path.exists(out))
+            with self.subTest(extra=extra):
+                run = _search(f"--output_dir={out}", "--overwrite", *TINY, *extra)
+                self.assertEqual(run.returncode, 2, run.stderr[-2000:])
+                self.assertLen(run.stderr.strip().splitlines(), 1, run.stderr[-2000:])
+                self.assertStartsWith(run.stderr, "search: error: ")
+                self.assertIn(message, run.stderr)
+                self.assertFalse(os.path.exists(out))
+
+    def test_an_output_dir_that_is_or_lies_under_a_file_is_one_line(self):
+        a_file = os.path.join(self.get_temp_dir(), "notes.txt")
+        with open(a_file, "w") as f:
+            f.write("a user's file\n")
+        for out, why in (
+            (a_file, "a file of that name is in the way"),
+            (os.path.join(a_file, "run"), "a part of the path is a file, not a folder"),
+        ):
+            with self.subTest(out=out):
+                run = _search(f"--output_dir={out}", *TINY)
+                self.assertEqual(run.returncode, 2, run.stderr[-2000:])
+                self.assertEqual(
+                    run.stderr.strip().splitlines(),
+                    [f"search: error: cannot make the folder {out}: {why}"],
+                )
+        with open(a_file) as f:
+            self.assertEqual(f.read(), "a user's file\n")
+
+    def test_sigterm_stops_with_a_checkpoint_and_the_resume_is_identical(self):
+        full, part = (os.path.join(self.get_temp_dir(), n) for n in ("full_s", "part_s"))
+        common = ["--deterministic", "--seed=6", "--arch_gradient=first_order", *TINY]
+        common += ["--epochs=10"]  # long enough to be signalled in the middle
+        self.assertEqual(_search(f"--output_dir={full}", *common).returncode, 0)
+        stopped = _popen_search(f"--output_dir={part}", *common)
+        _wait_for_line(stopped, "epoch 2/10")
+        stopped.send_signal(signal.SIGTERM)
+        _, stderr = stopped.communicate(timeout=600)
+        self.assertEqual(stopped.returncode, 128 + signal.SIGTERM, stderr[-2000:])
+        last = stderr.strip().splitlines()[-1]
+        self.assertRegex(
+            last,
+            r"^search: stopped by SIGTERM after global step \d+ \(checkpoint saved\): run the "
+            r"same command again with --resume to continue$",
+        )
+        step = int(last.split()[7])
+        self.assertLess(step, 20)  # stopped before the end
+        self.assertEqual(
+            tf.train.latest_checkpoint(os.path.join(part, "checkpoints")),
+            os.path.join(part, "checkpoints", f"ckpt-{step}"),
+        )
+        self.assertFalse(os.path.exists(os.path.join(part, "run.lock")))
+        resumed = _search(f"--output_dir={part}", "--resume", *common)
+        self.assertEqual(resumed.returncode, 0, resumed.stderr[-3000:])
+        self.assertAllEqual(_final_probabilities(full), _final_probabilities(part))
+
+    def test_a_second_signal_stops_at_once(self):
+        # Both signals reach the run while it builds its first step (seconds of tracing):
+        # the first asks for a stop after that step, the second ends the process there.
+        out = os.path.join(self.get_temp_dir(), "twice")
+        run = _popen_search(f"--output_dir={out}", "--arch_gradient=first_order", *TINY)
+        _wait_for_line(run, "architecture gradient:")  # the Runner's handlers are in place
+        run.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        run.send_signal(signal.SIGINT)
+        run.communicate(timeout=600)
+        self.assertEqual(run.returncode, -signal.SIGINT)  # killed by it, not 130 after a step
+        self.assertFalse(os.path.exists(os.path.join(out, "checkpoints", "checkpoint")))
 
     def test_flags_out_of_range_are_refused_by_absl_before_anything_is_written(self):
         out = os.path.join(self.get_temp_dir(), "bad_flag")

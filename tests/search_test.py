@@ -4,6 +4,7 @@ Stop-and-resume (deterministic) is tested through the binary in search_binary_te
 
 import json
 import os
+from unittest import mock
 
 import numpy as np
 import tensorflow as tf
@@ -221,6 +222,47 @@ class SearchTest(tf.test.TestCase):
             self.assertEqual(
                 f.read().strip().splitlines()[-1].split("] ", 1)[1], str(caught.exception)
             )
+
+    def test_out_of_memory_is_one_line_naming_the_step_and_the_run_resumes(self):
+        directory = self.get_temp_dir() + "/oom"
+        real = loop.step_function
+
+        def third_search_step_runs_out_of_memory(fn, **kwargs):
+            traced = real(fn, **kwargs)
+            if fn.__name__ != "_search_step":
+                return traced
+            calls = []
+
+            def step(*args):
+                calls.append(len(calls) + 1)
+                if calls[-1] == 3:
+                    raise tf.errors.ResourceExhaustedError(
+                        None, None, "OOM when allocating tensor with shape[16,4,8,8]\nmore"
+                    )
+                return traced(*args)
+
+            return step
+
+        run = dict(arch_gradient="first_order", epochs=2, steps_per_epoch=2, validate=False)
+        with mock.patch.object(loop, "step_function", third_search_step_runs_out_of_memory):
+            with self.assertRaises(loop.OutOfMemoryError) as caught:
+                _run(directory, **run)
+        message = str(caught.exception)
+        self.assertIsInstance(caught.exception, errors.InputError)  # one line, exit 2
+        self.assertEqual(
+            message,
+            "out of memory (OOM when allocating tensor with shape[16,4,8,8]); the first_order "
+            "search step at batch_size 16, sub_batches 1: lower batch_size; the run directory "
+            "resumes from its last checkpoint",
+        )
+        resumed = _run(directory, resume=True, **run)  # the lock is released, epoch 1 kept
+        self.assertTrue(resumed.finished)
+        amended = search.SearchConfig(batch_size=64, sub_batches=2)
+        self.assertEqual(
+            search._memory_hint(amended, amended.estimator()),  # pylint: disable=protected-access
+            "the amended search step at batch_size 64, sub_batches 2: raise sub_batches "
+            "(a divisor of batch_size) or lower batch_size",
+        )
 
     def test_cosine_schedule_per_epoch_as_the_reference_steps_it(self):
         # The reference calls scheduler.step() before each epoch: epoch e (from 0) runs at

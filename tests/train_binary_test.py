@@ -109,6 +109,41 @@ class TrainBinaryTest(tf.test.TestCase):
         )
         self.assertFalse(os.path.exists(out))
 
+    def test_genotype_values_the_validator_let_through_are_one_line(self):
+        good = {"nodes": [[["sep_conv_3x3", 0], ["skip_connect", 1]]], "concat": [2]}
+        huge = {"nodes": [[["sep_conv_3x3", "HUGE"]]], "concat": [2]}
+        cases = (
+            ({"normal": [{"nodes": [[]], "concat": [2]}], "reduce": [good]}, "no incoming edge"),
+            ({"normal": [good], "reduce": [huge]}, "a number too long to be an input index"),
+        )
+        for genotype, message in cases:
+            with self.subTest(message=message):
+                out = os.path.join(self.get_temp_dir(), "bad_genotype")
+                path = os.path.join(self.get_temp_dir(), "genotype.json")
+                with open(path, "w") as f:
+                    f.write(json.dumps(genotype).replace('"HUGE"', "9" * 5000))
+                run = _run("train", f"--output_dir={out}", *TINY, f"--genotype={path}")
+                self.assertEqual(run.returncode, 2, run.stderr[-2000:])
+                self.assertLen(run.stderr.strip().splitlines(), 1, run.stderr[-2000:])
+                self.assertStartsWith(run.stderr, f"train: error: genotype file {path}: ")
+                self.assertIn(message, run.stderr)
+                self.assertFalse(os.path.exists(out))
+
+    def test_an_output_dir_under_a_file_is_one_line(self):
+        a_file = os.path.join(self.get_temp_dir(), "notes.txt")
+        with open(a_file, "w") as f:
+            f.write("a user's file\n")
+        out = os.path.join(a_file, "run")
+        run = _run("train", f"--output_dir={out}", *TINY)
+        self.assertEqual(run.returncode, 2, run.stderr[-2000:])
+        self.assertEqual(
+            run.stderr.strip().splitlines(),
+            [
+                f"train: error: cannot make the folder {out}: a part of the path is a file, not a "
+                "folder"
+            ],
+        )
+
 
 if __name__ == "__main__":
     tf.test.main()

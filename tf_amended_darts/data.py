@@ -25,12 +25,14 @@ RandomResizedCrop), flipped and colour-jittered; test images resized (shorter si
 image_size * 256 / 224 and centre-cropped to image_size.
 """
 
+import contextlib
 import dataclasses
 import os
 from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from tf_amended_darts import errors
 
@@ -422,6 +424,18 @@ def _estimated_stats(train: tf.data.Dataset, limit: int = 10_000):
     return tuple(float(v) for v in mean), tuple(float(v) if v > 0 else 1.0 for v in std)
 
 
+@contextlib.contextmanager
+def _absl_errors_only():
+    """tensorflow-datasets warns through absl while it looks for a dataset that is not
+    prepared ("Variant folder ... has no dataset_info.json"): the error that follows says it."""
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+
+
 def _load_tfds(name, data_dir, download, size) -> Dataset:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (slow import)
 
@@ -430,7 +444,9 @@ def _load_tfds(name, data_dir, download, size) -> Dataset:
         "tensorflow-datasets image-classification name"
     )
     try:
-        builder = tfds.builder(name, data_dir=data_dir)
+        with _absl_errors_only():
+            builder = tfds.builder(name, data_dir=data_dir)
+            prepared = builder.is_prepared()
     except tfds.core.registered.DatasetNotFoundError:
         raise DatasetError(f"unknown dataset {name!r}: {alternatives}") from None
     base = name.split("/")[0].split(":")[0]
@@ -443,7 +459,7 @@ def _load_tfds(name, data_dir, download, size) -> Dataset:
         "with that archive extracted in DIR",
         "imagenet2012": " (ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar)",
     }.get(base, "")
-    if not builder.is_prepared():
+    if not prepared:
         if not download:
             raise DatasetError(
                 f"tensorflow-datasets dataset {name!r} is not prepared in {where}: pass "

@@ -23,7 +23,7 @@ import tempfile
 import keras
 import tensorflow as tf
 
-from tf_amended_darts import checkpointing, data, errors, profiling, run_dir
+from tf_amended_darts import checkpointing, data, errors, io_utils, profiling, run_dir
 
 SIGNATURE = "serving_default"
 METADATA = "metadata"
@@ -136,7 +136,7 @@ def export_network(net, export_dir, config, dataset_info, overwrite=False):
 
     target = os.path.abspath(export_dir)
     parent = os.path.dirname(target)
-    os.makedirs(parent, exist_ok=True)
+    io_utils.make_directory(parent)
     tmp = tempfile.mkdtemp(dir=parent, prefix=f".tmp-{os.path.basename(target)}-")
     try:
         archive.write_out(tmp, verbose=False)

@@ -120,6 +120,9 @@ class CellGenotype:
     def problems(self, where):
         if not self.nodes:
             return [f"{where}: no intermediate nodes"]
+        empty = [2 + i for i, node in enumerate(self.nodes) if not node]
+        if empty:  # a node without inputs has no value to pass on
+            return [f"{where}: node {_show(empty[0])} has no incoming edge"]
         found = []
         k = self.inputs_per_node
         if [len(node) for node in self.nodes] != _edges_per_node(self.num_nodes, k):
@@ -133,7 +136,8 @@ class CellGenotype:
             for _, j in node:
                 if not 0 <= j < 2 + i:
                     found.append(
-                        f"{where}: node {2 + i} takes input {j}, which is out of range 0..{1 + i}"
+                        f"{where}: node {2 + i} takes input {_show(j)}, which is out of range "
+                        f"0..{1 + i}"
                     )
         last = 1 + self.num_nodes
         if not self.concat:
@@ -329,10 +333,14 @@ class Genotype:
     def from_json(cls, text):
         try:
             data = json.loads(text, parse_constant=_refuse_json_constant)
+        except GenotypeError:  # _refuse_json_constant's (a ValueError too)
+            raise
         except json.JSONDecodeError as e:
             raise GenotypeError(f"malformed JSON: {e}") from None
         except RecursionError:
             raise GenotypeError("malformed JSON: nested too deeply") from None
+        except ValueError:  # int() refuses integers of more than sys.get_int_max_str_digits()
+            raise GenotypeError("malformed JSON: a number too long to be an input index") from None
         return cls.from_dict(data)
 
     @classmethod

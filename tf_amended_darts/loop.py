@@ -20,10 +20,13 @@ global batches split over the replicas; they return a dict of per-replica values
 `reduce_sum` adds up, so global quantities (norms) are returned as their share 1/replicas.
 """
 
+import contextlib
 import dataclasses
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Callable, Iterable, Protocol
 
@@ -39,6 +42,11 @@ DIVERGED = "diverged"  # the step metric that says a step's numbers diverged (up
 class DivergedError(errors.InputError):
     """The run's loss, gradients or alphas stopped being finite (usually too large a learning
     rate): the run stops without saving; its last checkpoint and genotype stay as they were."""
+
+
+class OutOfMemoryError(errors.InputError):
+    """TensorFlow could not allocate a step's tensors (ResourceExhaustedError): the run stops;
+    its directory resumes from the last checkpoint once the step is made smaller."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,7 +292,12 @@ def validate(eval_step, strategy, dataset, info, batch_size):
         for k, v in eval_step(batch).items():
             totals[k] += float(v)
     count = max(totals["count"], 1.0)
-    return {"valid_loss": totals["loss"] / count, "valid_acc": totals["correct"] / count}
+    loss = totals["loss"] / count
+    if not math.isfinite(loss):
+        # Training losses can stay finite while the weights explode (clipped gradients,
+        # BatchNorm); the moving statistics then give non-finite inference outputs.
+        raise DivergedError(f"the validation loss is {loss}")
+    return {"valid_loss": loss, "valid_acc": totals["correct"] / count}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,7 +318,7 @@ class Epoch:
 class Outcome:
     """What Runner.run ends with."""
 
-    stopped: bool  # by stop_after_steps, before the last epoch ended
+    stopped: bool  # by stop_after_steps
     line: dict  # the last completed epoch's summary (empty if none ran)
     epoch: int  # epochs completed
     global_step: int
@@ -319,7 +332,40 @@ class EpochTask(Protocol):
         """Sets the epoch's hyperparameters (learning rate...) and returns its Epoch."""
 
     def end_epoch(self, epochs_done: int, global_step: int, line: dict) -> str:
-        """End-of-epoch work (validation into `line`, outputs); returns a log-line suffix."""
+        """End-of-epoch work (validation into `line`, then outputs); returns a log-line
+        suffix. `validate` raises DivergedError on a non-finite loss, before the outputs."""
+
+
+class _StopSignals:
+    """While installed (the main thread only): the first SIGINT or SIGTERM (Ctrl-C, a batch
+    scheduler, a preempted cloud machine) is noted in `signum` for the run loop to stop at
+    its next step boundary with a checkpoint; the signals' default actions come back at once,
+    so a second one stops the process where it is."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum, self._previous = None, None
+
+    def install(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+
+    def restore(self):
+        if self._previous:
+            for s, handler in self._previous.items():
+                signal.signal(s, handler)
+            self._previous = None
+
+    def _handle(self, signum, frame):
+        del frame
+        self.signum = signum
+        for s in self.SIGNALS:
+            signal.signal(s, signal.SIG_DFL)
+
+    @property
+    def name(self):
+        return signal.Signals(self.signum).name
 
 
 class Runner:
@@ -358,11 +404,14 @@ class Runner:
         self.checkpointer = None
         self.writer = None
         self.progress = None
+        self._signals = _StopSignals()
 
     def __enter__(self):
+        self._signals.install()
         return self
 
     def __exit__(self, *exc):
+        self._signals.restore()
         if self.writer is not None:
             self.writer.flush()
         if self.checkpointer is not None:
@@ -436,6 +485,7 @@ class Runner:
         stop_after_steps=None,
         metrics_every=1,
         divergence_hint="",
+        memory_hint="",
     ):
         """Runs the epochs left: per epoch task.start_epoch, the steps (progress, per-step
         summaries, a checkpoint every `checkpoint_every` steps and when the global step
@@ -446,10 +496,17 @@ class Runner:
         the device; between reads the host queues the next steps), and always before a
         checkpoint, a stop and the epoch's end; every step's metrics are summarised.
 
+        A SIGINT or SIGTERM (the first; a second one ends the process at once) stops the run
+        after the step it arrived in (at an epoch's last step, after the epoch's end) with a
+        checkpoint, and raises errors.Interrupted; a resume continues bit-identically.
+
         Returns an Outcome (`line`: the last completed epoch's summary). Raises
         DivergedError (message + `divergence_hint`) at the first step whose numbers are not
         finite, before anything is saved after it: that step's update was skipped; the
-        steps queued after it before the read are discarded with the run.
+        steps queued after it before the read are discarded with the run. Likewise when
+        task.end_epoch raises it (`validate`: a non-finite validation loss), before the
+        epoch's checkpoint. Raises OutOfMemoryError (+ `memory_hint`: what the run's step
+        is and how to make it smaller) when TensorFlow runs out of memory.
         """
         if metrics_every < 1:
             raise ValueError(f"metrics_every must be at least 1, got {metrics_every}")
@@ -458,7 +515,7 @@ class Runner:
             epochs * steps_per_epoch, batch_size, stream=self._progress_stream, enabled=self.chief
         )
         stopped, line = False, {}
-        with self.writer.as_default():
+        with self.writer.as_default(), _out_of_memory_as_input_error(memory_hint):
             while epoch < epochs and not stopped:
                 plan = task.start_epoch(epoch, step_in_epoch)
                 summary, step_in_epoch, global_step, stopped = self._run_epoch(
@@ -477,7 +534,10 @@ class Runner:
                     break
                 epoch, step_in_epoch = epoch + 1, 0
                 line = {**plan.scalars, **summary}
-                suffix = task.end_epoch(epoch, global_step, line)
+                try:
+                    suffix = task.end_epoch(epoch, global_step, line)
+                except DivergedError as e:  # loop.validate's, before the epoch's outputs
+                    self._stop_diverged(f"at the end of epoch {epoch}: {e}", divergence_hint)
                 for k, v in line.items():
                     run_dir.write_scalar(f"epoch/{k}", v, step=global_step)
                 self.save(epoch, 0, global_step)
@@ -486,6 +546,16 @@ class Runner:
                     + " ".join(f"{k}={v:.4g}" for k, v in line.items())
                     + suffix
                 )
+                stopped = stopped or self._signals.signum is not None  # one during the epoch end
+        if self._signals.signum is not None:
+            if epoch < epochs:
+                message = (
+                    f"stopped by {self._signals.name} after global step {global_step} "
+                    "(checkpoint saved)"
+                )
+                self.log(message, echo=False)
+                raise errors.Interrupted(message, self._signals.signum)
+            stopped = False  # it came as the last epoch ended: the run is complete
         if stopped:  # by stop_after_steps (the run diverging raises instead)
             self.log(
                 f"stopped after global step {global_step} (checkpoint saved; --resume continues)"
@@ -513,7 +583,8 @@ class Runner:
         divergence_hint,
     ):
         """The steps of the rest of an epoch; returns (summary, step_in_epoch, global_step,
-        stopped); summary: mean train_loss and train_acc of the steps run."""
+        stopped: by stop_after_steps or a signal); summary: mean train_loss and train_acc of
+        the steps run."""
         sums, ran, stopped, unread = {}, 0, False, []
 
         def read():
@@ -530,7 +601,9 @@ class Runner:
         for batch in plan.batches:
             step_in_epoch, global_step, ran = step_in_epoch + 1, global_step + 1, ran + 1
             unread.append((global_step, plan.step(batch)))
-            stopped = stop_after_steps is not None and global_step >= stop_after_steps
+            stopped = self._signals.signum is not None or (
+                stop_after_steps is not None and global_step >= stop_after_steps
+            )
             save = step_in_epoch < steps_per_epoch and (
                 stopped or (checkpoint_every and global_step % checkpoint_every == 0)
             )
@@ -565,13 +638,27 @@ class Runner:
             if bad
             else "the alphas are not finite"
         )
+        self._stop_diverged(f"at global step {step}: {what}; the step was not applied", hint)
+
+    def _stop_diverged(self, where, hint):
         message = (
-            f"diverged at global step {step}: {what}; the step was not applied and the "
-            f"run stops: its last checkpoint and genotype are the last good ones"
-            + (f"; try a {hint}" if hint else "")
+            f"diverged {where}; the run stops: its last checkpoint and genotype are the last "
+            "good ones" + (f"; try a {hint}" if hint else "")
         )
         self.log(message, echo=False)
         raise DivergedError(message)
+
+
+@contextlib.contextmanager
+def _out_of_memory_as_input_error(hint):
+    try:
+        yield
+    except tf.errors.ResourceExhaustedError as e:
+        tf_says = (e.message.strip().splitlines() or ["ResourceExhaustedError"])[0][:160]
+        raise OutOfMemoryError(
+            f"out of memory ({tf_says}); " + (f"{hint}; " if hint else "") + "the run "
+            "directory resumes from its last checkpoint"
+        ) from None
 
 
 # The quantities a divergence shows first in, named first when several are non-finite.

@@ -124,7 +124,7 @@ def prepare(directory, config, kind, resume=False, overwrite=False, owned=()):
     nothing in `directory`.
     """
     _check(directory, config, kind, resume, overwrite)
-    os.makedirs(directory, exist_ok=True)
+    io_utils.make_directory(directory)
     claim(directory)
     try:  # again, now that no other process can write run.json
         resuming = _check(directory, config, kind, resume, overwrite)

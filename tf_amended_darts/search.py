@@ -477,6 +477,7 @@ def search(
             stop_after_steps=stop_after_steps,
             metrics_every=metrics_every,
             divergence_hint="lower --learning_rate or --arch_learning_rate",
+            memory_hint=_memory_hint(config, estimator),
         )
         genotype = model.genotype()
         if runner.chief:
@@ -503,6 +504,18 @@ def search(
         images_per_second=outcome.images_per_second,
         metrics=outcome.line,
     )
+
+
+def _memory_hint(config, estimator):
+    """What a search step that ran out of memory is, and what makes it smaller."""
+    step = (
+        f"the {estimator.name} search step at batch_size {config.batch_size}, sub_batches "
+        f"{config.sub_batches}"
+    )
+    if estimator.name == "first_order":
+        return f"{step}: lower batch_size"
+    # sub_batches splits the second-derivative products, whose activations dominate.
+    return f"{step}: raise sub_batches (a divisor of batch_size) or lower batch_size"
 
 
 class _SearchEpochs:

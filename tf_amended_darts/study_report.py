@@ -315,6 +315,6 @@ def write_report(records_dir, output_dir, planned_seeds=None):
     """report.md (the tables) and the PNGs in `output_dir`, from the records in records_dir
     (planned_seeds: see summarize)."""
     summary = summarize(load_records(records_dir), planned_seeds)
-    os.makedirs(output_dir, exist_ok=True)
+    io_utils.make_directory(output_dir)
     io_utils.write_atomic(os.path.join(output_dir, "report.md"), markdown(summary))
     return [os.path.join(output_dir, "report.md")] + plot(summary, output_dir)

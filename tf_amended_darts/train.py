@@ -336,6 +336,8 @@ def train(
             stop_after_steps=stop_after_steps,
             metrics_every=metrics_every,
             divergence_hint="lower --learning_rate",
+            memory_hint=f"the {config.network} training step at batch_size "
+            f"{config.batch_size}: lower batch_size",
         )
         if not outcome.stopped:
             runner.log(

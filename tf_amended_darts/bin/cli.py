@@ -1,5 +1,7 @@
-"""What every binary shares: bad input (errors.InputError) is one line and exit status 2;
-any other exception is a bug and shows its traceback (absl re-raises it: exit status 1)."""
+"""What every binary shares: bad input (errors.InputError) is one line and exit status 2; a
+run stopped by SIGINT/SIGTERM (errors.Interrupted) is one line saying how to continue and exit
+status 128 + the signal; any other exception is a bug and shows its traceback (absl re-raises
+it: exit status 1)."""
 
 import importlib
 import logging as python_logging
@@ -205,8 +207,8 @@ def run(main):
     """`app.run(main)`, with bad input (errors.InputError) printed as one line (exit status 2)."""
 
     def guarded(argv):
-        if len(argv) > 1:
-            raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        if len(argv) > 1:  # absl's UsageError would print the whole flag help before it
+            _exit_with_error(f"unexpected arguments: {' '.join(argv[1:])} (flags are --name=value)")
         if not flags.FLAGS["verbosity"].present:
             # TF logs routine INFO lines (checkpoint sharding...) through absl; -v=0 shows them.
             logging.set_verbosity(logging.WARNING)
@@ -214,11 +216,24 @@ def run(main):
         try:
             return main(argv)
         except errors.InputError as e:
-            name = os.path.basename(sys.argv[0]).removesuffix(".py")
-            print(f"{name}: error: {e}", file=sys.stderr)
-            sys.exit(2)
+            _exit_with_error(e)
+        except errors.Interrupted as e:
+            resume = " with --resume" if "resume" in flags.FLAGS else ""
+            print(
+                f"{_name()}: {e}: run the same command again{resume} to continue", file=sys.stderr
+            )
+            sys.exit(128 + e.signum)
 
     app.run(guarded)
+
+
+def _name():
+    return os.path.basename(sys.argv[0]).removesuffix(".py")
+
+
+def _exit_with_error(message):
+    print(f"{_name()}: error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def _console_script(binary):
