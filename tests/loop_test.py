@@ -224,6 +224,28 @@ class RunnerTest(tf.test.TestCase):
         outcome, saved = self._run(events, epochs=2, steps=3, task=task)
         self.assertEqual((outcome.stopped, outcome.epoch, saved), (False, 2, [3, 6]))
 
+    def test_an_epochs_ranges_give_mean_min_and_max_of_a_step_metric(self):
+        events = []
+
+        class Ranged(_Task):
+            def start_epoch(self, epoch, skip_batches):
+                plan = super().start_epoch(epoch, skip_batches)
+                step = plan.step
+
+                def with_eta(batch):
+                    metrics = step(batch)
+                    eta = {1: 0.5, 2: 0.1, 3: 0.3}[self.global_step]
+                    return {**metrics, "arch/amending_coefficient": _Value(eta, 0, events)}
+
+                return dataclasses.replace(
+                    plan, step=with_eta, ranges=("arch/amending_coefficient",)
+                )
+
+        outcome, _ = self._run(events, steps=3, task=Ranged(3, events), metrics_every=2)
+        self.assertAlmostEqual(outcome.line["amending_coefficient"], 0.3, places=12)
+        self.assertEqual(outcome.line["amending_coefficient_min"], 0.1)
+        self.assertEqual(outcome.line["amending_coefficient_max"], 0.5)
+
     def test_refuses_metrics_every_below_one(self):
         with self.assertRaisesRegex(ValueError, "metrics_every must be at least 1"):
             self._run([], metrics_every=0)

@@ -312,6 +312,9 @@ class Epoch:
     batches: Iterable  # the rest of the epoch's batches (already skipping the done ones)
     scalars: dict  # logged and summarised with the epoch (must hold "lr")
     note: str = ""  # appended to the epoch's log line label
+    # Step metrics whose mean, min and max over the epoch's steps join the epoch's summary,
+    # as <name>, <name>_min, <name>_max without the "arch/" prefix.
+    ranges: tuple = ()
 
 
 @dataclasses.dataclass
@@ -586,6 +589,7 @@ class Runner:
         stopped: by stop_after_steps or a signal); summary: mean train_loss and train_acc of
         the steps run."""
         sums, ran, stopped, unread = {}, 0, False, []
+        seen = {k: [] for k in plan.ranges}
 
         def read():
             for step, values in unread:
@@ -594,6 +598,8 @@ class Runner:
                     self._diverged(metrics, step, divergence_hint)
                 for k, v in metrics.items():
                     sums[k] = sums.get(k, 0.0) + v
+                for k, values_of_k in seen.items():
+                    values_of_k.append(metrics[k])
                 self.progress.update(step, epoch=epoch, loss=metrics["train_loss"])
                 _step_summaries(metrics, plan.scalars["lr"], batch_size, step)
             unread.clear()
@@ -621,6 +627,16 @@ class Runner:
         }
         if "overflow" in sums:  # float16 (LossScale): the steps skipped for an overflow
             summary["overflow_steps"] = sums["overflow"]
+        for k, values in seen.items():
+            if values:
+                name = k.removeprefix("arch/")
+                summary.update(
+                    {
+                        name: sum(values) / len(values),
+                        f"{name}_min": min(values),
+                        f"{name}_max": max(values),
+                    }
+                )
         return summary, step_in_epoch, global_step, stopped
 
     def _diverged(self, metrics, step, hint):

@@ -549,6 +549,7 @@ class _SearchEpochs:
             for k, part in enumerate(self.parts)
         ]
         warmup = epoch < c.warmup_epochs
+        auto = getattr(searcher.estimator, "eta", None) == estimators.AUTO
         step = (
             (lambda pair: searcher.weight_step(pair[0]))
             if warmup
@@ -559,6 +560,8 @@ class _SearchEpochs:
             batches=zip(*batches),
             scalars={"lr": lr},
             note=" (warm-up: weights only)" if warmup else "",
+            # amended's `auto`: the coefficient it chose, per epoch (mean, min, max)
+            ranges=("arch/amending_coefficient",) if auto and not warmup else (),
         )
 
     def end_epoch(self, epochs_done, global_step, line):

@@ -215,6 +215,14 @@ def _epoch_recorder(config, record, record_path, measures):
             ),
             "valid_acc": line.get("valid_acc"),
             "valid_loss": line.get("valid_loss"),
+            # amended's `auto` (loop.Epoch.ranges): the coefficient over the epoch's steps
+            "amending_coefficient": {
+                "mean": line["amending_coefficient"],
+                "min": line["amending_coefficient_min"],
+                "max": line["amending_coefficient_max"],
+            }
+            if "amending_coefficient" in line
+            else None,
             **measured,
             "cosine_to_implicit": _cosines(run, cosines, traced)
             if every and epoch % every == 0
