@@ -7,7 +7,7 @@ import tempfile
 
 import tensorflow as tf
 
-from tf_amended_darts import genotypes
+from tf_amended_darts import genotypes, operations
 from tf_amended_darts.genotypes import Genotype, GenotypeError
 
 V2 = (
@@ -71,6 +71,16 @@ class GenotypesTest(tf.test.TestCase):
     def test_count_ops(self):
         g = genotypes.PUBLISHED["DARTS_V2"]
         self.assertEqual(g.count_ops({"skip_connect"}), 2 + 3)
+
+    def test_noise_genotypes_round_trip_and_count_as_parameter_free(self):
+        cell = genotypes.CellGenotype.from_edges(
+            [("noise", 0), ("sep_conv_3x3", 1)] * 2 + [("noise", 2), ("noise", 3)] * 2,
+            range(2, 6),
+        )
+        g = Genotype((cell,), (cell,))
+        self.assertEqual(Genotype.parse(g.to_string()), g)
+        self.assertEqual(Genotype.from_json(g.to_json()), g)
+        self.assertEqual(g.count_ops(operations.PARAMETER_FREE_OPS), 2 * 6)
 
     def test_each_malformed_genotype_gives_its_error(self):
         cases = {

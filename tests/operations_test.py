@@ -346,6 +346,51 @@ class OperationsTest(tf.test.TestCase):
             [v for v in op.trainable_variables if "gamma" in v.path or "beta" in v.path]
         )
 
+    def test_noise_is_standard_normal_of_the_strided_shape_without_weights_or_input_gradient(
+        self,
+    ):
+        for dtype, stride, size, out in (
+            ("float32", 1, 8, 8),
+            ("float64", 2, 7, 4),
+            ("bfloat16", 2, 8, 4),
+        ):
+            with self.subTest(dtype=dtype, stride=stride):
+                op = operations.make_operation("noise", 3, stride, False, dtype=dtype)
+                x = tf.random.normal((2, size, size, 3), dtype=dtype, seed=1)
+                with tf.GradientTape() as tape:
+                    tape.watch(x)
+                    y = op(x, training=True)
+                self.assertEqual((tuple(y.shape), y.dtype), ((2, out, out, 3), tf.as_dtype(dtype)))
+                self.assertIsNone(tape.gradient(y, x))
+                self.assertEqual(op.trainable_variables, [])
+        # Standard normal: 2e5 draws put the sample mean within 4.5 standard errors (0.01) of
+        # 0 and the standard deviation within 0.01 of 1.
+        y = operations.make_operation("noise", 50, 1, False)(tf.zeros((20, 20, 10, 50)))
+        self.assertAllClose([np.mean(y), np.std(y)], [0.0, 1.0], atol=0.01)
+        self.assertIn("noise", operations.PARAMETER_FREE_OPS)
+
+    def test_noise_depends_on_its_state_only_advancing_once_per_training_pass(self):
+        op = operations.make_operation("noise", 2, 1, False)
+        x = tf.zeros((1, 4, 4, 2))
+        first = op(x, training=True)
+        # Other input values, same state: the same noise; the state moved on: other noise.
+        op.state.assign(op.state - [0, 1])
+        self.assertAllEqual(op(x + 5.0, training=True), first)
+        self.assertNotAllClose(op(x, training=True), first)
+        # Inference reads the state and leaves it.
+        state = op.state.numpy()
+        self.assertAllEqual(op(x, training=False), op(x, training=False))
+        self.assertAllEqual(op.state, state)
+        # Stateless calls from one state (the estimators' passes of a step) draw the same
+        # noise and return the state advanced once.
+        (a, new_a), (b, new_b) = [op.stateless_call([], [state], x, training=True) for _ in "ab"]
+        self.assertAllEqual(a, b)
+        self.assertAllEqual(new_a, new_b)
+        self.assertAllEqual(new_a[0], state + [0, 1])
+        # Two layers built after one seeding draw different noise.
+        other = operations.make_operation("noise", 2, 1, False)
+        self.assertNotAllClose(other(x, training=False), op(x, training=False))
+
     def test_unknown_operation(self):
         with self.assertRaisesRegex(ValueError, "unknown operation 'conv_9x9'"):
             operations.make_operation("conv_9x9", 4, 1, True)

@@ -152,6 +152,37 @@ class SearchTest(tf.test.TestCase):
         self.assertEqual(sorted(logged), [2, 4])
         self.assertAllClose([logged[2], logged[4]], [c[4] for c in calls])
 
+    def test_a_noise_space_search_advances_the_noise_once_per_step_and_resumes_identically(self):
+        # S4's noise: the estimator's passes of a step share it, the weight step advances it,
+        # the checkpoint keeps it; so a stopped and resumed search equals the straight one.
+        kwargs = dict(
+            operations=("noise", "sep_conv_3x3"),
+            arch_gradient="amended",
+            epochs=2,
+            steps_per_epoch=2,
+        )
+        straight, stopped = self.get_temp_dir() + "/straight", self.get_temp_dir() + "/stopped"
+        _run(straight, **kwargs)
+        self.assertFalse(_run(stopped, stop_after_steps=3, **kwargs).finished)
+        _run(stopped, resume=True, **kwargs)
+
+        def saved(directory):
+            reader = tf.train.load_checkpoint(os.path.join(directory, "checkpoints"))
+            names = set(reader.get_variable_to_shape_map())
+            # The object graph names the layers (numbered per process); save_counter differs.
+            names -= {"_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter/.ATTRIBUTES/VARIABLE_VALUE"}
+            return {k: reader.get_tensor(k) for k in names}
+
+        a, b = saved(straight), saved(stopped)
+        self.assertEqual(sorted(a), sorted(b))
+        for name in a:
+            self.assertAllEqual(a[name], b[name], msg=name)
+        states = [a[k] for k in a if k.endswith(".state/.ATTRIBUTES/VARIABLE_VALUE")]
+        # TINY: 3 cells of 1 node, 2 edges each, one noise layer per edge.
+        self.assertLen(states, 3 * 2)
+        self.assertEqual({int(s[1]) for s in states}, {4})  # 4 weight steps
+        self.assertLen({int(s[0]) for s in states}, len(states))  # a key of its own each
+
     def test_resume_reads_checkpoints_that_still_hold_the_former_seed_entry(self):
         # Checkpoints of earlier versions also held the config's seed (never read back); the
         # loop's restore must take them without it.

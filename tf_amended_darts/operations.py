@@ -5,6 +5,8 @@ convolutions applied twice, factorized reduce for skip_connect at stride 2, a ze
 honours the stride, and BatchNorm without affine parameters inside the supernet (`affine=False`).
 """
 
+import random
+
 import keras
 import tensorflow as tf
 from keras import layers, ops
@@ -465,6 +467,42 @@ class Zero(_Operation):
         return ops.zeros_like(x)
 
 
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class Noise(_Operation):
+    """The 'noise' operation of RobustDARTS' space S4 (Zela et al., 2020): standard normal
+    noise of the (strided) input's shape, independent of the input's values, so no gradient
+    reaches the input and it has no weights.
+
+    The noise is a function of a per-layer state [key, draw]: the key is drawn once at build
+    (from Python's seeded RNG, as Keras' own seed generators), the draw advances by one per
+    training pass. The estimators' passes of one step are stateless calls from the same state
+    (estimators.StatelessLosses), so they all see the same noise, as finite differences and
+    Hessian-vector products need; the weight step advances it once, and a checkpoint keeps
+    it, so a resumed run draws what the uninterrupted one would. Replicas draw the same noise.
+    Inference (training=False) draws from the current state without advancing it.
+    """
+
+    def build(self, input_shape):
+        key = random.randint(1, 2**31 - 1)
+        self.state = self.add_weight(
+            shape=(2,),
+            dtype="int64",
+            name="noise_state",
+            initializer=lambda shape, dtype=None: ops.convert_to_tensor([key, 0], "int64"),
+            trainable=False,
+            aggregation="only_first_replica",
+        )
+
+    def call(self, x, training=False):
+        if self.stride > 1:
+            x = x[:, :: self.stride, :: self.stride, :]
+        state = self.state.value
+        if training:
+            self.state.assign(state + ops.convert_to_tensor([0, 1], "int64"))
+        noise = tf.random.stateless_normal(tf.shape(x), seed=state, dtype="float32")
+        return ops.cast(noise, x.dtype)
+
+
 def max_pool_3x3(x, stride):
     """3x3 max-pool, padding 1 with -inf on every side (the reference's alignment).
 
@@ -540,10 +578,11 @@ OPS = {
     ),
     "conv_1x1": lambda c, stride, affine, **kw: ReLUConvBN(c, 1, stride, affine, **kw),
     "conv_3x3": lambda c, stride, affine, **kw: ReLUConvBN(c, 3, stride, affine, **kw),
+    "noise": lambda c, stride, affine, **kw: Noise(c, stride, affine, **kw),
 }
 
 # Operations without weights: the ones a collapsed DARTS cell fills up with.
-PARAMETER_FREE_OPS = {"none", "max_pool_3x3", "avg_pool_3x3", "skip_connect"}
+PARAMETER_FREE_OPS = {"none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "noise"}
 
 DARTS_OPS = (
     "none",

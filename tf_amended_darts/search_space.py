@@ -102,6 +102,11 @@ ENLARGED_OPS = operations.DARTS_OPS + ("sep_conv_7x7", "conv_7x1_1x7", "conv_1x1
 PRESETS = {
     "darts": SearchSpace(),
     "enlarged": SearchSpace(operations=ENLARGED_OPS, nodes=5, inputs_per_node=3, per_stage=True),
+    # RobustDARTS' spaces (Zela et al., ICLR 2020), where first-order DARTS is known to fill
+    # its cells with parameter-free operations: the same two or three candidates on every edge.
+    "s2": SearchSpace(operations=("skip_connect", "sep_conv_3x3")),
+    "s3": SearchSpace(operations=("none", "skip_connect", "sep_conv_3x3")),
+    "s4": SearchSpace(operations=("noise", "sep_conv_3x3")),
 }
 
 
