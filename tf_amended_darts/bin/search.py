@@ -46,7 +46,9 @@ _TRAIN_PORTION = flags.DEFINE_float(
     0.5,
     "Share of the training set that trains the weights; the rest trains the alphas.",
 )
-_SEARCH_SPACE = flags.DEFINE_string("search_space", "darts", "Preset: darts | enlarged | s2 | s3 | s4.")
+_SEARCH_SPACE = flags.DEFINE_string(
+    "search_space", "darts", "Preset: darts | enlarged | s2 | s3 | s4."
+)
 _OPERATIONS = flags.DEFINE_list("operations", None, "Override the preset's operations.")
 _NODES = flags.DEFINE_integer("nodes", None, "Override the intermediate nodes per cell.")
 _CELLS = flags.DEFINE_integer("cells", None, "Override the number of cells.")
