@@ -9,7 +9,7 @@ import unittest
 
 import numpy as np
 
-from tf_amended_darts import errors, study_report
+from tf_amended_darts import errors, genotypes, study_report
 
 
 def _entry(epoch, free_ops, skip, eigenvalue, valid_acc):
@@ -184,6 +184,91 @@ class StudyReportTest(unittest.TestCase):
             "implicit reference", study_report.markdown(study_report.summarize(_records()))
         )
 
+    def test_unconverged_eigenvalues_are_void_and_counted(self):
+        records = _records()[:2]
+        records[0]["epochs"][2]["hessian_relative_change"] = 0.5  # seed 0's last: void
+        records[1]["epochs"][0]["hessian_relative_change"] = 0.05  # converged enough
+        group = study_report.summarize(records)[("digits", "darts", "first_order")]
+        np.testing.assert_allclose(group.curves["hessian_eigenvalue"][:, 0], [0.5, 1.0, np.nan])
+        np.testing.assert_allclose(group.curves["hessian_eigenvalue"][:, 1], [1.5, 2.0, 2.5])
+        self.assertEqual((group.void_eigenvalues, group.eigenvalues), (1, 6))
+        row = next(
+            line
+            for line in study_report.markdown(
+                {("digits", "darts", "first_order"): group}
+            ).splitlines()
+            if line.startswith("| first_order")
+        )
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        # Final eigenvalue: seed 1's only; the peak over epochs: seed 0's 1.0, seed 1's 2.5.
+        self.assertEqual(cells[5], "2.500")
+        self.assertEqual(cells[6], f"1.750 ± {np.std([1.0, 2.5], ddof=1):.3f}")
+        self.assertEqual(cells[9], "1 of 6")
+
+    def test_exact_permutation_p_values(self):
+        # Of the 20 splits of 1..6 into threes, only {1,2,3} and {4,5,6} differ by 3 in mean.
+        self.assertAlmostEqual(study_report.permutation_p([1, 2, 3], [4, 5, 6]), 2 / 20)
+        self.assertAlmostEqual(study_report.permutation_p([4, 5, 6], [1, 2, 3]), 2 / 20)
+        self.assertEqual(study_report.permutation_p([1, 2], [2, 1]), 1.0)
+        # 1, 2 against 3, 4, 5: |mean difference| 2.5; of the C(5, 2) = 10 splits, {1, 2}
+        # (2.5) and {4, 5} (|4.5 - 2| = 2.5) reach it.
+        self.assertAlmostEqual(study_report.permutation_p([1, 2], [3, 4, 5]), 2 / 10)
+
+    def test_collapse_onsets_comparison_and_uniform_shares(self):
+        def genotype(free):
+            edges = [("skip_connect" if e < free else "sep_conv_3x3", e % 2) for e in range(8)]
+            cell = genotypes.CellGenotype.from_edges(edges, range(2, 6))
+            return genotypes.Genotype((cell,), (cell,)).to_string()
+
+        # first order: seed 0 collapsed (6 of 8) from epoch 8 of 10; seed 1 collapsed at
+        # epochs 5-9 only (not the last tenth); amended: 2 of 8 throughout.
+        histories = {
+            "first_order-s0": [2] * 7 + [6, 7, 6],
+            "first_order-s1": [2] * 4 + [6] * 5 + [5],
+            "amended_0.1-s0": [2] * 10,
+            "amended_0.1-s1": [2] * 10,
+        }
+        records = []
+        for name, frees in histories.items():
+            epochs = [
+                {**_entry(e + 1, 0, 0.1 * free, 1.0, 0.8), "genotype": genotype(free)}
+                for e, free in enumerate(frees)
+            ]
+            records.append(
+                {
+                    "run": f"digits-s3-{name}",
+                    "search": {"epochs": 10, "search_space": "s3"},
+                    "epochs": epochs,
+                    "test_acc": 0.9 if "first" in name else 0.8 + 0.01 * int(name[-1]),
+                }
+            )
+        summary = study_report.summarize(records)
+        first = summary[("digits", "s3", "first_order")]
+        self.assertEqual(study_report.collapse_onsets(first), [8, None])
+        np.testing.assert_allclose(first.curves["parameter_free_normal"][:, 0], [2] * 7 + [6, 7, 6])
+        self.assertEqual(first.uniform, {"skip_connect": 1 / 3, "pools": 0.0})
+        table = study_report.markdown(summary)
+        self.assertIn("| first_order | 1 of 2 | 8 |", table)
+        self.assertIn("| amended_0.1 | 0 of 2 | — |", table)
+        # amended - first order: normal parameter-free 2 - 5.5; skip mass 0.2 - 0.55; test
+        # accuracy 0.805 - 0.9. Each with two seeds a side: every split of four values into
+        # twos, 6 of them; the observed one and its mirror are the most extreme: p = 2/6.
+        row = next(line for line in table.splitlines() if line.startswith("| amended_0.1 | -"))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        self.assertEqual(cells[1], "-3.50 (p = 0.33)")
+        self.assertEqual(cells[2], "-0.350 (p = 0.33)")
+        self.assertEqual(cells[3], "+0.000 (p = 1.00)")
+        self.assertEqual(cells[4], "-0.0950 (p = 0.33)")
+        darts = study_report.summarize(
+            [{**records[0], "search": {"epochs": 10, "search_space": "darts"}}]
+        )
+        self.assertEqual(
+            next(iter(darts.values())).uniform, {"skip_connect": 1 / 8, "pools": 2 / 8}
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            paths = study_report.plot(summary, tmp)
+            self.assertIn(os.path.join(tmp, "pool_mass_normal.png"), paths)
+
     def test_write_report_writes_the_tables_and_pngs(self):
         with tempfile.TemporaryDirectory() as tmp:
             records_dir = os.path.join(tmp, "records")
@@ -193,7 +278,9 @@ class StudyReportTest(unittest.TestCase):
                 sorted(os.path.basename(p) for p in paths),
                 [
                     "hessian_eigenvalue.png",
+                    "parameter_free_normal.png",
                     "parameter_free_ops.png",
+                    "pool_mass_normal.png",
                     "report.md",
                     "skip_mass_normal.png",
                     "test_acc.png",

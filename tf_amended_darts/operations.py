@@ -583,6 +583,7 @@ OPS = {
 
 # Operations without weights: the ones a collapsed DARTS cell fills up with.
 PARAMETER_FREE_OPS = {"none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "noise"}
+POOL_OPS = ("max_pool_3x3", "avg_pool_3x3")
 
 DARTS_OPS = (
     "none",

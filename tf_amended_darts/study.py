@@ -67,7 +67,6 @@ PLAN_KEYS = (
     "hessian",
     "cosines",
 )
-POOLS = ("max_pool_3x3", "avg_pool_3x3")
 # Record field of a cosine measurement: diagnostics.diagnose's key (also the log's metric name,
 # "<key>/<estimator>"); amended's best eta: diagnostics.best_eta.
 COSINE_FIELDS = {
@@ -154,7 +153,7 @@ def planned_runs(plan, runs=None):
 def alpha_masses(probabilities, operations_, slots):
     """{"skip_connect"|"pools": {"normal"|"reduce": mean softmax mass over the slots' edges}}."""
     masses = {}
-    for label, names in (("skip_connect", ("skip_connect",)), ("pools", POOLS)):
+    for label, names in (("skip_connect", ("skip_connect",)), ("pools", operations.POOL_OPS)):
         columns = [i for i, op in enumerate(operations_) if op in names]
         masses[label] = {}
         for kind in ("normal", "reduce"):

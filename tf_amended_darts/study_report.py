@@ -3,11 +3,14 @@ alone, so they can be redrawn without re-running anything.
 
   summarize(records)  -> {(dataset, space, estimator): Group}: per-epoch curves and final
                          values over the group's seeds (mean, sample standard deviation, n);
-  markdown(summary)   -> the tables of docs/STUDY.md;
-  plot(summary, dir)  -> PNGs: parameter-free operations, skip_connect mass and the Hessian
-                         eigenvalue against epoch (mean +- std over seeds), test accuracy,
-                         and, when the records have them, the cosines to the implicit
-                         reference;
+  markdown(summary)   -> the tables of docs/STUDY.md: final values, collapse, each estimator
+                         against first order (difference of means, exact permutation p-value
+                         over seeds), cosines;
+  plot(summary, dir)  -> PNGs: parameter-free operations (all cells, normal cells), the
+                         softmax mass on skip_connect and on the pools (with their uniform
+                         shares), the Hessian eigenvalue against epoch (mean +- sample std
+                         over seeds over each run's thin line), test accuracy, and, when the
+                         records have them, the cosines to the implicit reference;
   write_report(records_dir, output_dir) -> all of them (report.md + PNGs).
 
 Runs are grouped by the name study.py gives them, <dataset>-<space>-<estimator>-s<seed>; a run
@@ -16,18 +19,22 @@ once it has every epoch of its search (its "final" is then its last epoch).
 """
 
 import dataclasses
+import functools
 import glob
+import itertools
 import json
 import os
 import warnings
 
 import numpy as np
 
-from tf_amended_darts import errors, io_utils, visualize
+from tf_amended_darts import errors, genotypes, io_utils, operations, search_space, visualize
 
 # Per-epoch quantities: (label, function of an epoch entry).
 CURVES = {
     "parameter_free_ops": lambda e: e["parameter_free_ops"],
+    "parameter_free_normal": lambda e: _parameter_free_normal(e.get("genotype"))[0],
+    "parameter_free_normal_share": lambda e: _parameter_free_normal(e.get("genotype"))[1],
     "skip_mass_normal": lambda e: e["alpha_mass"]["skip_connect"]["normal"],
     "pool_mass_normal": lambda e: e["alpha_mass"]["pools"]["normal"],
     "hessian_eigenvalue": lambda e: e.get("hessian_eigenvalue"),
@@ -41,6 +48,25 @@ COSINE_ESTIMATORS = ("first_order", "second_order", "amended")
 # measurement's cosines are left out of the tables and plots (counted as void); converged
 # solves in the studies end at 3e-10-4e-3, failed ones at 0.37-20.
 VOID_RESIDUAL = 0.1
+# A power iteration whose estimate still moved by more than this share in its last iteration
+# has not converged: its eigenvalue is left out of the tables and plots (counted as void).
+VOID_EIGENVALUE_CHANGE = 0.1
+# Collapse (defined before the pilot ran): at least this share of the normal cells' kept
+# edges parameter-free (6 of 8 in a DARTS cell) in every epoch of the search's last tenth.
+COLLAPSE_SHARE = 0.75
+COLLAPSE_TAIL = 0.1
+
+
+@functools.lru_cache(maxsize=None)
+def _parameter_free_normal(genotype):
+    """(parameter-free edges, their share of the kept edges) of the normal cells of a recorded
+    genotype string; (None, None) without one."""
+    if genotype is None:
+        return None, None
+    cells = genotypes.Genotype.parse(genotype).normal_cells
+    edges = [op for cell in cells for node in cell.nodes for op, _ in node]
+    free = sum(op in operations.PARAMETER_FREE_OPS for op in edges)
+    return free, free / len(edges)
 
 
 def _cosine_field(name, field):
@@ -58,6 +84,23 @@ class Group:
     finished: int  # runs with every epoch of their search
     planned: int  # runs the plan has for this group (the records' count when not given)
     test_acc: list  # re-trained test accuracies of the runs that have one
+    void_eigenvalues: int = 0  # eigenvalues left out as unconverged (VOID_EIGENVALUE_CHANGE)
+    eigenvalues: int = 0  # eigenvalues recorded, void ones included
+    uniform: dict = None  # {"skip_connect", "pools"}: their softmax mass at uniform alphas
+
+
+def _uniform_shares(search):
+    """The softmax mass of skip_connect and of the pools at uniform alphas, from a record's
+    search config (None when it names no search space)."""
+    if "search_space" not in search:
+        return None
+    names = (
+        search.get("operations") or search_space.get_search_space(search["search_space"]).operations
+    )
+    return {
+        "skip_connect": names.count("skip_connect") / len(names),
+        "pools": sum(names.count(p) for p in operations.POOL_OPS) / len(names),
+    }
 
 
 def _key(run_name):
@@ -116,20 +159,29 @@ def summarize(records, planned_seeds=None):
         group = grouped[key]
         epochs = max(r["search"]["epochs"] for r in group)
         curves = {name: np.full([epochs, len(group)], np.nan) for name in CURVES}
+        void = measured = 0
         for j, record in enumerate(group):
             for entry in record["epochs"]:
+                row = entry["epoch"] - 1
                 for name, value_of in CURVES.items():
                     value = value_of(entry)
-                    curves[name][entry["epoch"] - 1, j] = np.nan if value is None else value
-                if curves["reference_residual"][entry["epoch"] - 1, j] > VOID_RESIDUAL:
+                    curves[name][row, j] = np.nan if value is None else value
+                if curves["reference_residual"][row, j] > VOID_RESIDUAL:
                     for name in COSINE_ESTIMATORS:
-                        curves[f"cosine_{name}"][entry["epoch"] - 1, j] = np.nan
+                        curves[f"cosine_{name}"][row, j] = np.nan
+                measured += entry.get("hessian_eigenvalue") is not None
+                if (entry.get("hessian_relative_change") or 0.0) > VOID_EIGENVALUE_CHANGE:
+                    curves["hessian_eigenvalue"][row, j] = np.nan
+                    void += 1
         summary[key] = Group(
             runs=[r["run"] for r in group],
             curves=curves,
             finished=sum(len(r["epochs"]) == r["search"]["epochs"] for r in group),
             planned=planned_seeds or len(group),
             test_acc=[r["test_acc"] for r in group if r.get("test_acc") is not None],
+            void_eigenvalues=void,
+            eigenvalues=measured,
+            uniform=_uniform_shares(group[0]["search"]),
         )
     return summary
 
@@ -162,12 +214,15 @@ def markdown(summary):
             "",
             "| estimator | seeds done | parameter-free ops | skip_connect mass (normal) "
             "| pool mass (normal) | Hessian eigenvalue | max eigenvalue over epochs "
-            "| supernet valid acc | re-trained test acc |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| supernet valid acc | re-trained test acc | void eigenvalues |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for estimator, group in groups:
             eigenvalues = group.curves["hessian_eigenvalue"]
-            peak = np.nanmax(eigenvalues[:, ~np.isnan(eigenvalues[-1])], axis=0)
+            finished = ~np.isnan(group.curves["parameter_free_ops"][-1])
+            with warnings.catch_warnings():  # a finished run without a converged eigenvalue
+                warnings.simplefilter("ignore", RuntimeWarning)
+                peak = _present(np.nanmax(eigenvalues[:, finished], axis=0))
             lines.append(
                 f"| {estimator} | {group.finished}/{group.planned} "
                 f"| {_mean_std(_final(group, 'parameter_free_ops'), 2)} "
@@ -176,11 +231,120 @@ def markdown(summary):
                 f"| {_mean_std(_final(group, 'hessian_eigenvalue'), 3)} "
                 f"| {_mean_std(peak, 3)} "
                 f"| {_mean_std(_final(group, 'valid_acc'), 4)} "
-                f"| {_mean_std(group.test_acc, 4)} |"
+                f"| {_mean_std(group.test_acc, 4)} "
+                f"| {group.void_eigenvalues} of {group.eigenvalues} |"
             )
         lines.append("")
+        lines += _collapse_table(groups)
+        lines += _comparison_table(groups)
         lines += _cosine_table(groups)
     return "\n".join(lines)
+
+
+def collapse_onsets(group):
+    """Per finished run of `group`: the epoch from which its normal cells stay collapsed to
+    the end (COLLAPSE_SHARE of their kept edges parameter-free), if they are collapsed over
+    the search's last COLLAPSE_TAIL; else None. Runs without genotypes: no entries."""
+    shares = group.curves["parameter_free_normal_share"]
+    epochs = shares.shape[0]
+    tail = max(1, int(np.ceil(COLLAPSE_TAIL * epochs)))
+    onsets = []
+    for run in shares[:, ~np.isnan(shares[-1])].T:
+        collapsed = run >= COLLAPSE_SHARE
+        if not collapsed[-tail:].all():
+            onsets.append(None)
+            continue
+        onset = epochs
+        while onset > 0 and collapsed[onset - 1]:
+            onset -= 1
+        onsets.append(onset + 1)
+    return onsets
+
+
+def _collapse_table(groups):
+    """Collapsed runs per estimator and their onset epochs (no lines without genotypes)."""
+    rows = [(estimator, collapse_onsets(group)) for estimator, group in groups]
+    if not any(onsets for _, onsets in rows):
+        return []
+    lines = [
+        f"Collapse: at least {COLLAPSE_SHARE:.0%} of the normal cells' kept edges "
+        f"parameter-free in every epoch of the last {COLLAPSE_TAIL:.0%} of the search "
+        "(finished runs); onset: the epoch from which it held to the end.",
+        "",
+        "| estimator | collapsed | onset epochs |",
+        "|---|---|---|",
+    ]
+    for estimator, onsets in rows:
+        collapsed = [o for o in onsets if o is not None]
+        lines.append(
+            f"| {estimator} | {len(collapsed)} of {len(onsets)} "
+            f"| {', '.join(map(str, collapsed)) or '—'} |"
+        )
+    return lines + [""]
+
+
+def permutation_p(a, b):
+    """Two-sided exact permutation p-value of the difference of means of samples a and b:
+    the share of all splits of the pooled values into groups of their sizes whose difference
+    is at least as large in magnitude as the observed one."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    pooled = np.concatenate([a, b])
+    observed = abs(a.mean() - b.mean())
+    total = pooled.sum()
+    extreme = count = 0
+    for chosen in itertools.combinations(range(pooled.size), a.size):
+        first = pooled[list(chosen)].sum()
+        difference = abs(first / a.size - (total - first) / b.size)
+        extreme += difference >= observed - 1e-12 * max(1.0, observed)
+        count += 1
+    return extreme / count
+
+
+# The final values each estimator is compared on against first order.
+_COMPARED = (
+    ("parameter_free_normal", "parameter-free ops (normal)", 2),
+    ("skip_mass_normal", "skip_connect mass (normal)", 3),
+    ("hessian_eigenvalue", "Hessian eigenvalue", 3),
+    ("test_acc", "re-trained test acc", 4),
+)
+
+
+def _comparison_table(groups):
+    """Each estimator against first order: difference of the means of the finished runs'
+    final values and its exact permutation p-value over seeds (no lines without first
+    order or with fewer than two seeds on a side)."""
+    groups = dict(groups)
+    base = groups.get("first_order")
+
+    def values(group, name):
+        return group.test_acc if name == "test_acc" else _final(group, name)
+
+    if base is None:
+        return []
+    rows, compared = [], False
+    for estimator, group in groups.items():
+        if estimator == "first_order":
+            continue
+        cells = []
+        for name, _, digits in _COMPARED:
+            a, b = values(group, name), values(base, name)
+            if len(a) < 2 or len(b) < 2:
+                cells.append("—")
+                continue
+            compared = True
+            cells.append(f"{np.mean(a) - np.mean(b):+.{digits}f} (p = {permutation_p(a, b):.2f})")
+        rows.append(f"| {estimator} | " + " | ".join(cells) + " |")
+    if not compared:
+        return []
+    return [
+        "Against first order: difference of the means of the final values (this estimator "
+        "minus first order) and its exact two-sided permutation p-value over seeds:",
+        "",
+        "| estimator | " + " | ".join(label for _, label, _ in _COMPARED) + " |",
+        "|---|" + "---|" * len(_COMPARED),
+        *rows,
+        "",
+    ]
 
 
 def _has_cosines(groups):
@@ -237,12 +401,35 @@ def plot(summary, output_dir):
     """Writes <curve>.png per plotted curve and test_acc.png; returns their paths."""
     panels = _by_panel(summary)
     paths = []
+    # name -> (title, y-axis label, the uniform share drawn as a reference line, if any)
     titles = {
-        "parameter_free_ops": "parameter-free operations in the derived genotype",
-        "skip_mass_normal": "softmax mass on skip_connect (normal cells)",
-        "hessian_eigenvalue": "dominant eigenvalue of the alpha-Hessian of L_val",
+        "parameter_free_ops": (
+            "parameter-free operations in the derived genotype (all cells)",
+            "edges",
+            None,
+        ),
+        "parameter_free_normal": (
+            "parameter-free operations in the derived genotype's normal cells",
+            "edges",
+            None,
+        ),
+        "skip_mass_normal": (
+            "softmax mass on skip_connect (normal cells)",
+            "mean softmax weight per edge",
+            "skip_connect",
+        ),
+        "pool_mass_normal": (
+            "softmax mass on the pools (normal cells)",
+            "mean softmax weight per edge",
+            "pools",
+        ),
+        "hessian_eigenvalue": (
+            "dominant eigenvalue of the alpha-Hessian of L_val (converged ones)",
+            "eigenvalue",
+            None,
+        ),
     }
-    for name, title in titles.items():
+    for name, (title, ylabel, uniform) in titles.items():
         figure = visualize.figure(5.5 * len(panels), 4)
         for i, ((dataset, space), groups) in enumerate(panels.items()):
             axes = figure.add_subplot(1, len(panels), i + 1)
@@ -257,10 +444,18 @@ def plot(summary, output_dir):
                 axes.fill_between(
                     epochs, mean - std, mean + std, color=line.get_color(), alpha=0.15
                 )
+                axes.plot(epochs, curve, color=line.get_color(), linewidth=0.5, alpha=0.4)
+            share = uniform and groups[0][1].uniform and groups[0][1].uniform[uniform]
+            if share:
+                axes.axhline(share, color="gray", linestyle="--", linewidth=0.8)
+                axes.annotate("uniform", (1, share), fontsize=7, color="gray")
             axes.set_title(f"{dataset}, {space} space", fontsize=10)
             axes.set_xlabel("search epoch")
+            axes.set_ylabel(ylabel)
             axes.legend(fontsize=7)
-        figure.suptitle(title + " (mean ± std over seeds)", fontsize=10)
+        figure.suptitle(
+            title + " (mean ± sample std over seeds; thin lines: the runs)", fontsize=10
+        )
         figure.tight_layout()
         path = os.path.join(output_dir, f"{name}.png")
         paths.append(visualize.save_figure(figure, path, "png", dpi=90))
@@ -273,8 +468,10 @@ def plot(summary, output_dir):
             values = group.test_acc
             axes.scatter([x] * len(values), values, color="k", s=12)
             if values:
-                axes.errorbar(x + 0.15, np.mean(values), yerr=np.std(values), fmt="o")
+                spread = np.std(values, ddof=1) if len(values) > 1 else 0.0
+                axes.errorbar(x + 0.15, np.mean(values), yerr=spread, fmt="o")
         axes.set_xticks(range(len(groups)), [e for e, _ in groups], rotation=30, fontsize=7)
+        axes.set_ylabel("test accuracy (runs; mean ± sample std)")
         axes.set_title(f"{dataset}, {space} space: re-trained test accuracy", fontsize=10)
     figure.tight_layout()
     path = os.path.join(output_dir, "test_acc.png")
@@ -303,6 +500,7 @@ def _plot_cosines(panels, output_dir):
                 )
             axes.set_title(f"{measured}: {dataset}, {space}", fontsize=9)
             axes.set_xlabel("search epoch")
+            axes.set_ylabel("cosine")
             axes.set_ylim(-1, 1)
             axes.legend(fontsize=6, title="search run by", title_fontsize=6)
     figure.suptitle("cosine to the implicit reference (mean over seeds)", fontsize=10)
