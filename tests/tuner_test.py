@@ -1,6 +1,7 @@
 """keras-tuner integration with keras-tuner's real Tuner machinery (no mocks): proposals,
 DartsOracle + ArchitectureTuner (a trial == a train.train run), SavedModel export of the best
-trial and resume, SearchTuner with BayesianOptimization."""
+trial and resume, DartsOracle + GenotypeHyperModel under keras-tuner's plain Tuner,
+SearchTuner with BayesianOptimization."""
 
 import dataclasses
 import itertools
@@ -16,6 +17,7 @@ import tensorflow as tf
 from tf_amended_darts import (  # the package's lazy exports
     ArchitectureTuner,
     DartsOracle,
+    GenotypeHyperModel,
     data,
     errors,
     genotypes,
@@ -232,6 +234,55 @@ def test_trials_are_train_runs_best_exports_and_resumes(search_dir, tmp_path):
         _architecture_tuner(
             str(tmp_path), DartsOracle(search_dir=search_dir), dict(TRAINING, epochs=2)
         )
+
+
+def test_plain_keras_tuner_with_genotype_hypermodel(search_dir, tmp_path):
+    """keras_tuner.Tuner(oracle=DartsOracle, hypermodel=GenotypeHyperModel) runs a search whose
+    trials are train.train runs: their scores are those runs' results, the best hyperparameters
+    are a genotype, get_best_models gives the trained network."""
+    hypermodel = GenotypeHyperModel(TRAINING, str(tmp_path / "runs"))
+    plain = kt.Tuner(
+        oracle=DartsOracle(search_dir=search_dir, max_trials=2),
+        hypermodel=hypermodel,
+        directory=str(tmp_path),
+        project_name="plain",
+    )
+    plain.search(verbose=0)
+    trials = list(plain.oracle.trials.values())
+    assert len(trials) == 2 and all(t.status == "COMPLETED" for t in trials)
+    found = [tuner.genotype_from_values(t.hyperparameters) for t in trials]
+    assert len({proposals.canonical_key(g) for g in found}) == 2
+    for t in trials:
+        assert 0 <= t.metrics.get_last_value("val_accuracy") <= 1
+        assert np.isfinite(t.metrics.get_last_value("val_loss"))
+
+    best = plain.get_best_hyperparameters()[0]
+    genotype = tuner.genotype_from_values(best)
+    assert genotype in found
+    assert best.values["train.epochs"] == TRAINING["epochs"]
+    config = train.TrainConfig(genotype=genotype, **TRAINING)
+    assert hypermodel.trial_config(best).to_dict() == config.to_dict()
+    run = hypermodel.run_dir(best)
+    assert run_dir.read_metadata(run)["config"] == config.to_dict()
+    # The best score is the train.train result of its TrainConfig, bit for bit.
+    with open(os.devnull, "w") as quiet:
+        reference = train.train(
+            config, str(tmp_path / "reference"), log_stream=quiet, progress_stream=quiet
+        )
+    best_trial = plain.oracle.get_best_trials(1)[0]
+    assert best_trial.metrics.get_last_value("val_accuracy") == reference.valid["valid_acc"]
+    # keras-tuner's checkpoint of the trial holds the trained weights.
+    info = data.load_dataset("digits").info
+    images = data.normalize(np.load(data.DIGITS_PATH)["test_images"][:5], info.mean, info.std)
+    restored = train.restore_network(run)[2]
+    np.testing.assert_allclose(
+        plain.get_best_models(1)[0](images, training=False).numpy(),
+        restored(images, training=False).numpy(),
+        rtol=1e-6,
+        atol=1e-6,
+    )
+    with pytest.raises(errors.InputError, match="without data"):
+        hypermodel.fit(best, plain.get_best_models(1)[0], np.zeros(1))
 
 
 def _check_export(best_tuner, trained, genotype, export_dir):

@@ -3,7 +3,13 @@ architecture gradient of Bi et al. (arXiv:1910.11831)."""
 
 __version__ = "0.1.0"
 
-_LAZY = {"DartsOracle": "tuner", "ArchitectureTuner": "tuner"}
+# keras-tuner is an optional dependency (the `tuner` extra): its classes load on first use.
+_LAZY = {
+    "DartsOracle": "tuner",
+    "GenotypeHyperModel": "tuner",
+    "ArchitectureTuner": "tuner",
+    "SearchTuner": "tuner",
+}
 
 
 def __getattr__(name):

@@ -8,7 +8,9 @@ clipping, auxiliary head, drop-path and cutout as its training options say. Its 
 its network from (`train.restore_network`).
 
 Architectures: `DartsOracle` proposes genotypes (proposals.py: the searched one first, then
-the next most probable under softmax(alpha), each once); `ArchitectureTuner` trains them:
+the next most probable under softmax(alpha), each once). keras-tuner's own `Tuner` trains them
+with `GenotypeHyperModel` (build: the genotype's network; fit: train.train), or
+`ArchitectureTuner` does, whose trials keep their run in the trial directory:
 
     oracle = DartsOracle(search_config=SearchConfig(...), search_dir="runs/s", max_trials=8)
     tuner = ArchitectureTuner(oracle, {"dataset": "digits", "channels": 8, "cells": 5,
@@ -28,6 +30,7 @@ measures the supernet, not the derived architecture.
 """
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -37,6 +40,7 @@ import keras_tuner as kt
 import numpy as np
 
 from tf_amended_darts import (
+    data,
     errors,
     estimators,
     export,
@@ -355,6 +359,15 @@ def _quietly(run, *args, **kwargs):
         return run(*args, **{"log_stream": quiet, "progress_stream": quiet, **kwargs})
 
 
+def _metrics_of(result):
+    """A trial's metrics: its train.train run's last validation and training figures."""
+    return {
+        OBJECTIVE: result.valid["valid_acc"],
+        "val_loss": result.valid["valid_loss"],
+        "train_loss": result.train_loss,
+    }
+
+
 class _TrainingTuner(kt.Tuner):
     """A Tuner whose trials end in `train.train` of a genotype (`train_genotype`).
 
@@ -394,15 +407,92 @@ class _TrainingTuner(kt.Tuner):
             overwrite=True,
             **self.train_kwargs,
         )
-        return {
-            OBJECTIVE: result.valid["valid_acc"],
-            "val_loss": result.valid["valid_loss"],
-            "train_loss": result.train_loss,
-        }
+        return _metrics_of(result)
 
     def load_model(self, trial):
         """The trial's trained network (without auxiliary head), as `get_best_models` gives."""
         return train_lib.restore_network(self.trial_run_dir(trial.trial_id))[2]
+
+
+class GenotypeHyperModel(kt.HyperModel):
+    """The re-training protocol as a keras-tuner HyperModel, for any `keras_tuner.Tuner`:
+
+        tuner = keras_tuner.Tuner(oracle=DartsOracle(search_dir="runs/s", max_trials=4),
+                                  hypermodel=GenotypeHyperModel(options, "runs/tune/train"),
+                                  directory="runs/tune", project_name="p")
+        tuner.search()
+
+    `build(hp)` makes the network (auxiliary head included, when the options have one) of the
+    genotype that `hp`'s edge hyperparameters encode (a DartsOracle's trial) and registers the
+    training options as Fixed `train.<field>` hyperparameters. `fit(hp, model)` trains that
+    genotype with `train.train`, the code path of ArchitectureTuner's trials, in
+    `<directory>/<digest of the TrainConfig>` (run.json there records the config), copies the
+    trained weights into `model`, hands the final metrics to keras-tuner's callbacks (its
+    best-epoch checkpoint saves them, so `get_best_models` returns the trained network) and
+    returns them: val_accuracy (the objective), val_loss, train_loss. `tuner.search()` takes no
+    data (the options name the dataset) and no fit arguments but `verbose`, which is ignored.
+
+    Args:
+      train_options: TrainConfig fields but genotype and validate, as ArchitectureTuner's.
+      directory: where the trials' train.train runs go.
+      train_kwargs: more arguments for train.train (strategy, log_stream, ...).
+    """
+
+    def __init__(self, train_options, directory, *, train_kwargs=None, **kwargs):
+        super().__init__(**kwargs)
+        self.train_options = check_train_options(train_options)
+        self.directory = directory
+        self.train_kwargs = train_kwargs or {}
+        self._dataset_info = None
+
+    def trial_config(self, hp):
+        """The TrainConfig of a trial's hyperparameters: its genotype and these options."""
+        return train_lib.TrainConfig(
+            genotype=genotype_from_values(hp), validate=True, **self.train_options
+        )
+
+    def run_dir(self, hp):
+        """The train.train run directory of a trial's hyperparameters."""
+        config = json.dumps(self.trial_config(hp).to_dict(), sort_keys=True)
+        return os.path.join(self.directory, hashlib.sha1(config.encode()).hexdigest()[:12])
+
+    def _info(self, config):
+        # The shapes train.train builds its network for; loaded once (loading is lazy).
+        if self._dataset_info is None:
+            self._dataset_info = data.load_for_training(
+                config.network,
+                config.dataset,
+                config.data_dir,
+                self.train_kwargs.get("download", False),
+                config.image_size,
+                config.cutout,
+            )[0].info
+        return self._dataset_info
+
+    def build(self, hp):
+        for name, value in self.train_options.items():
+            hp.Fixed(TRAIN_PREFIX + name, value)
+        config = self.trial_config(hp)
+        info = self._info(config)
+        return config.build_network(info.num_classes, info.image_shape)
+
+    def fit(self, hp, model, *args, callbacks=None, verbose=None, **kwargs):
+        del verbose  # tuner.search's; the trial's lines go to its run's log.txt
+        if args or kwargs:
+            raise errors.InputError(
+                "GenotypeHyperModel trains on its train_options' dataset: call tuner.search() "
+                f"without data or fit arguments (got {len(args)} positional, {sorted(kwargs)})"
+            )
+        config = self.trial_config(hp)
+        result = _quietly(
+            train_lib.train, config, self.run_dir(hp), overwrite=True, **self.train_kwargs
+        )
+        model.set_weights(result.model.get_weights())
+        metrics = _metrics_of(result)
+        for callback in callbacks or []:
+            callback.set_model(model)
+            callback.on_epoch_end(config.epochs - 1, logs=dict(metrics))
+        return metrics
 
 
 class ArchitectureTuner(_TrainingTuner):
