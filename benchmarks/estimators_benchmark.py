@@ -25,15 +25,16 @@ overhead); `--metrics_every=1,10` reads the metrics every step or every 10 (the 
 `--mixed_precision=off,bfloat16,float16` also times each in half precision (the search's
 --mixed_precision; float16 with its loss scale);
 `--rounds=3` runs the whole list three times, alternating. `--grappler=on,off` also times
-each with TensorFlow's graph optimizer off (disable_meta_optimizer);
-measured on the small supernet: first calls 25-35 % shorter, steps up to 15 % faster, but
-peak memory about 50 % higher, so the binaries keep it on.
+each with TensorFlow's graph optimizer off (disable_meta_optimizer; the binaries keep it on:
+benchmarks/RESULTS.md has what it changed). `--results=benchmarks/RESULTS.md` appends the table
+there (results_log.py).
 """
 
 import json
 import os
 import sys
 
+import results_log
 import search_timing
 from absl import app, flags
 
@@ -93,6 +94,7 @@ _ROUNDS = flags.DEFINE_integer(
     "rounds", 1, "Times the whole list of measurements is run, one after the other."
 )
 _FORMAT = flags.DEFINE_enum("format", "text", ["text", "json"], "Output format.")
+_RESULTS = results_log.define_results_flag()
 _CHILD = flags.DEFINE_string("child", None, "Internal: the measurement to make, as JSON.")
 
 
@@ -229,6 +231,7 @@ def main(argv):
         search_timing.PRESETS[_SETTING.value], _CONFIGURATION
     )
     threads = search_timing.threads_from_flag(_THREADS)
+    run = results_log.start_run()
     print(
         f"setting {_SETTING.value}: {configuration}, {_STEPS.value} timed steps, "
         f"implicit CG iterations {_IMPLICIT_ITERATIONS.value}, {threads} threads, "
@@ -242,7 +245,14 @@ def main(argv):
             results.append({**_run_child(configuration, pair, threads), "round": round_})
             print(f"  {pair}: {json.dumps(results[-1])}", file=sys.stderr, flush=True)
     _add_ratios(results)
-    print(json.dumps(results, indent=1) if _FORMAT.value == "json" else _table(results))
+    table = _table(results)
+    print(json.dumps(results, indent=1) if _FORMAT.value == "json" else table)
+    if _RESULTS.value:
+        description = (
+            f"Setting {_SETTING.value}: {configuration}, {_STEPS.value} timed steps, "
+            f"{threads} threads, {os.cpu_count()} CPUs."
+        )
+        results_log.append_section(_RESULTS.value, run, f"{description}\n\n{table}")
 
 
 if __name__ == "__main__":

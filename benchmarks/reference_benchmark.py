@@ -30,11 +30,11 @@ first call s, peak RSS MB of each side, and the ratios
   x ref            ours / the reference's, same estimator (s/iteration; RSS x ref likewise),
   x ref 2nd order  ours / the reference's second order (s/iteration; RSS likewise),
   x our 1st order  ours / our first order (s/iteration).
---format=json prints the same plus every run in the order it ran.
+--format=json prints the same plus every run in the order it ran; --results=benchmarks/RESULTS.md
+also appends the report there (results_log.py).
 """
 
 import dataclasses
-import datetime
 import json
 import os
 import subprocess
@@ -42,6 +42,7 @@ import sys
 import time
 
 import reference_comparison as comparison
+import results_log
 import search_timing  # first: puts this checkout's package on sys.path
 from absl import flags
 
@@ -89,6 +90,7 @@ _REFERENCE_SCRIPT = flags.DEFINE_string(
     "The reference's benchmark script (prints one JSON line: first_call_s, median_s, peak_rss_mb).",
 )
 _FORMAT = flags.DEFINE_enum("format", "text", ["text", "json"], "Output format.")
+_RESULTS = results_log.define_results_flag()
 _CHILD = flags.DEFINE_string("child", None, "Internal: the measurement to make, as JSON.")
 
 
@@ -195,10 +197,11 @@ def main(argv):
     )
     threads = search_timing.threads_from_flag(_THREADS)
     reference_command = _reference_command(configuration, threads)
+    run = results_log.start_run()
     header = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": run.started.isoformat(timespec="seconds"),
         "cpus": os.cpu_count(),
-        "load_average_start": os.getloadavg(),
+        "load_average_start": run.load_at_start,
         "configuration": dataclasses.asdict(configuration),
         "threads": threads,
         "steps": _STEPS.value,
@@ -214,10 +217,13 @@ def main(argv):
         print(f"  {json.dumps(runs[-1])}", file=sys.stderr, flush=True)
     header["load_average_end"] = os.getloadavg()
     rows = comparison.rows(runs, estimators, configuration.batch_size)
+    report = comparison.text_report(header, rows)
     if _FORMAT.value == "json":
         print(json.dumps({**header, "rows": rows, "runs": runs}, indent=1))
     else:
-        print(comparison.text_report(header, rows))
+        print(report)
+    if _RESULTS.value:
+        results_log.append_section(_RESULTS.value, run, report, header["load_average_end"])
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ from tf_amended_darts import genotypes, model, profiling, search_model, search_s
 
 
 class ReferenceParityTest(tf.test.TestCase):
-    """Counts of the published DARTS reference implementation (method.md)."""
+    """Counts of the published DARTS reference implementation (quark0/darts; docs/USAGE.md,
+    "Reference parameter counts")."""
 
     def _cifar(self, name, auxiliary):
         net = model.NetworkCIFAR(genotypes.PUBLISHED[name], 36, 20, 10, auxiliary=auxiliary)

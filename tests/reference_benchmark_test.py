@@ -1,18 +1,22 @@
 """benchmarks/reference_benchmark.py: the project's side measured for real on a tiny supernet,
 the reference's replaced by a fake script (PyTorch is no dependency of the project), to check
-that the two run alternately, each in its own process, and the ratios of the report."""
+that the two run alternately, each in its own process, the ratios of the report, and its
+section appended to a results file (benchmarks/results_log.py)."""
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import textwrap
+from unittest import mock
 
 import tensorflow as tf
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 import reference_comparison as comparison  # noqa: E402
+import results_log  # noqa: E402
 
 TINY = [
     "--channels=4",
@@ -123,6 +127,52 @@ class ComparisonTest(tf.test.TestCase):
         self.assertIn("failed: exit -9", comparison.table([row]))
 
 
+class ResultsLogTest(tf.test.TestCase):
+    def test_sections_are_appended_with_date_load_commit_and_command(self):
+        path = os.path.join(self.get_temp_dir(), "RESULTS.md")
+        with open(path, "w") as f:
+            f.write("# Results\n\nEarlier measurements, kept as they were.")
+        argv = ["benchmarks/estimators_benchmark.py", "--steps=2", "--estimators=a b"]
+        run = results_log.start_run(argv)
+        self.assertLen(run.load_at_start, 3)
+        self.assertEqual(run.started.utcoffset().total_seconds(), 0)
+        results_log.append_section(path, run, "| x |\n|---|\n| 1 |\n", (1.0, 2.0, 3.0))
+        results_log.append_section(path, run, "| x |\n|---|\n| 2 |", (0.5, 0.25, 0.125))
+        with open(path) as f:
+            text = f.read()
+        self.assertStartsWith(text, "# Results\n\nEarlier measurements, kept as they were.\n\n")
+        first, second = text.split("\n### ")[1:]
+        self.assertStartsWith(
+            first,
+            f"{run.started:%Y-%m-%d %H:%M} UTC, estimators_benchmark.py, load "
+            + " ".join(f"{x:.2f}" for x in run.load_at_start)
+            + f" -> 1.00 2.00 3.00, commit {run.commit}\n\n```sh\n",
+        )
+        command = first.split("```sh\n")[1].split("\n```")[0]
+        self.assertEqual(shlex.split(command), ["python", *argv])  # exact, quoted
+        self.assertEndsWith(first, "| 1 |\n")  # and a blank line before the next heading
+        self.assertIn("-> 0.50 0.25 0.12,", second)
+        self.assertEndsWith(second, "| 2 |\n")
+        # This test runs in the project's git checkout: a real commit hash.
+        self.assertRegex(run.commit, r"^([0-9a-f]{12}( \+ changes)?|unknown)$")
+        self.assertEqual(os.listdir(self.get_temp_dir()), ["RESULTS.md"])  # no temporary left
+
+    def test_a_failed_write_leaves_the_file_as_it_was(self):
+        path = os.path.join(self.get_temp_dir(), "RESULTS.md")
+        with open(path, "w") as f:
+            f.write("before\n")
+        run = results_log.start_run(["benchmarks/x.py"])
+        with mock.patch.object(os, "replace", side_effect=OSError(28, "No space left")):
+            with self.assertRaisesRegex(Exception, "No space left"):
+                results_log.append_section(path, run, "| table |")
+        with open(path) as f:
+            self.assertEqual(f.read(), "before\n")
+        self.assertEqual(os.listdir(self.get_temp_dir()), ["RESULTS.md"])
+
+    def test_outside_a_git_checkout_the_commit_is_unknown(self):
+        self.assertEqual(results_log.git_commit(self.get_temp_dir()), "unknown")
+
+
 class ReferenceBenchmarkTest(tf.test.TestCase):
     def test_runs_alternately_with_the_reference_and_reports_json(self):
         directory = self.get_temp_dir()
@@ -134,9 +184,16 @@ class ReferenceBenchmarkTest(tf.test.TestCase):
             f"--reference_python={sys.executable}",
             f"--reference_script={fake}",
             "--format=json",
+            f"--results={os.path.join(directory, 'RESULTS.md')}",
         )
         self.assertEqual(run.returncode, 0, run.stderr[-3000:])
         report = json.loads(run.stdout)
+        with open(os.path.join(directory, "RESULTS.md")) as f:
+            section = f.read()
+        self.assertStartsWith(section, "### ")
+        self.assertIn("reference_benchmark.py, load ", section)
+        self.assertIn("--estimators=first_order --repeats=2", section)
+        self.assertIn("| first_order |", section)
         runs = report["runs"]
         self.assertEqual([r["side"] for r in runs], ["ours", "reference", "ours", "reference"])
         for earlier, later in zip(runs, runs[1:]):

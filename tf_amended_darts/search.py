@@ -1,6 +1,7 @@
 """The DARTS search loop (Liu et al.; Bi et al.'s amended architecture gradient).
 
-`search(SearchConfig(...), output_dir)` runs the protocol of docs (method.md): the training set
+`search(SearchConfig(...), output_dir)` runs the DARTS search protocol (Liu et al.,
+arXiv:1806.09055, section 3; Bi et al., arXiv:1910.11831; docs/DESIGN.md): the training set
 is split into a weights part and an architecture part (`train_portion`); every iteration takes
 one architecture step (Adam on the alphas, gradient from the chosen estimator on a
 (train, val) batch pair) and then one weight step (SGD with momentum on a train batch).

@@ -69,7 +69,7 @@ _SUB_BATCHES = flags.DEFINE_integer(
     "Sum the estimator's second-derivative products of L_train over this many sub-batches of "
     "the batch, one at a time: their activation memory is that of batch / sub_batches "
     "examples, for one more forward/backward per product; BatchNorm then normalises each "
-    "sub-batch alone (README 'Speed and memory').",
+    "sub-batch alone (docs/USAGE.md, 'Memory').",
 )
 _MIXED_PRECISION = flags.DEFINE_enum(
     "mixed_precision",
@@ -77,7 +77,7 @@ _MIXED_PRECISION = flags.DEFINE_enum(
     cli.MIXED_PRECISION,
     "Compute in float16 (with dynamic loss scaling) or bfloat16 (Keras mixed_<dtype>; "
     "variables, alphas, logits and losses stay float32); auto: float16 on a GPU, else "
-    "bfloat16. Needs --products=exact (README 'Mixed precision').",
+    "bfloat16. Needs --products=exact (docs/USAGE.md, 'Mixed precision').",
 )
 _IMPLICIT_ITERATIONS = flags.DEFINE_integer(
     "implicit_iterations", 20, "CG iterations of --arch_gradient=implicit."
@@ -102,9 +102,9 @@ _HESSIAN_ITERATIONS = flags.DEFINE_integer(
     0,
     "Power iterations of the dominant eigenvalue of the alpha-Hessian of the validation loss, "
     "measured at every epoch's end into the log line and TensorBoard epoch/hessian_eigenvalue "
-    "(0: off). Eager power iteration: on the quickstart configuration 10 iterations on 256 "
-    "images added about 3 minutes to every epoch (epochs of 240-250 s instead of 30-65 s, "
-    "shared 2-core CPU); the search's own numbers are unchanged.",
+    "(0: off). An eager power iteration of --hessian_eigenvalue_examples images, each "
+    "iteration one Hessian-vector product: it lengthens every epoch; the search's own "
+    "numbers are unchanged.",
 )
 _HESSIAN_EXAMPLES = flags.DEFINE_integer(
     "hessian_eigenvalue_examples",
@@ -120,10 +120,8 @@ _COSINES_EVERY = flags.DEFINE_integer(
     "reference's CG relative residual (near 1 or above: CG diverged, the cosines are void), "
     "on one batch pair of --batch_size, into the log line and TensorBoard epoch/<measure>/"
     "<estimator> (0: off; bin/diagnose --search_dir measures the same at a checkpoint). The "
-    "estimators are traced at the first measurement and kept. Measured beside another job: "
-    "on the quickstart configuration the first measurement added 4.4 minutes, later ones "
-    "seconds, and the peak memory went from 2.4 to 4.8 GB; on mnist5k (enlarged space, 5 "
-    "cells, C=8, batch 32) ~6 minutes, then ~1.5 minutes each, and 15-18 GB instead of 3-4.",
+    "estimators are traced at the first measurement and kept, which makes that one slow and "
+    "raises the peak memory; later measurements are quicker.",
     lower_bound=0,
 )
 _COSINES_DAMPING = flags.DEFINE_float(

@@ -43,9 +43,9 @@ _STOP_AFTER_STEPS = flags.DEFINE_integer(
 _GRAPPLER = flags.DEFINE_boolean(
     "grappler",
     True,
-    "TensorFlow's graph optimizer on the step functions. Off, the small supernets of a study "
-    "build 25-35 % faster and step up to 15 % faster (benchmarks/estimators_benchmark.py "
-    "--grappler=on,off), for ~50 % more peak memory; the arithmetic is the same.",
+    "TensorFlow's graph optimizer (grappler) on the step functions. Off, a small supernet's "
+    "steps build and run faster for more peak memory (benchmarks/RESULTS.md); the arithmetic "
+    "is the same.",
 )
 _REPORT_DIR = flags.DEFINE_string(
     "report_dir", None, "Where the report goes (report.md and PNGs); default <output_dir>/report."
