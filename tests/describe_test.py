@@ -39,8 +39,7 @@ class DescribeTest(tf.test.TestCase):
         self.assertGreater(d["mult_adds"], 0)
 
     def test_supernet_of_a_preset(self):
-        # --layers and --init_channels: the deprecated names of --cells and --channels.
-        out = describe("--search_space=darts", "--layers=5", "--init_channels=4", "--format=json")
+        out = describe("--search_space=darts", "--cells=5", "--channels=4", "--format=json")
         self.assertEqual(out.returncode, 0, out.stderr)
         self.assertEqual(json.loads(out.stdout)["arch_params"], 2 * 14 * 8)
 

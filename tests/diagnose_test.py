@@ -171,9 +171,7 @@ def _corrupt_copy(directory, target):
     return target
 
 
-@pytest.mark.parametrize(
-    "case", ["estimators", "no_estimators", "missing", "corrupt", "cells", "deprecated_layers"]
-)
+@pytest.mark.parametrize("case", ["estimators", "no_estimators", "missing", "corrupt", "cells"])
 def test_bad_input_is_one_line_and_exit_2(case, searched, tmp_path):
     directory = searched[0]
     flags, message = {
@@ -185,8 +183,6 @@ def test_bad_input_is_one_line_and_exit_2(case, searched, tmp_path):
             "ckpt-2 does not fit the supernet",
         ),
         "cells": ([f"--search_dir={directory}", "--cells=5"], "drop --cells"),
-        # The old name of --cells, kept as an alias for one release.
-        "deprecated_layers": ([f"--search_dir={directory}", "--layers=5"], "drop --cells"),
     }[case]
     out = diagnose(*flags)
     assert out.returncode == 2, out.stderr[-2000:]

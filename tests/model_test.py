@@ -90,17 +90,6 @@ class NetworkTest(tf.test.TestCase):
             self.assertEqual(loaded.dtype_policy.name, policy)
             self.assertAllEqual(loaded(x, training=False), y)
 
-    def test_config_with_the_old_argument_names_still_loads(self):
-        # .keras files of version 0.1.0 name the width and depth init_channels and layers_count.
-        config = model.NetworkCIFAR(V2, channels=4, cells=3, num_classes=10).get_config()
-        old = {
-            {"channels": "init_channels", "cells": "layers_count"}.get(k, k): v
-            for k, v in config.items()
-        }
-        loaded = model.NetworkCIFAR.from_config(old)
-        self.assertEqual((loaded.channels, loaded.num_cells, len(loaded.cells)), (4, 3, 3))
-        self.assertEqual(loaded.get_config(), config)
-
     def test_genotype_given_as_text(self):
         net = model.NetworkCIFAR("DARTS_V1", 4, 3, 10)
         self.assertEqual(net.genotype, genotypes.PUBLISHED["DARTS_V1"])

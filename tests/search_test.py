@@ -333,15 +333,12 @@ class SearchTest(tf.test.TestCase):
         self.assertEqual(auto.estimator().eta, "auto")
         self.assertEqual(search.SearchConfig(**auto.to_dict()), auto)  # run.json round trip
 
-    def test_sub_batches_reach_the_estimator_and_old_runs_keep_their_identity(self):
+    def test_sub_batches_reach_the_estimator_and_the_record(self):
         config = search.SearchConfig(batch_size=64, sub_batches=4)
         self.assertEqual(config.estimator().sub_batches, 4)
         self.assertEqual(search.SearchConfig(**config.to_dict()), config)
-        # Runs recorded before the field existed have no sub_batches in run.json: at its
-        # default it stays out, so their recorded config still equals the new one (resume).
-        self.assertNotIn("sub_batches", search.SearchConfig().to_dict())
 
-    def test_mixed_precision_needs_exact_products_and_old_runs_keep_their_identity(self):
+    def test_mixed_precision_needs_exact_products_and_is_recorded_by_its_name(self):
         for dtype in ("float16", "bfloat16"):
             with self.assertRaisesRegex(errors.InputError, "mixed precision needs products=exact"):
                 search.SearchConfig(mixed_precision=dtype, products="finite_difference")
@@ -349,14 +346,13 @@ class SearchTest(tf.test.TestCase):
             self.assertEqual(search.SearchConfig(**config.to_dict()), config)
         with self.assertRaisesRegex(errors.InputError, "mixed_precision must be one of"):
             search.SearchConfig(mixed_precision="float8")
-        # Runs recorded before float16 say true for bfloat16 (and leave out false): it is
-        # still recorded so, so that they resume.
-        self.assertEqual(search.SearchConfig(mixed_precision=True).mixed_precision, "bfloat16")
-        self.assertIs(
-            search.SearchConfig(mixed_precision="bfloat16").to_dict()["mixed_precision"], True
+        for value in (True, False):
+            with self.assertRaisesRegex(errors.InputError, "mixed_precision must be"):
+                search.SearchConfig(mixed_precision=value)
+        self.assertEqual(
+            search.SearchConfig(mixed_precision="bfloat16").to_dict()["mixed_precision"],
+            "bfloat16",
         )
-        self.assertIsNone(search.SearchConfig(mixed_precision=False).mixed_precision)
-        self.assertNotIn("mixed_precision", search.SearchConfig().to_dict())
 
     def test_float16_search_ends_with_a_valid_genotype_and_keeps_its_loss_scale(self):
         directory = self.get_temp_dir() + "/mixed"

@@ -211,12 +211,6 @@ class _Network(keras.Model):
             "auxiliary": self.auxiliary,
         }
 
-    @classmethod
-    def from_config(cls, config):
-        # .keras files saved by version 0.1.0 name these init_channels and layers_count.
-        renamed = {"init_channels": "channels", "layers_count": "cells"}
-        return super().from_config({renamed.get(k, k): v for k, v in config.items()})
-
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class NetworkCIFAR(_Network):

@@ -118,6 +118,11 @@ class SearchConfig:
         object.__setattr__(
             self, "amending_coefficient", estimators.amending_coefficient(self.amending_coefficient)
         )
+        if isinstance(self.mixed_precision, bool):  # operations.mixed_precision_dtype takes them
+            raise errors.InputError(
+                "mixed_precision must be float16, bfloat16 or None (off), "
+                f"got {self.mixed_precision}"
+            )
         object.__setattr__(
             self, "mixed_precision", operations.mixed_precision_dtype(self.mixed_precision)
         )
@@ -181,12 +186,7 @@ class SearchConfig:
     def to_dict(self):
         d = dataclasses.asdict(self)
         d["operations"] = list(self.operations) if self.operations is not None else None
-        # Added after runs were recorded without them: kept out at their defaults, so that
-        # those runs resume.
-        for name, default in (("sub_batches", 1), ("mixed_precision", None)):
-            if d[name] == default:
-                del d[name]
-        return operations.recorded_mixed_precision(d)
+        return d
 
 
 @dataclasses.dataclass
@@ -624,9 +624,7 @@ def restore_search_network(directory, checkpoint=None):
         )
     names = {f.name for f in dataclasses.fields(SearchConfig)}
     config = SearchConfig(**{k: v for k, v in meta["config"].items() if k in names})
-    info = meta.get("dataset_info") or data.dataset_info_dict(
-        data.load_dataset(config.dataset, config.data_dir, image_size=config.image_size).info
-    )  # older runs
+    info = meta["dataset_info"]
     net = config.build_network(info["num_classes"], info["image_shape"])
     optimizer = keras.optimizers.SGD(config.learning_rate, momentum=config.momentum)
     optimizer.build(net.weight_variables)

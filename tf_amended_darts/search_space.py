@@ -85,14 +85,8 @@ class SearchSpace:
 
     @classmethod
     def from_dict(cls, config):
-        """The inverse of `to_dict`; also reads the field names of version 0.1.0's run.json
-        files (steps, layers, init_channels)."""
-        config = {_OLD_FIELD_NAMES.get(k, k): v for k, v in config.items()}
+        """The inverse of `to_dict`."""
         return cls(**config)
-
-
-# SearchSpace.to_dict keys before nodes/cells/channels became the one vocabulary.
-_OLD_FIELD_NAMES = {"steps": "nodes", "layers": "cells", "init_channels": "channels"}
 
 
 # The enlarged space (Bi et al., section 4): more operations, one more node, three inputs kept

@@ -117,6 +117,11 @@ class TrainConfig:
             raise errors.InputError(
                 f"steps_per_epoch must be at least 1, got {self.steps_per_epoch}"
             )
+        if isinstance(self.mixed_precision, bool):  # operations.mixed_precision_dtype takes them
+            raise errors.InputError(
+                "mixed_precision must be float16, bfloat16 or None (off), "
+                f"got {self.mixed_precision}"
+            )
         object.__setattr__(
             self, "mixed_precision", operations.mixed_precision_dtype(self.mixed_precision)
         )
@@ -148,9 +153,6 @@ class TrainConfig:
     def to_dict(self):
         d = dataclasses.asdict(self)
         d["genotype"] = self.genotype.to_dict()
-        if d["mixed_precision"] is None:  # added later: kept out at its default, so runs resume
-            del d["mixed_precision"]
-        d = operations.recorded_mixed_precision(d)
         return json.loads(json.dumps(d))  # JSON-normal (lists, not tuples), as run.json holds
 
     @classmethod

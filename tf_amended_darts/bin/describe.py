@@ -23,9 +23,6 @@ _CHANNELS = flags.DEFINE_integer(
 _CELLS = flags.DEFINE_integer(
     "cells", None, "Cells (default: cifar 20, imagenet 14, supernet: preset's)."
 )
-# The names of version 0.1.0, deprecated: to be removed in the next release.
-flags.DEFINE_alias("init_channels", "channels")
-flags.DEFINE_alias("layers", "cells")
 _NUM_CLASSES = flags.DEFINE_integer(
     "num_classes", None, "Classes (default: cifar 10, imagenet 1000)."
 )

@@ -22,10 +22,6 @@ _SEARCH_SPACE = flags.DEFINE_string("search_space", None, "Search-space preset (
 _CHANNELS = flags.DEFINE_integer("channels", None, "Override the preset's C.")
 _CELLS = flags.DEFINE_integer("cells", None, "Override the preset's number of cells.")
 _NODES = flags.DEFINE_integer("nodes", None, "Override the preset's intermediate nodes per cell.")
-# The names of version 0.1.0, deprecated: to be removed in the next release.
-flags.DEFINE_alias("init_channels", "channels")
-flags.DEFINE_alias("layers", "cells")
-flags.DEFINE_alias("steps", "nodes")
 _DATASET = flags.DEFINE_string(
     "dataset",
     None,

@@ -80,8 +80,6 @@ _OVERWRITE_EXPORT = flags.DEFINE_bool(
 # search's dataset and seed; cosine schedule).
 _EVAL_CHANNELS = flags.DEFINE_integer("eval_channels", 16, "Trained networks: channels C.")
 _EVAL_CELLS = flags.DEFINE_integer("eval_cells", 8, "Trained networks: cells.")
-# The name of version 0.1.0, deprecated: to be removed in the next release.
-flags.DEFINE_alias("eval_layers", "eval_cells")
 _EVAL_EPOCHS = flags.DEFINE_integer("eval_epochs", 2, "Trained networks: epochs.")
 _EVAL_STEPS = flags.DEFINE_integer("eval_steps_per_epoch", None, "Cap on steps per epoch.")
 _EVAL_BATCH = flags.DEFINE_integer("eval_batch_size", 64, "Trained networks: batch size.")
@@ -226,9 +224,7 @@ def main(argv):
             drop_path=_EVAL_DROP_PATH.value,
             cutout=_EVAL_CUTOUT.value,
             validation_split=_EVAL_VALIDATION_SPLIT.value,
-            # Trials train as the search ran, recorded as run.json records it (bfloat16: true),
-            # so that older tunings' options stay the same; None (off) is left out.
-            mixed_precision=config.to_dict().get("mixed_precision"),
+            mixed_precision=config.mixed_precision,  # trials train as the search ran
         )
     )
     if _MODE.value == "architectures":
