@@ -202,7 +202,7 @@ class SearchBinaryTest(tf.test.TestCase):
         measured = diagnostics.diagnose(
             search_dir=directory,
             batch_size=16,
-            eta=0.5,
+            amending_coefficient=0.5,
             cg_iterations=2,
             damping=0.5,
             repeats=1,

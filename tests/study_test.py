@@ -72,13 +72,22 @@ class HelpersTest(tf.test.TestCase):
                 },
             }
         }
-        plan = {"estimators": ["first_order", "amended"], "eta": 2.0, "damping": 0.5}
+        plan = {
+            "estimators": ["first_order", "amended"],
+            "amending_coefficient": 2.0,
+            "damping": 0.5,
+        }
         traced = {}
         with mock.patch.object(diagnostics, "diagnose", return_value=measured) as diagnose:
             cosines = study._cosines("run", plan, traced)
         kwargs = diagnose.call_args.kwargs
         self.assertEqual(
-            (kwargs["eta"], kwargs["damping"], kwargs["estimator_names"], kwargs["traced"]),
+            (
+                kwargs["amending_coefficient"],
+                kwargs["damping"],
+                kwargs["estimator_names"],
+                kwargs["traced"],
+            ),
             (2.0, 0.5, ("first_order", "amended"), traced),
         )
         self.assertIs(kwargs["search_run"], "run")

@@ -166,7 +166,7 @@ def diagnose(
     data_dir=None,
     batch_size=32,
     estimator_names=("first_order", "second_order", "amended"),
-    eta=0.1,
+    amending_coefficient=0.1,
     cg_iterations=20,
     damping=0.0,
     products="exact",
@@ -207,7 +207,7 @@ def diagnose(
     for n in names:
         params = {"products": products, "fd_radius": fd_radius}
         if n == "amended":
-            params["eta"] = eta
+            params["eta"] = amending_coefficient
         if n == "implicit":
             params.update(iterations=cg_iterations, damping=damping)
         compared[n] = estimators.make_estimator(n, **params)
@@ -310,14 +310,16 @@ def diagnose(
             vectors[key] - g1, vectors["implicit"] - g1
         )
     if "amended" in vectors:
-        results["amended"].update(best_eta(g1, vectors["amended"], vectors["implicit"], eta))
+        results["amended"].update(
+            best_eta(g1, vectors["amended"], vectors["implicit"], amending_coefficient)
+        )
     return {
         "config": {
             **source,
             "space": space.to_dict(),
             "dataset": ds.info.name,
             "batch_size": batch_size,
-            "eta": eta,
+            "amending_coefficient": amending_coefficient,
             "cg_iterations": cg_iterations,
             "damping": damping,
             "products": products,
@@ -486,7 +488,7 @@ def estimator_cosines(
     run,
     traced,
     estimator_names=("first_order", "second_order", "amended"),
-    eta=0.1,
+    amending_coefficient=0.1,
     cg_iterations=20,
     damping=0.0,
     batch_size=32,
@@ -497,7 +499,7 @@ def estimator_cosines(
     measured = diagnose(
         batch_size=batch_size,
         estimator_names=tuple(estimator_names),
-        eta=eta,
+        amending_coefficient=amending_coefficient,
         cg_iterations=cg_iterations,
         damping=damping,
         repeats=1,

@@ -53,6 +53,9 @@ from tf_amended_darts import (
     search_space,
     visualize,
 )
+from tf_amended_darts import (
+    options as options_lib,
+)
 
 KIND = "search"
 HISTORY_FILE = "alphas_history.json"
@@ -61,60 +64,135 @@ LOG_FILE = "log.txt"
 OUTPUTS = (HISTORY_FILE, GENOTYPE_FILE, LOG_FILE)
 
 
+def _explain_estimator(name, value):
+    del name
+    return f"unknown estimator {value!r}; expected one of {', '.join(estimators.ESTIMATORS)}"
+
+
+def _usable_amending_coefficient(value):
+    try:
+        estimators.amending_coefficient(value)
+    except errors.InputError:
+        return False
+    return True
+
+
+option = options_lib.option
+
+
 @dataclasses.dataclass(frozen=True)
 class SearchConfig:
-    """Everything that determines a search's result (the run's identity in run.json)."""
+    """Everything that determines a search's result (the run's identity in run.json). Each
+    field declares an option (options.py): bin/search's flags, bin/tune's search flags and the
+    study plan's "search" keys are these fields."""
 
-    dataset: str = "digits"
-    data_dir: Optional[str] = None
-    image_size: Optional[int] = None
-    train_portion: float = 0.5
-    search_space: str = "darts"
-    operations: Optional[tuple] = None  # overrides of the preset; None keeps its value
-    nodes: Optional[int] = None
-    cells: Optional[int] = None
-    channels: Optional[int] = None
-    arch_gradient: str = "amended"
-    amending_coefficient: Union[float, str] = 0.1  # or "auto" (estimators.AmendedEstimator)
-    products: str = "exact"  # exact | finite_difference Hessian products
-    sub_batches: int = 1  # products summed over this many sub-batches (memory; estimators.py)
-    implicit_iterations: int = 20  # CG iterations of arch_gradient=implicit
-    epochs: int = 50
-    steps_per_epoch: Optional[int] = None  # cap on the iterations of an epoch (None: all)
-    batch_size: int = 64
-    learning_rate: float = 0.025
-    learning_rate_min: float = 0.001
-    momentum: float = 0.9
-    weight_decay: float = 3e-4
-    grad_clip: float = 5.0
-    arch_learning_rate: float = 3e-4
-    arch_beta_1: float = 0.5
-    arch_beta_2: float = 0.999
-    arch_weight_decay: float = 1e-3
-    warmup_epochs: int = 0
-    seed: int = 0
-    validate: bool = True  # evaluate on the architecture part every epoch
-    mixed_precision: Optional[str] = None  # float16 | bfloat16 compute (operations.py)
+    dataset: str = option("digits", options_lib.DATASET_HELP, "string", options_lib.NOT_EMPTY)
+    data_dir: Optional[str] = option(
+        None, "Directory of the dataset.", "string", options_lib.NOT_EMPTY
+    )
+    image_size: Optional[int] = option(
+        None, "Resize images (tfds, image_folder).", "integer", options_lib.COUNT
+    )
+    train_portion: float = option(
+        0.5,
+        "Share of the training set that trains the weights; the rest trains the alphas.",
+        "float",
+        options_lib.number_in(0, 1, low_open=True, high_open=True),
+    )
+    search_space: str = option(
+        "darts",
+        "Preset: " + " | ".join(search_space.PRESETS) + ".",
+        "string",
+        options_lib.one_of(sorted(search_space.PRESETS)),
+    )
+    # overrides of the preset; None keeps its value
+    operations: Optional[tuple] = option(None, "Override the preset's operations.", "list")
+    nodes: Optional[int] = option(
+        None, "Override the intermediate nodes per cell.", "integer", options_lib.COUNT
+    )
+    cells: Optional[int] = option(
+        None, "Override the number of cells.", "integer", options_lib.CELLS
+    )
+    channels: Optional[int] = option(
+        None, "Override the initial channels C.", "integer", options_lib.COUNT
+    )
+    arch_gradient: str = option(
+        "amended",
+        "first_order | second_order | amended | implicit.",
+        "string",
+        options_lib.Rule(
+            lambda v: v in estimators.ESTIMATORS,
+            f"must be one of {', '.join(estimators.ESTIMATORS)}",
+            _explain_estimator,
+        ),
+    )
+    amending_coefficient: Union[float, str] = option(
+        0.1,
+        "eta of the amended gradient: a number >= 0, or auto (at every step the eta for which "
+        "eta A v is closest to A^-1 v, from the step's own Hessian product).",
+        "string",
+        options_lib.Rule(_usable_amending_coefficient, "must be auto or a finite number >= 0"),
+    )
+    products: str = option(
+        "exact",
+        "Hessian products: exact | finite_difference.",
+        "string",
+        options_lib.one_of(estimators.PRODUCTS),
+    )
+    sub_batches: int = option(
+        1,
+        "Sum the estimator's second-derivative products of L_train over this many sub-batches "
+        "of the batch, one at a time: their activation memory is that of batch / sub_batches "
+        "examples, for one more forward/backward per product; BatchNorm then normalises each "
+        "sub-batch alone (docs/USAGE.md, 'Memory').",
+        "integer",
+        options_lib.COUNT,
+    )
+    implicit_iterations: int = option(
+        20, "CG iterations of --arch_gradient=implicit.", "integer", options_lib.COUNT
+    )
+    epochs: int = option(50, "Epochs.", "integer", options_lib.COUNT)
+    steps_per_epoch: Optional[int] = option(
+        None, "Cap on steps per epoch.", "integer", options_lib.COUNT
+    )
+    batch_size: int = option(64, "Global batch size.", "integer", options_lib.COUNT)
+    learning_rate: float = option(
+        0.025, "Weights: initial learning rate.", "float", options_lib.NONNEGATIVE
+    )
+    learning_rate_min: float = option(
+        0.001, "Weights: final (cosine) rate.", "float", options_lib.NONNEGATIVE
+    )
+    momentum: float = option(0.9, "Weights: SGD momentum.", "float", options_lib.NONNEGATIVE)
+    weight_decay: float = option(
+        3e-4, "Weights: L2 weight decay.", "float", options_lib.NONNEGATIVE
+    )
+    grad_clip: float = option(5.0, "Weights: gradient norm clip.", "float", options_lib.NONNEGATIVE)
+    arch_learning_rate: float = option(
+        3e-4, "Alphas: Adam learning rate.", "float", options_lib.NONNEGATIVE
+    )
+    arch_beta_1: float = option(0.5, "Alphas: Adam beta_1.", "float", options_lib.SHARE)
+    arch_beta_2: float = option(0.999, "Alphas: Adam beta_2.", "float", options_lib.SHARE)
+    arch_weight_decay: float = option(
+        1e-3, "Alphas: L2 weight decay.", "float", options_lib.NONNEGATIVE
+    )
+    warmup_epochs: int = option(
+        0, "First epochs train the weights only.", "integer", options_lib.COUNT_OR_ZERO
+    )
+    seed: int = option(0, "Seed of initialisation and data order.", "integer", options_lib.SEED)
+    validate: bool = option(True, "Evaluate on the architecture part per epoch.", "bool")
+    # float16 | bfloat16 compute (operations.py); checked by operations.mixed_precision_dtype
+    mixed_precision: Optional[str] = option(
+        None,
+        "Compute in float16 (with dynamic loss scaling) or bfloat16 (Keras mixed_<dtype>; "
+        "variables, alphas, logits and losses stay float32); auto: float16 on a GPU, else "
+        "bfloat16. Needs --products=exact (docs/USAGE.md, 'Mixed precision').",
+        "mixed_precision",
+    )
 
     def __post_init__(self):
         if self.operations is not None:
             object.__setattr__(self, "operations", tuple(self.operations))
-        for name in ("epochs", "batch_size", "sub_batches"):
-            if getattr(self, name) < 1:
-                raise errors.InputError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in (
-            "learning_rate",
-            "learning_rate_min",
-            "momentum",
-            "weight_decay",
-            "grad_clip",
-            "arch_learning_rate",
-            "arch_weight_decay",
-            "warmup_epochs",
-        ):
-            value = getattr(self, name)
-            if not 0 <= value < float("inf"):
-                raise errors.InputError(f"{name} must be a finite number >= 0, got {value}")
+        options_lib.check_fields(self)
         object.__setattr__(
             self, "amending_coefficient", estimators.amending_coefficient(self.amending_coefficient)
         )
@@ -126,7 +204,6 @@ class SearchConfig:
         object.__setattr__(
             self, "mixed_precision", operations.mixed_precision_dtype(self.mixed_precision)
         )
-        # Before anything is built (the estimator checks it again).
         estimators.check_products_for_dtype(self.products, self.mixed_precision)
         if self.batch_size % self.sub_batches:
             raise errors.InputError(
@@ -136,14 +213,6 @@ class SearchConfig:
             raise errors.InputError(
                 f"learning_rate_min {self.learning_rate_min} exceeds "
                 f"learning_rate {self.learning_rate}"
-            )
-        if not 0 < self.train_portion < 1:
-            raise errors.InputError(f"train_portion must be in (0, 1), got {self.train_portion}")
-        if not (0 <= self.arch_beta_1 < 1 and 0 <= self.arch_beta_2 < 1):
-            raise errors.InputError("arch_beta_1 and arch_beta_2 must be in [0, 1)")
-        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
-            raise errors.InputError(
-                f"steps_per_epoch must be at least 1, got {self.steps_per_epoch}"
             )
 
     def space(self):
@@ -212,10 +281,10 @@ def slot_names(space):
 class _Searcher:
     """The model, the optimizers and the two step functions, built under a strategy."""
 
-    def __init__(self, config, strategy, input_shape, num_classes):
+    def __init__(self, config, strategy, input_shape, num_classes, estimator=None):
         self.config, self.strategy = config, strategy
+        self.estimator = estimator or config.estimator()  # search() passes the one it built
         self.replicas = strategy.num_replicas_in_sync
-        self.estimator = config.estimator()
         self.traces = {"search_step": 0, "weight_step": 0}
         keras.utils.set_random_seed(config.seed)
         with strategy.scope():
@@ -418,7 +487,7 @@ def search(
         progress_stream=progress_stream,
     )
     with runner:
-        searcher = _Searcher(config, strategy, info.image_shape, info.num_classes)
+        searcher = _Searcher(config, strategy, info.image_shape, info.num_classes, estimator)
         model = searcher.model
         restored = runner.start(
             dict(

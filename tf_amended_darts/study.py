@@ -10,8 +10,8 @@ Plan (`load_plan(path)`), a JSON object (studies/collapse.json is one):
   "seeds":         seeds of the searches (and of the re-training);
   "retrain":       TrainConfig fields of the re-training (null: none); dataset comes from the run;
   "hessian":       {"iterations": power iterations, "examples": architecture-part examples};
-  "cosines":       {"every": N epochs (0: never), "estimators": [...], "eta": amended's
-                   coefficient, "cg_iterations", "damping", "batch_size"; defaults:
+  "cosines":       {"every": N epochs (0: never), "estimators": [...],
+                   "amending_coefficient", "cg_iterations", "damping", "batch_size"; defaults:
                    diagnostics.estimator_cosines'}: diagnostics.diagnose at the live search
                    (bin/diagnose --search_dir's measure): each estimator's cosine to the
                    implicit reference (amended's also its best eta there), and the
@@ -39,6 +39,7 @@ same way.
 import collections
 import dataclasses
 import fnmatch
+import inspect
 import json
 import os
 
@@ -166,14 +167,12 @@ def alpha_masses(probabilities, operations_, slots):
     return masses
 
 
-# The plan's "cosines" settings, by diagnostics.estimator_cosines' parameter (its defaults
-# are the plan's).
+# The plan's "cosines" settings: diagnostics.estimator_cosines' parameters but the live run,
+# of the same names ("estimators": estimator_names), and defaults.
 _COSINE_SETTINGS = {
-    "estimators": "estimator_names",
-    "eta": "eta",
-    "cg_iterations": "cg_iterations",
-    "damping": "damping",
-    "batch_size": "batch_size",
+    "estimators" if name == "estimator_names" else name: name
+    for name in inspect.signature(diagnostics.estimator_cosines).parameters
+    if name not in ("run", "traced")
 }
 
 

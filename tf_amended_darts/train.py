@@ -37,43 +37,96 @@ from tf_amended_darts import (
     run_dir,
 )
 from tf_amended_darts import model as model_lib
+from tf_amended_darts import (
+    options as options_lib,
+)
 
 LOG_FILE = "log.txt"
 KIND = "train"
 
 
+option = options_lib.option
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Everything that determines a training run's result (its identity in run.json)."""
+    """Everything that determines a training run's result (its identity in run.json). Each
+    field but the genotype declares an option (options.py): bin/train's flags, bin/tune's
+    --eval_* flags and the study plan's "retrain" keys are these fields."""
 
-    genotype: genotypes.Genotype = None  # a Genotype, or anything load_genotype accepts
-    network: str = "cifar"  # cifar | imagenet
-    dataset: str = "digits"
-    data_dir: Optional[str] = None
-    image_size: Optional[int] = None
-    channels: int = 36
-    cells: int = 20
-    auxiliary: bool = True
-    auxiliary_weight: float = 0.4
-    drop_path: float = 0.2  # final drop-path probability (rises linearly)
-    cutout: int = 16
-    epochs: int = 600
-    steps_per_epoch: Optional[int] = None  # cap on the steps of an epoch (None: all)
-    batch_size: int = 96
-    learning_rate: float = 0.025
-    lr_schedule: str = "cosine"  # cosine | exponential
-    learning_rate_min: float = 0.0
-    lr_decay: float = 0.97
-    momentum: float = 0.9
-    weight_decay: float = 3e-4
-    grad_clip: float = 5.0  # 0: no clipping
-    label_smoothing: float = 0.0
-    seed: int = 0
-    validate: bool = True  # evaluate every epoch (on the test split, or the held-out part)
-    # Fraction of the training split held out to validate on instead of the test split: what
-    # a choice between architectures (keras-tuner trials) must be scored on. 0: the test split.
-    validation_split: float = 0.0
-    mixed_precision: Optional[str] = None  # float16 | bfloat16 compute (operations.py)
+    # a Genotype, or anything load_genotype accepts
+    genotype: genotypes.Genotype = option(
+        None, "Published name, JSON file or DARTS string.", "string", options_lib.NOT_EMPTY
+    )
+    network: str = option("cifar", "Network layout.", "enum", choices=tuple(model_lib.NETWORKS))
+    dataset: str = option("digits", options_lib.DATASET_HELP, "string", options_lib.NOT_EMPTY)
+    data_dir: Optional[str] = option(
+        None, "Directory of the dataset.", "string", options_lib.NOT_EMPTY
+    )
+    image_size: Optional[int] = option(
+        None, "Resize images (tfds, image_folder).", "integer", options_lib.COUNT
+    )
+    channels: int = option(36, "Initial channels C.", "integer", options_lib.COUNT)
+    cells: int = option(
+        20,
+        "Number of cells.",
+        "integer",
+        options_lib.Rule(
+            options_lib.CELLS.check,
+            options_lib.CELLS.message,
+            lambda name, v: f"{name} must be at least 3 (two are reduction cells), got {v!r}",
+        ),
+    )
+    auxiliary: bool = option(True, "Auxiliary head at 2/3 depth.", "bool")
+    auxiliary_weight: float = option(0.4, "Weight of its loss.", "float", options_lib.NONNEGATIVE)
+    drop_path: float = option(
+        0.2, "Final drop-path probability (linear ramp).", "float", options_lib.SHARE
+    )
+    cutout: int = option(16, "Cutout square side (0: none).", "integer", options_lib.COUNT_OR_ZERO)
+    epochs: int = option(600, "Epochs.", "integer", options_lib.COUNT)
+    steps_per_epoch: Optional[int] = option(
+        None, "Cap on steps per epoch.", "integer", options_lib.COUNT
+    )
+    batch_size: int = option(96, "Global batch size.", "integer", options_lib.COUNT)
+    learning_rate: float = option(0.025, "Initial learning rate.", "float", options_lib.NONNEGATIVE)
+    lr_schedule: str = option(
+        "cosine",
+        "Per-epoch schedule: cosine to --learning_rate_min, or exponential decay by --lr_decay "
+        "per epoch.",
+        "enum",
+        choices=("cosine", "exponential"),
+    )
+    learning_rate_min: float = option(
+        0.0, "Final rate of the cosine schedule.", "float", options_lib.NONNEGATIVE
+    )
+    lr_decay: float = option(
+        0.97, "Per-epoch factor of the exponential one.", "float", options_lib.NONNEGATIVE
+    )
+    momentum: float = option(0.9, "SGD momentum.", "float", options_lib.NONNEGATIVE)
+    weight_decay: float = option(3e-4, "L2 weight decay.", "float", options_lib.NONNEGATIVE)
+    grad_clip: float = option(
+        5.0, "Gradient norm clip (0: none).", "float", options_lib.NONNEGATIVE
+    )
+    label_smoothing: float = option(0.0, "Label smoothing.", "float", options_lib.SHARE)
+    seed: int = option(
+        0, "Seed of initialisation, data order, drop-path.", "integer", options_lib.SEED
+    )
+    validate: bool = option(True, "Evaluate every epoch.", "bool")
+    # What a choice between architectures (keras-tuner trials) must be scored on.
+    validation_split: float = option(
+        0.0,
+        "Fraction of the training split held out to validate on (0: the test split).",
+        "float",
+        options_lib.SHARE,
+    )
+    # float16 | bfloat16 compute (operations.py); checked by operations.mixed_precision_dtype
+    mixed_precision: Optional[str] = option(
+        None,
+        "Compute in float16 (with dynamic loss scaling) or bfloat16 (Keras mixed_<dtype>; "
+        "variables, logits and losses stay float32); auto: float16 on a GPU, else bfloat16. "
+        "The exported SavedModel computes as trained.",
+        "mixed_precision",
+    )
 
     def __post_init__(self):
         g = self.genotype
@@ -84,39 +137,7 @@ class TrainConfig:
         elif not isinstance(g, genotypes.Genotype):
             g = genotypes.load_genotype(str(g))
         object.__setattr__(self, "genotype", g)
-        if self.network not in model_lib.NETWORKS:
-            raise errors.InputError(f"unknown network {self.network!r}; expected cifar or imagenet")
-        if self.lr_schedule not in ("cosine", "exponential"):
-            raise errors.InputError(
-                f"unknown lr_schedule {self.lr_schedule!r}; expected cosine or exponential"
-            )
-        for name in ("epochs", "batch_size", "channels", "cells"):
-            if getattr(self, name) < 1:
-                raise errors.InputError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.cells < 3:
-            raise errors.InputError(
-                f"cells must be at least 3 (two are reduction cells), got {self.cells}"
-            )
-        for name in (
-            "auxiliary_weight",
-            "learning_rate",
-            "learning_rate_min",
-            "lr_decay",
-            "momentum",
-            "weight_decay",
-            "grad_clip",
-            "cutout",
-        ):
-            value = getattr(self, name)
-            if not 0 <= value < float("inf"):
-                raise errors.InputError(f"{name} must be a finite number >= 0, got {value}")
-        for name in ("drop_path", "label_smoothing", "validation_split"):
-            if not 0 <= getattr(self, name) < 1:
-                raise errors.InputError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
-            raise errors.InputError(
-                f"steps_per_epoch must be at least 1, got {self.steps_per_epoch}"
-            )
+        options_lib.check_fields(self)
         if isinstance(self.mixed_precision, bool):  # operations.mixed_precision_dtype takes them
             raise errors.InputError(
                 "mixed_precision must be float16, bfloat16 or None (off), "

@@ -3,9 +3,9 @@ run stopped by SIGINT/SIGTERM (errors.Interrupted) is one line saying how to con
 status 128 + the signal; any other exception is a bug and shows its traceback (absl re-raises
 it: exit status 1)."""
 
+import dataclasses
 import importlib
 import logging as python_logging
-import math
 import os
 import sys
 
@@ -14,168 +14,95 @@ from absl import app, flags, logging
 from tf_amended_darts import errors
 
 
-# Checks of a flag on its own, by flag name (a name means the same in every binary); absl runs
-# them while parsing, before main, and reports `flag --name=value: message` (exit status 1).
-# Checks that need several flags raise errors.InputError in the library instead.
-def _integer_at_least(low, high=None):
-    if high is None:
-        return (lambda v: v >= low), f"must be an integer >= {low}"
-    return (lambda v: low <= v <= high), f"must be an integer in [{low}, {high}]"
+def _rules():
+    # Imported here: the configs live in modules that import TensorFlow.
+    from tf_amended_darts import options, search, train  # pylint: disable=g-import-not-at-top
 
-
-def _number_in(low, high=math.inf, low_open=False, high_open=False):
-    def check(v):
-        return (
-            math.isfinite(v)
-            and (v > low if low_open else v >= low)
-            and (v < high if high_open else v <= high)
-        )
-
-    if high == math.inf:
-        return check, f"must be a finite number {'>' if low_open else '>='} {low}"
-    return check, (f"must be in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}")
-
-
-def _amending_coefficient(estimators):
-    def check(v):
-        try:
-            estimators.amending_coefficient(v)
-        except errors.InputError:
-            return False
-        return True
-
-    return check, "must be auto or a finite number >= 0"
-
-
-def _not_empty():
-    return (lambda v: bool(str(v).strip())), "must not be empty"
-
-
-def _one_of(choices):
-    return (lambda v: v in choices), f"must be one of {', '.join(choices)}"
-
-
-def _flag_rules():
-    # Imported here: the registries live in modules that import TensorFlow.
-    from tf_amended_darts import distribute, estimators, search_space
-
-    rules = {
-        # Seeds reach numpy's global seed (keras.utils.set_random_seed): 0 .. 2**32 - 1.
-        "seed": _integer_at_least(0, 2**32 - 1),
-        "tuner_seed": _integer_at_least(0, 2**32 - 1),
-        "arch_beta_1": _number_in(0, 1, high_open=True),
-        "arch_beta_2": _number_in(0, 1, high_open=True),
-        "drop_path": _number_in(0, 1, high_open=True),
-        "label_smoothing": _number_in(0, 1, high_open=True),
-        "validation_split": _number_in(0, 1, high_open=True),
-        "eval_validation_split": _number_in(0, 1, high_open=True),
-        "train_portion": _number_in(0, 1, low_open=True, high_open=True),
-        "fd_radius": _number_in(0, low_open=True),
-        "amending_coefficient": _amending_coefficient(estimators),
-        "strategy": _one_of(distribute.STRATEGIES),
-        "arch_gradient": _one_of(tuple(estimators.ESTIMATORS)),
-        "products": _one_of(estimators.PRODUCTS),
-        "search_space": _one_of(tuple(sorted(search_space.PRESETS))),
-    }
-    for names, rule in (
-        (
-            (
-                "checkpoint_every",
-                "warmup_epochs",
-                "warmup_steps",
-                "cutout",
-                "hessian_eigenvalue_iterations",
-            ),
-            _integer_at_least(0),
-        ),
-        (
-            (
-                "stop_after_steps",
-                "metrics_every",
-                "logical_cpus",
-                "image_size",
-                "nodes",
-                "channels",
-                "implicit_iterations",
-                "sub_batches",
-                "epochs",
-                "steps_per_epoch",
-                "batch_size",
-                "num_classes",
-                "input_size",
-                "input_channels",
-                "cg_iterations",
-                "repeats",
-                "max_trials",
-                "initial_points",
-                "eval_channels",
-                "eval_epochs",
-                "eval_steps_per_epoch",
-                "eval_validation_steps",
-                "eval_batch_size",
-                "hessian_eigenvalue_examples",
-            ),
-            _integer_at_least(1),
-        ),
-        (("cells", "eval_cells"), _integer_at_least(3)),  # two are reductions
-        (
-            (
-                "learning_rate",
-                "learning_rate_min",
-                "momentum",
-                "weight_decay",
-                "grad_clip",
-                "arch_learning_rate",
-                "arch_weight_decay",
-                "auxiliary_weight",
-                "lr_decay",
-                "eta",
-                "damping",
-                "eval_learning_rate",
-                "eval_momentum",
-                "eval_weight_decay",
-            ),
-            _number_in(0),
-        ),
-        (
-            (
-                "dataset",
-                "data_dir",
-                "output_dir",
-                "export_dir",
-                "run_dir",
-                "checkpoint",
-                "saved_model",
-                "search_dir",
-                "directory",
-                "project_name",
-                "alphas_history",
-                "genotype",
-            ),
-            _not_empty(),
-        ),
-    ):
-        rules.update(dict.fromkeys(names, rule))
-    return rules
+    return options.rules(
+        options.RunOptions,
+        options.SearchMeasures,
+        options.TuneOptions,
+        search.SearchConfig,
+        train.TrainConfig,
+    )
 
 
 def validate_flags(holders):
-    """Registers the checks above for a binary's FlagHolders (`globals().values()`; other
-    values are skipped); an unset flag (None) passes."""
-    rules = _flag_rules()
+    """Registers, for a binary's FlagHolders (`globals().values()`; other values are skipped),
+    the check of the declared option of the same name (options.rules): absl runs it while
+    parsing, before main, and reports `flag --name=value: message` (exit status 1). An unset
+    flag (None) passes. Checks that need several options raise errors.InputError in the
+    library instead."""
+    rules = _rules()
     for holder in holders:
         if isinstance(holder, flags.FlagHolder) and holder.name in rules:
-            check, message = rules[holder.name]
-            flags.register_validator(holder, lambda v, check=check: v is None or check(v), message)
+            rule = rules[holder.name]
+            flags.register_validator(
+                holder, lambda v, check=rule.check: v is None or check(v), rule.message
+            )
+
+
+MIXED_PRECISION = ("off", "auto", "float16", "bfloat16")  # --mixed_precision's values
+
+
+def define_flags(cls, names=None, prefix="", defaults=None):
+    """Defines a flag for each option that the dataclass `cls` declares (options.option), or
+    for those in `names`: --<prefix><name>, of the option's kind, default (or `defaults`'),
+    help and choices, with its check (validate_flags). Returns {option name: FlagHolder}.
+    A mixed_precision option is the enum MIXED_PRECISION ("off": None; see `option_values`)."""
+    from tf_amended_darts import options  # pylint: disable=g-import-not-at-top
+
+    module = sys._getframe(1).f_globals["__name__"]  # the binary's: its --help lists them
+    declared = options.declared(cls)
+    holders = {}
+    for name in declared if names is None else names:
+        field = declared[name]
+        meta = field.metadata
+        default = (defaults or {}).get(name, field.default)
+        if default is dataclasses.MISSING:
+            default = field.default_factory()
+        flag = prefix + name
+        kind = meta["kind"]
+        if kind == "mixed_precision":
+            holder = flags.DEFINE_enum(
+                flag, default or "off", MIXED_PRECISION, meta["help"], module_name=module
+            )
+        elif kind == "enum":
+            holder = flags.DEFINE_enum(
+                flag, default, meta["choices"], meta["help"], module_name=module
+            )
+        elif kind == "list":
+            holder = flags.DEFINE_list(
+                flag, list(default) if default else default, meta["help"], module_name=module
+            )
+        else:
+            define = {
+                "string": flags.DEFINE_string,
+                "integer": flags.DEFINE_integer,
+                "float": flags.DEFINE_float,
+                "bool": flags.DEFINE_bool,
+            }[kind]
+            if kind == "string" and default is not None:
+                default = str(default)  # amending_coefficient: 0.1 or auto
+            holder = define(flag, default, meta["help"], module_name=module)
+        holders[name] = holder
+    validate_flags(holders.values())
+    return holders
+
+
+def option_values(holders):
+    """{option name: value} of define_flags' holders, as the library takes them (the
+    mixed_precision flag's off/auto resolved by `mixed_precision`)."""
+    values = {name: holder.value for name, holder in holders.items()}
+    if "mixed_precision" in values:
+        values["mixed_precision"] = mixed_precision(values["mixed_precision"])
+    return values
 
 
 def flag_values(namespace):
     """{name: value} of the FlagHolders defined in a binary's module (`globals()`), for
     recording next to a result; absl's own flags are left out."""
     return {h.name: h.value for h in namespace.values() if isinstance(h, flags.FlagHolder)}
-
-
-MIXED_PRECISION = ("off", "auto", "float16", "bfloat16")  # --mixed_precision's values
 
 
 def mixed_precision(value):

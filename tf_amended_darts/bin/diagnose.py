@@ -3,7 +3,8 @@ a search-space preset (fresh, warmed up) or the latest checkpoint of a search ru
 (--search_dir). What is measured: tf_amended_darts/diagnostics.py.
 
   python -m tf_amended_darts.bin.diagnose --search_space=darts --cells=5 --channels=8
-  python -m tf_amended_darts.bin.diagnose --estimators=amended --eta=0.05 --format=json
+  python -m tf_amended_darts.bin.diagnose --estimators=amended --amending_coefficient=0.05 \
+      --format=json
   python -m tf_amended_darts.bin.diagnose --search_dir=runs/quickstart --format=json
 """
 
@@ -34,7 +35,9 @@ _ESTIMATORS = flags.DEFINE_list(
     "first_order,second_order,amended",
     "Estimators to compare (the implicit reference is always run).",
 )
-_ETA = flags.DEFINE_float("eta", 0.1, "Amending coefficient of the amended estimator.")
+_AMENDING = flags.DEFINE_float(
+    "amending_coefficient", 0.1, "eta of the amended estimator (a number: best_eta scales it)."
+)
 _CG_ITERATIONS = flags.DEFINE_integer("cg_iterations", 20, "CG iterations of the reference.")
 _DAMPING = flags.DEFINE_float("damping", 0.0, "Damping added to H in the reference.")
 _PRODUCTS = flags.DEFINE_enum(
@@ -67,7 +70,7 @@ def main(argv):
         _DATA_DIR.value,
         _BATCH_SIZE.value,
         _ESTIMATORS.value,
-        _ETA.value,
+        _AMENDING.value,
         _CG_ITERATIONS.value,
         _DAMPING.value,
         _PRODUCTS.value,

@@ -31,153 +31,38 @@ import os
 
 from absl import flags
 
-from tf_amended_darts import errors, io_utils
+from tf_amended_darts import errors, io_utils, options
 from tf_amended_darts.bin import cli
 
-_MODE = flags.DEFINE_enum(
-    "mode",
-    "architectures",
-    ["architectures", "search_options"],
-    "What the trials vary: architectures (DartsOracle) or the search's "
-    "hyperparameters (SearchTuner).",
-)
-_DIRECTORY = flags.DEFINE_string("directory", None, "keras-tuner's directory.")
-_PROJECT = flags.DEFINE_string("project_name", "tune", "keras-tuner's project name.")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Start the project over (else resume it).")
-_MAX_TRIALS = flags.DEFINE_integer("max_trials", 5, "Trials in all (resumed ones included).")
-_SEARCH_DIR = flags.DEFINE_string(
-    "search_dir", None, "architectures: the search's output directory (run there unless finished)."
-)
-_ORACLE = flags.DEFINE_enum(
-    "oracle", "random", ["random", "bayesian"], "search_options: keras-tuner's oracle."
-)
-_TUNE = flags.DEFINE_list(
-    "tune",
-    "arch_learning_rate,amending_coefficient,arch_gradient,warmup_epochs",
-    "search_options: the search options to tune.",
-)
-_ARCH_GRADIENTS = flags.DEFINE_list(
-    "arch_gradients",
-    "first_order,second_order,amended",
-    "search_options: estimators to choose from.",
-)
-_INITIAL_POINTS = flags.DEFINE_integer(
-    "initial_points",
-    None,
-    "search_options, bayesian: random trials before the Gaussian "
-    "process proposes (default keras-tuner's: 3 per tuned option).",
-)
-_TUNER_SEED = flags.DEFINE_integer("tuner_seed", 1, "Seed of the oracle.")
-_EXPORT_DIR = flags.DEFINE_string(
-    "export_dir",
-    None,
-    "architectures: export the best trial's trained network there as a SavedModel.",
-)
-_OVERWRITE_EXPORT = flags.DEFINE_bool(
-    "overwrite_export", False, "Replace an existing --export_dir."
-)
-# How each trial trains its network (the train binary's options of the same names, on the
-# search's dataset and seed; cosine schedule).
-_EVAL_CHANNELS = flags.DEFINE_integer("eval_channels", 16, "Trained networks: channels C.")
-_EVAL_CELLS = flags.DEFINE_integer("eval_cells", 8, "Trained networks: cells.")
-_EVAL_EPOCHS = flags.DEFINE_integer("eval_epochs", 2, "Trained networks: epochs.")
-_EVAL_STEPS = flags.DEFINE_integer("eval_steps_per_epoch", None, "Cap on steps per epoch.")
-_EVAL_BATCH = flags.DEFINE_integer("eval_batch_size", 64, "Trained networks: batch size.")
-_EVAL_LR = flags.DEFINE_float("eval_learning_rate", 0.025, "Trained networks: SGD rate.")
-_EVAL_MOMENTUM = flags.DEFINE_float("eval_momentum", 0.9, "Trained networks: momentum.")
-_EVAL_WD = flags.DEFINE_float(
-    "eval_weight_decay", 3e-4, "Trained networks: coupled L2 weight decay."
-)
-_EVAL_GRAD_CLIP = flags.DEFINE_float(
-    "eval_grad_clip", 5.0, "Trained networks: gradient norm clip (0: none)."
-)
-_EVAL_AUXILIARY = flags.DEFINE_bool(
-    "eval_auxiliary", True, "Trained networks: auxiliary head (loss weight 0.4)."
-)
-_EVAL_DROP_PATH = flags.DEFINE_float(
-    "eval_drop_path", 0.2, "Trained networks: final drop-path probability."
-)
-_EVAL_VALIDATION_SPLIT = flags.DEFINE_float(
-    "eval_validation_split",
-    0.5,
-    "Trained networks: fraction of the training split held out to score them on (never the "
-    "test split: trials choose an architecture).",
-)
-_EVAL_CUTOUT = flags.DEFINE_integer(
-    "eval_cutout", 0, "Trained networks: cutout size (the CIFAR protocol: 16; 0: none)."
-)
+# Every flag is a declared option (tf_amended_darts/options.py): keras-tuner's side
+# (options.TuneOptions), the search's options as in the search binary (so that its flagfiles
+# work here) and the trials' training options as --eval_<TrainConfig field>.
+_TUNE = cli.define_flags(options.TuneOptions)
 
-# The search's options, named as in the search binary (so its flagfiles work here); unset
-# flags keep SearchConfig's defaults.
-_SEARCH_FLAGS = {
-    name: define(name, None, f"Search option {name} (default: the search binary's).")
-    for define, names in (
-        (
-            flags.DEFINE_string,
-            (
-                "dataset",
-                "data_dir",
-                "search_space",
-                "arch_gradient",
-                "amending_coefficient",  # a number or auto
-                "products",
-            ),
-        ),
-        (
-            flags.DEFINE_integer,
-            (
-                "image_size",
-                "nodes",
-                "cells",
-                "channels",
-                "implicit_iterations",
-                "epochs",
-                "steps_per_epoch",
-                "batch_size",
-                "sub_batches",
-                "warmup_epochs",
-                "seed",
-            ),
-        ),
-        (
-            flags.DEFINE_float,
-            (
-                "train_portion",
-                "learning_rate",
-                "learning_rate_min",
-                "momentum",
-                "weight_decay",
-                "grad_clip",
-                "arch_learning_rate",
-                "arch_beta_1",
-                "arch_beta_2",
-                "arch_weight_decay",
-            ),
-        ),
-        (flags.DEFINE_list, ("operations",)),
-        (flags.DEFINE_bool, ("validate",)),
-        (
-            lambda name, default, help: flags.DEFINE_enum(name, default, cli.MIXED_PRECISION, help),
-            ("mixed_precision",),
+
+def _library_flags():
+    from tf_amended_darts import search, train  # pylint: disable=g-import-not-at-top
+
+    return (
+        cli.define_flags(search.SearchConfig),
+        cli.define_flags(
+            train.TrainConfig,
+            names=options.TRIAL_DEFAULTS,
+            prefix=options.TRIAL_PREFIX,
+            defaults=options.TRIAL_DEFAULTS,
         ),
     )
-    for name in names
-}
 
+
+_SEARCH_FLAGS, _TRIALS = _library_flags()
 flags.mark_flag_as_required("directory")
-cli.validate_flags(globals().values())
-cli.validate_flags(_SEARCH_FLAGS.values())
 
 
 def _search_config():
     from tf_amended_darts import search  # pylint: disable=g-import-not-at-top
 
-    options = {k: h.value for k, h in _SEARCH_FLAGS.items() if h.value is not None}
-    if "mixed_precision" in options:
-        options["mixed_precision"] = cli.mixed_precision(options["mixed_precision"])
-    config = search.SearchConfig(**options)
+    config = search.SearchConfig(**cli.option_values(_SEARCH_FLAGS))
     config.space()  # bad operations / sizes: fail before anything else
-    config.estimator()
     return config
 
 
@@ -188,74 +73,64 @@ def _is_worker():
 
 def main(argv):
     del argv
-    if _EXPORT_DIR.value:
-        if _MODE.value != "architectures":
+    t = cli.option_values(_TUNE)
+    if t["export_dir"]:
+        if t["mode"] != "architectures":
             raise errors.InputError(
                 "--export_dir needs --mode=architectures (search_options trials "
                 "train no network to export)"
             )
         from tf_amended_darts import export  # pylint: disable=g-import-not-at-top
 
-        export.check_export_dir(_EXPORT_DIR.value, _OVERWRITE_EXPORT.value, "--overwrite_export")
+        export.check_export_dir(t["export_dir"], t["overwrite_export"], "--overwrite_export")
     config = _search_config()
     import keras_tuner as kt  # pylint: disable=g-import-not-at-top
 
     from tf_amended_darts import tuner  # pylint: disable=g-import-not-at-top
 
     common = dict(
-        directory=_DIRECTORY.value, project_name=_PROJECT.value, overwrite=_OVERWRITE.value
+        directory=t["directory"], project_name=t["project_name"], overwrite=t["overwrite"]
     )
     train_options = tuner.check_train_options(
         dict(
+            cli.option_values(_TRIALS),
+            # the search's dataset and seed; trials train as the search ran
             dataset=config.dataset,
             data_dir=config.data_dir,
             image_size=config.image_size,
             seed=config.seed,
-            channels=_EVAL_CHANNELS.value,
-            cells=_EVAL_CELLS.value,
-            epochs=_EVAL_EPOCHS.value,
-            steps_per_epoch=_EVAL_STEPS.value,
-            batch_size=_EVAL_BATCH.value,
-            learning_rate=_EVAL_LR.value,
-            momentum=_EVAL_MOMENTUM.value,
-            weight_decay=_EVAL_WD.value,
-            grad_clip=_EVAL_GRAD_CLIP.value,
-            auxiliary=_EVAL_AUXILIARY.value,
-            drop_path=_EVAL_DROP_PATH.value,
-            cutout=_EVAL_CUTOUT.value,
-            validation_split=_EVAL_VALIDATION_SPLIT.value,
-            mixed_precision=config.mixed_precision,  # trials train as the search ran
+            mixed_precision=config.mixed_precision,
         )
     )
-    if _MODE.value == "architectures":
-        if not _SEARCH_DIR.value:
+    if t["mode"] == "architectures":
+        if not t["search_dir"]:
             raise errors.InputError("--mode=architectures needs --search_dir")
-        if _is_worker() and tuner.load_search_result(_SEARCH_DIR.value, config) is None:
+        if _is_worker() and tuner.load_search_result(t["search_dir"], config) is None:
             raise errors.InputError(
-                f"{_SEARCH_DIR.value} holds no finished search with these "
+                f"{t['search_dir']} holds no finished search with these "
                 "options: run the search before the workers"
             )
         oracle = tuner.DartsOracle(
             search_config=config,
-            search_dir=_SEARCH_DIR.value,
+            search_dir=t["search_dir"],
             search_kwargs={"render": False},
-            max_trials=_MAX_TRIALS.value,
-            seed=_TUNER_SEED.value,
+            max_trials=t["max_trials"],
+            seed=t["tuner_seed"],
         )
         keras_tuner = tuner.ArchitectureTuner(oracle, train_options, **common)
         keras_tuner.search(verbose=0 if _is_worker() else 1)
     else:
         options = dict(
             objective=kt.Objective(tuner.OBJECTIVE, "max"),
-            max_trials=_MAX_TRIALS.value,
-            seed=_TUNER_SEED.value,
+            max_trials=t["max_trials"],
+            seed=t["tuner_seed"],
         )
-        if _ORACLE.value == "random":
+        if t["oracle"] == "random":
             oracle = kt.oracles.RandomSearchOracle(**options)
         else:
             try:
                 oracle = kt.oracles.BayesianOptimizationOracle(
-                    num_initial_points=_INITIAL_POINTS.value, **options
+                    num_initial_points=t["initial_points"], **options
                 )
             except ImportError as e:  # keras-tuner's GP needs scikit-learn and scipy
                 raise errors.InputError(f"--oracle=bayesian: {e}") from None
@@ -263,17 +138,17 @@ def main(argv):
             oracle,
             config,
             train_options,
-            tune=_TUNE.value,
-            arch_gradients=_ARCH_GRADIENTS.value,
+            tune=t["tune"],
+            arch_gradients=t["arch_gradients"],
             **common,
         )
         keras_tuner.search(verbose=0 if _is_worker() else 1)
     if _is_worker():
         print("worker finished")
         return
-    project = os.path.join(_DIRECTORY.value, _PROJECT.value)
+    project = os.path.join(t["directory"], t["project_name"])
     keras_tuner.results_summary(num_trials=3)
-    if _MODE.value == "architectures":
+    if t["mode"] == "architectures":
         path = os.path.join(project, "best_genotype.json")
         trial, trained = tuner.write_best_genotype(keras_tuner, path)
         print(
@@ -282,13 +157,13 @@ def main(argv):
             f"genotype={trained.genotype.to_string()}"
         )
         print(f"wrote {path}")
-        if _EXPORT_DIR.value:
+        if t["export_dir"]:
             _, description = tuner.export_best_trial(
-                keras_tuner, _EXPORT_DIR.value, overwrite=_OVERWRITE_EXPORT.value
+                keras_tuner, t["export_dir"], overwrite=t["overwrite_export"]
             )
             print(
                 f"exported trial {trial.trial_id} ({description['trainable_params']:,} "
-                f"parameters) to {_EXPORT_DIR.value}"
+                f"parameters) to {t['export_dir']}"
             )
     else:
         best = tuner.best_search_config(keras_tuner, config)
