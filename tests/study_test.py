@@ -161,6 +161,12 @@ class HelpersTest(tf.test.TestCase):
         # The cosines are measured at the last epoch too (the report's "last measurement").
         self.assertEqual(runs[0].search.epochs % plan["cosines"]["every"], 0)
 
+    def test_committed_pilot_plan_is_valid(self):
+        path = os.path.join(os.path.dirname(__file__), os.pardir, "studies", "pilot.json")
+        runs = study.planned_runs(study.load_plan(path))
+        self.assertLen(runs, 2 * 4)  # datasets x spaces, first order, one seed
+        self.assertEqual({r.search.search_space for r in runs}, {"darts", "s2", "s3", "s4"})
+
     def test_bad_plan_file_is_one_line_input_error(self):
         path = os.path.join(self.get_temp_dir(), "plan.json")
         with open(path, "w") as f:
@@ -169,6 +175,12 @@ class HelpersTest(tf.test.TestCase):
             study.load_plan(path)
         with self.assertRaisesRegex(errors.InputError, "retrain fields .'chanels'"):
             study.planned_runs({**TINY_PLAN, "retrain": {"chanels": 4}})
+        # A renamed key (the cosines' eta is amending_coefficient) is refused, not ignored.
+        for key, settings in (("cosines", {"every": 1, "eta": 0.1}), ("hessian", {"iters": 4})):
+            with open(path, "w") as f:
+                json.dump({"estimators": {}, key: settings}, f)
+            with self.assertRaisesRegex(errors.InputError, f"unknown {key} keys .'(eta|iters)'"):
+                study.load_plan(path)
 
 
 # Two runs of the cheapest estimator: the runner does nothing estimator-specific (the

@@ -99,6 +99,11 @@ def load_plan(path):
             f"study plan {path}: expected an object with estimators and keys from "
             f"{', '.join(PLAN_KEYS)} (unknown: {unknown})"
         )
+    for key, known in (("hessian", {"iterations", "examples"}), ("cosines", _COSINE_KEYS)):
+        unknown = sorted(set(plan.get(key) or {}) - known)
+        if unknown:  # a misspelt or renamed key would silently fall back to its default
+            known = ", ".join(sorted(known))
+            raise errors.InputError(f"study plan {path}: unknown {key} keys {unknown} ({known})")
     return plan
 
 
@@ -174,6 +179,7 @@ _COSINE_SETTINGS = {
     for name in inspect.signature(diagnostics.estimator_cosines).parameters
     if name not in ("run", "traced")
 }
+_COSINE_KEYS = {"every", *_COSINE_SETTINGS}
 
 
 def _cosines(run, cosines, traced):
