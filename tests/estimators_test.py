@@ -301,7 +301,7 @@ class RidgeGroundTruthTest(tf.test.TestCase):
         expected_correction = -0.3 * p.mixed(p_w) @ p.hessian() @ v  # H includes wd I
         for products in estimators.PRODUCTS:
             with self.subTest(products=products):
-                grads, diag = estimators.AmendedEstimator(eta=0.3, products=products).estimate(
+                grads, diag = estimators.AmendedEstimator(amending_coefficient=0.3, products=products).estimate(
                     p.model(w), squared_error, self.train, self.val, self.state
                 )
                 self.assertLess(rel_err(grads[0].numpy() - g1, expected_correction), 1e-6)
@@ -323,7 +323,7 @@ class RidgeGroundTruthTest(tf.test.TestCase):
         expected_correction = -eta * p.mixed(p_w) @ a_v
         for products in estimators.PRODUCTS:
             with self.subTest(products=products):
-                estimator = estimators.make_estimator("amended", eta="auto", products=products)
+                estimator = estimators.make_estimator("amended", amending_coefficient="auto", products=products)
                 grads, diag = estimator.estimate(
                     p.model(p_w), squared_error, self.train, self.val, self.state
                 )
@@ -342,7 +342,7 @@ class RidgeGroundTruthTest(tf.test.TestCase):
         val = (tf.constant(p.xv), tf.constant(p.yv))
         state = estimators.WeightOptimizerState(weight_decay=tf.constant(1.0, tf.float64))
         w = p.w_star() + 0.1
-        grads, diag = estimators.AmendedEstimator(eta="auto").estimate(
+        grads, diag = estimators.AmendedEstimator(amending_coefficient="auto").estimate(
             p.model(w), squared_error, train, val, state
         )
         self.assertAllClose(diag["amending_coefficient"], 1.0 / 4.0, rtol=1e-10)
@@ -420,7 +420,7 @@ class RidgeGroundTruthTest(tf.test.TestCase):
         decay_only = estimators.WeightOptimizerState(weight_decay=p.wd)
         cases = {
             "amended": (
-                estimators.AmendedEstimator(eta=0.1),
+                estimators.AmendedEstimator(amending_coefficient=0.1),
                 decay_only,
                 g1 - 0.1 * mixed @ hessian @ v,
             ),
@@ -711,13 +711,13 @@ class ToyNetworkTest(tf.test.TestCase):
 
     def test_bad_parameters_raise_one_line_input_errors(self):
         cases = [
-            ("amended", {"eta": -1.0}),
+            ("amended", {"amending_coefficient": -1.0}),
             ("implicit", {"iterations": 0}),
             ("implicit", {"solver": "lu"}),
             ("implicit", {"damping": -1e-3}),
             ("second_order", {"products": "magic"}),
             ("first_order", {"fd_radius": 0.0}),
-            ("first_order", {"eta": 0.1}),
+            ("first_order", {"amending_coefficient": 0.1}),
             ("third_order", {}),
         ]
         for name, params in cases:
@@ -752,7 +752,7 @@ class SubBatchTest(tf.test.TestCase):
         g1, v = p.val_grads(w)
         closed_form = g1 - 0.3 * p.mixed(w) @ p.hessian() @ v
         for name in ("second_order", "amended", "implicit"):
-            params = {"eta": 0.3} if name == "amended" else {}
+            params = {"amending_coefficient": 0.3} if name == "amended" else {}
             for products in estimators.PRODUCTS:
                 full, full_diag = estimators.make_estimator(
                     name, products=products, **params
@@ -971,8 +971,8 @@ class TinySearchNetworkTest(tf.test.TestCase):
         for name, params in (
             ("first_order", {}),
             ("second_order", {}),  # the unrolled step from the unscaled gradient
-            ("amended", {"eta": 1e9}),
-            ("amended", {"eta": 1e9, "sub_batches": 2}),  # the scale reaches each sub-batch
+            ("amended", {"amending_coefficient": 1e9}),
+            ("amended", {"amending_coefficient": 1e9, "sub_batches": 2}),  # the scale reaches each sub-batch
         ):
             with self.subTest(name=name, **params):
                 estimator = estimators.make_estimator(name, **params)

@@ -328,9 +328,9 @@ class SearchTest(tf.test.TestCase):
         # bin/search passes its flag's string: a number becomes a float, auto stays auto.
         config = search.SearchConfig(amending_coefficient="0.3")
         self.assertEqual(config.amending_coefficient, 0.3)
-        self.assertEqual(config.estimator().eta, 0.3)
+        self.assertEqual(config.estimator().amending_coefficient, 0.3)
         auto = search.SearchConfig(amending_coefficient="auto")
-        self.assertEqual(auto.estimator().eta, "auto")
+        self.assertEqual(auto.estimator().amending_coefficient, "auto")
         self.assertEqual(search.SearchConfig(**auto.to_dict()), auto)  # run.json round trip
 
     def test_sub_batches_reach_the_estimator_and_the_record(self):

@@ -207,7 +207,7 @@ def diagnose(
     for n in names:
         params = {"products": products, "fd_radius": fd_radius}
         if n == "amended":
-            params["eta"] = amending_coefficient
+            params["amending_coefficient"] = amending_coefficient
         if n == "implicit":
             params.update(iterations=cg_iterations, damping=damping)
         compared[n] = estimators.make_estimator(n, **params)

@@ -694,31 +694,32 @@ class AmendedEstimator(_Estimator):
     eta defaults to 0.1, the value of the public reimplementation, so results are comparable
     with it. The paper fixes no value; the best scalar depends on the Hessian's spectrum
     (eta A ~ A^-1 wants eta ~ 1 / lambda^2): `bin/diagnose.py` measures the best one at a
-    checkpoint. eta="auto" takes, at every step, the eta for which eta A v is closest to A^-1 v
+    checkpoint. "auto" takes, at every step, the eta for which eta A v is closest to A^-1 v
     in least squares: <A v, A^-1 v> / |A v|^2 = |v|^2 / |A v|^2 (A symmetric), from the product
     the step computes anyway (no solve, no extra product); it is reported as the diagnostic
-    `amending_coefficient`. A fixed eta is a trace-time constant.
+    `amending_coefficient`. A fixed eta is a trace-time constant. The constructor argument and
+    every flag, config field and record name it `amending_coefficient`; eta is its symbol.
     """
 
     name = "amended"
 
-    def __init__(self, eta=0.1, products="exact", fd_radius=0.01, sub_batches=1):
+    def __init__(self, amending_coefficient=0.1, products="exact", fd_radius=0.01, sub_batches=1):
         super().__init__(products, fd_radius, sub_batches)
-        if eta != AUTO:
-            _check_number("eta", eta, 0.0)
-            eta = float(eta)
-        self.eta = eta
+        if amending_coefficient != AUTO:
+            _check_number("amending_coefficient", amending_coefficient, 0.0)
+            amending_coefficient = float(amending_coefficient)
+        self.amending_coefficient = amending_coefficient
 
     def _estimate(self, losses, weights, arch, train_batch, val_batch, state, wd):
         val_loss, v, g1 = self._validation(losses, weights, arch, val_batch)
         products = self._products(losses, weights, arch, _after(v + g1, train_batch))
         av = _axpy(wd, v, distribute.all_reduce_sum(products.hessian_vector(v)))
         diagnostics = {"val_loss": val_loss}
-        if self.eta == AUTO:  # v and A v are global: every replica computes the same eta
+        if self.amending_coefficient == AUTO:  # v and A v are global: every replica computes the same eta
             eta = tf.math.divide_no_nan(_dot(v, v), _dot(av, av))
             diagnostics["amending_coefficient"] = eta
         else:
-            eta = _as_dtype(self.eta, weights[0].dtype)
+            eta = _as_dtype(self.amending_coefficient, weights[0].dtype)
         correction = [-eta * bu for bu in products.mixed_vector(av)]
         if self.products == "exact":
             diagnostics["train_loss"] = products.train_loss()

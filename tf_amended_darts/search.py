@@ -230,7 +230,7 @@ class SearchConfig:
     def estimator(self):
         params = {"products": self.products, "sub_batches": self.sub_batches}
         if self.arch_gradient == "amended":
-            params["eta"] = self.amending_coefficient
+            params["amending_coefficient"] = self.amending_coefficient
         if self.arch_gradient == "implicit":
             params["iterations"] = self.implicit_iterations
         return estimators.make_estimator(self.arch_gradient, **params)
@@ -619,7 +619,7 @@ class _SearchEpochs:
             for k, part in enumerate(self.parts)
         ]
         warmup = epoch < c.warmup_epochs
-        auto = getattr(searcher.estimator, "eta", None) == estimators.AUTO
+        auto = getattr(searcher.estimator, "amending_coefficient", None) == estimators.AUTO
         step = (
             (lambda pair: searcher.weight_step(pair[0]))
             if warmup
