@@ -32,7 +32,7 @@ TINY_SEARCH = dict(
 FAST = [
     "--batch_size=8",
     "--estimators=first_order",
-    "--cg_iterations=1",
+    "--implicit_iterations=1",
     "--repeats=1",
     "--format=json",
 ]
@@ -131,14 +131,13 @@ def test_traced_functions_are_kept_and_read_the_current_values(searched):
     run = search.restore_search_network(searched[0])
 
     def measure(traced):
-        return diagnostics.diagnose(
+        config = diagnostics.DiagnoseConfig(
             batch_size=8,
-            estimator_names=("first_order", "second_order"),
-            cg_iterations=2,
+            estimators=("first_order", "second_order"),
+            implicit_iterations=2,
             repeats=1,
-            search_run=run,
-            traced=traced,
         )
+        return diagnostics.diagnose(config, search_run=run, traced=traced)
 
     traced = {}
     before = measure(traced)
@@ -176,13 +175,13 @@ def test_bad_input_is_one_line_and_exit_2(case, searched, tmp_path):
     directory = searched[0]
     flags, message = {
         "estimators": (["--estimators=third_order"], "unknown estimator 'third_order'"),
-        "no_estimators": (["--estimators=,"], "--estimators is empty"),
+        "no_estimators": (["--estimators=,"], "estimators is empty"),
         "missing": ([f"--search_dir={tmp_path}/none"], "holds no search run"),
         "corrupt": (
             [f"--search_dir={_corrupt_copy(directory, str(tmp_path / 'c'))}"],
             "ckpt-2 does not fit the supernet",
         ),
-        "cells": ([f"--search_dir={directory}", "--cells=5"], "drop --cells"),
+        "cells": ([f"--search_dir={directory}", "--cells=5"], "drop cells"),
     }[case]
     out = diagnose(*flags)
     assert out.returncode == 2, out.stderr[-2000:]

@@ -301,9 +301,9 @@ class RidgeGroundTruthTest(tf.test.TestCase):
         expected_correction = -0.3 * p.mixed(p_w) @ p.hessian() @ v  # H includes wd I
         for products in estimators.PRODUCTS:
             with self.subTest(products=products):
-                grads, diag = estimators.AmendedEstimator(amending_coefficient=0.3, products=products).estimate(
-                    p.model(w), squared_error, self.train, self.val, self.state
-                )
+                grads, diag = estimators.AmendedEstimator(
+                    amending_coefficient=0.3, products=products
+                ).estimate(p.model(w), squared_error, self.train, self.val, self.state)
                 self.assertLess(rel_err(grads[0].numpy() - g1, expected_correction), 1e-6)
                 self.assertAllClose(
                     diag["correction_norm"], np.linalg.norm(expected_correction), rtol=1e-6
@@ -323,7 +323,9 @@ class RidgeGroundTruthTest(tf.test.TestCase):
         expected_correction = -eta * p.mixed(p_w) @ a_v
         for products in estimators.PRODUCTS:
             with self.subTest(products=products):
-                estimator = estimators.make_estimator("amended", amending_coefficient="auto", products=products)
+                estimator = estimators.make_estimator(
+                    "amended", amending_coefficient="auto", products=products
+                )
                 grads, diag = estimator.estimate(
                     p.model(p_w), squared_error, self.train, self.val, self.state
                 )
@@ -972,7 +974,10 @@ class TinySearchNetworkTest(tf.test.TestCase):
             ("first_order", {}),
             ("second_order", {}),  # the unrolled step from the unscaled gradient
             ("amended", {"amending_coefficient": 1e9}),
-            ("amended", {"amending_coefficient": 1e9, "sub_batches": 2}),  # the scale reaches each sub-batch
+            (
+                "amended",
+                {"amending_coefficient": 1e9, "sub_batches": 2},
+            ),  # the scale reaches each sub-batch
         ):
             with self.subTest(name=name, **params):
                 estimator = estimators.make_estimator(name, **params)

@@ -6,12 +6,13 @@ the training both have is checked alike; the committed study plans use the decla
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 
-from tf_amended_darts import options, search, study, train
+from tf_amended_darts import diagnostics, options, search, study, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN = [n for n in options.declared(options.RunOptions) if n != "export_dir"]
@@ -29,6 +30,8 @@ SOURCES = {
         (search.SearchConfig, None, "", {}),
         (train.TrainConfig, list(options.TRIAL_DEFAULTS), "eval_", options.TRIAL_DEFAULTS),
     ],
+    "diagnose": [(diagnostics.DiagnoseConfig, None, "", {}), (options.OutputOptions, None, "", {})],
+    "study": [(options.StudyOptions, None, "", {})],
 }
 _PRINT_FLAGS = """
 import importlib, json, sys
@@ -77,6 +80,35 @@ def test_every_flag_is_one_declared_option(binary):
         field, defaults = declared[flag][0]
         assert help_text.endswith(field.metadata["help"]), flag  # enums: "<a|b>: help"
         assert default == _flag_default(field, defaults), flag
+
+
+@pytest.mark.parametrize("binary", sorted(SOURCES))
+def test_help_lists_every_flag(binary):
+    # absl lists the main module's flags under its path, not "__main__".
+    out = subprocess.run(
+        [sys.executable, "-m", "tf_amended_darts.bin." + binary, "--help"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+    )
+    listed = set(re.findall(r"^  --(?:\[no\])?(\w+):", out.stdout, re.M))
+    assert sorted(set(_binary_flags(binary)) - listed) == []
+
+
+def test_diagnose_options_of_a_search_are_the_search_declarations():
+    searched = {**options.declared(search.SearchConfig), **options.declared(options.SearchMeasures)}
+    shared = set(options.declared(diagnostics.DiagnoseConfig)) & set(searched)
+    assert {
+        "search_space",
+        "amending_coefficient",
+        "implicit_iterations",
+        "cosines_damping",
+    } <= shared
+    for name in shared:  # options.same_as: the very declaration, another default at most
+        assert (
+            options.declared(diagnostics.DiagnoseConfig)[name].metadata is searched[name].metadata
+        )
 
 
 def test_an_option_of_the_search_and_the_training_is_checked_alike():

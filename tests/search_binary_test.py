@@ -199,14 +199,15 @@ class SearchBinaryTest(tf.test.TestCase):
         logged = dict(re.findall(r"(\S+/\w+)=(\S+)", lines[1][1]))
         # Measured at the epoch's end on the live supernet: the final checkpoint's values, as
         # bin/diagnose measures them there with the same settings (logged to 4 digits).
-        measured = diagnostics.diagnose(
+        config = diagnostics.DiagnoseConfig(
             search_dir=directory,
             batch_size=16,
             amending_coefficient=0.5,
-            cg_iterations=2,
-            damping=0.5,
+            implicit_iterations=2,
+            cosines_damping=0.5,
             repeats=1,
-        )["estimators"]
+        )
+        measured = diagnostics.diagnose(config)["estimators"]
         for name in ("first_order", "second_order", "amended"):
             self.assertAllClose(
                 float(logged[f"cosine_to_implicit/{name}"]),

@@ -42,7 +42,12 @@ TINY_PLAN = {
         "drop_path": 0.0,
     },
     "hessian": {"iterations": 2, "examples": 16},
-    "cosines": {"every": 2, "estimators": ["first_order"], "cg_iterations": 2, "batch_size": 8},
+    "cosines": {
+        "every": 2,
+        "estimators": ["first_order"],
+        "implicit_iterations": 2,
+        "batch_size": 8,
+    },
 }
 
 
@@ -75,17 +80,17 @@ class HelpersTest(tf.test.TestCase):
         plan = {
             "estimators": ["first_order", "amended"],
             "amending_coefficient": 2.0,
-            "damping": 0.5,
+            "cosines_damping": 0.5,
         }
         traced = {}
         with mock.patch.object(diagnostics, "diagnose", return_value=measured) as diagnose:
             cosines = study._cosines("run", plan, traced)
-        kwargs = diagnose.call_args.kwargs
+        (config,), kwargs = diagnose.call_args
         self.assertEqual(
             (
-                kwargs["amending_coefficient"],
-                kwargs["damping"],
-                kwargs["estimator_names"],
+                config.amending_coefficient,
+                config.cosines_damping,
+                config.estimators,
                 kwargs["traced"],
             ),
             (2.0, 0.5, ("first_order", "amended"), traced),

@@ -16,15 +16,18 @@ The supernet is either
   (search.restore_search_network), on the run's dataset and split unless `dataset` is given.
 """
 
+import dataclasses
 import statistics
 import time
+from typing import NamedTuple, Optional
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_amended_darts import data, errors, estimators, loop, search, search_model
+from tf_amended_darts import data, errors, estimators, loop, options, search, search_model
 from tf_amended_darts import search_space as search_space_lib
+from tf_amended_darts.options import option
 
 WEIGHT_LR, WEIGHT_MOMENTUM, WEIGHT_DECAY, GRAD_CLIP, XI = 0.025, 0.9, 3e-4, 5.0, 0.025
 KNOWN = ("first_order", "second_order", "amended", "implicit")
@@ -39,54 +42,98 @@ def _cosine(a, b):
     return float(a @ b / (na * nb)) if na > 0 and nb > 0 else float("nan")
 
 
-def _check(
-    search_dir,
-    search_space,
-    channels,
-    cells,
-    nodes,
-    batch_size,
-    estimator_names,
-    cg_iterations,
-    warmup_steps,
-    repeats,
-):
-    """The estimator names, or errors.InputError on bad values (before anything is loaded)."""
-    for name, value, minimum in (
-        ("channels", channels, 1),
-        ("cells", cells, 3),
-        ("nodes", nodes, 1),
-        ("batch_size", batch_size, 1),
-        ("cg_iterations", cg_iterations, 1),
-        ("repeats", repeats, 1),
-        ("warmup_steps", warmup_steps, 0),
-    ):
-        if value is not None and value < minimum:
-            raise errors.InputError(f"--{name} must be >= {minimum}, got {value}")
-    if search_dir:
+def _search_option(name, default=dataclasses.MISSING):
+    return options.same_as(search.SearchConfig, name, default)
+
+
+@dataclasses.dataclass(frozen=True)
+class DiagnoseConfig:
+    """What `diagnose` compares, on which supernet. The options a search has too are its own
+    (SearchConfig's help and checks); None: the search run's value, or the preset's."""
+
+    search_dir: Optional[str] = option(
+        None,
+        "A search's output directory: its latest checkpoint's supernet instead of a preset.",
+        "string",
+        options.NOT_EMPTY,
+    )
+    search_space: Optional[str] = _search_option("search_space", None)  # None: darts
+    channels: Optional[int] = _search_option("channels")
+    cells: Optional[int] = _search_option("cells")
+    nodes: Optional[int] = _search_option("nodes")
+    dataset: Optional[str] = _search_option("dataset", None)  # None: digits, or the run's
+    data_dir: Optional[str] = _search_option("data_dir")
+    batch_size: int = _search_option("batch_size", 32)
+    estimators: tuple = option(
+        ("first_order", "second_order", "amended"),
+        "Estimators to compare (the implicit reference is always run).",
+        "list",
+    )
+    amending_coefficient: float = _search_option("amending_coefficient")
+    implicit_iterations: int = _search_option("implicit_iterations")
+    cosines_damping: float = options.same_as(options.SearchMeasures, "cosines_damping", 0.0)
+    products: str = _search_option("products")
+    fd_radius: float = option(
+        0.01,
+        "Finite-difference radius of the compared estimators (R = r / ||vector||).",
+        "float",
+        options.number_in(0, low_open=True),
+    )
+    warmup_steps: Optional[int] = option(
+        None,
+        "SGD steps on a preset's fresh weights first (default 20).",
+        "integer",
+        options.COUNT_OR_ZERO,
+    )
+    repeats: int = option(3, "Timed calls per estimator after the first.", "integer", options.COUNT)
+    seed: int = _search_option("seed")
+
+    def __post_init__(self):
+        names = tuple(dict.fromkeys(n.strip() for n in self.estimators if n.strip()))
+        object.__setattr__(self, "estimators", names)
+        options.check_fields(self)
+        if not names:
+            raise errors.InputError("estimators is empty")
+        for n in names:
+            if n not in KNOWN:
+                raise errors.InputError(
+                    f"unknown estimator {n!r}; expected some of {', '.join(KNOWN)}"
+                )
+        eta = estimators.amending_coefficient(self.amending_coefficient)
+        if eta == estimators.AUTO:  # best_eta rescales the measured correction
+            raise errors.InputError("amending_coefficient must be a number here, got auto")
+        object.__setattr__(self, "amending_coefficient", eta)
+        if self.search_dir:
+            self.check_searched()
+
+    def check_searched(self):
+        """InputError if a supernet option is set while the supernet is a search run's."""
         given = [
             name
-            for name, value in (
-                ("search_space", search_space),
-                ("channels", channels),
-                ("cells", cells),
-                ("nodes", nodes),
-                ("warmup_steps", warmup_steps or None),
-            )
-            if value is not None
+            for name in ("search_space", "channels", "cells", "nodes", "warmup_steps")
+            if getattr(self, name)  # warmup_steps=0 says the same as None
         ]
         if given:
             raise errors.InputError(
-                f"--search_dir takes the supernet and its weights from the "
-                f"search run: drop --{', --'.join(given)}"
+                "a search run's supernet comes with its weights: drop " + ", ".join(given)
             )
-    names = list(dict.fromkeys(n.strip() for n in estimator_names if n.strip()))
-    if not names:
-        raise errors.InputError("--estimators is empty")
-    for n in names:
-        if n not in KNOWN:
-            raise errors.InputError(f"unknown estimator {n!r}; expected some of {', '.join(KNOWN)}")
-    return names
+
+    def compared(self):
+        """{name: estimator} of the compared estimators."""
+        made = {}
+        for n in self.estimators:
+            params = {"products": self.products, "fd_radius": self.fd_radius}
+            if n == "amended":
+                params["amending_coefficient"] = self.amending_coefficient
+            if n == "implicit":
+                params.update(iterations=self.implicit_iterations, damping=self.cosines_damping)
+            made[n] = estimators.make_estimator(n, **params)
+        return made
+
+    def reference(self):
+        return estimators.make_estimator(
+            "implicit", iterations=self.implicit_iterations, damping=self.cosines_damping
+        )
 
 
 def _searched_supernet(run, search_dir, dataset, data_dir):
@@ -157,67 +204,98 @@ def _warmed_up_supernet(space, ds, batches, warmup_steps, seed):
     return model, state, losses
 
 
-def diagnose(
-    search_space=None,
-    channels=None,
-    cells=None,
-    nodes=None,
-    dataset=None,
-    data_dir=None,
-    batch_size=32,
-    estimator_names=("first_order", "second_order", "amended"),
-    amending_coefficient=0.1,
-    cg_iterations=20,
-    damping=0.0,
-    products="exact",
-    fd_radius=0.01,
-    warmup_steps=None,
-    repeats=3,
-    seed=0,
-    search_dir=None,
-    search_run=None,
-    traced=None,
-):
-    """Returns the measurements as a JSON-ready dict (see the module docstring).
+class Supernet(NamedTuple):
+    """The measured point: the network, its weight-optimizer state and one batch pair."""
 
-    Without `search_dir`: the preset `search_space` (default darts) with the overrides
-    `channels`, `cells`, `nodes`, warmed up for `warmup_steps` (default 20) on `dataset`
-    (default digits). With `search_dir`: those must be None (ValueError otherwise).
+    model: search_model.SearchNetwork
+    state: estimators.WeightOptimizerState
+    train_batch: tuple
+    val_batch: tuple
+    dataset_name: str
+    source: dict  # where the weights come from (the result's "config")
+    warmup_losses: list
+
+
+def diagnose(config, search_run=None, traced=None):
+    """The measurements of the DiagnoseConfig `config` as a JSON-ready dict (see the module
+    docstring).
+
     `search_run`: a search.RestoredSearch (the live search of an epoch_callback) measured
-    instead of `search_dir`'s latest checkpoint.
+    instead of a preset or `config.search_dir`'s latest checkpoint.
     `traced`: a dict that keeps the traced estimate functions between calls on the same
     supernet (the study measures a live search every few epochs, and tracing is most of a
     measurement's cost); "first_call_seconds" then times a call that traces nothing. The
     weight optimizer's state is an argument of those functions, so each call reads its own.
     """
-    searched = bool(search_dir) or search_run is not None
-    names = _check(
-        searched,
-        search_space,
-        channels,
-        cells,
-        nodes,
-        batch_size,
-        estimator_names,
-        cg_iterations,
-        warmup_steps,
-        repeats,
-    )
-    compared = {}
-    for n in names:
-        params = {"products": products, "fd_radius": fd_radius}
-        if n == "amended":
-            params["amending_coefficient"] = amending_coefficient
-        if n == "implicit":
-            params.update(iterations=cg_iterations, damping=damping)
-        compared[n] = estimators.make_estimator(n, **params)
-    reference = estimators.make_estimator("implicit", iterations=cg_iterations, damping=damping)
+    if search_run is not None:
+        config.check_searched()
+    point = _supernet(config, search_run)
+    results, vectors = {}, {}
+    reference = config.reference()
+    for name, est in [("implicit", reference)] + list(config.compared().items()):
+        if est is reference or name != "implicit" or est.products != "exact":
+            key = name if est is reference or name != "implicit" else "implicit_" + est.products
+            results[key], vectors[key] = _measure(traced, point, est, config.repeats)
+    g1 = vectors["first_order"] if "first_order" in vectors else _first_order(traced, point)
+    for key in vectors:
+        results[key]["cosine_to_implicit"] = _cosine(vectors[key], vectors["implicit"])
+        results[key]["correction_cosine_to_implicit"] = _cosine(
+            vectors[key] - g1, vectors["implicit"] - g1
+        )
+    if "amended" in vectors:
+        results["amended"].update(
+            best_eta(g1, vectors["amended"], vectors["implicit"], config.amending_coefficient)
+        )
+    model = point.model
+    return {
+        "config": {
+            **point.source,
+            "space": model.search_space.to_dict(),
+            "dataset": point.dataset_name,
+            **{
+                name: getattr(config, name)
+                for name in (
+                    "batch_size",
+                    "amending_coefficient",
+                    "implicit_iterations",
+                    "cosines_damping",
+                    "products",
+                    "fd_radius",
+                    "repeats",
+                    "seed",
+                )
+            },
+            "warmup_steps": len(point.warmup_losses),
+        },
+        "warmup_losses": point.warmup_losses,
+        "weight_count": int(sum(int(np.prod(v.shape)) for v in model.weight_variables)),
+        "alphas": [keras.ops.convert_to_numpy(a).tolist() for a in model.arch_variables],
+        "estimators": results,
+        "cosine": {a: {b: _cosine(vectors[a], vectors[b]) for b in vectors} for a in vectors},
+    }
+
+
+def _supernet(config, search_run):
+    """The Supernet `config` measures: `search_run`'s, `config.search_dir`'s latest
+    checkpoint's, or a fresh preset's after its warm-up steps."""
+    if search_run is not None or config.search_dir:
+        run = search_run or search.restore_search_network(config.search_dir)
+        model, state, ds, portion, source = _searched_supernet(
+            run, config.search_dir, config.dataset, config.data_dir
+        )
+    else:
+        ds, portion = data.load_dataset(config.dataset or "digits", config.data_dir), 0.5
+        warmup_steps = 20 if config.warmup_steps is None else config.warmup_steps
+        source = {
+            "search_space": config.search_space or "darts",
+            "weights": f"fresh supernet after {warmup_steps} SGD steps",
+        }
 
     def stream(part, s):
         return iter(
             data.epoch_batches(
                 part,
-                batch_size,
+                config.batch_size,
                 mean=ds.info.mean,
                 std=ds.info.std,
                 seed=s,
@@ -226,114 +304,72 @@ def diagnose(
             ).repeat()
         )
 
-    warmup_losses = []
-    if searched:
-        run = search_run or search.restore_search_network(search_dir)
-        model, state, ds, portion, source = _searched_supernet(run, search_dir, dataset, data_dir)
-        space = model.search_space
-    else:
-        search_space = search_space or "darts"
-        space = search_space_lib.get_search_space(search_space).replace(
-            **{
-                k: v
-                for k, v in (("channels", channels), ("cells", cells), ("nodes", nodes))
-                if v is not None
-            }
-        )
-        ds, portion = data.load_dataset(dataset or "digits", data_dir), 0.5
-        warmup_steps = 20 if warmup_steps is None else warmup_steps
-        source = {
-            "search_space": search_space,
-            "weights": f"fresh supernet after {warmup_steps} SGD steps",
-        }
     weights_part, arch_part = data.search_split(ds.train, ds.info.num_examples["train"], portion)
-    train_batches = stream(weights_part, 2 * seed)
-    val_batch = next(stream(arch_part, 2 * seed + 1))
-    if not searched:
+    train_batches = stream(weights_part, 2 * config.seed)
+    val_batch = next(stream(arch_part, 2 * config.seed + 1))
+    warmup_losses = []
+    if "search_dir" not in source:
+        space = search_space_lib.get_search_space(source["search_space"]).replace(
+            **{k: getattr(config, k) for k in ("channels", "cells", "nodes") if getattr(config, k)}
+        )
         model, state, warmup_losses = _warmed_up_supernet(
-            space, ds, train_batches, warmup_steps, seed
+            space, ds, train_batches, warmup_steps, config.seed
         )
-    train_batch = next(train_batches)
+    return Supernet(
+        model, state, next(train_batches), val_batch, ds.info.name, source, warmup_losses
+    )
 
-    results, vectors = {}, {}
-    for name, est in [("implicit", reference)] + [
-        (n, e) for n, e in compared.items() if n != "implicit" or e.products != "exact"
-    ]:
-        key = name if name != "implicit" or est is reference else "implicit_" + products
-        fn = _traced(
-            traced,
-            model,
-            repr(est),
-            lambda t, v, s, est=est: est.estimate(
-                model, loop.cross_entropy, t, v, s, loss_scale=loss_scale_for(model)
-            ),
-        )
+
+def _measure(traced, point, est, repeats):
+    """(result, flat gradient) of the estimator `est` at `point`: its norms, validation loss,
+    the first call's and the median later call's seconds, and a solve's residual."""
+    model = point.model
+    fn = _traced(
+        traced,
+        model,
+        repr(est),
+        lambda t, v, s: est.estimate(
+            model, loop.cross_entropy, t, v, s, loss_scale=loss_scale_for(model)
+        ),
+    )
+    batches = (point.train_batch, point.val_batch, point.state)
+    start = time.perf_counter()
+    grads, diag = fn(*batches)
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
         start = time.perf_counter()
-        grads, diag = fn(train_batch, val_batch, state)
-        first = time.perf_counter() - start
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            grads, diag = fn(train_batch, val_batch, state)
-            [g.numpy() for g in grads]
-            times.append(time.perf_counter() - start)
-        vectors[key] = flat = _flat(grads)
-        results[key] = {
-            "estimator": repr(est),
-            "g1_norm": float(diag["g1_norm"]),
-            "correction_norm": float(diag["correction_norm"]),
-            "total_norm": float(np.linalg.norm(flat)),
-            "val_loss": float(diag["val_loss"]),
-            "first_call_seconds": first,
-            "seconds_per_call": statistics.median(times),
-        }
-        if "residual_norm" in diag:  # the solve's convergence: residual relative to ||v||
-            results[key]["residual_norm"] = float(diag["residual_norm"])
-            results[key]["relative_residual"] = float(diag["residual_norm"] / diag["rhs_norm"])
-
-    if "first_order" in vectors:
-        g1 = vectors["first_order"]
-    else:  # the first-order gradient is needed for the corrections
-        first_order = _traced(
-            traced,
-            model,
-            "g1",
-            lambda t, v: estimators.FirstOrderEstimator().estimate(
-                model, loop.cross_entropy, t, v, loss_scale=loss_scale_for(model)
-            ),
-        )
-        g1 = _flat(first_order(train_batch, val_batch)[0])
-    keys = list(vectors)
-    for key in keys:
-        results[key]["cosine_to_implicit"] = _cosine(vectors[key], vectors["implicit"])
-        results[key]["correction_cosine_to_implicit"] = _cosine(
-            vectors[key] - g1, vectors["implicit"] - g1
-        )
-    if "amended" in vectors:
-        results["amended"].update(
-            best_eta(g1, vectors["amended"], vectors["implicit"], amending_coefficient)
-        )
-    return {
-        "config": {
-            **source,
-            "space": space.to_dict(),
-            "dataset": ds.info.name,
-            "batch_size": batch_size,
-            "amending_coefficient": amending_coefficient,
-            "cg_iterations": cg_iterations,
-            "damping": damping,
-            "products": products,
-            "fd_radius": fd_radius,
-            "warmup_steps": warmup_steps or 0,
-            "repeats": repeats,
-            "seed": seed,
-        },
-        "warmup_losses": warmup_losses,
-        "weight_count": int(sum(int(np.prod(v.shape)) for v in model.weight_variables)),
-        "alphas": [keras.ops.convert_to_numpy(a).tolist() for a in model.arch_variables],
-        "estimators": results,
-        "cosine": {a: {b: _cosine(vectors[a], vectors[b]) for b in keys} for a in keys},
+        grads, diag = fn(*batches)
+        [g.numpy() for g in grads]
+        times.append(time.perf_counter() - start)
+    flat = _flat(grads)
+    result = {
+        "estimator": repr(est),
+        "g1_norm": float(diag["g1_norm"]),
+        "correction_norm": float(diag["correction_norm"]),
+        "total_norm": float(np.linalg.norm(flat)),
+        "val_loss": float(diag["val_loss"]),
+        "first_call_seconds": first,
+        "seconds_per_call": statistics.median(times),
     }
+    if "residual_norm" in diag:  # the solve's convergence: residual relative to ||v||
+        result["residual_norm"] = float(diag["residual_norm"])
+        result["relative_residual"] = float(diag["residual_norm"] / diag["rhs_norm"])
+    return result, flat
+
+
+def _first_order(traced, point):
+    """The flat first-order gradient at `point` (the corrections need it)."""
+    model = point.model
+    first_order = _traced(
+        traced,
+        model,
+        "g1",
+        lambda t, v: estimators.FirstOrderEstimator().estimate(
+            model, loop.cross_entropy, t, v, loss_scale=loss_scale_for(model)
+        ),
+    )
+    return _flat(first_order(point.train_batch, point.val_batch)[0])
 
 
 def _traced(traced, model, key, function):
@@ -484,28 +520,25 @@ COSINE_KEYS = (
 )
 
 
-def estimator_cosines(
-    run,
-    traced,
-    estimator_names=("first_order", "second_order", "amended"),
-    amending_coefficient=0.1,
-    cg_iterations=20,
-    damping=0.0,
-    batch_size=32,
-):
+# The DiagnoseConfig options that a search's cosines take (bin/search, study plans).
+COSINE_SETTINGS = (
+    "estimators",
+    "amending_coefficient",
+    "implicit_iterations",
+    "cosines_damping",
+    "batch_size",
+)
+
+
+def estimator_cosines(run, traced, **settings):
     """{estimator: {key: value}} for the COSINE_KEYS of `diagnose` at the live search `run` (a
     search.RestoredSearch), on one (train, val) batch pair; NaN (a zero vector: first order
-    has no correction) is None. `traced`: a dict kept for the run (diagnose's)."""
-    measured = diagnose(
-        batch_size=batch_size,
-        estimator_names=tuple(estimator_names),
-        amending_coefficient=amending_coefficient,
-        cg_iterations=cg_iterations,
-        damping=damping,
-        repeats=1,
-        search_run=run,
-        traced=traced,
-    )
+    has no correction) is None. `settings`: DiagnoseConfig options among COSINE_SETTINGS.
+    `traced`: a dict kept for the run (diagnose's)."""
+    unknown = sorted(set(settings) - set(COSINE_SETTINGS))
+    if unknown:
+        raise errors.InputError(f"cosines: unknown settings {unknown}")
+    measured = diagnose(DiagnoseConfig(repeats=1, **settings), search_run=run, traced=traced)
     return {
         name: {
             key: values[key] if np.isfinite(values[key]) else None

@@ -715,7 +715,9 @@ class AmendedEstimator(_Estimator):
         products = self._products(losses, weights, arch, _after(v + g1, train_batch))
         av = _axpy(wd, v, distribute.all_reduce_sum(products.hessian_vector(v)))
         diagnostics = {"val_loss": val_loss}
-        if self.amending_coefficient == AUTO:  # v and A v are global: every replica computes the same eta
+        if (
+            self.amending_coefficient == AUTO
+        ):  # v and A v are global: every replica computes the same eta
             eta = tf.math.divide_no_nan(_dot(v, v), _dot(av, av))
             diagnostics["amending_coefficient"] = eta
         else:

@@ -91,6 +91,15 @@ def option(default, help, kind, rule=None, choices=None):  # pylint: disable=red
     return dataclasses.field(default=default, metadata=metadata)
 
 
+def same_as(cls, name, default=dataclasses.MISSING):
+    """The option `name` that the dataclass `cls` declares, for another dataclass: the same
+    help, kind and check (one declaration), with `default` in place of its default."""
+    source = {f.name: f for f in dataclasses.fields(cls)}[name]
+    if default is dataclasses.MISSING:
+        default = source.default
+    return dataclasses.field(default=default, metadata=source.metadata)
+
+
 def declared(cls):
     """{name: dataclasses.Field} of the options `cls` declares."""
     return {f.name: f for f in dataclasses.fields(cls) if "kind" in f.metadata}
@@ -182,11 +191,54 @@ class SearchMeasures:
     )
     cosines_damping: float = option(
         1.0,
-        "Damping of the --cosines_every reference: A + damping I. Late in a search "
+        "Damping of the cosines' implicit reference: A + damping I. Late in a search "
         "A = H + wd I is nearly singular and can be indefinite (undamped CG diverged there).",
         "float",
         NONNEGATIVE,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyOptions:
+    """bin/study's: the plan, where its runs go, which of them, and the report."""
+
+    plan: Optional[str] = option(
+        None, "The study plan (JSON; see tf_amended_darts/study.py).", "string", NOT_EMPTY
+    )
+    output_dir: Optional[str] = option(None, "Where the runs and records go.", "string", NOT_EMPTY)
+    runs: Optional[tuple] = option(
+        None,
+        "Only the runs whose names (<dataset>-<space>-<estimator>-s<seed>) match one of these "
+        "glob patterns, e.g. 'digits-enlarged-*'. Processes given disjoint patterns share a plan.",
+        "list",
+    )
+    stop_after_steps: Optional[int] = same_as(RunOptions, "stop_after_steps")
+    grappler: bool = option(
+        True,
+        "TensorFlow's graph optimizer (grappler) on the step functions. Off, a small supernet's "
+        "steps build and run faster for more peak memory (benchmarks/RESULTS.md); the arithmetic "
+        "is the same.",
+        "bool",
+    )
+    report_dir: Optional[str] = option(
+        None,
+        "Where the report goes (report.md and PNGs); default <output_dir>/report.",
+        "string",
+        NOT_EMPTY,
+    )
+    report_only: bool = option(
+        False, "Only draw the report from <output_dir>/records; run nothing.", "bool"
+    )
+    report: bool = option(
+        True, "Draw the report at the end (--noreport: only run the searches).", "bool"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputOptions:
+    """How a measuring binary prints its result (bin/diagnose)."""
+
+    format: str = option("text", "Output format.", "enum", choices=("text", "json"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,15 +314,10 @@ TRIAL_DEFAULTS = {
 }
 
 
-# The checks of the flags of the binaries whose options are not declared above (describe,
-# diagnose, evaluate, export, visualize), by flag name.
+# The checks of the flags of the binaries whose options are not declared as dataclass
+# fields (describe, evaluate, export, visualize), by flag name.
 OTHER_RULES = {
-    "warmup_steps": COUNT_OR_ZERO,
-    "fd_radius": number_in(0, low_open=True),
-    "damping": NONNEGATIVE,
-    **dict.fromkeys(
-        ("num_classes", "input_size", "input_channels", "cg_iterations", "repeats"), COUNT
-    ),
+    **dict.fromkeys(("num_classes", "input_size", "input_channels"), COUNT),
     **dict.fromkeys(
         ("run_dir", "checkpoint", "saved_model", "alphas_history", "genotype"), NOT_EMPTY
     ),

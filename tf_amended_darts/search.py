@@ -149,7 +149,11 @@ class SearchConfig:
         options_lib.COUNT,
     )
     implicit_iterations: int = option(
-        20, "CG iterations of --arch_gradient=implicit.", "integer", options_lib.COUNT
+        20,
+        "CG iterations of the implicit estimator (--arch_gradient=implicit; the cosines' "
+        "reference).",
+        "integer",
+        options_lib.COUNT,
     )
     epochs: int = option(50, "Epochs.", "integer", options_lib.COUNT)
     steps_per_epoch: Optional[int] = option(

@@ -11,13 +11,14 @@ Plan (`load_plan(path)`), a JSON object (studies/collapse.json is one):
   "retrain":       TrainConfig fields of the re-training (null: none); dataset comes from the run;
   "hessian":       {"iterations": power iterations, "examples": architecture-part examples};
   "cosines":       {"every": N epochs (0: never), "estimators": [...],
-                   "amending_coefficient", "cg_iterations", "damping", "batch_size"; defaults:
-                   diagnostics.estimator_cosines'}: diagnostics.diagnose at the live search
+                   "amending_coefficient", "implicit_iterations", "cosines_damping",
+                   "batch_size"; defaults: diagnostics.DiagnoseConfig's}: diagnostics.diagnose
+                   at the live search
                    (bin/diagnose --search_dir's measure): each estimator's cosine to the
                    implicit reference (amended's also its best eta there), and the
                    reference's CG relative residual (late in a search A = H + wd I can be
                    indefinite and CG diverge: a residual near 1 or above voids the cosines;
-                   `damping` regularises A). The estimators are traced at a run's first
+                   `cosines_damping` regularises A). The estimators are traced at a run's first
                    measurement (minutes) and reused after it (one call each): off by default.
 
 Layout of `output_dir`: runs/<run>/search (the search run), runs/<run>/retrain (the training
@@ -39,7 +40,6 @@ same way.
 import collections
 import dataclasses
 import fnmatch
-import inspect
 import json
 import os
 
@@ -172,14 +172,9 @@ def alpha_masses(probabilities, operations_, slots):
     return masses
 
 
-# The plan's "cosines" settings: diagnostics.estimator_cosines' parameters but the live run,
-# of the same names ("estimators": estimator_names), and defaults.
-_COSINE_SETTINGS = {
-    "estimators" if name == "estimator_names" else name: name
-    for name in inspect.signature(diagnostics.estimator_cosines).parameters
-    if name not in ("run", "traced")
-}
-_COSINE_KEYS = {"every", *_COSINE_SETTINGS}
+# The plan's "cosines" keys: diagnostics' COSINE_SETTINGS (DiagnoseConfig options), and
+# "every" (epochs).
+_COSINE_KEYS = {"every", *diagnostics.COSINE_SETTINGS}
 
 
 def _cosines(run, cosines, traced):
@@ -187,7 +182,7 @@ def _cosines(run, cosines, traced):
     live search `run`, and {"implicit": {"relative_residual"}}, with the estimate functions
     kept in `traced` from one measurement to the next (traced once per run); the plan's
     "cosines" settings (diagnostics.estimator_cosines)."""
-    settings = {_COSINE_SETTINGS[k]: v for k, v in cosines.items() if k in _COSINE_SETTINGS}
+    settings = {k: v for k, v in cosines.items() if k != "every"}
     measured = diagnostics.estimator_cosines(run, traced, **settings)
     return {
         name: {field: values[key] for field, key in COSINE_FIELDS.items() if key in values}

@@ -53,6 +53,8 @@ def define_flags(cls, names=None, prefix="", defaults=None):
     from tf_amended_darts import options  # pylint: disable=g-import-not-at-top
 
     module = sys._getframe(1).f_globals["__name__"]  # the binary's: its --help lists them
+    if module == "__main__":  # absl names the main module by its path (python -m, a script)
+        module = sys.argv[0]
     declared = options.declared(cls)
     holders = {}
     for name in declared if names is None else names:

@@ -57,8 +57,8 @@ def main(argv):
             diagnostics.cosines_callback(
                 measures["cosines_every"],
                 amending_coefficient=coefficient if isinstance(coefficient, float) else 0.1,
-                cg_iterations=config.implicit_iterations,
-                damping=measures["cosines_damping"],
+                implicit_iterations=config.implicit_iterations,
+                cosines_damping=measures["cosines_damping"],
                 batch_size=config.batch_size,
             )
         )

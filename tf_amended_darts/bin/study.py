@@ -27,49 +27,24 @@ import sys
 from absl import flags
 
 import tf_amended_darts
+from tf_amended_darts import options
 from tf_amended_darts.bin import cli
 
-_PLAN = flags.DEFINE_string("plan", None, "The study plan (JSON; see tf_amended_darts/study.py).")
-_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where the runs and records go.")
-_RUNS = flags.DEFINE_list(
-    "runs",
-    None,
-    "Only the runs whose names (<dataset>-<space>-<estimator>-s<seed>) match one of these glob "
-    "patterns, e.g. 'digits-enlarged-*'. Processes given disjoint patterns share a plan.",
-)
-_STOP_AFTER_STEPS = flags.DEFINE_integer(
-    "stop_after_steps", None, "Stop each search/training at this global step (continue later)."
-)
-_GRAPPLER = flags.DEFINE_boolean(
-    "grappler",
-    True,
-    "TensorFlow's graph optimizer (grappler) on the step functions. Off, a small supernet's "
-    "steps build and run faster for more peak memory (benchmarks/RESULTS.md); the arithmetic "
-    "is the same.",
-)
-_REPORT_DIR = flags.DEFINE_string(
-    "report_dir", None, "Where the report goes (report.md and PNGs); default <output_dir>/report."
-)
-_REPORT_ONLY = flags.DEFINE_boolean(
-    "report_only", False, "Only draw the report from <output_dir>/records; run nothing."
-)
-_REPORT = flags.DEFINE_boolean(
-    "report", True, "Draw the report at the end (--noreport: only run the searches)."
-)
+# Every flag is a declared option (options.StudyOptions).
+_STUDY = cli.define_flags(options.StudyOptions)
 flags.mark_flags_as_required(["plan", "output_dir"])
-cli.validate_flags(globals().values())
 
 
 def main(argv):
     del argv
     from tf_amended_darts import study, study_report  # pylint: disable=g-import-not-at-top
 
-    output_dir = _OUTPUT_DIR.value
-    plan = study.load_plan(_PLAN.value)
-    report_dir = _REPORT_DIR.value or os.path.join(output_dir, "report")
-    if not _REPORT_ONLY.value:
+    output_dir = _STUDY["output_dir"].value
+    plan = study.load_plan(_STUDY["plan"].value)
+    report_dir = _STUDY["report_dir"].value or os.path.join(output_dir, "report")
+    if not _STUDY["report_only"].value:
         _run(plan, output_dir)
-    if not (_REPORT.value or _REPORT_ONLY.value):
+    if not (_STUDY["report"].value or _STUDY["report_only"].value):
         return
     for path in study_report.write_report(
         os.path.join(output_dir, "records"),
@@ -82,7 +57,7 @@ def main(argv):
 def _run(plan, output_dir):
     from tf_amended_darts import study  # pylint: disable=g-import-not-at-top
 
-    names = [p.name for p in study.planned_runs(plan, _RUNS.value)]
+    names = [p.name for p in study.planned_runs(plan, _STUDY["runs"].value)]
     if len(names) == 1:
         _run_here(plan, output_dir)
         return
@@ -99,14 +74,14 @@ def _run(plan, output_dir):
             sys.executable,
             "-m",
             "tf_amended_darts.bin.study",
-            f"--plan={_PLAN.value}",
+            f"--plan={_STUDY['plan'].value}",
             f"--output_dir={output_dir}",
             f"--runs={glob.escape(name)}",  # names hold no comma (study.planned_runs)
-            "--grappler" if _GRAPPLER.value else "--nograppler",
+            "--grappler" if _STUDY["grappler"].value else "--nograppler",
             "--noreport",
         ]
-        if _STOP_AFTER_STEPS.value is not None:
-            command.append(f"--stop_after_steps={_STOP_AFTER_STEPS.value}")
+        if _STUDY["stop_after_steps"].value is not None:
+            command.append(f"--stop_after_steps={_STUDY['stop_after_steps'].value}")
         if flags.FLAGS["verbosity"].present:
             command.append(f"--verbosity={flags.FLAGS.verbosity}")
         child = subprocess.Popen(command, env=env, preexec_fn=preexec)
@@ -145,12 +120,14 @@ def _run_here(plan, output_dir):
 
     from tf_amended_darts import study  # pylint: disable=g-import-not-at-top
 
-    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": not _GRAPPLER.value})
+    tf.config.optimizer.set_experimental_options(
+        {"disable_meta_optimizer": not _STUDY["grappler"].value}
+    )
     records = study.run_study(
         plan,
         output_dir,
-        runs=_RUNS.value,
-        stop_after_steps=_STOP_AFTER_STEPS.value,
+        runs=_STUDY["runs"].value,
+        stop_after_steps=_STUDY["stop_after_steps"].value,
     )
     for record in records:
         last = record["epochs"][-1] if record["epochs"] else {}
