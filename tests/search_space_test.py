@@ -61,21 +61,6 @@ class SearchSpaceTest(tf.test.TestCase):
         space = search_space.get_search_space("darts").replace(cells=5, channels=4)
         self.assertEqual(search_space.SearchSpace.from_dict(space.to_dict()), space)
 
-    def test_from_dict_reads_the_old_field_names(self):
-        # run.json files written before the rename name the fields steps/layers/init_channels.
-        old = {
-            "operations": ["none", "skip_connect"],
-            "steps": 2,
-            "inputs_per_node": 2,
-            "per_stage": False,
-            "layers": 5,
-            "init_channels": 4,
-            "stem_multiplier": 3,
-        }
-        space = search_space.SearchSpace.from_dict(old)
-        self.assertEqual((space.nodes, space.cells, space.channels), (2, 5, 4))
-        self.assertEqual(set(space.to_dict()) & {"steps", "layers", "init_channels"}, set())
-
     def test_invalid(self):
         with self.assertRaisesRegex(ValueError, "unknown search space 'nope'"):
             search_space.get_search_space("nope")
