@@ -278,7 +278,8 @@ def diagnose(config, search_run=None, traced=None):
 def _supernet(config, search_run):
     """The Supernet `config` measures: `search_run`'s, `config.search_dir`'s latest
     checkpoint's, or a fresh preset's after its warm-up steps."""
-    if search_run is not None or config.search_dir:
+    searched = search_run is not None or bool(config.search_dir)
+    if searched:
         run = search_run or search.restore_search_network(config.search_dir)
         model, state, ds, portion, source = _searched_supernet(
             run, config.search_dir, config.dataset, config.data_dir
@@ -308,7 +309,7 @@ def _supernet(config, search_run):
     train_batches = stream(weights_part, 2 * config.seed)
     val_batch = next(stream(arch_part, 2 * config.seed + 1))
     warmup_losses = []
-    if "search_dir" not in source:
+    if not searched:
         space = search_space_lib.get_search_space(source["search_space"]).replace(
             **{k: getattr(config, k) for k in ("channels", "cells", "nodes") if getattr(config, k)}
         )
