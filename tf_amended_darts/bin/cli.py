@@ -16,14 +16,22 @@ from tf_amended_darts import errors
 
 def _rules():
     # Imported here: the configs live in modules that import TensorFlow.
-    from tf_amended_darts import options, search, train  # pylint: disable=g-import-not-at-top
+    from tf_amended_darts import (  # pylint: disable=g-import-not-at-top
+        diagnostics,
+        options,
+        search,
+        train,
+    )
 
     return options.rules(
         options.RunOptions,
         options.SearchMeasures,
         options.TuneOptions,
+        options.StudyOptions,
+        options.OutputOptions,
         search.SearchConfig,
         train.TrainConfig,
+        diagnostics.DiagnoseConfig,
     )
 
 
@@ -36,10 +44,11 @@ def validate_flags(holders):
     rules = _rules()
     for holder in holders:
         if isinstance(holder, flags.FlagHolder) and holder.name in rules:
-            rule = rules[holder.name]
-            flags.register_validator(
-                holder, lambda v, check=rule.check: v is None or check(v), rule.message
-            )
+            _register(holder, rules[holder.name])
+
+
+def _register(holder, rule):
+    flags.register_validator(holder, lambda v: v is None or rule.check(v), rule.message)
 
 
 MIXED_PRECISION = ("off", "auto", "float16", "bfloat16")  # --mixed_precision's values
@@ -48,7 +57,7 @@ MIXED_PRECISION = ("off", "auto", "float16", "bfloat16")  # --mixed_precision's 
 def define_flags(cls, names=None, prefix="", defaults=None):
     """Defines a flag for each option that the dataclass `cls` declares (options.option), or
     for those in `names`: --<prefix><name>, of the option's kind, default (or `defaults`'),
-    help and choices, with its check (validate_flags). Returns {option name: FlagHolder}.
+    help and choices, with its own check. Returns {option name: FlagHolder}.
     A mixed_precision option is the enum MIXED_PRECISION ("off": None; see `option_values`)."""
     from tf_amended_darts import options  # pylint: disable=g-import-not-at-top
 
@@ -88,7 +97,8 @@ def define_flags(cls, names=None, prefix="", defaults=None):
                 default = str(default)  # amending_coefficient: 0.1 or auto
             holder = define(flag, default, meta["help"], module_name=module)
         holders[name] = holder
-    validate_flags(holders.values())
+        if meta["rule"] is not None:
+            _register(holder, meta["rule"])
     return holders
 
 
