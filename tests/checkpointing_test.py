@@ -114,7 +114,7 @@ class CheckpointerTest(tf.test.TestCase):
         with self.assertRaisesRegex(
             checkpointing.CheckpointError,
             r"^none of the 2 checkpoints in .* can be restored.*ckpt-2"
-            r".*--overwrite$",
+            r".*: start over with overwrite$",
         ) as caught:
             self._checkpointer(directory).restore()
         self.assertNotIn("\n", str(caught.exception))

@@ -126,7 +126,7 @@ class FlagRulesTest(absltest.TestCase):
 
     def test_library_refuses_logical_cpus_below_one(self):
         for count in (0, -3):
-            with self.assertRaisesRegex(errors.InputError, "--logical_cpus must be at least 1"):
+            with self.assertRaisesRegex(errors.InputError, "^logical_cpus must be at least 1"):
                 distribute.configure_logical_cpus(count)
 
 

@@ -220,12 +220,12 @@ class TfdsTest(tf.test.TestCase):
         empty = self.get_temp_dir() + "/empty_tfds"
         with mock.patch.object(tfds.core.DatasetBuilder, "download_and_prepare") as prepare:
             with self.assertRaisesRegex(
-                data.DatasetError, "not prepared in .*--download.*cifar10_binary"
+                data.DatasetError, "not prepared in .*download=True.*dataset=cifar10_binary"
             ) as cm:
                 data.load_dataset("cifar10", empty)
         prepare.assert_not_called()
         self.assertNotIn("\n", str(cm.exception))
-        with self.assertRaisesRegex(data.DatasetError, "needs --data_dir"):
+        with self.assertRaisesRegex(data.DatasetError, "needs data_dir"):
             data.load_dataset("cifar10_binary")
         with self.assertRaisesRegex(data.DatasetError, "unknown dataset 'no_such_set'"):
             data.load_dataset("no_such_set", empty)
@@ -268,7 +268,7 @@ class TfdsDownloadTest(tf.test.TestCase):
     def test_download_prepares_from_manual_dir(self):
         root = self.get_temp_dir() + "/tfds_download"
         with self.assertRaisesRegex(
-            data.DatasetError, "not prepared in .*--download.*downloads/manual"
+            data.DatasetError, "not prepared in .*download=True.*downloads/manual"
         ):
             data.load_dataset("tiny_manual_dataset", root)
         with self.assertRaisesRegex(

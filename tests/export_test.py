@@ -141,7 +141,7 @@ class ExportTest(tf.test.TestCase):
             (self.root, "contains"),
         ):
             with self.assertRaisesRegex(
-                export.ExportError, rf"^--export_dir {target} {where} the run directory"
+                export.ExportError, rf"^export_dir {target} {where} the run directory"
             ):
                 export.check_export_dir(target, overwrite=True)
         # A run about to start in the directory counts too (train --export_dir inside it).
@@ -174,7 +174,7 @@ class ExportTest(tf.test.TestCase):
         self.assertEqual(refused.returncode, 2, refused.stderr[-2000:])
         last = refused.stderr.strip().splitlines()
         self.assertLen(last, 1, refused.stderr)
-        self.assertRegex(last[0], r"^export: error: --export_dir .* is the run directory")
+        self.assertRegex(last[0], r"^export: error: export_dir .* is the run directory")
         self.assertEqual(file_tree.snapshot(run), before)
 
     def test_checkpoint_of_another_genotype_is_refused(self):

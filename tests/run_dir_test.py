@@ -41,7 +41,7 @@ class RunDirTest(tf.test.TestCase):
         before = file_tree.snapshot(directory)
         with self.assertRaisesRegex(run_dir.RunDirError, "different search.*differs in: a"):
             run_dir.prepare(directory, {"a": 2}, "search", resume=True)
-        with self.assertRaisesRegex(run_dir.RunDirError, "--resume"):
+        with self.assertRaisesRegex(run_dir.RunDirError, "pass resume"):
             run_dir.prepare(directory, {"a": 1}, "search")
         self.assertEqual(file_tree.snapshot(directory), before)
         self.assertTrue(run_dir.prepare(directory, {"a": 1}, "search", resume=True))
@@ -54,7 +54,7 @@ class RunDirTest(tf.test.TestCase):
 
     def test_resume_where_no_run_is_refused_and_creates_nothing(self):
         missing = os.path.join(self.get_temp_dir(), "misspelt")
-        with self.assertRaisesRegex(run_dir.RunDirError, r"--resume: there is no run .*misspelt"):
+        with self.assertRaisesRegex(run_dir.RunDirError, r"^resume: there is no run .*misspelt"):
             run_dir.prepare(missing, {"a": 1}, "search", resume=True)
         self.assertFalse(os.path.exists(missing))
         empty = os.path.join(self.get_temp_dir(), "empty")

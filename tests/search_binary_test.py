@@ -91,7 +91,7 @@ class SearchBinaryTest(tf.test.TestCase):
         self.assertIn("stopped after global step 3", stopped.stdout)
         refused = _search(f"--output_dir={part}", *common)  # neither --resume nor --overwrite
         self.assertEqual(refused.returncode, 2)
-        self.assertIn("--resume", refused.stderr.strip().splitlines()[-1])
+        self.assertIn("pass resume", refused.stderr.strip().splitlines()[-1])
         resumed = _search(f"--output_dir={part}", "--resume", *common)
         self.assertEqual(resumed.returncode, 0, resumed.stderr[-3000:])
         self.assertIn("resumed from", resumed.stdout)

@@ -225,7 +225,7 @@ class SearchTest(tf.test.TestCase):
         with self.assertRaisesRegex(
             loop.DivergedError,
             r"^diverged at global step (\d+): "
-            r"(train_loss|weight_grad_norm|arch/\w+) is (nan|inf).*lower --learning_rate",
+            r"(train_loss|weight_grad_norm|arch/\w+) is (nan|inf).*lower learning_rate",
         ) as caught:
             _run(
                 directory,

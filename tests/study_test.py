@@ -172,6 +172,16 @@ class HelpersTest(tf.test.TestCase):
         self.assertLen(runs, 2 * 4)  # datasets x spaces, first order, one seed
         self.assertEqual({r.search.search_space for r in runs}, {"darts", "s2", "s3", "s4"})
 
+    def test_committed_pilot2_plan_matches_the_papers_architecture_budget(self):
+        path = os.path.join(os.path.dirname(__file__), os.pardir, "studies", "pilot2.json")
+        runs = study.planned_runs(study.load_plan(path))
+        self.assertEqual({r.search.search_space for r in runs}, {"darts", "s2", "s3", "s4"})
+        # Adam moves a logit by at most ~lr per step: steps x lr within 5 % of the paper's
+        # 50 epochs x 391 steps x 3e-4 (digits: 719 architecture images, batch 32 -> 22 steps).
+        search = runs[0].search
+        steps = search.epochs * (719 // search.batch_size)
+        self.assertAllClose(steps * search.arch_learning_rate, 50 * 391 * 3e-4, rtol=0.05)
+
     def test_bad_plan_file_is_one_line_input_error(self):
         path = os.path.join(self.get_temp_dir(), "plan.json")
         with open(path, "w") as f:

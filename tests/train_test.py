@@ -120,7 +120,7 @@ class TrainTest(tf.test.TestCase):
         stopped = _run(part_dir, stop_after_steps=4, **common)
         self.assertFalse(stopped.finished)
         self.assertEqual(stopped.global_step, 4)
-        with self.assertRaisesRegex(ValueError, "--resume"):
+        with self.assertRaisesRegex(ValueError, "pass resume"):
             _run(part_dir, **common)
         resumed = _run(part_dir, resume=True, **common)
         self.assertTrue(resumed.finished)
@@ -143,7 +143,7 @@ class TrainTest(tf.test.TestCase):
             loop.DivergedError,
             r"^diverged at global step \d+: "
             r"(train_loss|weight_grad_norm) is (nan|inf).*"
-            r"lower --learning_rate$",
+            r"lower learning_rate$",
         ) as caught:
             _run(
                 directory,

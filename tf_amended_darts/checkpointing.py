@@ -103,7 +103,7 @@ class Checkpointer:
                 raise CheckpointError(
                     f"{state} exists but {self.directory} holds no "
                     f"checkpoint (no ckpt-N.index): start over with "
-                    f"--overwrite"
+                    f"overwrite"
                 )
             return None
         skipped = []
@@ -121,7 +121,7 @@ class Checkpointer:
             return candidate
         raise CheckpointError(
             f"none of the {len(candidates)} checkpoints in {self.directory} "
-            f"can be restored ({skipped[0]}): start over with --overwrite"
+            f"can be restored ({skipped[0]}): start over with overwrite"
         )
 
     def _remove_temporaries(self):

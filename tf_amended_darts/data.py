@@ -235,11 +235,10 @@ def _channel_stats(images: np.ndarray, chunk: int = 4096):
 def _load_cifar_binary(cifar100: bool, data_dir: Optional[str]) -> Dataset:
     name, archive = ("cifar100", "cifar-100-binary") if cifar100 else ("cifar10", "cifar-10-binary")
     how = (
-        f"extract {archive}.tar.gz into it and pass --dataset={name}_binary "
-        f"--data_dir=<the directory>"
+        f"extract {archive}.tar.gz into it and pass dataset={name}_binary data_dir=<the directory>"
     )
     if not data_dir:
-        raise DatasetError(f"--dataset={name}_binary needs --data_dir: {how}")
+        raise DatasetError(f"dataset={name}_binary needs data_dir: {how}")
     if not os.path.isdir(data_dir):
         raise DatasetError(f"CIFAR binary directory {data_dir!r} does not exist: {how}")
     subdir = os.path.join(data_dir, "cifar-100-binary" if cifar100 else "cifar-10-batches-bin")
@@ -298,11 +297,11 @@ def _list_images(path):
 
 def _load_image_folder(data_dir, size, test_fraction, native_size=False) -> Dataset:
     how = (
-        "pass --dataset=image_folder --data_dir=DIR with DIR/train/<class>/*.png|jpg and "
+        "pass dataset=image_folder data_dir=DIR with DIR/train/<class>/*.png|jpg and "
         "DIR/test/<class>/*, or DIR/<class>/*"
     )
     if not data_dir:
-        raise DatasetError(f"--dataset=image_folder needs --data_dir: {how}")
+        raise DatasetError(f"dataset=image_folder needs data_dir: {how}")
     if not os.path.isdir(data_dir):
         raise DatasetError(f"image folder {data_dir!r} does not exist: {how}")
     rng = np.random.default_rng(0)
@@ -440,7 +439,7 @@ def _load_tfds(name, data_dir, download, size) -> Dataset:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (slow import)
 
     alternatives = (
-        "use --dataset=digits, mnist5k, cifar10_binary, cifar100_binary, image_folder or a "
+        "use dataset=digits, mnist5k, cifar10_binary, cifar100_binary, image_folder or a "
         "tensorflow-datasets image-classification name"
     )
     try:
@@ -453,9 +452,9 @@ def _load_tfds(name, data_dir, download, size) -> Dataset:
     where = data_dir or tfds.core.constants.DATA_DIR
     manual = os.path.join(os.path.expanduser(where), "downloads", "manual")
     hint = {
-        "cifar10": " (cifar-10-binary.tar.gz), or use --dataset=cifar10_binary --data_dir=DIR "
+        "cifar10": " (cifar-10-binary.tar.gz), or use dataset=cifar10_binary data_dir=DIR "
         "with that archive extracted in DIR",
-        "cifar100": " (cifar-100-binary.tar.gz), or use --dataset=cifar100_binary --data_dir=DIR "
+        "cifar100": " (cifar-100-binary.tar.gz), or use dataset=cifar100_binary data_dir=DIR "
         "with that archive extracted in DIR",
         "imagenet2012": " (ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar)",
     }.get(base, "")
@@ -463,7 +462,7 @@ def _load_tfds(name, data_dir, download, size) -> Dataset:
         if not download:
             raise DatasetError(
                 f"tensorflow-datasets dataset {name!r} is not prepared in {where}: pass "
-                f"--download (download=True) to build it, from the internet or from "
+                f"download=True to build it, from the internet or from "
                 f"files placed in {manual}{hint}"
             )
         try:

@@ -28,7 +28,7 @@ def configure_logical_cpus(count):
     afterwards it raises errors.InputError saying so.
     """
     if count is not None and count < 1:
-        raise errors.InputError(f"--logical_cpus must be at least 1, got {count}")
+        raise errors.InputError(f"logical_cpus must be at least 1, got {count}")
     if count is None or count == 1:
         return
     cpus = tf.config.list_physical_devices("CPU")
@@ -71,7 +71,7 @@ def make_strategy(name="auto"):
     if name == "multi_worker":
         if not os.environ.get("TF_CONFIG"):
             raise errors.InputError(
-                "--strategy=multi_worker needs the TF_CONFIG environment variable"
+                "strategy=multi_worker needs the TF_CONFIG environment variable"
             )
         return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "mirrored":

@@ -122,9 +122,9 @@ def evaluate(
     must have the network's shape.
     """
     if (run_dir is None) == (saved_model is None):
-        raise errors.InputError("give exactly one of --run_dir and --saved_model")
+        raise errors.InputError("give exactly one of run_dir and saved_model")
     if batch_size < 1:
-        raise errors.InputError(f"--batch_size must be at least 1, got {batch_size}")
+        raise errors.InputError(f"batch_size must be at least 1, got {batch_size}")
     image_size, protocol = None, "cifar"
     if run_dir is not None:
         meta = train.run_dir.read_metadata(run_dir) or {}
@@ -137,14 +137,10 @@ def evaluate(
         predict, description, _ = load_checkpoint(run_dir, checkpoint, genotype)
     else:
         if checkpoint is not None or genotype is not None:
-            raise errors.InputError(
-                "--checkpoint and --genotype go with --run_dir, not --saved_model"
-            )
+            raise errors.InputError("checkpoint and genotype go with run_dir, not saved_model")
         predict, description, _ = load_saved_model(saved_model)
         if dataset is None:
-            raise errors.InputError(
-                "--saved_model needs --dataset (and --data_dir if it needs one)"
-            )
+            raise errors.InputError("saved_model needs dataset (and data_dir if it needs one)")
     shape = tuple(description["image_shape"])
     size = image_size or (shape[0] if shape[0] == shape[1] else shape[:2])
     if protocol == "imagenet":

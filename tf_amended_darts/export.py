@@ -34,8 +34,8 @@ class ExportError(errors.InputError):
     """The export cannot be written (target exists, ...)."""
 
 
-def check_export_dir(export_dir, overwrite=False, overwrite_flag="--overwrite", runs=()):
-    """ExportError unless `export_dir` can be written (`overwrite_flag`: the binary's flag
+def check_export_dir(export_dir, overwrite=False, overwrite_option="overwrite", runs=()):
+    """ExportError unless `export_dir` can be written (`overwrite_option`: the option
     that allows replacing it, for the message). A directory that is, contains or lies inside a
     run directory (run.json of this project, or one of `runs`: runs about to start) is refused
     even with `overwrite`: replacing it would delete the run."""
@@ -46,7 +46,7 @@ def check_export_dir(export_dir, overwrite=False, overwrite_flag="--overwrite", 
         if folder in starting or run_dir.holds_run(folder):
             where = "is" if folder == target else "lies inside"
             raise ExportError(
-                f"--export_dir {export_dir} {where} the run directory {folder}: "
+                f"export_dir {export_dir} {where} the run directory {folder}: "
                 f"choose a directory outside the run"
             )
         if os.path.dirname(folder) == folder:
@@ -58,13 +58,13 @@ def check_export_dir(export_dir, overwrite=False, overwrite_flag="--overwrite", 
     )
     if inside:
         raise ExportError(
-            f"--export_dir {export_dir} contains the run directory {inside[0]}: "
+            f"export_dir {export_dir} contains the run directory {inside[0]}: "
             f"choose a directory that holds no run"
         )
     if os.path.exists(export_dir) and not overwrite:
         raise ExportError(
-            f"{export_dir} already exists: choose another --export_dir or pass "
-            f"{overwrite_flag} to replace it"
+            f"{export_dir} already exists: choose another export_dir or pass "
+            f"{overwrite_option} to replace it"
         )
     parent = os.path.dirname(target)
     if os.path.exists(parent) and not os.path.isdir(parent):

@@ -561,7 +561,7 @@ class Runner:
             stopped = False  # it came as the last epoch ended: the run is complete
         if stopped:  # by stop_after_steps (the run diverging raises instead)
             self.log(
-                f"stopped after global step {global_step} (checkpoint saved; --resume continues)"
+                f"stopped after global step {global_step} (checkpoint saved; resume continues)"
             )
         return Outcome(
             stopped=stopped,

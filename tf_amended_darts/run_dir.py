@@ -63,12 +63,12 @@ def read_metadata(directory):
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise RunDirError(
             f"{path} is unreadable ({type(e).__name__}: "
-            f"{str(e).splitlines()[0][:200]}): remove it or pass --overwrite"
+            f"{str(e).splitlines()[0][:200]}): remove it or pass overwrite"
         ) from None
     if not isinstance(data, dict) or not isinstance(data.get("config", {}), dict):
         raise RunDirError(
             f"{path} is not a run description (a JSON object with kind and "
-            f"config): remove it or pass --overwrite"
+            f"config): remove it or pass overwrite"
         )
     return data
 
@@ -91,8 +91,8 @@ def _check(directory, config, kind, resume, overwrite):
     if previous is None:
         if resume:
             raise RunDirError(
-                f"--resume: there is no run to continue in {directory} (no "
-                f"{RUN_FILE}): check the path, or drop --resume to start a run"
+                f"resume: there is no run to continue in {directory} (no "
+                f"{RUN_FILE}): check the path, or drop resume to start a run"
             )
         return False
     same = previous.get("kind") == kind and previous.get("config") == config
@@ -105,12 +105,12 @@ def _check(directory, config, kind, resume, overwrite):
         raise RunDirError(
             f"{directory} holds a different {previous.get('kind', 'run')} "
             f"(differs in: {', '.join(changed) or 'kind'}): choose another directory or "
-            f"pass --overwrite to replace it"
+            f"pass overwrite to replace it"
         )
     if not resume:
         raise RunDirError(
-            f"{directory} already holds this run: pass --resume to continue "
-            f"it or --overwrite to start over"
+            f"{directory} already holds this run: pass resume to continue "
+            f"it or overwrite to start over"
         )
     return True
 

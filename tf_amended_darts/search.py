@@ -550,7 +550,7 @@ def search(
             checkpoint_every=checkpoint_every,
             stop_after_steps=stop_after_steps,
             metrics_every=metrics_every,
-            divergence_hint="lower --learning_rate or --arch_learning_rate",
+            divergence_hint="lower learning_rate or arch_learning_rate",
             memory_hint=_memory_hint(config, estimator),
         )
         genotype = model.genotype()
@@ -693,7 +693,7 @@ def restore_search_network(directory, checkpoint=None):
     if meta is None or meta.get("kind") != KIND:
         raise errors.InputError(
             f"{directory} holds no search run (no run.json of kind "
-            f"{KIND!r}); pass the --output_dir of a search"
+            f"{KIND!r}); pass the output_dir of a search"
         )
     names = {f.name for f in dataclasses.fields(SearchConfig)}
     config = SearchConfig(**{k: v for k, v in meta["config"].items() if k in names})

@@ -358,7 +358,7 @@ def train(
             checkpoint_every=checkpoint_every,
             stop_after_steps=stop_after_steps,
             metrics_every=metrics_every,
-            divergence_hint="lower --learning_rate",
+            divergence_hint="lower learning_rate",
             memory_hint=f"the {config.network} training step at batch_size "
             f"{config.batch_size}: lower batch_size",
         )
@@ -443,7 +443,7 @@ def restore_network(directory, checkpoint=None, genotype=None):
     if meta is None or meta.get("kind") != KIND:
         raise errors.InputError(
             f"{directory} holds no training run (no run.json of kind "
-            f"{KIND!r}); pass the --output_dir of a train run"
+            f"{KIND!r}); pass the output_dir of a train run"
         )
     config = TrainConfig.from_dict(meta["config"])
     if genotype is not None:

@@ -82,7 +82,7 @@ def main(argv):
             )
         from tf_amended_darts import export  # pylint: disable=g-import-not-at-top
 
-        export.check_export_dir(t["export_dir"], t["overwrite_export"], "--overwrite_export")
+        export.check_export_dir(t["export_dir"], t["overwrite_export"], "overwrite_export")
     config = _search_config()
     import keras_tuner as kt  # pylint: disable=g-import-not-at-top
 
