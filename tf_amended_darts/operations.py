@@ -38,6 +38,16 @@ def mixed_precision_dtype(value):
     return value
 
 
+def config_mixed_precision(value):
+    """mixed_precision_dtype of a SearchConfig's or TrainConfig's field, which names the dtype:
+    a boolean is refused there."""
+    if isinstance(value, bool):
+        raise errors.InputError(
+            f"mixed_precision must be float16, bfloat16 or None (off), got {value}"
+        )
+    return mixed_precision_dtype(value)
+
+
 def recorded_mixed_precision(config_dict):
     """A config's dict as run.json records it: bfloat16 as true, as runs recorded it before
     float16 existed, so that they still resume (run.json's config is compared as written)."""

@@ -200,13 +200,8 @@ class SearchConfig:
         object.__setattr__(
             self, "amending_coefficient", estimators.amending_coefficient(self.amending_coefficient)
         )
-        if isinstance(self.mixed_precision, bool):  # operations.mixed_precision_dtype takes them
-            raise errors.InputError(
-                "mixed_precision must be float16, bfloat16 or None (off), "
-                f"got {self.mixed_precision}"
-            )
         object.__setattr__(
-            self, "mixed_precision", operations.mixed_precision_dtype(self.mixed_precision)
+            self, "mixed_precision", operations.config_mixed_precision(self.mixed_precision)
         )
         estimators.check_products_for_dtype(self.products, self.mixed_precision)
         if self.batch_size % self.sub_batches:

@@ -138,13 +138,8 @@ class TrainConfig:
             g = genotypes.load_genotype(str(g))
         object.__setattr__(self, "genotype", g)
         options_lib.check_fields(self)
-        if isinstance(self.mixed_precision, bool):  # operations.mixed_precision_dtype takes them
-            raise errors.InputError(
-                "mixed_precision must be float16, bfloat16 or None (off), "
-                f"got {self.mixed_precision}"
-            )
         object.__setattr__(
-            self, "mixed_precision", operations.mixed_precision_dtype(self.mixed_precision)
+            self, "mixed_precision", operations.config_mixed_precision(self.mixed_precision)
         )
 
     def learning_rate_at(self, epoch):
