@@ -2,6 +2,7 @@
 the per-flag checks every binary registers refuse what cannot run."""
 
 import contextlib
+import dataclasses
 import io
 import sys
 from unittest import mock
@@ -9,7 +10,7 @@ from unittest import mock
 from absl import flags
 from absl.testing import absltest, flagsaver
 
-from tf_amended_darts import distribute, errors, genotypes
+from tf_amended_darts import distribute, errors, genotypes, loop, options
 from tf_amended_darts.bin import cli
 
 
@@ -128,6 +129,15 @@ class FlagRulesTest(absltest.TestCase):
         for count in (0, -3):
             with self.assertRaisesRegex(errors.InputError, "^logical_cpus must be at least 1"):
                 distribute.configure_logical_cpus(count)
+
+
+class RunControlTest(absltest.TestCase):
+    def test_run_control_passes_run_options_that_are_run_control_fields(self):
+        run_options = {f.name for f in dataclasses.fields(options.RunOptions)}
+        control = {f.name for f in dataclasses.fields(loop.RunControl)}
+        self.assertEqual(set(cli.RUN_CONTROL), run_options & control)
+        run = {name: object() for name in run_options}
+        self.assertEqual(cli.run_control(run), {name: run[name] for name in cli.RUN_CONTROL})
 
 
 if __name__ == "__main__":

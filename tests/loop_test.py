@@ -107,20 +107,20 @@ class _ValidatedTask(_Task):
 class RunnerTest(tf.test.TestCase):
     def _run(self, events, *, epochs=1, steps=7, bad_step=None, task=None, **kwargs):
         directory = os.path.join(self.get_temp_dir(), "run")
+        control = loop.RunControl(
+            overwrite=True, log_stream=io.StringIO(), progress_stream=io.StringIO(), **kwargs
+        )
         runner = loop.Runner(
             directory,
             tf.distribute.get_strategy(),
+            control,
             kind="search",
             config={"a": 1},
-            resume=False,
-            overwrite=True,
             owned=(),
-            log_stream=io.StringIO(),
-            progress_stream=io.StringIO(),
         )
         saved = []
         with runner:
-            runner.start({}, dict(config={"a": 1}, kind="search"))
+            runner.start({}, {})
 
             def save(step):
                 saved.append(step)
@@ -128,11 +128,7 @@ class RunnerTest(tf.test.TestCase):
 
             runner.checkpointer.save = save
             outcome = runner.run(
-                task or _Task(steps, events, bad_step),
-                epochs=epochs,
-                steps_per_epoch=steps,
-                batch_size=4,
-                **kwargs,
+                task or _Task(steps, events, bad_step), loop.Schedule(epochs, steps, batch_size=4)
             )
         return outcome, saved
 

@@ -295,42 +295,27 @@ def _list_images(path):
     )
 
 
-def _load_image_folder(data_dir, size, test_fraction, native_size=False) -> Dataset:
-    how = (
-        "pass dataset=image_folder data_dir=DIR with DIR/train/<class>/*.png|jpg and "
-        "DIR/test/<class>/*, or DIR/<class>/*"
+_IMAGE_FOLDER_HOW = (
+    "pass dataset=image_folder data_dir=DIR with DIR/train/<class>/*.png|jpg and "
+    "DIR/test/<class>/*, or DIR/<class>/*"
+)
+
+
+def _resized(image, size):
+    """uint8 image resized (antialiased) to `size`, rounded back to uint8."""
+    return tf.cast(
+        tf.clip_by_value(tf.round(tf.image.resize(image, size, antialias=True)), 0, 255), tf.uint8
     )
+
+
+def _load_image_folder(data_dir, size, test_fraction, native_size=False) -> Dataset:
+    how = _IMAGE_FOLDER_HOW
     if not data_dir:
         raise DatasetError(f"dataset=image_folder needs data_dir: {how}")
     if not os.path.isdir(data_dir):
         raise DatasetError(f"image folder {data_dir!r} does not exist: {how}")
     rng = np.random.default_rng(0)
-    train_dir, test_dir = os.path.join(data_dir, "train"), os.path.join(data_dir, "test")
-    if os.path.isdir(train_dir) and os.path.isdir(test_dir):
-        class_names = _list_class_dirs(train_dir)
-        unknown = sorted(set(_list_class_dirs(test_dir)) - set(class_names))
-        if unknown:
-            raise DatasetError(f"test classes {unknown} of {test_dir} have no train folder: {how}")
-        train = [
-            (p, c)
-            for c, n in enumerate(class_names)
-            for p in _list_images(os.path.join(train_dir, n))
-        ]
-        test = [
-            (p, c)
-            for c, n in enumerate(class_names)
-            if os.path.isdir(os.path.join(test_dir, n))
-            for p in _list_images(os.path.join(test_dir, n))
-        ]
-    else:
-        class_names = _list_class_dirs(data_dir)
-        train, test = [], []
-        for c, n in enumerate(class_names):
-            files = _list_images(os.path.join(data_dir, n))
-            files = [files[i] for i in rng.permutation(len(files))]
-            num_test = min(int(round(test_fraction * len(files))), max(len(files) - 1, 0))
-            test += [(p, c) for p in files[:num_test]]
-            train += [(p, c) for p in files[num_test:]]
+    class_names, train, test = _image_folder_files(data_dir, test_fraction, rng)
     if not class_names or not train:
         raise DatasetError(f"no class folders with images (.png, .jpg, ...) in {data_dir}: {how}")
     train = [train[i] for i in rng.permutation(len(train))]  # mix classes (for search_split)
@@ -351,32 +336,61 @@ def _load_image_folder(data_dir, size, test_fraction, native_size=False) -> Data
     def decode(path):
         image = decode_native(path)
         same = tf.reduce_all(tf.equal(tf.shape(image)[:2], size))
+        resized = tf.cond(same, lambda: image, lambda: _resized(image, size))
+        return tf.ensure_shape(resized, size + (channels,))
 
-        def resized():
-            return tf.cast(
-                tf.clip_by_value(tf.round(tf.image.resize(image, size, antialias=True)), 0, 255),
-                tf.uint8,
-            )
-
-        return tf.ensure_shape(tf.cond(same, lambda: image, resized), size + (channels,))
-
-    def read(pairs):
-        if not pairs:
-            return np.zeros((0,) + size + (channels,), np.uint8), np.zeros([0], np.int64)
-        paths = tf.data.Dataset.from_tensor_slices([p for p, _ in pairs])
-        try:
-            batches = paths.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-            images = np.concatenate([b.numpy() for b in batches.batch(1024)])
-        except tf.errors.OpError as e:
-            raise DatasetError(
-                f"cannot decode an image in {data_dir} ({e.message.splitlines()[0]}): "
-                "remove or fix it"
-            ) from None
-        return images, np.array([c for _, c in pairs], np.int64)
-
-    train_x, train_y = read(train)
-    test_x, test_y = read(test)
+    train_x, train_y = _decoded(train, decode, size + (channels,), data_dir)
+    test_x, test_y = _decoded(test, decode, size + (channels,), data_dir)
     return _in_memory("image_folder", train_x, train_y, test_x, test_y, class_names)
+
+
+def _image_folder_files(data_dir, test_fraction, rng):
+    """(class names, train (path, class) pairs, test pairs) of an image folder: its train/ and
+    test/ folders, or else each class folder's files split by `test_fraction`."""
+    train_dir, test_dir = os.path.join(data_dir, "train"), os.path.join(data_dir, "test")
+    if os.path.isdir(train_dir) and os.path.isdir(test_dir):
+        class_names = _list_class_dirs(train_dir)
+        unknown = sorted(set(_list_class_dirs(test_dir)) - set(class_names))
+        if unknown:
+            raise DatasetError(
+                f"test classes {unknown} of {test_dir} have no train folder: {_IMAGE_FOLDER_HOW}"
+            )
+        train = [
+            (p, c)
+            for c, n in enumerate(class_names)
+            for p in _list_images(os.path.join(train_dir, n))
+        ]
+        test = [
+            (p, c)
+            for c, n in enumerate(class_names)
+            if os.path.isdir(os.path.join(test_dir, n))
+            for p in _list_images(os.path.join(test_dir, n))
+        ]
+        return class_names, train, test
+    class_names = _list_class_dirs(data_dir)
+    train, test = [], []
+    for c, n in enumerate(class_names):
+        files = _list_images(os.path.join(data_dir, n))
+        files = [files[i] for i in rng.permutation(len(files))]
+        num_test = min(int(round(test_fraction * len(files))), max(len(files) - 1, 0))
+        test += [(p, c) for p in files[:num_test]]
+        train += [(p, c) for p in files[num_test:]]
+    return class_names, train, test
+
+
+def _decoded(pairs, decode, shape, data_dir):
+    """uint8 images [N, *shape] and int64 labels of (path, class) pairs."""
+    if not pairs:
+        return np.zeros((0,) + shape, np.uint8), np.zeros([0], np.int64)
+    paths = tf.data.Dataset.from_tensor_slices([p for p, _ in pairs])
+    try:
+        batches = paths.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        images = np.concatenate([b.numpy() for b in batches.batch(1024)])
+    except tf.errors.OpError as e:
+        raise DatasetError(
+            f"cannot decode an image in {data_dir} ({e.message.splitlines()[0]}): remove or fix it"
+        ) from None
+    return images, np.array([c for _, c in pairs], np.int64)
 
 
 def _image_files(class_names, train, test, decode, channels) -> Dataset:
@@ -435,47 +449,100 @@ def _absl_errors_only():
         logging.set_verbosity(verbosity)
 
 
+_TFDS_ALTERNATIVES = (
+    "use dataset=digits, mnist5k, cifar10_binary, cifar100_binary, image_folder or a "
+    "tensorflow-datasets image-classification name"
+)
+# Where a tfds dataset's manual source files come from when it cannot download them.
+_TFDS_MANUAL_HINTS = {
+    "cifar10": " (cifar-10-binary.tar.gz), or use dataset=cifar10_binary data_dir=DIR "
+    "with that archive extracted in DIR",
+    "cifar100": " (cifar-100-binary.tar.gz), or use dataset=cifar100_binary data_dir=DIR "
+    "with that archive extracted in DIR",
+    "imagenet2012": " (ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar)",
+}
+
+
 def _load_tfds(name, data_dir, download, size) -> Dataset:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (slow import)
 
-    alternatives = (
-        "use dataset=digits, mnist5k, cifar10_binary, cifar100_binary, image_folder or a "
-        "tensorflow-datasets image-classification name"
+    base = name.split("/")[0].split(":")[0]
+    builder = _prepared_builder(tfds, name, base, data_dir, download)
+    image, label = _image_and_label(tfds, name, builder.info)
+    splits = builder.info.splits  # empty when the metadata is unknown (tfds.testing.mock_data)
+    test_split = (
+        "validation" if base.startswith("imagenet") or (splits and "test" not in splits) else "test"
     )
+    if splits and ("train" not in splits or test_split not in splits):
+        raise DatasetError(
+            f"tensorflow-datasets dataset {name!r} has no train and test/validation "
+            f"splits: {_TFDS_ALTERNATIVES}"
+        )
+    shape = tuple(image.shape)
+    if size:
+        shape = tuple(size) + shape[-1:]
+
+    def convert(image, label):
+        return (_resized(image, size) if size else image), tf.cast(label, tf.int64)
+
+    def split(s):
+        ds = builder.as_dataset(split=s, as_supervised=True, shuffle_files=False)
+        return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    train, test = split("train"), split(test_split)
+    if base in _KNOWN_STATS and shape[-1] == 3:
+        mean, std = _KNOWN_STATS[base]
+    else:
+        mean, std = _estimated_stats(train)
+    info = DatasetInfo(
+        name=base,
+        image_shape=shape,
+        num_classes=label.num_classes,
+        class_names=tuple(label.names),
+        num_examples={
+            "train": _count(splits, "train", train),
+            "test": _count(splits, test_split, test),
+        },
+        mean=tuple(mean),
+        std=tuple(std),
+    )
+    return Dataset(info, train, test)
+
+
+def _prepared_builder(tfds, name, base, data_dir, download):
+    """The tfds builder of `name`, prepared (built first when `download`)."""
     try:
         with _absl_errors_only():
             builder = tfds.builder(name, data_dir=data_dir)
             prepared = builder.is_prepared()
     except tfds.core.registered.DatasetNotFoundError:
-        raise DatasetError(f"unknown dataset {name!r}: {alternatives}") from None
-    base = name.split("/")[0].split(":")[0]
+        raise DatasetError(f"unknown dataset {name!r}: {_TFDS_ALTERNATIVES}") from None
+    if prepared:
+        return builder
     where = data_dir or tfds.core.constants.DATA_DIR
     manual = os.path.join(os.path.expanduser(where), "downloads", "manual")
-    hint = {
-        "cifar10": " (cifar-10-binary.tar.gz), or use dataset=cifar10_binary data_dir=DIR "
-        "with that archive extracted in DIR",
-        "cifar100": " (cifar-100-binary.tar.gz), or use dataset=cifar100_binary data_dir=DIR "
-        "with that archive extracted in DIR",
-        "imagenet2012": " (ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar)",
-    }.get(base, "")
-    if not prepared:
-        if not download:
-            raise DatasetError(
-                f"tensorflow-datasets dataset {name!r} is not prepared in {where}: pass "
-                f"download=True to build it, from the internet or from "
-                f"files placed in {manual}{hint}"
-            )
-        try:
-            builder.download_and_prepare(
-                download_config=tfds.download.DownloadConfig(manual_dir=manual)
-            )
-        except Exception as e:  # pylint: disable=broad-except  (network, checksum, manual files)
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise DatasetError(
-                f"could not prepare tensorflow-datasets dataset {name!r} in {where} "
-                f"({first}): place its source files in {manual}{hint}"
-            ) from None
-    info = builder.info
+    hint = _TFDS_MANUAL_HINTS.get(base, "")
+    if not download:
+        raise DatasetError(
+            f"tensorflow-datasets dataset {name!r} is not prepared in {where}: pass "
+            f"download=True to build it, from the internet or from "
+            f"files placed in {manual}{hint}"
+        )
+    try:
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=manual)
+        )
+    except Exception as e:  # pylint: disable=broad-except  (network, checksum, manual files)
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise DatasetError(
+            f"could not prepare tensorflow-datasets dataset {name!r} in {where} "
+            f"({first}): place its source files in {manual}{hint}"
+        ) from None
+    return builder
+
+
+def _image_and_label(tfds, name, info):
+    """The Image and ClassLabel features of a supervised (image, label) dataset."""
     keys = info.supervised_keys
     features = info.features
     if (
@@ -486,55 +553,9 @@ def _load_tfds(name, data_dir, download, size) -> Dataset:
     ):
         raise DatasetError(
             f"tensorflow-datasets dataset {name!r} is not an (image, label) "
-            f"classification dataset: {alternatives}"
+            f"classification dataset: {_TFDS_ALTERNATIVES}"
         )
-    splits = info.splits  # empty when the metadata is unknown (e.g. tfds.testing.mock_data)
-    test_split = (
-        "validation" if base.startswith("imagenet") or (splits and "test" not in splits) else "test"
-    )
-    if splits and ("train" not in splits or test_split not in splits):
-        raise DatasetError(
-            f"tensorflow-datasets dataset {name!r} has no train and test/validation "
-            f"splits: {alternatives}"
-        )
-    shape = tuple(features[keys[0]].shape)
-    if size:
-        shape = tuple(size) + shape[-1:]
-
-    def split(s):
-        ds = builder.as_dataset(split=s, as_supervised=True, shuffle_files=False)
-
-        def convert(image, label):
-            if size:
-                image = tf.cast(
-                    tf.clip_by_value(
-                        tf.round(tf.image.resize(image, size, antialias=True)), 0, 255
-                    ),
-                    tf.uint8,
-                )
-            return image, tf.cast(label, tf.int64)
-
-        return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-
-    train, test = split("train"), split(test_split)
-    if base in _KNOWN_STATS and shape[-1] == 3:
-        stats = _KNOWN_STATS[base]
-    else:
-        stats = _estimated_stats(train)
-    label = features[keys[1]]
-    info = DatasetInfo(
-        name=base,
-        image_shape=shape,
-        num_classes=label.num_classes,
-        class_names=tuple(label.names),
-        num_examples={
-            "train": _count(splits, "train", train),
-            "test": _count(splits, test_split, test),
-        },
-        mean=tuple(stats[0]),
-        std=tuple(stats[1]),
-    )
-    return Dataset(info, train, test)
+    return features[keys[0]], features[keys[1]]
 
 
 def _count(splits, name, dataset) -> int:

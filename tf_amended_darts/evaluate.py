@@ -141,6 +141,16 @@ def evaluate(
         predict, description, _ = load_saved_model(saved_model)
         if dataset is None:
             raise errors.InputError("saved_model needs dataset (and data_dir if it needs one)")
+    examples = _checked_examples(
+        description, dataset, data_dir, download, image_size, protocol, split
+    )
+    metrics = evaluate_probabilities(predict, examples, description["num_classes"], batch_size)
+    return {"dataset": dataset, "split": split, **metrics, **description}
+
+
+def _checked_examples(description, dataset, data_dir, download, image_size, protocol, split):
+    """The `split` of `dataset` as the network described takes it (its image shape, classes);
+    `protocol`: imagenet resizes and centre-crops, cifar resizes to the network's size."""
     shape = tuple(description["image_shape"])
     size = image_size or (shape[0] if shape[0] == shape[1] else shape[:2])
     if protocol == "imagenet":
@@ -158,9 +168,7 @@ def evaluate(
         )
     if split not in ("train", "test"):
         raise errors.InputError(f"unknown split {split!r}; expected train or test")
-    examples = loaded.train if split == "train" else loaded.test
-    metrics = evaluate_probabilities(predict, examples, description["num_classes"], batch_size)
-    return {"dataset": dataset, "split": split, **metrics, **description}
+    return loaded.train if split == "train" else loaded.test
 
 
 def format_text(result):

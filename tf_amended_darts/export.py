@@ -102,11 +102,39 @@ def export_network(net, export_dir, config, dataset_info, overwrite=False):
     `config`: its train.TrainConfig; returns the description dict."""
     check_export_dir(export_dir, overwrite)
     net = _without_auxiliary(net, config, dataset_info)
-    height, width, channels = dataset_info["image_shape"]
-    mean, std = dataset_info["mean"], dataset_info["std"]
     class_names = [str(c) for c in dataset_info["class_names"]]
     description = describe(net, config, dataset_info)
     genotype_json = config.genotype.to_json()
+    archive = _serving_archive(net, dataset_info, class_names)
+
+    def metadata():
+        return {
+            "genotype": tf.constant(genotype_json),
+            "class_names": tf.constant(class_names),
+            "description": tf.constant(json.dumps(description)),
+        }
+
+    archive.add_endpoint(METADATA, metadata, input_signature=[])
+
+    def write(folder):
+        archive.write_out(folder, verbose=False)
+        extra = os.path.join(folder, "assets.extra")
+        os.makedirs(extra, exist_ok=True)
+        for name, text in (
+            ("genotype.json", genotype_json + "\n"),
+            ("class_names.txt", "".join(c + "\n" for c in class_names)),
+            ("description.json", json.dumps(description, indent=1) + "\n"),
+        ):
+            with open(os.path.join(extra, name), "w") as f:
+                f.write(text)
+
+    _write_directory(export_dir, write)
+    return description
+
+
+def _serving_archive(net, dataset_info, class_names):
+    """An ExportArchive of `net` with the serving_default endpoint (uint8 images in)."""
+    mean, std = dataset_info["mean"], dataset_info["std"]
 
     def serve(images):
         logits = net(data.normalize(images, mean, std), training=False)
@@ -118,37 +146,24 @@ def export_network(net, export_dir, config, dataset_info, overwrite=False):
             "top_class_name": tf.gather(tf.constant(class_names), top),
         }
 
-    def metadata():
-        return {
-            "genotype": tf.constant(genotype_json),
-            "class_names": tf.constant(class_names),
-            "description": tf.constant(json.dumps(description)),
-        }
-
     archive = keras.export.ExportArchive()
     archive.track(net)
+    shape = [None, *dataset_info["image_shape"]]
     archive.add_endpoint(
-        SIGNATURE,
-        serve,
-        input_signature=[tf.TensorSpec([None, height, width, channels], tf.uint8, name=INPUT_NAME)],
+        SIGNATURE, serve, input_signature=[tf.TensorSpec(shape, tf.uint8, name=INPUT_NAME)]
     )
-    archive.add_endpoint(METADATA, metadata, input_signature=[])
+    return archive
 
-    target = os.path.abspath(export_dir)
+
+def _write_directory(directory, write):
+    """write(folder) into a temporary folder beside `directory`, then renamed to it (replacing
+    what was there): the directory appears complete or not at all."""
+    target = os.path.abspath(directory)
     parent = os.path.dirname(target)
     io_utils.make_directory(parent)
     tmp = tempfile.mkdtemp(dir=parent, prefix=f".tmp-{os.path.basename(target)}-")
     try:
-        archive.write_out(tmp, verbose=False)
-        extra = os.path.join(tmp, "assets.extra")
-        os.makedirs(extra, exist_ok=True)
-        for name, text in (
-            ("genotype.json", genotype_json + "\n"),
-            ("class_names.txt", "".join(c + "\n" for c in class_names)),
-            ("description.json", json.dumps(description, indent=1) + "\n"),
-        ):
-            with open(os.path.join(extra, name), "w") as f:
-                f.write(text)
+        write(tmp)
         os.chmod(tmp, 0o777 & ~_umask())
         old = None
         if os.path.exists(target):
@@ -160,7 +175,6 @@ def export_network(net, export_dir, config, dataset_info, overwrite=False):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return description
 
 
 def _umask():

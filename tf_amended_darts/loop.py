@@ -5,6 +5,7 @@
                          stop, the epoch loop, per-step and per-epoch summaries, progress, and
                          the stop on divergence. A search or training supplies an EpochTask:
                          its step function and batches per epoch and its end-of-epoch work.
+  RunControl, Schedule   how a run runs (resume, checkpoints, streams...); its epochs and steps
   sgd_weight_update      the SGD weight update of search, re-training and diagnostics' warm-up
   weight_gradients       its gradients from a tape (the search's come from its stateless pass)
   SGD, Adam              Keras' optimizers for gradients that are already global
@@ -28,7 +29,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Callable, Iterable, Protocol
+from typing import Callable, Iterable, NamedTuple, Optional, Protocol, TextIO
 
 import keras
 import tensorflow as tf
@@ -304,6 +305,33 @@ def validate(eval_step, strategy, dataset, info, batch_size):
 # The run loop.
 
 
+@dataclasses.dataclass(frozen=True)
+class RunControl:
+    """How a run runs, not what it computes (not in its identity): search.search's and
+    train.train's keyword arguments of that name, handed to the Runner as one."""
+
+    resume: bool = False  # continue the run in the output directory
+    overwrite: bool = False  # replace another run there
+    checkpoint_every: int = 0  # also checkpoint every this many steps (0: epoch ends only)
+    stop_after_steps: Optional[int] = None  # stop (with a checkpoint) at this global step
+    # Read the steps' metrics on the host every this many steps (progress, summaries, the
+    # divergence check; always before a checkpoint): between reads the host queues steps
+    # without waiting for the device.
+    metrics_every: int = 1
+    download: bool = False  # tensorflow-datasets: build the dataset when it is missing
+    flags: Optional[dict] = None  # the command-line flags, recorded in run.json
+    log_stream: Optional[TextIO] = None  # log lines (default stdout)
+    progress_stream: Optional[TextIO] = None  # the progress line (default stderr)
+
+
+class Schedule(NamedTuple):
+    """The loop Runner.run goes through."""
+
+    epochs: int
+    steps_per_epoch: int
+    batch_size: int  # global
+
+
 @dataclasses.dataclass
 class Epoch:
     """What a task runs in one epoch (EpochTask.start_epoch)."""
@@ -374,32 +402,23 @@ class _StopSignals:
 class Runner:
     """One run (search or training) in `output_dir`; see the module docstring.
 
-    Use: runner = Runner(...); with runner: runner.start(metadata, trackables); log lines;
-    runner.run(task, ...). The directory is prepared (run_dir.prepare: refuses another run,
-    `resume` continues this one) when the Runner is made.
+    Use: runner = Runner(...); with runner: runner.start(trackables, extra); log lines;
+    runner.run(task, schedule). The directory is prepared (run_dir.prepare: refuses another
+    run, `control.resume` continues this one) when the Runner is made; `config` (a dict) and
+    `kind` are the run's identity there and in run.json.
     """
 
-    def __init__(
-        self,
-        output_dir,
-        strategy,
-        *,
-        kind,
-        config,
-        resume,
-        overwrite,
-        owned,
-        log_stream=None,
-        progress_stream=None,
-    ):
-        self.output_dir, self.strategy = output_dir, strategy
+    def __init__(self, output_dir, strategy, control, *, kind, config, owned):
+        self.output_dir, self.strategy, self.control = output_dir, strategy, control
+        self.kind, self.config = kind, config
         self.chief = distribute.is_chief(strategy)
         self.resuming = (
-            run_dir.prepare(output_dir, config, kind, resume, overwrite, owned=owned)
+            run_dir.prepare(
+                output_dir, config, kind, control.resume, control.overwrite, owned=owned
+            )
             if self.chief
-            else resume and os.path.isdir(output_dir)
+            else control.resume and os.path.isdir(output_dir)
         )
-        self._log_stream, self._progress_stream = log_stream, progress_stream
         self._log_file = open(os.path.join(output_dir, "log.txt"), "a") if self.chief else None
         self.position = {
             name: tf.Variable(0, dtype=tf.int64, trainable=False, name=name) for name in POSITION
@@ -429,7 +448,7 @@ class Runner:
         """A time-stamped line in log.txt (chief) and, with `echo`, on the log stream."""
         line = f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {message}"
         if echo:
-            print(line, file=self._log_stream or sys.stdout, flush=True)
+            print(line, file=self.control.log_stream or sys.stdout, flush=True)
         if self._log_file:
             self._log_file.write(line + "\n")
             self._log_file.flush()
@@ -446,11 +465,11 @@ class Runner:
     def global_step(self):
         return int(self.position["global_step"].numpy())
 
-    def start(self, trackables, metadata, records=None):
+    def start(self, trackables, extra, records=None):
         """Checkpoints `trackables` (None values left out: what a run does not have, e.g. a
         loss scale; plus the position, and `records`: strings kept with each checkpoint and
         compared on restore) from now on, restores the newest checkpoint that
-        restores when resuming, writes run.json (config + `metadata`) and opens the
+        restores when resuming, writes run.json (config, kind, flags + `extra`) and opens the
         summaries; returns the restored checkpoint path or None."""
         self.checkpointer = checkpointing.Checkpointer(
             os.path.join(self.output_dir, run_dir.CHECKPOINT_DIR),
@@ -462,7 +481,9 @@ class Runner:
         restored = self.checkpointer.restore(report=self.log) if self.resuming else None
         self.writer = run_dir.summary_writer(self.output_dir, self.chief)
         if self.chief:
-            run_dir.write_metadata(self.output_dir, **metadata)
+            run_dir.write_metadata(
+                self.output_dir, self.config, self.kind, flags=self.control.flags, extra=extra
+            )
         return restored
 
     def log_resumed(self, restored):
@@ -477,27 +498,15 @@ class Runner:
             self.position[name].assign(value)
         self.checkpointer.save(global_step)
 
-    def run(
-        self,
-        task,
-        *,
-        epochs,
-        steps_per_epoch,
-        batch_size,
-        checkpoint_every=0,
-        stop_after_steps=None,
-        metrics_every=1,
-        divergence_hint="",
-        memory_hint="",
-    ):
-        """Runs the epochs left: per epoch task.start_epoch, the steps (progress, per-step
-        summaries, a checkpoint every `checkpoint_every` steps and when the global step
-        reaches `stop_after_steps`), task.end_epoch, epoch summaries, a checkpoint and the
-        epoch's log line.
+    def run(self, task, schedule, *, divergence_hint="", memory_hint=""):
+        """Runs the epochs of `schedule` left: per epoch task.start_epoch, the steps (progress,
+        per-step summaries, a checkpoint every `control.checkpoint_every` steps and when the
+        global step reaches `control.stop_after_steps`), task.end_epoch, epoch summaries, a
+        checkpoint and the epoch's log line.
 
-        The steps' metrics are read on the host every `metrics_every` steps (a read waits for
-        the device; between reads the host queues the next steps), and always before a
-        checkpoint, a stop and the epoch's end; every step's metrics are summarised.
+        The steps' metrics are read on the host every `control.metrics_every` steps (a read
+        waits for the device; between reads the host queues the next steps), and always before
+        a checkpoint, a stop and the epoch's end; every step's metrics are summarised.
 
         A SIGINT or SIGTERM (the first; a second one ends the process at once) stops the run
         after the step it arrived in (at an epoch's last step, after the epoch's end) with a
@@ -511,123 +520,165 @@ class Runner:
         epoch's checkpoint. Raises OutOfMemoryError (+ `memory_hint`: what the run's step
         is and how to make it smaller) when TensorFlow runs out of memory.
         """
-        if metrics_every < 1:
-            raise ValueError(f"metrics_every must be at least 1, got {metrics_every}")
+        if self.control.metrics_every < 1:
+            raise ValueError(f"metrics_every must be at least 1, got {self.control.metrics_every}")
+        self._schedule, self._divergence_hint = schedule, divergence_hint
         epoch, step_in_epoch, global_step = self.epoch, self.step_in_epoch, self.global_step
         self.progress = run_dir.Progress(
-            epochs * steps_per_epoch, batch_size, stream=self._progress_stream, enabled=self.chief
+            schedule.epochs * schedule.steps_per_epoch,
+            schedule.batch_size,
+            stream=self.control.progress_stream,
+            enabled=self.chief,
         )
         stopped, line = False, {}
         with self.writer.as_default(), _out_of_memory_as_input_error(memory_hint):
-            while epoch < epochs and not stopped:
+            while epoch < schedule.epochs and not stopped:
                 plan = task.start_epoch(epoch, step_in_epoch)
                 summary, step_in_epoch, global_step, stopped = self._run_epoch(
-                    plan,
-                    batch_size=batch_size,
-                    steps_per_epoch=steps_per_epoch,
-                    epoch=epoch,
-                    step_in_epoch=step_in_epoch,
-                    global_step=global_step,
-                    checkpoint_every=checkpoint_every,
-                    stop_after_steps=stop_after_steps,
-                    metrics_every=metrics_every,
-                    divergence_hint=divergence_hint,
+                    plan, epoch, step_in_epoch, global_step
                 )
-                if stopped and step_in_epoch < steps_per_epoch:
+                if stopped and step_in_epoch < schedule.steps_per_epoch:
                     break
                 epoch, step_in_epoch = epoch + 1, 0
-                line = {**plan.scalars, **summary}
-                try:
-                    suffix = task.end_epoch(epoch, global_step, line)
-                except DivergedError as e:  # loop.validate's, before the epoch's outputs
-                    self._stop_diverged(f"at the end of epoch {epoch}: {e}", divergence_hint)
-                for k, v in line.items():
-                    run_dir.write_scalar(f"epoch/{k}", v, step=global_step)
-                self.save(epoch, 0, global_step)
-                self.log(
-                    f"epoch {epoch}/{epochs}{plan.note} "
-                    + " ".join(f"{k}={v:.4g}" for k, v in line.items())
-                    + suffix
-                )
+                line = self._end_epoch(task, plan, summary, epoch, global_step)
                 stopped = stopped or self._signals.signum is not None  # one during the epoch end
-        if self._signals.signum is not None:
-            if epoch < epochs:
-                message = (
-                    f"stopped by {self._signals.name} after global step {global_step} "
-                    "(checkpoint saved)"
-                )
-                self.log(message, echo=False)
-                raise errors.Interrupted(message, self._signals.signum)
-            stopped = False  # it came as the last epoch ended: the run is complete
-        if stopped:  # by stop_after_steps (the run diverging raises instead)
-            self.log(
-                f"stopped after global step {global_step} (checkpoint saved; resume continues)"
-            )
         return Outcome(
-            stopped=stopped,
+            stopped=self._stopped(stopped, epoch, global_step),
             line=line,
             epoch=epoch,
             global_step=global_step,
             images_per_second=self.progress.images_per_second(global_step),
         )
 
-    def _run_epoch(
-        self,
-        plan,
-        *,
-        batch_size,
-        steps_per_epoch,
-        epoch,
-        step_in_epoch,
-        global_step,
-        checkpoint_every,
-        stop_after_steps,
-        metrics_every,
-        divergence_hint,
-    ):
+    def _run_epoch(self, plan, epoch, step_in_epoch, global_step):
         """The steps of the rest of an epoch; returns (summary, step_in_epoch, global_step,
-        stopped: by stop_after_steps or a signal); summary: mean train_loss and train_acc of
-        the steps run."""
-        sums, ran, stopped, unread = {}, 0, False, []
-        seen = {k: [] for k in plan.ranges}
-
-        def read():
-            for step, values in unread:
-                metrics = {k: float(v) for k, v in values.items()}
-                if metrics.pop(DIVERGED, 0.0) > 0:
-                    self._diverged(metrics, step, divergence_hint)
-                for k, v in metrics.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                for k, values_of_k in seen.items():
-                    values_of_k.append(metrics[k])
-                self.progress.update(step, epoch=epoch, loss=metrics["train_loss"])
-                _step_summaries(metrics, plan.scalars["lr"], batch_size, step)
-            unread.clear()
-
+        stopped: by stop_after_steps or a signal); summary: _EpochMetrics.summary."""
+        control, steps_per_epoch = self.control, self._schedule.steps_per_epoch
+        metrics = _EpochMetrics(
+            plan, self._schedule.batch_size, self._diverged, self._read_step(plan, epoch)
+        )
+        stopped = False
         for batch in plan.batches:
-            step_in_epoch, global_step, ran = step_in_epoch + 1, global_step + 1, ran + 1
-            unread.append((global_step, plan.step(batch)))
+            step_in_epoch, global_step = step_in_epoch + 1, global_step + 1
+            metrics.queue(global_step, plan.step(batch))
             stopped = self._signals.signum is not None or (
-                stop_after_steps is not None and global_step >= stop_after_steps
+                control.stop_after_steps is not None and global_step >= control.stop_after_steps
             )
             save = step_in_epoch < steps_per_epoch and (
-                stopped or (checkpoint_every and global_step % checkpoint_every == 0)
+                stopped
+                or (control.checkpoint_every and global_step % control.checkpoint_every == 0)
             )
-            if save or stopped or len(unread) >= metrics_every:
-                read()
+            if save or stopped or metrics.unread >= control.metrics_every:
+                metrics.read()
             if save:
                 self.save(epoch, step_in_epoch, global_step)
             if stopped:
                 break
-        read()
-        ran = max(ran, 1)
+        metrics.read()
+        return metrics.summary(), step_in_epoch, global_step, stopped
+
+    def _read_step(self, plan, epoch):
+        """Where a step's metrics, read on the host, go: the progress line and the step's
+        summaries."""
+
+        def read(step, metrics):
+            self.progress.update(step, epoch=epoch, loss=metrics["train_loss"])
+            _step_summaries(metrics, plan.scalars["lr"], self._schedule.batch_size, step)
+
+        return read
+
+    def _end_epoch(self, task, plan, summary, epochs_done, global_step):
+        """task.end_epoch, the epoch's summaries, its checkpoint and log line; returns the
+        epoch's line (its scalars and metrics)."""
+        line = {**plan.scalars, **summary}
+        try:
+            suffix = task.end_epoch(epochs_done, global_step, line)
+        except DivergedError as e:  # loop.validate's, before the epoch's outputs
+            self._stop_diverged(f"at the end of epoch {epochs_done}: {e}")
+        for k, v in line.items():
+            run_dir.write_scalar(f"epoch/{k}", v, step=global_step)
+        self.save(epochs_done, 0, global_step)
+        self.log(
+            f"epoch {epochs_done}/{self._schedule.epochs}{plan.note} "
+            + " ".join(f"{k}={v:.4g}" for k, v in line.items())
+            + suffix
+        )
+        return line
+
+    def _stopped(self, stopped, epoch, global_step):
+        """Whether the run stopped early (by stop_after_steps); errors.Interrupted when a
+        signal stopped it before its last epoch's end."""
+        if self._signals.signum is not None:
+            if epoch < self._schedule.epochs:
+                message = (
+                    f"stopped by {self._signals.name} after global step {global_step} "
+                    "(checkpoint saved)"
+                )
+                self.log(message, echo=False)
+                raise errors.Interrupted(message, self._signals.signum)
+            return False  # it came as the last epoch ended: the run is complete
+        if stopped:  # by stop_after_steps (the run diverging raises instead)
+            self.log(
+                f"stopped after global step {global_step} (checkpoint saved; resume continues)"
+            )
+        return stopped
+
+    def _diverged(self, metrics, step):
+        """Logs and raises DivergedError naming the first non-finite quantity of the step."""
+        what = _non_finite(metrics)
+        self._stop_diverged(f"at global step {step}: {what}; the step was not applied")
+
+    def _stop_diverged(self, where):
+        hint = self._divergence_hint
+        message = (
+            f"diverged {where}; the run stops: its last checkpoint and genotype are the last "
+            "good ones" + (f"; try a {hint}" if hint else "")
+        )
+        self.log(message, echo=False)
+        raise DivergedError(message)
+
+
+class _EpochMetrics:
+    """The step metrics of an epoch: queued as the steps return them (device values), read on
+    the host together (`read`) and summed. A read step's metrics go to `on_diverged(metrics,
+    step)` when the step diverged (it raises), then to `on_read(step, metrics)`."""
+
+    def __init__(self, plan, batch_size, on_diverged, on_read):
+        self.batch_size, self.on_diverged, self.on_read = batch_size, on_diverged, on_read
+        self.sums, self.ran, self._unread = {}, 0, []
+        self.seen = {k: [] for k in plan.ranges}
+
+    @property
+    def unread(self):
+        return len(self._unread)
+
+    def queue(self, step, values):
+        self._unread.append((step, values))
+        self.ran += 1
+
+    def read(self):
+        for step, values in self._unread:
+            metrics = {k: float(v) for k, v in values.items()}
+            if metrics.pop(DIVERGED, 0.0) > 0:
+                self.on_diverged(metrics, step)
+            for k, v in metrics.items():
+                self.sums[k] = self.sums.get(k, 0.0) + v
+            for k, values_of_k in self.seen.items():
+                values_of_k.append(metrics[k])
+            self.on_read(step, metrics)
+        self._unread.clear()
+
+    def summary(self):
+        """Mean train_loss and train_acc of the steps run, float16's overflow_steps, and the
+        plan's ranges (mean, min, max)."""
+        ran, sums = max(self.ran, 1), self.sums
         summary = {
             "train_loss": sums.get("train_loss", 0.0) / ran,
-            "train_acc": sums.get("train_correct", 0.0) / (ran * batch_size),
+            "train_acc": sums.get("train_correct", 0.0) / (ran * self.batch_size),
         }
         if "overflow" in sums:  # float16 (LossScale): the steps skipped for an overflow
             summary["overflow_steps"] = sums["overflow"]
-        for k, values in seen.items():
+        for k, values in self.seen.items():
             if values:
                 name = k.removeprefix("arch/")
                 summary.update(
@@ -637,32 +688,7 @@ class Runner:
                         f"{name}_max": max(values),
                     }
                 )
-        return summary, step_in_epoch, global_step, stopped
-
-    def _diverged(self, metrics, step, hint):
-        """Logs and raises DivergedError naming the first non-finite quantity of the step."""
-        bad = sorted(
-            (k for k, v in metrics.items() if not math.isfinite(v)),
-            key=lambda k: (
-                k not in _FIRST_SUSPECTS,
-                _FIRST_SUSPECTS.index(k) if k in _FIRST_SUSPECTS else 0,
-                k,
-            ),
-        )
-        what = (
-            f"{bad[0]} is {metrics[bad[0]]}" + (f" (and {', '.join(bad[1:])})" if bad[1:] else "")
-            if bad
-            else "the alphas are not finite"
-        )
-        self._stop_diverged(f"at global step {step}: {what}; the step was not applied", hint)
-
-    def _stop_diverged(self, where, hint):
-        message = (
-            f"diverged {where}; the run stops: its last checkpoint and genotype are the last "
-            "good ones" + (f"; try a {hint}" if hint else "")
-        )
-        self.log(message, echo=False)
-        raise DivergedError(message)
+        return summary
 
 
 @contextlib.contextmanager
@@ -679,6 +705,21 @@ def _out_of_memory_as_input_error(hint):
 
 # The quantities a divergence shows first in, named first when several are non-finite.
 _FIRST_SUSPECTS = ("train_loss", "arch/val_loss", "weight_grad_norm", "arch/grad_norm")
+
+
+def _non_finite(metrics):
+    """What is not finite in a diverged step's `metrics`, the first suspect first."""
+    bad = sorted(
+        (k for k, v in metrics.items() if not math.isfinite(v)),
+        key=lambda k: (
+            k not in _FIRST_SUSPECTS,
+            _FIRST_SUSPECTS.index(k) if k in _FIRST_SUSPECTS else 0,
+            k,
+        ),
+    )
+    if not bad:
+        return "the alphas are not finite"
+    return f"{bad[0]} is {metrics[bad[0]]}" + (f" (and {', '.join(bad[1:])})" if bad[1:] else "")
 
 
 def _step_summaries(metrics, lr, batch_size, step):

@@ -38,6 +38,16 @@ def mixed_precision_dtype(value):
     return value
 
 
+def config_mixed_precision(value):
+    """mixed_precision_dtype of a SearchConfig's or TrainConfig's field, which names the dtype:
+    a boolean is refused there."""
+    if isinstance(value, bool):
+        raise errors.InputError(
+            f"mixed_precision must be float16, bfloat16 or None (off), got {value}"
+        )
+    return mixed_precision_dtype(value)
+
+
 def recorded_mixed_precision(config_dict):
     """A config's dict as run.json records it: bfloat16 as true, as runs recorded it before
     float16 existed, so that they still resume (run.json's config is compared as written)."""
@@ -143,54 +153,12 @@ def normalize_batch(x, epsilon):
     rebuilds the fused gradient from ~40 operations and differentiates those. Third
     derivatives are refused (an error, not a silently wrong number).
     """
-    axes = [0, 1, 2]
     statistics = []
-
-    def jacobian(v, xhat, s):
-        return s * (v - tf.reduce_mean(v, axes) - xhat * tf.reduce_mean(v * xhat, axes))
 
     @tf.custom_gradient
     def normalize(x):
-        if x.dtype.name in _FUSED_DTYPES:
-            channels = x.shape[-1]
-            count = x.shape[:-1].num_elements()  # static where the batch size is known
-            if count is None:
-                count = tf.cast(tf.size(x) // channels, "float32")
-            one = tf.ones([channels], "float32")
-            y, mean, variance, *reserved = tf.raw_ops.FusedBatchNormV3(
-                x=x,
-                scale=one,
-                offset=tf.zeros_like(one),
-                mean=tf.zeros([0]),
-                variance=tf.zeros([0]),
-                epsilon=epsilon,
-                is_training=True,
-            )
-            # The kernel's batch variance is Bessel-corrected.
-            variance = variance * ((count - 1.0) / count)
-            s = tf.math.rsqrt(variance + epsilon)
-
-            def first_derivative(g):  # TF's own gradient of the kernel, one operation
-                return tf.raw_ops.FusedBatchNormGradV3(
-                    y_backprop=g,
-                    x=x,
-                    scale=one,
-                    reserve_space_1=reserved[0],
-                    reserve_space_2=reserved[1],
-                    reserve_space_3=reserved[2],
-                    epsilon=epsilon,
-                    is_training=True,
-                )[0]
-
-        else:
-            mean = tf.reduce_mean(x, axes)
-            variance = tf.reduce_mean(tf.square(x - mean), axes)
-            s = tf.math.rsqrt(variance + epsilon)
-            y = (x - mean) * s
-
-            def first_derivative(g):
-                return jacobian(g, y, s)
-
+        forward = _fused_forward if x.dtype.name in _FUSED_DTYPES else _formula_forward
+        y, mean, variance, s, first_derivative = forward(x, epsilon)
         statistics.extend([mean, variance])
 
         def first(dy):
@@ -204,11 +172,7 @@ def normalize_batch(x, epsilon):
             def second(u):
                 # x^ in float32 only here: a float32 copy made in the forward would be kept
                 # alive for every layer under a half-precision policy.
-                u, xhat = tf.cast(u, s.dtype), tf.cast(y, s.dtype)
-                ju = jacobian(u, xhat, s)
-                c, d = tf.reduce_mean(g * xhat, axes), tf.reduce_mean(u * xhat, axes)
-                a = tf.reduce_mean(u * g, axes) - tf.reduce_mean(u, axes) * tf.reduce_mean(g, axes)
-                ddx = -(s * s * xhat) * (a - c * d) - s * (d * dx + c * ju)
+                ju, ddx = _second_derivatives(tf.cast(u, s.dtype), g, dx, tf.cast(y, s.dtype), s)
                 return _no_third_derivative(tf.cast(ju, dy.dtype), tf.cast(ddx, x.dtype))
 
             return tf.cast(dx, x.dtype), second
@@ -217,6 +181,69 @@ def normalize_batch(x, epsilon):
 
     y = normalize(x)
     return y, tf.stop_gradient(statistics[0]), tf.stop_gradient(statistics[1])
+
+
+_BATCH_AXES = [0, 1, 2]  # N, H, W of NHWC
+
+
+def _jacobian(v, xhat, s):
+    """J(v) = s (v - mean(v) - x^ mean(v x^)): the normalisation's (symmetric) Jacobian."""
+    return s * (v - tf.reduce_mean(v, _BATCH_AXES) - xhat * tf.reduce_mean(v * xhat, _BATCH_AXES))
+
+
+def _fused_forward(x, epsilon):
+    """normalize_batch's forward by TF's fused kernel: (y, mean, biased variance, s, the first
+    derivative: the kernel's own gradient, one operation)."""
+    channels = x.shape[-1]
+    count = x.shape[:-1].num_elements()  # static where the batch size is known
+    if count is None:
+        count = tf.cast(tf.size(x) // channels, "float32")
+    one = tf.ones([channels], "float32")
+    y, mean, variance, *reserved = tf.raw_ops.FusedBatchNormV3(
+        x=x,
+        scale=one,
+        offset=tf.zeros_like(one),
+        mean=tf.zeros([0]),
+        variance=tf.zeros([0]),
+        epsilon=epsilon,
+        is_training=True,
+    )
+    # The kernel's batch variance is Bessel-corrected.
+    variance = variance * ((count - 1.0) / count)
+    s = tf.math.rsqrt(variance + epsilon)
+
+    def first_derivative(g):
+        return tf.raw_ops.FusedBatchNormGradV3(
+            y_backprop=g,
+            x=x,
+            scale=one,
+            reserve_space_1=reserved[0],
+            reserve_space_2=reserved[1],
+            reserve_space_3=reserved[2],
+            epsilon=epsilon,
+            is_training=True,
+        )[0]
+
+    return y, mean, variance, s, first_derivative
+
+
+def _formula_forward(x, epsilon):
+    """normalize_batch's forward from the formulas (dtypes the fused kernel lacks)."""
+    mean = tf.reduce_mean(x, _BATCH_AXES)
+    variance = tf.reduce_mean(tf.square(x - mean), _BATCH_AXES)
+    s = tf.math.rsqrt(variance + epsilon)
+    y = (x - mean) * s
+    return y, mean, variance, s, lambda g: _jacobian(g, y, s)
+
+
+def _second_derivatives(u, g, dx, xhat, s):
+    """The derivatives of <u, J(g)> against g and x (normalize_batch's docstring); dx = J(g)."""
+    axes = _BATCH_AXES
+    ju = _jacobian(u, xhat, s)
+    c, d = tf.reduce_mean(g * xhat, axes), tf.reduce_mean(u * xhat, axes)
+    a = tf.reduce_mean(u * g, axes) - tf.reduce_mean(u, axes) * tf.reduce_mean(g, axes)
+    ddx = -(s * s * xhat) * (a - c * d) - s * (d * dx + c * ju)
+    return ju, ddx
 
 
 @tf.custom_gradient

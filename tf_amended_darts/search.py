@@ -200,13 +200,8 @@ class SearchConfig:
         object.__setattr__(
             self, "amending_coefficient", estimators.amending_coefficient(self.amending_coefficient)
         )
-        if isinstance(self.mixed_precision, bool):  # operations.mixed_precision_dtype takes them
-            raise errors.InputError(
-                "mixed_precision must be float16, bfloat16 or None (off), "
-                f"got {self.mixed_precision}"
-            )
         object.__setattr__(
-            self, "mixed_precision", operations.mixed_precision_dtype(self.mixed_precision)
+            self, "mixed_precision", operations.config_mixed_precision(self.mixed_precision)
         )
         estimators.check_products_for_dtype(self.products, self.mixed_precision)
         if self.batch_size % self.sub_batches:
@@ -419,56 +414,24 @@ class _History:
             io_utils.write_atomic(self.path, json.dumps(self.data) + "\n")
 
 
-def search(
-    config,
-    output_dir,
-    strategy=None,
-    *,
-    resume=False,
-    overwrite=False,
-    checkpoint_every=0,
-    stop_after_steps=None,
-    metrics_every=1,
-    flags=None,
-    progress_stream=None,
-    render=True,
-    log_stream=None,
-    download=False,
-    epoch_callback=None,
-):
-    """Runs (or resumes) a search; returns a SearchResult.
+class _SearchData(NamedTuple):
+    """The dataset of a search, split into its weights and architecture parts."""
 
-    Args:
-      config: SearchConfig.
-      output_dir: where outputs go (see module docstring); a directory holding another run is
-        refused unless `overwrite`; one holding this run is continued with `resume`.
-      strategy: a tf.distribute strategy (default: the current/default one).
-      checkpoint_every: also checkpoint every this many steps (0: only at epoch ends).
-      stop_after_steps: stop (with a checkpoint) once the global step reaches this value.
-      metrics_every: read the steps' metrics on the host every this many steps (progress,
-        summaries, the divergence check; always before a checkpoint): between reads the host
-        queues steps without waiting for the device.
-      flags: dict of the command-line flags, recorded in run.json.
-      download: tensorflow-datasets: build the dataset when it is missing.
-      epoch_callback: called at the end of every epoch, after validation and before the
-        epoch's checkpoint, as `epoch_callback(epoch=epochs done, run=RestoredSearch of the
-        live search (checkpoint None), line=the epoch's metrics)`; returns a dict of extra
-        scalar metrics merged into the epoch's log line and TensorBoard `epoch/<name>`.
-        An epoch interrupted before its checkpoint runs again on resume, callback included.
-    """
-    strategy = strategy or tf.distribute.get_strategy()
-    distribute.check_global_batch(config.batch_size, strategy)
-    space = config.space()
-    estimator = config.estimator()
+    info: data.DatasetInfo
+    parts: tuple  # (weights part, architecture part)
+    sizes: tuple  # their numbers of examples
+    steps_per_epoch: int
+
+
+def _search_data(config, download):
+    """The split of `config`'s training set, and the steps of an epoch through both parts."""
     dataset = data.load_dataset(
         config.dataset, config.data_dir, download, image_size=config.image_size
     )
     info = dataset.info
     if None in info.image_shape:
         raise errors.InputError(f"images of {config.dataset} vary in size: set image_size")
-    weights_part, arch_part = data.search_split(
-        dataset.train, info.num_examples["train"], config.train_portion
-    )
+    parts = data.search_split(dataset.train, info.num_examples["train"], config.train_portion)
     n_weights = int(np.floor(config.train_portion * info.num_examples["train"]))
     n_arch = info.num_examples["train"] - n_weights
     steps_per_epoch = min(n_weights, n_arch) // config.batch_size
@@ -478,98 +441,57 @@ def search(
             f"split ({n_weights} / {n_arch} examples)"
         )
     steps_per_epoch = min(steps_per_epoch, config.steps_per_epoch or steps_per_epoch)
+    return _SearchData(info, parts, (n_weights, n_arch), steps_per_epoch)
 
+
+def search(config, output_dir, strategy=None, *, render=True, epoch_callback=None, **control):
+    """Runs (or resumes) a search; returns a SearchResult.
+
+    Args:
+      config: SearchConfig.
+      output_dir: where outputs go (see module docstring); a directory holding another run is
+        refused unless `overwrite`; one holding this run is continued with `resume`.
+      strategy: a tf.distribute strategy (default: the current/default one).
+      render: draw the final genotype's cells (graphviz).
+      epoch_callback: called at the end of every epoch, after validation and before the
+        epoch's checkpoint, as `epoch_callback(epoch=epochs done, run=RestoredSearch of the
+        live search (checkpoint None), line=the epoch's metrics)`; returns a dict of extra
+        scalar metrics merged into the epoch's log line and TensorBoard `epoch/<name>`.
+        An epoch interrupted before its checkpoint runs again on resume, callback included.
+      **control: loop.RunControl's fields: resume, overwrite, checkpoint_every,
+        stop_after_steps, metrics_every, download, flags (recorded in run.json), log_stream,
+        progress_stream.
+    """
+    control = loop.RunControl(**control)
+    strategy = strategy or tf.distribute.get_strategy()
+    distribute.check_global_batch(config.batch_size, strategy)
+    config.space()  # an invalid search space fails before the estimator and the data
+    estimator = config.estimator()
+    split = _search_data(config, control.download)
     runner = loop.Runner(
         output_dir,
         strategy,
+        control,
         kind=KIND,
         config=config.to_dict(),
-        resume=resume,
-        overwrite=overwrite,
         owned=OUTPUTS + ("genotype_*",),
-        log_stream=log_stream,
-        progress_stream=progress_stream,
     )
     with runner:
-        searcher = _Searcher(config, strategy, info.image_shape, info.num_classes, estimator)
-        model = searcher.model
-        restored = runner.start(
-            dict(
-                network=checkpointing.named_variables(model),
-                weight_optimizer=searcher.weight_optimizer,
-                arch_optimizer=searcher.arch_optimizer,
-                loss_scale=searcher.loss_scale,
-            ),
-            dict(
-                config=config.to_dict(),
-                kind=KIND,
-                flags=flags,
-                extra={
-                    "estimator": repr(estimator),
-                    "strategy": distribute.describe(strategy),
-                    "search_space": space.to_dict(),
-                    "dataset_info": data.dataset_info_dict(info),
-                },
-            ),
+        searcher = _Searcher(
+            config, strategy, split.info.image_shape, split.info.num_classes, estimator
         )
-        history = _History(
-            os.path.join(output_dir, HISTORY_FILE), space.operations, slot_names(space)
-        )
-        runner.log(
-            f"search: {config.dataset} {info.image_shape}, {info.num_classes} "
-            f"classes, split {n_weights}/{n_arch}, {steps_per_epoch} steps/epoch x "
-            f"{config.epochs} epochs, global batch {config.batch_size}, "
-            f"{distribute.describe(strategy)}"
-        )
-        runner.log(
-            f"architecture gradient: {estimator!r} (estimator '{estimator.name}' runs; "
-            f"warm-up epochs {config.warmup_epochs})"
-        )
-        if restored:
-            history.load(runner.epoch)
-            runner.log_resumed(restored)
-        else:
-            history.add(0, 0, model.alpha_probabilities(), write=runner.chief)
-        with runner.writer.as_default():
-            run_dir.write_text("genotype/estimator", repr(estimator), step=runner.global_step)
-        task = _SearchEpochs(
-            config,
-            searcher,
-            runner,
-            history,
-            info,
-            (weights_part, arch_part),
-            steps_per_epoch,
-            epoch_callback,
-        )
+        history = _start_search(runner, searcher, split)
         outcome = runner.run(
-            task,
-            epochs=config.epochs,
-            steps_per_epoch=steps_per_epoch,
-            batch_size=config.batch_size,
-            checkpoint_every=checkpoint_every,
-            stop_after_steps=stop_after_steps,
-            metrics_every=metrics_every,
+            _SearchEpochs(searcher, runner, history, split, epoch_callback),
+            loop.Schedule(config.epochs, split.steps_per_epoch, config.batch_size),
             divergence_hint="lower learning_rate or arch_learning_rate",
             memory_hint=_memory_hint(config, estimator),
         )
-        genotype = model.genotype()
-        if runner.chief:
-            genotypes.write_genotype(genotype, os.path.join(output_dir, GENOTYPE_FILE))
-        if not outcome.stopped:
-            runner.log(
-                f"search finished: {config.epochs} epochs, {outcome.global_step} "
-                f"steps, {outcome.images_per_second:.1f} images/s, estimator "
-                f"{estimator.name}; genotype: {genotype.to_string()}"
-            )
-            if runner.chief and render:
-                try:
-                    visualize.render_genotype(genotype, os.path.join(output_dir, "genotype"))
-                except visualize.VisualizeError as e:
-                    runner.log(f"warning: no cell pictures: {e}")
+        genotype = searcher.model.genotype()
+        _finish_search(runner, searcher, genotype, outcome, render)
     return SearchResult(
         genotype=genotype,
-        alphas=[keras.ops.convert_to_numpy(a) for a in model.arch_variables],
+        alphas=[keras.ops.convert_to_numpy(a) for a in searcher.model.arch_variables],
         global_step=outcome.global_step,
         epoch=outcome.epoch,
         finished=outcome.epoch >= config.epochs,
@@ -578,6 +500,68 @@ def search(
         images_per_second=outcome.images_per_second,
         metrics=outcome.line,
     )
+
+
+def _start_search(runner, searcher, split):
+    """Restores the newest checkpoint when resuming, writes run.json and the search's first
+    log lines; returns its alphas' _History (the initial alphas as epoch 0 when new)."""
+    config, model, estimator = searcher.config, searcher.model, searcher.estimator
+    space, info = model.search_space, split.info
+    restored = runner.start(
+        dict(
+            network=checkpointing.named_variables(model),
+            weight_optimizer=searcher.weight_optimizer,
+            arch_optimizer=searcher.arch_optimizer,
+            loss_scale=searcher.loss_scale,
+        ),
+        {
+            "estimator": repr(estimator),
+            "strategy": distribute.describe(searcher.strategy),
+            "search_space": space.to_dict(),
+            "dataset_info": data.dataset_info_dict(info),
+        },
+    )
+    history = _History(
+        os.path.join(runner.output_dir, HISTORY_FILE), space.operations, slot_names(space)
+    )
+    runner.log(
+        f"search: {config.dataset} {info.image_shape}, {info.num_classes} "
+        f"classes, split {split.sizes[0]}/{split.sizes[1]}, {split.steps_per_epoch} "
+        f"steps/epoch x {config.epochs} epochs, global batch {config.batch_size}, "
+        f"{distribute.describe(searcher.strategy)}"
+    )
+    runner.log(
+        f"architecture gradient: {estimator!r} (estimator '{estimator.name}' runs; "
+        f"warm-up epochs {config.warmup_epochs})"
+    )
+    if restored:
+        history.load(runner.epoch)
+        runner.log_resumed(restored)
+    else:
+        history.add(0, 0, model.alpha_probabilities(), write=runner.chief)
+    with runner.writer.as_default():
+        run_dir.write_text("genotype/estimator", repr(estimator), step=runner.global_step)
+    return history
+
+
+def _finish_search(runner, searcher, genotype, outcome, render):
+    """genotype.json of the run's end; when the search finished, its last log line and (with
+    `render`) the cell pictures."""
+    config, estimator = searcher.config, searcher.estimator
+    if runner.chief:
+        genotypes.write_genotype(genotype, os.path.join(runner.output_dir, GENOTYPE_FILE))
+    if outcome.stopped:
+        return
+    runner.log(
+        f"search finished: {config.epochs} epochs, {outcome.global_step} "
+        f"steps, {outcome.images_per_second:.1f} images/s, estimator "
+        f"{estimator.name}; genotype: {genotype.to_string()}"
+    )
+    if runner.chief and render:
+        try:
+            visualize.render_genotype(genotype, os.path.join(runner.output_dir, "genotype"))
+        except visualize.VisualizeError as e:
+            runner.log(f"warning: no cell pictures: {e}")
 
 
 def _memory_hint(config, estimator):
@@ -595,12 +579,10 @@ def _memory_hint(config, estimator):
 class _SearchEpochs:
     """The search's side of loop.Runner: an epoch's step and batches, the end of an epoch."""
 
-    def __init__(
-        self, config, searcher, runner, history, info, parts, steps_per_epoch, epoch_callback
-    ):
-        self.config, self.searcher, self.runner = config, searcher, runner
-        self.history, self.info, self.parts = history, info, parts
-        self.steps_per_epoch, self.epoch_callback = steps_per_epoch, epoch_callback
+    def __init__(self, searcher, runner, history, split, epoch_callback):
+        self.config, self.searcher, self.runner = searcher.config, searcher, runner
+        self.history, self.info, self.parts = history, split.info, split.parts
+        self.steps_per_epoch, self.epoch_callback = split.steps_per_epoch, epoch_callback
 
     def start_epoch(self, epoch, skip_batches):
         c, searcher = self.config, self.searcher

@@ -260,14 +260,22 @@ def _run_search(planned, search_dir, record, record_path, measures, stop_after_s
     result = search.search(
         config,
         search_dir,
-        resume=run_dir.holds_run(search_dir),
-        stop_after_steps=stop_after_steps,
         render=False,
-        log_stream=log,
-        progress_stream=log,
         epoch_callback=_epoch_recorder(config, record, record_path, measures),
+        **_run_control(search_dir, stop_after_steps, log),
     )
     return result.finished
+
+
+def _run_control(directory, stop_after_steps, log):
+    """How the study runs a search or a re-training (loop.RunControl's keywords): continued
+    where the directory holds it, both streams to the study's log."""
+    return {
+        "resume": run_dir.holds_run(directory),
+        "stop_after_steps": stop_after_steps,
+        "log_stream": log,
+        "progress_stream": log,
+    }
 
 
 def run_study(plan, output_dir, *, runs=None, stop_after_steps=None, log_stream=None):
@@ -297,12 +305,7 @@ def run_study(plan, output_dir, *, runs=None, stop_after_steps=None, log_stream=
             config = train.TrainConfig(genotype=genotype, **planned.retrain)
             retrain_dir = os.path.join(run_path, "retrain")
             result = train.train(
-                config,
-                retrain_dir,
-                resume=run_dir.holds_run(retrain_dir),
-                stop_after_steps=stop_after_steps,
-                log_stream=log_stream,
-                progress_stream=log_stream,
+                config, retrain_dir, **_run_control(retrain_dir, stop_after_steps, log_stream)
             )
             if result.finished:
                 record["retrain"] = config.to_dict()

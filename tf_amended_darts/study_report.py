@@ -397,70 +397,77 @@ def _by_panel(summary):
     return panels
 
 
+# Plotted curve -> (title, y-axis label, the uniform share drawn as a reference line, if any).
+_CURVE_PLOTS = {
+    "parameter_free_ops": (
+        "parameter-free operations in the derived genotype (all cells)",
+        "edges",
+        None,
+    ),
+    "parameter_free_normal": (
+        "parameter-free operations in the derived genotype's normal cells",
+        "edges",
+        None,
+    ),
+    "skip_mass_normal": (
+        "softmax mass on skip_connect (normal cells)",
+        "mean softmax weight per edge",
+        "skip_connect",
+    ),
+    "pool_mass_normal": (
+        "softmax mass on the pools (normal cells)",
+        "mean softmax weight per edge",
+        "pools",
+    ),
+    "hessian_eigenvalue": (
+        "dominant eigenvalue of the alpha-Hessian of L_val (converged ones)",
+        "eigenvalue",
+        None,
+    ),
+}
+
+
 def plot(summary, output_dir):
     """Writes <curve>.png per plotted curve and test_acc.png; returns their paths."""
     panels = _by_panel(summary)
-    paths = []
-    # name -> (title, y-axis label, the uniform share drawn as a reference line, if any)
-    titles = {
-        "parameter_free_ops": (
-            "parameter-free operations in the derived genotype (all cells)",
-            "edges",
-            None,
-        ),
-        "parameter_free_normal": (
-            "parameter-free operations in the derived genotype's normal cells",
-            "edges",
-            None,
-        ),
-        "skip_mass_normal": (
-            "softmax mass on skip_connect (normal cells)",
-            "mean softmax weight per edge",
-            "skip_connect",
-        ),
-        "pool_mass_normal": (
-            "softmax mass on the pools (normal cells)",
-            "mean softmax weight per edge",
-            "pools",
-        ),
-        "hessian_eigenvalue": (
-            "dominant eigenvalue of the alpha-Hessian of L_val (converged ones)",
-            "eigenvalue",
-            None,
-        ),
-    }
-    for name, (title, ylabel, uniform) in titles.items():
-        figure = visualize.figure(5.5 * len(panels), 4)
-        for i, ((dataset, space), groups) in enumerate(panels.items()):
-            axes = figure.add_subplot(1, len(panels), i + 1)
-            for estimator, group in groups:
-                curve = group.curves[name]
-                epochs = np.arange(1, curve.shape[0] + 1)
-                with warnings.catch_warnings():  # epochs no run has reached yet: NaN
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    mean = np.nanmean(curve, axis=1)
-                    std = np.nanstd(curve, axis=1, ddof=1)
-                line = axes.plot(epochs, mean, label=f"{estimator} (n={len(group.runs)})")[0]
-                axes.fill_between(
-                    epochs, mean - std, mean + std, color=line.get_color(), alpha=0.15
-                )
-                axes.plot(epochs, curve, color=line.get_color(), linewidth=0.5, alpha=0.4)
-            share = uniform and groups[0][1].uniform and groups[0][1].uniform[uniform]
-            if share:
-                axes.axhline(share, color="gray", linestyle="--", linewidth=0.8)
-                axes.annotate("uniform", (1, share), fontsize=7, color="gray")
-            axes.set_title(f"{dataset}, {space} space", fontsize=10)
-            axes.set_xlabel("search epoch")
-            axes.set_ylabel(ylabel)
-            axes.legend(fontsize=7)
-        figure.suptitle(
-            title + " (mean ± sample std over seeds; thin lines: the runs)", fontsize=10
-        )
-        figure.tight_layout()
-        path = os.path.join(output_dir, f"{name}.png")
-        paths.append(visualize.save_figure(figure, path, "png", dpi=90))
+    paths = [_plot_curve(panels, name, output_dir) for name in _CURVE_PLOTS]
     if any(_has_cosines(groups) for groups in panels.values()):
         paths.append(_plot_cosines(panels, output_dir))
+    paths.append(_plot_test_acc(panels, output_dir))
+    return paths
+
+
+def _plot_curve(panels, name, output_dir):
+    """<name>.png: a panel per (dataset, space), mean ± std band and runs per estimator."""
+    title, ylabel, uniform = _CURVE_PLOTS[name]
+    figure = visualize.figure(5.5 * len(panels), 4)
+    for i, ((dataset, space), groups) in enumerate(panels.items()):
+        axes = figure.add_subplot(1, len(panels), i + 1)
+        for estimator, group in groups:
+            curve = group.curves[name]
+            epochs = np.arange(1, curve.shape[0] + 1)
+            with warnings.catch_warnings():  # epochs no run has reached yet: NaN
+                warnings.simplefilter("ignore", RuntimeWarning)
+                mean = np.nanmean(curve, axis=1)
+                std = np.nanstd(curve, axis=1, ddof=1)
+            line = axes.plot(epochs, mean, label=f"{estimator} (n={len(group.runs)})")[0]
+            axes.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.15)
+            axes.plot(epochs, curve, color=line.get_color(), linewidth=0.5, alpha=0.4)
+        share = uniform and groups[0][1].uniform and groups[0][1].uniform[uniform]
+        if share:
+            axes.axhline(share, color="gray", linestyle="--", linewidth=0.8)
+            axes.annotate("uniform", (1, share), fontsize=7, color="gray")
+        axes.set_title(f"{dataset}, {space} space", fontsize=10)
+        axes.set_xlabel("search epoch")
+        axes.set_ylabel(ylabel)
+        axes.legend(fontsize=7)
+    figure.suptitle(title + " (mean ± sample std over seeds; thin lines: the runs)", fontsize=10)
+    figure.tight_layout()
+    return visualize.save_figure(figure, os.path.join(output_dir, f"{name}.png"), "png", dpi=90)
+
+
+def _plot_test_acc(panels, output_dir):
+    """test_acc.png: the re-trained test accuracies of each estimator's runs, per panel."""
     figure = visualize.figure(5.5 * len(panels), 4)
     for i, ((dataset, space), groups) in enumerate(panels.items()):
         axes = figure.add_subplot(1, len(panels), i + 1)
@@ -474,9 +481,7 @@ def plot(summary, output_dir):
         axes.set_ylabel("test accuracy (runs; mean ± sample std)")
         axes.set_title(f"{dataset}, {space} space: re-trained test accuracy", fontsize=10)
     figure.tight_layout()
-    path = os.path.join(output_dir, "test_acc.png")
-    paths.append(visualize.save_figure(figure, path, "png", dpi=90))
-    return paths
+    return visualize.save_figure(figure, os.path.join(output_dir, "test_acc.png"), "png", dpi=90)
 
 
 def _plot_cosines(panels, output_dir):

@@ -138,13 +138,8 @@ class TrainConfig:
             g = genotypes.load_genotype(str(g))
         object.__setattr__(self, "genotype", g)
         options_lib.check_fields(self)
-        if isinstance(self.mixed_precision, bool):  # operations.mixed_precision_dtype takes them
-            raise errors.InputError(
-                "mixed_precision must be float16, bfloat16 or None (off), "
-                f"got {self.mixed_precision}"
-            )
         object.__setattr__(
-            self, "mixed_precision", operations.mixed_precision_dtype(self.mixed_precision)
+            self, "mixed_precision", operations.config_mixed_precision(self.mixed_precision)
         )
 
     def learning_rate_at(self, epoch):
@@ -257,32 +252,9 @@ class _Trainer:
         return loop.reduce_sum(self.strategy, self.strategy.run(self._replica_step, args=(batch,)))
 
 
-def train(
-    config,
-    output_dir,
-    strategy=None,
-    *,
-    resume=False,
-    overwrite=False,
-    checkpoint_every=0,
-    stop_after_steps=None,
-    metrics_every=1,
-    flags=None,
-    progress_stream=None,
-    log_stream=None,
-    download=False,
-    export_dir=None,
-):
-    """Runs (or resumes) a training run; returns a TrainResult.
-
-    Arguments as search.search; `export_dir`: write a SavedModel there when training ends
-    (refused up front if it exists, unless `overwrite`).
-    """
-    strategy = strategy or tf.distribute.get_strategy()
-    chief = distribute.is_chief(strategy)
-    distribute.check_global_batch(config.batch_size, strategy)
-    if export_dir and chief:
-        export.check_export_dir(export_dir, overwrite, runs=(output_dir,))
+def _training_data(config, download):
+    """(dataset, augmentation, steps_per_epoch) of `config`; with `validation_split`, its
+    test split is the part of the training split held out."""
     dataset, augmentation = data.load_for_training(
         config.network, config.dataset, config.data_dir, download, config.image_size, config.cutout
     )
@@ -303,61 +275,32 @@ def train(
             f"batch size {config.batch_size} exceeds the {num_train} training examples"
         )
     steps_per_epoch = min(steps_per_epoch, config.steps_per_epoch or steps_per_epoch)
+    return dataset, augmentation, steps_per_epoch
 
+
+def train(config, output_dir, strategy=None, *, export_dir=None, **control):
+    """Runs (or resumes) a training run; returns a TrainResult.
+
+    Arguments as search.search (`**control`: loop.RunControl's fields); `export_dir`: write a
+    SavedModel there when training ends (refused up front if it exists, unless `overwrite`).
+    """
+    control = loop.RunControl(**control)
+    strategy = strategy or tf.distribute.get_strategy()
+    distribute.check_global_batch(config.batch_size, strategy)
+    if export_dir and distribute.is_chief(strategy):
+        export.check_export_dir(export_dir, control.overwrite, runs=(output_dir,))
+    dataset, augmentation, steps_per_epoch = _training_data(config, control.download)
+    info = dataset.info
     runner = loop.Runner(
-        output_dir,
-        strategy,
-        kind=KIND,
-        config=config.to_dict(),
-        resume=resume,
-        overwrite=overwrite,
-        owned=(LOG_FILE,),
-        log_stream=log_stream,
-        progress_stream=progress_stream,
+        output_dir, strategy, control, kind=KIND, config=config.to_dict(), owned=(LOG_FILE,)
     )
     with runner:
         trainer = _Trainer(config, strategy, info.image_shape, info.num_classes)
-        model = trainer.model
-        params = profiling.trainable_params(model, include_auxiliary=False)
-        restored = runner.start(
-            dict(
-                network=checkpointing.named_variables(model),
-                optimizer=trainer.optimizer,
-                loss_scale=trainer.loss_scale,
-            ),
-            dict(
-                config=config.to_dict(),
-                kind=KIND,
-                flags=flags,
-                extra={
-                    "dataset_info": data.dataset_info_dict(info),
-                    "strategy": distribute.describe(strategy),
-                    "trainable_params": params,
-                },
-            ),
-            records={"genotype": config.genotype.to_json()},
-        )
-        runner.log(
-            f"train: {config.network} network, {config.cells} cells, "
-            f"C={config.channels}, {params:,} parameters (auxiliary head excluded); "
-            f"genotype {config.genotype.to_string()}"
-        )
-        runner.log(
-            f"data: {config.dataset} {info.image_shape}, {info.num_classes} classes, "
-            f"{steps_per_epoch} steps/epoch x {config.epochs} epochs, global batch "
-            f"{config.batch_size}, {distribute.describe(strategy)}"
-        )
-        if restored:
-            runner.log_resumed(restored)
+        _start_training(runner, trainer, info, steps_per_epoch)
         task = _TrainEpochs(config, trainer, dataset, augmentation, steps_per_epoch)
         outcome = runner.run(
             task,
-            epochs=config.epochs,
-            steps_per_epoch=steps_per_epoch,
-            batch_size=config.batch_size,
-            checkpoint_every=checkpoint_every,
-            stop_after_steps=stop_after_steps,
-            metrics_every=metrics_every,
+            loop.Schedule(config.epochs, steps_per_epoch, config.batch_size),
             divergence_hint="lower learning_rate",
             memory_hint=f"the {config.network} training step at batch_size "
             f"{config.batch_size}: lower batch_size",
@@ -369,11 +312,15 @@ def train(
             )
             if export_dir and runner.chief:
                 export.export_network(
-                    model, export_dir, config, data.dataset_info_dict(info), overwrite=overwrite
+                    trainer.model,
+                    export_dir,
+                    config,
+                    data.dataset_info_dict(info),
+                    overwrite=control.overwrite,
                 )
                 runner.log(f"exported SavedModel to {export_dir}")
     return TrainResult(
-        model=model,
+        model=trainer.model,
         global_step=outcome.global_step,
         epoch=outcome.epoch,
         finished=not outcome.stopped,
@@ -383,6 +330,38 @@ def train(
         valid=task.valid,
         images_per_second=outcome.images_per_second,
     )
+
+
+def _start_training(runner, trainer, info, steps_per_epoch):
+    """Restores the newest checkpoint when resuming, writes run.json and the run's first log
+    lines."""
+    config, model = trainer.config, trainer.model
+    params = profiling.trainable_params(model, include_auxiliary=False)
+    restored = runner.start(
+        dict(
+            network=checkpointing.named_variables(model),
+            optimizer=trainer.optimizer,
+            loss_scale=trainer.loss_scale,
+        ),
+        {
+            "dataset_info": data.dataset_info_dict(info),
+            "strategy": distribute.describe(trainer.strategy),
+            "trainable_params": params,
+        },
+        records={"genotype": config.genotype.to_json()},
+    )
+    runner.log(
+        f"train: {config.network} network, {config.cells} cells, "
+        f"C={config.channels}, {params:,} parameters (auxiliary head excluded); "
+        f"genotype {config.genotype.to_string()}"
+    )
+    runner.log(
+        f"data: {config.dataset} {info.image_shape}, {info.num_classes} classes, "
+        f"{steps_per_epoch} steps/epoch x {config.epochs} epochs, global batch "
+        f"{config.batch_size}, {distribute.describe(trainer.strategy)}"
+    )
+    if restored:
+        runner.log_resumed(restored)
 
 
 class _TrainEpochs:

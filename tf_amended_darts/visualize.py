@@ -268,53 +268,63 @@ def validate_alpha_history(history, where="alphas history"):
     operations, slots, records = history["operations"], history["slots"], history["records"]
     if not isinstance(records, list):
         fail(f"records must be a list, got {type(records).__name__}")
-    edges_per_slot = {}
-    checked = []
-    for r, record in enumerate(records):
-        at = f"records[{r}]"
-        if not isinstance(record, dict):
-            fail(f"{at} must be an object with epoch, step, probabilities")
-        for key in ("epoch", "step"):
-            if not _is_int(record.get(key)) or record[key] < 0:
-                fail(f"{at}.{key} must be a non-negative integer, got {record.get(key)!r}")
-        probabilities = record.get("probabilities")
-        if not isinstance(probabilities, list) or len(probabilities) != len(slots):
-            count = len(probabilities) if isinstance(probabilities, list) else "no list"
-            fail(
-                f"{at}.probabilities must hold one [num_edges x {len(operations)}] matrix per "
-                f"slot ({len(slots)}), got {count}"
-            )
-        matrices = []
-        for s, matrix in enumerate(probabilities):
-            at_slot = f"{at}.probabilities[{s}] ({slots[s]})"
-            try:
-                p = np.asarray(matrix, dtype=np.float64)
-            except (ValueError, TypeError):
-                fail(f"{at_slot} is not a rectangular matrix of numbers")
-            if p.ndim != 2 or p.shape[0] == 0 or p.shape[1] != len(operations):
-                fail(
-                    f"{at_slot} has shape {list(p.shape)}, expected [num_edges, "
-                    f"{len(operations)}] (one column per operation)"
-                )
-            if edges_per_slot.setdefault(s, p.shape[0]) != p.shape[0]:
-                fail(f"{at_slot} has {p.shape[0]} edges, earlier records {edges_per_slot[s]}")
-            if not np.all(np.isfinite(p)) or np.any(p < 0) or np.any(p > 1 + 1e-6):
-                fail(
-                    f"{at_slot} holds values outside [0, 1]: probabilities (softmax of alpha) "
-                    "expected, not alpha logits"
-                )
-            sums = p.sum(axis=1)
-            if np.any(np.abs(sums - 1) > 1e-2):
-                fail(
-                    f"{at_slot}: a row sums to {sums[np.argmax(np.abs(sums - 1))]:.4g}, "
-                    "expected 1 (softmax of alpha over the operations)"
-                )
-            matrices.append(p)
-        checked.append(
-            {"epoch": record["epoch"], "step": record["step"], "probabilities": matrices}
-        )
+    edges_per_slot = {}  # every record's slot has as many edges as the first's
+    checked = [
+        _checked_record(f"records[{r}]", record, operations, slots, edges_per_slot, fail)
+        for r, record in enumerate(records)
+    ]
     checked.sort(key=lambda rec: (rec["epoch"], rec["step"]))
     return list(operations), list(slots), checked
+
+
+def _checked_record(at, record, operations, slots, edges_per_slot, fail):
+    """One record of an alphas history, its probabilities as float arrays."""
+    if not isinstance(record, dict):
+        fail(f"{at} must be an object with epoch, step, probabilities")
+    for key in ("epoch", "step"):
+        if not _is_int(record.get(key)) or record[key] < 0:
+            fail(f"{at}.{key} must be a non-negative integer, got {record.get(key)!r}")
+    probabilities = record.get("probabilities")
+    if not isinstance(probabilities, list) or len(probabilities) != len(slots):
+        count = len(probabilities) if isinstance(probabilities, list) else "no list"
+        fail(
+            f"{at}.probabilities must hold one [num_edges x {len(operations)}] matrix per "
+            f"slot ({len(slots)}), got {count}"
+        )
+    matrices = []
+    for s, matrix in enumerate(probabilities):
+        at_slot = f"{at}.probabilities[{s}] ({slots[s]})"
+        matrices.append(
+            _checked_probabilities(at_slot, matrix, len(operations), s, edges_per_slot, fail)
+        )
+    return {"epoch": record["epoch"], "step": record["step"], "probabilities": matrices}
+
+
+def _checked_probabilities(at, matrix, num_ops, slot, edges_per_slot, fail):
+    """A [num_edges, num_ops] matrix of softmax(alpha) rows, as a float array."""
+    try:
+        p = np.asarray(matrix, dtype=np.float64)
+    except (ValueError, TypeError):
+        fail(f"{at} is not a rectangular matrix of numbers")
+    if p.ndim != 2 or p.shape[0] == 0 or p.shape[1] != num_ops:
+        fail(
+            f"{at} has shape {list(p.shape)}, expected [num_edges, "
+            f"{num_ops}] (one column per operation)"
+        )
+    if edges_per_slot.setdefault(slot, p.shape[0]) != p.shape[0]:
+        fail(f"{at} has {p.shape[0]} edges, earlier records {edges_per_slot[slot]}")
+    if not np.all(np.isfinite(p)) or np.any(p < 0) or np.any(p > 1 + 1e-6):
+        fail(
+            f"{at} holds values outside [0, 1]: probabilities (softmax of alpha) "
+            "expected, not alpha logits"
+        )
+    sums = p.sum(axis=1)
+    if np.any(np.abs(sums - 1) > 1e-2):
+        fail(
+            f"{at}: a row sums to {sums[np.argmax(np.abs(sums - 1))]:.4g}, "
+            "expected 1 (softmax of alpha over the operations)"
+        )
+    return p
 
 
 def load_alpha_history(path):

@@ -111,6 +111,22 @@ def option_values(holders):
     return values
 
 
+# The RunOptions that are loop.RunControl fields: search.search's and train.train's keywords.
+RUN_CONTROL = (
+    "resume",
+    "overwrite",
+    "checkpoint_every",
+    "stop_after_steps",
+    "metrics_every",
+    "download",
+)
+
+
+def run_control(run):
+    """{keyword: value} of RUN_CONTROL from RunOptions' option_values `run`."""
+    return {name: run[name] for name in RUN_CONTROL}
+
+
 def flag_values(namespace):
     """{name: value} of the FlagHolders defined in a binary's module (`globals()`), for
     recording next to a result; absl's own flags are left out."""

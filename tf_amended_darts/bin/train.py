@@ -45,12 +45,7 @@ def main(argv):
         config,
         run["output_dir"],
         strategy,
-        resume=run["resume"],
-        overwrite=run["overwrite"],
-        checkpoint_every=run["checkpoint_every"],
-        stop_after_steps=run["stop_after_steps"],
-        metrics_every=run["metrics_every"],
-        download=run["download"],
+        **cli.run_control(run),
         export_dir=run["export_dir"],
         flags=cli.flag_values({**_RUN, **_TRAIN}),
     )

@@ -71,30 +71,25 @@ def _is_worker():
     return "KERASTUNER_ORACLE_IP" in os.environ and "chief" not in tuner_id
 
 
-def main(argv):
-    del argv
-    t = cli.option_values(_TUNE)
-    if t["export_dir"]:
-        if t["mode"] != "architectures":
-            raise errors.InputError(
-                "--export_dir needs --mode=architectures (search_options trials "
-                "train no network to export)"
-            )
-        from tf_amended_darts import export  # pylint: disable=g-import-not-at-top
+def _check_export(t):
+    if t["mode"] != "architectures":
+        raise errors.InputError(
+            "--export_dir needs --mode=architectures (search_options trials "
+            "train no network to export)"
+        )
+    from tf_amended_darts import export  # pylint: disable=g-import-not-at-top
 
-        export.check_export_dir(t["export_dir"], t["overwrite_export"], "overwrite_export")
-    config = _search_config()
-    import keras_tuner as kt  # pylint: disable=g-import-not-at-top
+    export.check_export_dir(t["export_dir"], t["overwrite_export"], "overwrite_export")
 
+
+def _train_options(config):
+    """The trials' training options: the --eval_* flags, on the search's dataset and seed
+    (trials train as the search ran)."""
     from tf_amended_darts import tuner  # pylint: disable=g-import-not-at-top
 
-    common = dict(
-        directory=t["directory"], project_name=t["project_name"], overwrite=t["overwrite"]
-    )
-    train_options = tuner.check_train_options(
+    return tuner.check_train_options(
         dict(
             cli.option_values(_TRIALS),
-            # the search's dataset and seed; trials train as the search ran
             dataset=config.dataset,
             data_dir=config.data_dir,
             image_size=config.image_size,
@@ -102,80 +97,115 @@ def main(argv):
             mixed_precision=config.mixed_precision,
         )
     )
-    if t["mode"] == "architectures":
-        if not t["search_dir"]:
-            raise errors.InputError("--mode=architectures needs --search_dir")
-        if _is_worker() and tuner.load_search_result(t["search_dir"], config) is None:
-            raise errors.InputError(
-                f"{t['search_dir']} holds no finished search with these "
-                "options: run the search before the workers"
-            )
-        oracle = tuner.DartsOracle(
-            search_config=config,
-            search_dir=t["search_dir"],
-            search_kwargs={"render": False},
-            max_trials=t["max_trials"],
-            seed=t["tuner_seed"],
+
+
+def _architecture_tuner(t, config, train_options, common):
+    from tf_amended_darts import tuner  # pylint: disable=g-import-not-at-top
+
+    if not t["search_dir"]:
+        raise errors.InputError("--mode=architectures needs --search_dir")
+    if _is_worker() and tuner.load_search_result(t["search_dir"], config) is None:
+        raise errors.InputError(
+            f"{t['search_dir']} holds no finished search with these "
+            "options: run the search before the workers"
         )
-        keras_tuner = tuner.ArchitectureTuner(oracle, train_options, **common)
-        keras_tuner.search(verbose=0 if _is_worker() else 1)
+    oracle = tuner.DartsOracle(
+        search_config=config,
+        search_dir=t["search_dir"],
+        search_kwargs={"render": False},
+        max_trials=t["max_trials"],
+        seed=t["tuner_seed"],
+    )
+    return tuner.ArchitectureTuner(oracle, train_options, **common)
+
+
+def _search_options_tuner(t, config, train_options, common):
+    import keras_tuner as kt  # pylint: disable=g-import-not-at-top
+
+    from tf_amended_darts import tuner  # pylint: disable=g-import-not-at-top
+
+    options = dict(
+        objective=kt.Objective(tuner.OBJECTIVE, "max"),
+        max_trials=t["max_trials"],
+        seed=t["tuner_seed"],
+    )
+    if t["oracle"] == "random":
+        oracle = kt.oracles.RandomSearchOracle(**options)
     else:
-        options = dict(
-            objective=kt.Objective(tuner.OBJECTIVE, "max"),
-            max_trials=t["max_trials"],
-            seed=t["tuner_seed"],
+        try:
+            oracle = kt.oracles.BayesianOptimizationOracle(
+                num_initial_points=t["initial_points"], **options
+            )
+        except ImportError as e:  # keras-tuner's GP needs scikit-learn and scipy
+            raise errors.InputError(f"--oracle=bayesian: {e}") from None
+    return tuner.SearchTuner(
+        oracle,
+        config,
+        train_options,
+        tune=t["tune"],
+        arch_gradients=t["arch_gradients"],
+        **common,
+    )
+
+
+def _report_best_architecture(t, keras_tuner, project):
+    from tf_amended_darts import tuner  # pylint: disable=g-import-not-at-top
+
+    path = os.path.join(project, "best_genotype.json")
+    trial, trained = tuner.write_best_genotype(keras_tuner, path)
+    print(
+        f"best trial {trial.trial_id}: {tuner.OBJECTIVE}={trial.score:.4f} "
+        f"({trained.cells} cells, C={trained.channels}, {trained.epochs} epochs) "
+        f"genotype={trained.genotype.to_string()}"
+    )
+    print(f"wrote {path}")
+    if t["export_dir"]:
+        _, description = tuner.export_best_trial(
+            keras_tuner, t["export_dir"], overwrite=t["overwrite_export"]
         )
-        if t["oracle"] == "random":
-            oracle = kt.oracles.RandomSearchOracle(**options)
-        else:
-            try:
-                oracle = kt.oracles.BayesianOptimizationOracle(
-                    num_initial_points=t["initial_points"], **options
-                )
-            except ImportError as e:  # keras-tuner's GP needs scikit-learn and scipy
-                raise errors.InputError(f"--oracle=bayesian: {e}") from None
-        keras_tuner = tuner.SearchTuner(
-            oracle,
-            config,
-            train_options,
-            tune=t["tune"],
-            arch_gradients=t["arch_gradients"],
-            **common,
+        print(
+            f"exported trial {trial.trial_id} ({description['trainable_params']:,} "
+            f"parameters) to {t['export_dir']}"
         )
-        keras_tuner.search(verbose=0 if _is_worker() else 1)
+
+
+def _report_best_search_options(keras_tuner, config, project):
+    from tf_amended_darts import tuner  # pylint: disable=g-import-not-at-top
+
+    best = tuner.best_search_config(keras_tuner, config)
+    path = os.path.join(project, "best_search_config.json")
+    io_utils.write_atomic(path, json.dumps(best.to_dict(), indent=2, sort_keys=True))
+    trial = keras_tuner.oracle.get_best_trials(1)[0]
+    print(
+        f"best trial {trial.trial_id}: {tuner.OBJECTIVE}={trial.score:.4f} "
+        f"search options: " + " ".join(f"{k}={v}" for k, v in trial.hyperparameters.values.items())
+    )
+    print(f"wrote {path}")
+
+
+def main(argv):
+    del argv
+    t = cli.option_values(_TUNE)
+    if t["export_dir"]:
+        _check_export(t)
+    config = _search_config()
+    train_options = _train_options(config)
+    common = dict(
+        directory=t["directory"], project_name=t["project_name"], overwrite=t["overwrite"]
+    )
+    architectures = t["mode"] == "architectures"
+    make_tuner = _architecture_tuner if architectures else _search_options_tuner
+    keras_tuner = make_tuner(t, config, train_options, common)
+    keras_tuner.search(verbose=0 if _is_worker() else 1)
     if _is_worker():
         print("worker finished")
         return
     project = os.path.join(t["directory"], t["project_name"])
     keras_tuner.results_summary(num_trials=3)
-    if t["mode"] == "architectures":
-        path = os.path.join(project, "best_genotype.json")
-        trial, trained = tuner.write_best_genotype(keras_tuner, path)
-        print(
-            f"best trial {trial.trial_id}: {tuner.OBJECTIVE}={trial.score:.4f} "
-            f"({trained.cells} cells, C={trained.channels}, {trained.epochs} epochs) "
-            f"genotype={trained.genotype.to_string()}"
-        )
-        print(f"wrote {path}")
-        if t["export_dir"]:
-            _, description = tuner.export_best_trial(
-                keras_tuner, t["export_dir"], overwrite=t["overwrite_export"]
-            )
-            print(
-                f"exported trial {trial.trial_id} ({description['trainable_params']:,} "
-                f"parameters) to {t['export_dir']}"
-            )
+    if architectures:
+        _report_best_architecture(t, keras_tuner, project)
     else:
-        best = tuner.best_search_config(keras_tuner, config)
-        path = os.path.join(project, "best_search_config.json")
-        io_utils.write_atomic(path, json.dumps(best.to_dict(), indent=2, sort_keys=True))
-        trial = keras_tuner.oracle.get_best_trials(1)[0]
-        print(
-            f"best trial {trial.trial_id}: {tuner.OBJECTIVE}={trial.score:.4f} "
-            f"search options: "
-            + " ".join(f"{k}={v}" for k, v in trial.hyperparameters.values.items())
-        )
-        print(f"wrote {path}")
+        _report_best_search_options(keras_tuner, config, project)
 
 
 if __name__ == "__main__":
