@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_amended_darts import operations, search_space
-from tf_amended_darts.search_model import MixedOp, SearchNetwork, derive_genotype
+from tf_amended_darts.search_model import MixedOp, SearchCell, SearchNetwork, derive_genotype
 
 TINY = search_space.get_search_space("darts").replace(cells=3, channels=4, nodes=2)
 OPS = search_space.get_search_space("darts").operations
@@ -39,6 +39,62 @@ class MixedOpTest(tf.test.TestCase):
         x = tf.ones((1, 4, 4, 3))
         y = mixed(x, tf.constant([0.75, 0.25]), training=False)
         self.assertAllClose(y, 0.25 * x)
+
+
+class EdgeBundlesTest(tf.test.TestCase):
+    """The cells' bundled training pass (edge_bundles) against MixedOp's edge by edge, float64:
+    same outputs, gradients, Hessian-vector products and moving statistics, to rounding."""
+
+    def _check(self, candidates, reduction, reduction_prev):
+        rng = np.random.default_rng(0)
+        cell = SearchCell(candidates, 3, 4, reduction, reduction_prev, dtype="float64")
+        s0 = tf.constant(rng.normal(size=(2, 12, 12, 5) if reduction_prev else (2, 6, 6, 5)))
+        s1 = tf.constant(rng.normal(size=(2, 6, 6, 3)))
+        alphas = tf.Variable(rng.normal(size=(len(cell.edges), len(candidates))))
+        cell(s0, s1, tf.nn.softmax(alphas), training=False)  # builds every edge
+        weights = cell.trainable_variables
+        target = tf.constant(rng.normal(size=cell(s0, s1, tf.nn.softmax(alphas)).shape))
+        vector = [tf.constant(rng.normal(size=w.shape)) for w in weights]
+
+        def derivatives(bundled):
+            with tf.GradientTape() as outer:
+                with tf.GradientTape() as inner:
+                    y = cell(s0, s1, tf.nn.softmax(alphas), training=True, bundled=bundled)
+                    loss = tf.reduce_sum(tf.sin(y) * target)
+                grads = inner.gradient(loss, weights + [alphas])
+                product = tf.add_n([tf.reduce_sum(g * v) for g, v in zip(grads, vector)])
+            return [y] + grads + outer.gradient(product, weights + [alphas])
+
+        statistics = cell.non_trainable_variables
+        before = [v.numpy() for v in statistics]
+        results, moved = {}, {}
+        for bundled in (True, False):
+            for v, value in zip(statistics, before):
+                v.assign(value)
+            results[bundled] = derivatives(bundled)
+            moved[bundled] = [v.numpy() for v in statistics]
+        # Measured: outputs equal, derivatives and statistics within 3e-13 (|values| <= 330).
+        self.assertLen(results[True], 1 + 2 * (len(weights) + 1))
+        for a, b in zip(results[True], results[False]):
+            self.assertAllClose(a, b, rtol=1e-10, atol=1e-10)
+        for a, b, old in zip(moved[True], moved[False], before):
+            self.assertAllClose(a, b, rtol=1e-12, atol=1e-14)
+            self.assertFalse(np.array_equal(a, old))  # every layer took its update
+
+        def nodes(bundled):
+            call = tf.function(
+                lambda: cell(s0, s1, tf.nn.softmax(alphas), training=True, bundled=bundled)
+            )
+            return len(call.get_concrete_function().graph.as_graph_def().node)
+
+        self.assertLess(nodes(True), nodes(False))  # the bundles are taken
+
+    def test_reduction_cell(self):
+        # Stride-2 bundles: FactorizedReduce skips, strided and subsampled convolutions, pools.
+        self._check(operations.DARTS_OPS, reduction=True, reduction_prev=False)
+
+    def test_normal_cell_with_a_candidate_without_bundle(self):
+        self._check(operations.DARTS_OPS + ("conv_3x3",), reduction=False, reduction_prev=True)
 
 
 class SearchNetworkTest(tf.test.TestCase):

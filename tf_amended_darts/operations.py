@@ -115,13 +115,17 @@ class BatchNorm(layers.BatchNormalization):
             outputs = outputs * tf.cast(self.gamma, outputs.dtype)
         if self.center:
             outputs = outputs + tf.cast(self.beta, outputs.dtype)
+        self.update_moving_statistics(mean, variance)
+        return tf.cast(outputs, self.compute_dtype)
+
+    def update_moving_statistics(self, mean, variance):
+        """Moves the moving statistics toward a batch's mean and variance (finite updates)."""
         momentum = self.momentum
         for variable, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
             old = tf.cast(variable.value, batch.dtype)
             variable.assign(
                 tf.cast(_finite_or(old * momentum + batch * (1.0 - momentum), old), variable.dtype)
             )
-        return tf.cast(outputs, self.compute_dtype)
 
     def _moments(self, inputs, mask):
         # Several replicas: the global batch's moments from one all-reduce per layer of

@@ -5,7 +5,7 @@ import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
-from tf_amended_darts import genotypes, operations
+from tf_amended_darts import distribute, edge_bundles, genotypes, operations
 from tf_amended_darts.search_space import SearchSpace
 
 _PACKAGE = "tf_amended_darts"
@@ -82,13 +82,29 @@ class SearchCell(operations.Composite):
             for j in range(2 + i)
         ]
 
-    def call(self, s0, s1, weights, training=False):
+    def call(self, s0, s1, weights, training=False, bundled=True):
+        """`bundled=False` computes every edge by its own MixedOp, as inference, building
+        and several replicas always do; training passes otherwise take
+        `edge_bundles.cell_nodes` (the same arithmetic in a smaller graph)."""
+        states = [self.preprocess0(s0, training=training), self.preprocess1(s1, training=training)]
+        if (
+            bundled
+            and training
+            and self.trainable
+            and distribute.replicas_in_context() == 1
+            and all(layer.built for layer in self._flatten_layers())  # variables exist
+        ):
+            nodes = edge_bundles.cell_nodes(self.edges, self.nodes, states, weights)
+        else:
+            nodes = self._nodes_per_edge(states, weights, training)
+        return ops.concatenate(nodes, axis=-1)
+
+    def _nodes_per_edge(self, states, weights, training):
         # One unstack of the cell's [num_edges, num_ops] weights into scalars: indexing them
         # op by op puts two slices and their gradients per operation into the graph.
         k = weights.shape[-1]
         flat = ops.unstack(ops.reshape(weights, [-1]))
         weights = [flat[e * k : (e + 1) * k] for e in range(len(self.edges))]
-        states = [self.preprocess0(s0, training=training), self.preprocess1(s1, training=training)]
         offset = 0
         for _ in range(self.nodes):
             states.append(
@@ -100,7 +116,7 @@ class SearchCell(operations.Composite):
                 )
             )
             offset += len(states) - 1
-        return ops.concatenate(states[2:], axis=-1)
+        return states[2:]
 
     def get_config(self):
         return {
