@@ -58,17 +58,20 @@ def _bundle(layers, h, relu):
     """One candidate on every edge: [batch, H, W, E, C], or [batch, H, W, 1, C] where the
     edges' outputs are identical."""
     layer = layers[0]
-    if isinstance(layer, operations.SepConv):
+    # Exact types: a subclass may compute something else. Affine BatchNorms are not bundled
+    # (the supernet's are not affine; `_batch_norm` applies no scale or offset).
+    kind = type(layer) if not layer.affine else None
+    if kind is operations.SepConv:
         x = _dil_conv([op.first for op in layers], relu)
         return _dil_conv([op.second for op in layers], ops.relu(x))
-    if isinstance(layer, operations.DilConv):
+    if kind is operations.DilConv:
         return _dil_conv(layers, relu)
-    if isinstance(layer, operations.Pooling) and layer.bn is not None:
+    if kind is operations.Pooling and layer.bn is not None:
         pooled = layer.pool(h, layer.stride)
         return _batch_norm([op.bn for op in layers], pooled)[:, :, :, None, :]
-    if isinstance(layer, operations.Identity):
+    if kind is operations.Identity:
         return h[:, :, :, None, :]
-    if isinstance(layer, operations.FactorizedReduce):
+    if kind is operations.FactorizedReduce:
         return _factorized_reduce(layers, relu)
     return ops.stack([op(h, training=True) for op in layers], axis=3)
 

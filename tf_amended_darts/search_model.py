@@ -90,9 +90,9 @@ class SearchCell(operations.Composite):
         if (
             bundled
             and training
-            and self.trainable
             and distribute.replicas_in_context() == 1
-            and all(layer.built for layer in self._flatten_layers())  # variables exist
+            # Variables exist; no frozen layer (a frozen BatchNorm normalises as in inference).
+            and all(layer.built and layer.trainable for layer in self._flatten_layers())
         ):
             nodes = edge_bundles.cell_nodes(self.edges, self.nodes, states, weights)
         else:
