@@ -96,6 +96,11 @@ class EdgeBundlesTest(tf.test.TestCase):
     def test_normal_cell_with_a_candidate_without_bundle(self):
         self._check(operations.DARTS_OPS + ("conv_3x3",), reduction=False, reduction_prev=True)
 
+    def test_reduction_cell_with_noise(self):
+        # S4's candidates: noise runs edge by edge (each edge's layer draws from its own state,
+        # which the bundled pass advances once, as MixedOp's does).
+        self._check(("none", "noise", "sep_conv_3x3"), reduction=True, reduction_prev=False)
+
 
 class SearchNetworkTest(tf.test.TestCase):
     def test_alphas_are_separate_from_weights(self):

@@ -9,7 +9,8 @@ one batched pointwise contraction and one BatchNorm over the E x C channels (per
 statistics: E BatchNorms); the softmax weights then mix [batch, H, W, E, C] bundles. The same
 arithmetic as MixedOp's edge by edge, to rounding. The MixedOps' layers own the variables
 (read here each call), and every edge's BatchNorm still takes its moving-statistics update.
-Candidates without a bundled form run edge by edge.
+Candidates without a bundled form run edge by edge (noise among them: each edge's Noise layer
+draws from and advances its own state once per pass, as MixedOp's call does).
 """
 
 import tensorflow as tf
