@@ -198,7 +198,7 @@ def _jacobian(v, xhat, s):
 def _fused_forward(x, epsilon):
     """normalize_batch's forward by TF's fused kernel: (y, mean, biased variance, s, the first
     derivative: the kernel's own gradient, one operation)."""
-    channels = x.shape[-1]
+    channels = x.shape[-1] if x.shape[-1] is not None else tf.shape(x)[-1]
     count = x.shape[:-1].num_elements()  # static where the batch size is known
     if count is None:
         count = tf.cast(tf.size(x) // channels, "float32")
