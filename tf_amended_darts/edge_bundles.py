@@ -1,16 +1,15 @@
-"""A search cell's training pass with the edges leaving each state computed together.
+"""A search cell's training pass with what the edges leaving one state share computed once.
 
 The estimators differentiate the supernet twice, and tracing costs Python time per graph node,
-so the graph should grow with the distinct computations, not with the edges: the E edges
-leaving one state share their input, their stride and their candidates. Their ReLU, pools
-(with the pools' BatchNorm: non-affine, on identical inputs) and identity are computed once;
-each convolution candidate is one depthwise convolution over the edges' concatenated kernels,
-one batched pointwise contraction and one BatchNorm over the E x C channels (per-channel
-statistics: E BatchNorms); the softmax weights then mix [batch, H, W, E, C] bundles. The same
-arithmetic as MixedOp's edge by edge, to rounding. The MixedOps' layers own the variables
-(read here each call), and every edge's BatchNorm still takes its moving-statistics update.
-Candidates without a bundled form run edge by edge (noise among them: each edge's Noise layer
-draws from and advances its own state once per pass, as MixedOp's call does).
+so the graph should not repeat a computation per edge where the edges share it: the E edges
+leaving one state share their input, their stride and their candidates, so their pools with
+the pools' BatchNorm (non-affine, on identical inputs: identical outputs) and their identity
+are computed once. Every other candidate runs edge by edge through its own layer, and each
+edge's output is its own sum of products, as MixedOp's: batching the convolutions of the E
+edges into [batch, H, W, E, C] tensors was measured and made the pass slower (the stacks,
+reshapes and unstacks cost more than the batched convolutions save; docs/notes/profiling.md).
+The MixedOps' layers own the variables, and every edge's BatchNorm still takes its
+moving-statistics update.
 """
 
 import tensorflow as tf
@@ -25,15 +24,17 @@ def cell_nodes(edges, nodes, states, weights):
     `edges`: the cell's MixedOps (node i takes edges offset(i) + j from states j < 2 + i);
     `weights`: its [num_edges, num_ops] softmax weights.
     """
-    columns = ops.transpose(weights)  # [num_ops, num_edges]: gathered per bundle below
+    # One unstack into scalars, as the per-edge path (SearchCell._nodes_per_edge).
+    k = weights.shape[-1]
+    flat = ops.unstack(ops.reshape(weights, [-1]))
+    rows = [flat[e * k : (e + 1) * k] for e in range(len(edges))]
     offsets = [2 * i + i * (i - 1) // 2 for i in range(nodes)]
     incoming = [[] for _ in range(nodes)]
     states = list(states)
     for j in range(nodes + 1):
         leaving = [(i, offsets[i] + j) for i in range(max(0, j - 1), nodes)]
-        indices = [e for _, e in leaving]
         outputs = leaving_state(
-            [edges[e] for e in indices], states[j], ops.take(columns, indices, axis=1)
+            [edges[e] for _, e in leaving], states[j], [rows[e] for _, e in leaving]
         )
         for (i, _), y in zip(leaving, outputs):
             incoming[i].append(y)
@@ -42,99 +43,36 @@ def cell_nodes(edges, nodes, states, weights):
     return states[2:]
 
 
-def leaving_state(mixed_ops, h, weights):
+def leaving_state(mixed_ops, h, rows):
     """The outputs of `mixed_ops` (MixedOps of one cell, all reading state `h`) in training
-    mode; `weights`: their softmax weights, [num_ops, E]."""
+    mode; `rows`: each edge's softmax weights, a list of scalars per edge.
+
+    Candidates whose output is the same on every edge (pools with their non-affine
+    BatchNorm, the identity) are computed once; every other candidate runs edge by edge
+    through its own layer. Each edge's output is its own sum of products (no [.., E, C]
+    stacks: they cost more than the convolutions they batch)."""
     first = mixed_ops[0]
-    columns = ops.unstack(ops.reshape(weights, [len(first.candidates), len(mixed_ops), 1]))
-    relu = ops.relu(h)
-    terms = []
-    for slot, (k, _) in enumerate(first.ops):
-        bundled = _bundle([m.ops[slot][1] for m in mixed_ops], h, relu)
-        terms.append(bundled * columns[k])  # [E, 1] weights over [.., E or 1, C]
-    return ops.unstack(tf.add_n(terms), axis=3)
-
-
-def _bundle(layers, h, relu):
-    """One candidate on every edge: [batch, H, W, E, C], or [batch, H, W, 1, C] where the
-    edges' outputs are identical."""
-    layer = layers[0]
-    # Exact types: a subclass may compute something else. Affine BatchNorms are not bundled
-    # (the supernet's are not affine; `_batch_norm` applies no scale or offset).
-    kind = type(layer) if not layer.affine else None
-    if kind is operations.SepConv:
-        x = _dil_conv([op.first for op in layers], relu)
-        return _dil_conv([op.second for op in layers], ops.relu(x))
-    if kind is operations.DilConv:
-        return _dil_conv(layers, relu)
-    if kind is operations.Pooling and layer.bn is not None:
-        pooled = layer.pool(h, layer.stride)
-        return _batch_norm([op.bn for op in layers], pooled)[:, :, :, None, :]
-    if kind is operations.Identity:
-        return h[:, :, :, None, :]
-    if kind is operations.FactorizedReduce:
-        return _factorized_reduce(layers, relu)
-    return ops.stack([op(h, training=True) for op in layers], axis=3)
-
-
-def _kernels(convs, axis, dtype):
-    return ops.concatenate([ops.cast(c.kernel, dtype) for c in convs], axis=axis)
-
-
-def _dil_conv(layers, x):
-    """DilConv after its ReLU, on a shared [batch, H, W, C] input or per edge [.., E, C]."""
-    layer, edges, channels = layers[0], len(layers), x.shape[-1]
-    depthwise = layer.depthwise
-    if layer.subsample:
-        x = x[:, ::2, ::2]
-    shared = len(x.shape) == 4
-    if shared:
-        # Channel multiplier E: output channel c * E + e is edge e's channel c.
-        kernel = _kernels([op.depthwise for op in layers], 3, x.dtype)
-    else:
-        x = ops.reshape(x, [-1, *x.shape[1:3], edges * channels])
-        kernel = _kernels([op.depthwise for op in layers], 2, x.dtype)
-    if depthwise.padding == "valid":
-        x = operations.pad_symmetric(x, depthwise.kernel_size, depthwise.dilation_rate)
-    y = tf.nn.depthwise_conv2d(
-        x,
-        kernel,
-        (1, *depthwise.strides, 1),
-        depthwise.padding.upper(),
-        dilations=depthwise.dilation_rate,
-    )
-    y = ops.reshape(y, [-1, *y.shape[1:3], *((channels, edges) if shared else (edges, channels))])
-    pointwise = ops.reshape(
-        ops.stack([ops.cast(op.pointwise.kernel, x.dtype) for op in layers]),
-        [edges, channels, layer.channels],
-    )
-    equation = "nhwce,eco->nhweo" if shared else "nhwec,eco->nhweo"
-    return _batch_norm([op.bn for op in layers], tf.einsum(equation, y, pointwise))
-
-
-def _factorized_reduce(layers, relu):
-    """FactorizedReduce after its ReLU: [batch, H/2, W/2, E, C]."""
-    edges = len(layers)
-    shifted = ops.pad(relu[:, 1:, 1:, :], [[0, 0], [0, 1], [0, 1], [0, 0]])
-    halves = []
-    for conv, x in (("conv_1", relu), ("conv_2", shifted)):
-        kernel = _kernels([getattr(op, conv) for op in layers], 3, x.dtype)
-        y = tf.nn.conv2d(x, kernel, 2, "VALID")
-        halves.append(ops.reshape(y, [-1, *y.shape[1:3], edges, y.shape[-1] // edges]))
-    return _batch_norm([op.bn for op in layers], ops.concatenate(halves, axis=-1))
+    terms = [[] for _ in mixed_ops]
+    for slot, (k, layer) in enumerate(first.ops):
+        layers = [m.ops[slot][1] for m in mixed_ops]
+        # Exact types (a subclass may compute something else); affine layers run per edge.
+        kind = type(layer) if not layer.affine else None
+        if kind is operations.Pooling and layer.bn is not None:
+            shared = _batch_norm([op.bn for op in layers], layer.pool(h, layer.stride))
+        elif kind is operations.Identity:
+            shared = h
+        else:
+            shared = None
+        for e, op in enumerate(layers):
+            y = shared if shared is not None else op(h, training=True)
+            terms[e].append(rows[e][k] * y)
+    return [tf.add_n(t) for t in terms]
 
 
 def _batch_norm(bns, x):
-    """The edges' BatchNorms (non-affine, training mode) on per-edge [.., E, C] or on one
-    shared [.., C] input; every layer takes its moving-statistics update."""
-    shape = x.shape
-    per_edge = len(shape) == 5
-    flat = ops.reshape(x, [-1, *shape[1:3], shape[3] * shape[4]]) if per_edge else x
-    y, mean, variance = operations.normalize_batch(flat, bns[0].epsilon)
-    if per_edge:
-        statistics = zip(tf.split(mean, len(bns)), tf.split(variance, len(bns)))
-    else:
-        statistics = [(mean, variance)] * len(bns)
-    for bn, (m, v) in zip(bns, statistics):
-        bn.update_moving_statistics(m, v)
-    return ops.reshape(ops.cast(y, bns[0].compute_dtype), [-1, *shape[1:]])
+    """The edges' BatchNorms (non-affine, training mode) on their one shared input: one
+    normalisation, and every layer takes its moving-statistics update."""
+    y, mean, variance = operations.normalize_batch(x, bns[0].epsilon)
+    for bn in bns:
+        bn.update_moving_statistics(mean, variance)
+    return ops.cast(y, bns[0].compute_dtype)
