@@ -9,15 +9,13 @@ largest difference to the per-edge one (float32).
   python benchmarks/bundle_cell_probe.py [OPERATION,...]   (default: the DARTS space's)
 """
 
-import os
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import search_timing  # first: puts this checkout's package on sys.path
+import tensorflow as tf
 
-import tensorflow as tf  # noqa: E402
-
-from tf_amended_darts import search_model, search_space  # noqa: E402
+from tf_amended_darts import search_model, search_space
 
 tf.config.threading.set_intra_op_parallelism_threads(1)
 tf.config.threading.set_inter_op_parallelism_threads(1)
@@ -51,9 +49,7 @@ steps = {"per edge": make(False), "bundled": make(True)}
 reference = None
 for name, step in steps.items():
     graph = step.get_concrete_function(s0, s1).graph
-    nodes = len(graph.as_graph_def().node) + sum(
-        len(f.definition.node_def) for f in graph._functions.values()
-    )
+    nodes, _ = search_timing.graph_nodes(graph)
     out = step(s0, s1)
     reference = reference or out
     difference = max(float(tf.reduce_max(tf.abs(a - b))) for a, b in zip(reference, out))

@@ -1,13 +1,14 @@
 """Probe of issue 30's candidate 3: a bundle's derivatives as traced functions.
 
-A stride-1 bundle of the E edges leaving a state as edge_bundles builds it (shared ReLU;
-per convolution candidate a depthwise convolution with channel multiplier E, a batched
-pointwise einsum and a BatchNorm over E x C channels, separable ones twice; max pool + BN;
+A stride-1 bundle of the E edges leaving a state as the branch `hotpath`'s edge_bundles built
+it (shared ReLU; per convolution candidate a depthwise convolution with channel multiplier E,
+a batched pointwise einsum and a BatchNorm over E x C channels, separable ones twice; max
+pool + BN;
 identity; mixed by the softmax rows), on a chain of `--sites` call sites of the same shape,
 each with its own weights and alphas:
   h_{k+1} = h_k + sum_e bundle(h_k; softmax(a_k), W_k)[..., e, :],   loss = sum(sin(h_S) t).
 Two forms of the bundle:
-  autodiff  the ops inline; TensorFlow's automatic derivatives (today's edge_bundles path);
+  autodiff  the ops inline; TensorFlow's automatic derivatives (that branch's path);
   explicit  tf.custom_gradient around three tf.functions on stop-gradient inputs, each traced
             once per shape and called from every site: the forward, its vector-Jacobian
             product (VJP: a tape inside the function) and the VJP of that VJP (nested tapes

@@ -9,7 +9,7 @@ Candidate 5, `--xla`: each form also under tf.function(jit_compile=True).
 Orders as the estimators' passes take them: first (grad of the loss with respect to the
 weights) and second (d/dW <grad_W loss, v>: a Hessian-vector product). All configurations run
 in one process, each twice, alternating. Reported per configuration (one JSON line): graph
-nodes (graph + function library, as benchmarks/search_timing counts them), trace seconds,
+nodes (graph + function library: search_timing.graph_nodes), trace seconds,
 first call seconds (trace + optimisation or XLA compilation + one run), median seconds per
 later call, and the largest difference from the first configuration's outputs relative to
 their largest magnitude.
@@ -19,13 +19,10 @@ their largest magnitude.
 """
 
 import json
-import os
-import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
-from absl import app, flags  # noqa: E402
+import search_timing  # first: puts this checkout's package on sys.path
+from absl import app, flags
 
 _SITES = flags.DEFINE_integer("sites", 6, "SepConv operations in the chain.")
 _CHANNELS = flags.DEFINE_integer("channels", 8, "Channels C.")
@@ -103,7 +100,6 @@ def main(argv):
                 start = time.perf_counter()
                 graph = step.get_concrete_function(tf.TensorSpec(shape, dtype)).graph
                 trace = time.perf_counter() - start
-                library = sum(len(f.definition.node_def) for f in graph._functions.values())
                 start = time.perf_counter()
                 out = [o.numpy() for o in step(x0)]
                 first = trace + time.perf_counter() - start
@@ -122,7 +118,7 @@ def main(argv):
                             "order": order,
                             "form": form,
                             "xla": xla,
-                            "nodes": len(graph.as_graph_def().node) + library,
+                            "nodes": search_timing.graph_nodes(graph)[0],
                             "trace_s": round(trace, 2),
                             "first_call_s": round(first, 2),
                             "s_per_call": round(sorted(times)[len(times) // 2], 4),

@@ -87,7 +87,7 @@ def _rss_mb():
     return kb / 1024
 
 
-def _graph_nodes(graph):
+def graph_nodes(graph):
     """(nodes, constants) of a traced FuncGraph, the bodies of its functions (while loops and
     their nested loops, all registered in the outer graph; private attribute) included."""
     types = [op.type for op in graph.get_operations()]
@@ -208,7 +208,7 @@ def measure(
         start = time.perf_counter()
         graph = searcher.search_step.get_concrete_function(*pair).graph
         trace_s = time.perf_counter() - start
-        nodes, constants = _graph_nodes(graph)
+        nodes, constants = graph_nodes(graph)
         result.update(
             trace_s=trace_s,
             rss_after_trace_mb=_rss_mb(),

@@ -1,6 +1,7 @@
 """study.run_study on a tiny plan: two runs of two epochs, an interruption, the resume, the
 records; and the pure helpers (alpha masses, plan expansion)."""
 
+import dataclasses
 import json
 import os
 import re
@@ -181,6 +182,26 @@ class HelpersTest(tf.test.TestCase):
         search = runs[0].search
         steps = search.epochs * (719 // search.batch_size)
         self.assertAllClose(steps * search.arch_learning_rate, 50 * 391 * 3e-4, rtol=0.05)
+
+    def test_committed_pilot3_plan_changes_only_weight_decay_and_depth_from_pilot2(self):
+        studies = os.path.join(os.path.dirname(__file__), os.pardir, "studies")
+        pilot2 = {
+            r.search.search_space: r.search
+            for r in study.planned_runs(study.load_plan(os.path.join(studies, "pilot2.json")))
+        }
+        runs = study.planned_runs(study.load_plan(os.path.join(studies, "pilot3.json")))
+        self.assertLen(runs, 7)
+        for run in runs:
+            changed = {
+                f.name
+                for f in dataclasses.fields(run.search)
+                if getattr(run.search, f.name) != getattr(pilot2[run.search.search_space], f.name)
+            }
+            self.assertContainsSubset(changed, {"weight_decay", "cells"}, run.name)
+            self.assertTrue(changed, run.name)
+            # The run's name says what changed: wd0 = no weight decay, deep = 8 cells.
+            self.assertEqual("wd0" in run.name, run.search.weight_decay == 0, run.name)
+            self.assertEqual("deep" in run.name, run.search.cells == 8, run.name)
 
     def test_bad_plan_file_is_one_line_input_error(self):
         path = os.path.join(self.get_temp_dir(), "plan.json")
