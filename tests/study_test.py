@@ -203,6 +203,20 @@ class HelpersTest(tf.test.TestCase):
             self.assertEqual("wd0" in run.name, run.search.weight_decay == 0, run.name)
             self.assertEqual("deep" in run.name, run.search.cells == 8, run.name)
 
+    def test_committed_pilot4_plan_is_pilot3s_deep_runs_searched_twice_as_long(self):
+        studies = os.path.join(os.path.dirname(__file__), os.pardir, "studies")
+        pilot3 = {
+            r.name: r.search
+            for r in study.planned_runs(study.load_plan(os.path.join(studies, "pilot3.json")))
+        }
+        runs = study.planned_runs(study.load_plan(os.path.join(studies, "pilot4.json")))
+        self.assertLen(runs, 2)
+        for run in runs:
+            # digits-s2_deep_long-first_order-s0 continues digits-s2_deep-first_order-s0.
+            short = pilot3[run.name.replace("_deep_long-", "_deep-")]
+            self.assertEqual(run.search.epochs, 2 * short.epochs, run.name)
+            self.assertEqual(dataclasses.replace(run.search, epochs=short.epochs), short, run.name)
+
     def test_bad_plan_file_is_one_line_input_error(self):
         path = os.path.join(self.get_temp_dir(), "plan.json")
         with open(path, "w") as f:
