@@ -129,15 +129,23 @@ class SearchNetworkTest(tf.test.TestCase):
         self.assertEqual(net(tf.zeros((2, 8, 8, 1)), training=True).dtype, tf.float32)
 
     def test_keras_round_trip_gives_identical_outputs(self):
-        net = SearchNetwork(TINY, 7, seed=1)
-        x = tf.random.normal((2, 8, 8, 3), seed=4)
-        y = net(x, training=False)
-        with tempfile.TemporaryDirectory() as d:
-            path = os.path.join(d, "supernet.keras")
-            net.save(path)
-            loaded = keras.models.load_model(path)
-        self.assertAllEqual(loaded(x, training=False), y)
-        self.assertEqual(loaded.genotype(), net.genotype())
+        # S1 too: its per-edge candidates are in the configs (edge by edge).
+        s1 = search_space.get_search_space("s1").replace(cells=3, channels=4)
+        for space in (TINY, s1):
+            net = SearchNetwork(space, 7, seed=1)
+            x = tf.random.normal((2, 8, 8, 3), seed=4)
+            y = net(x, training=False)
+            with tempfile.TemporaryDirectory() as d:
+                path = os.path.join(d, "supernet.keras")
+                net.save(path)
+                loaded = keras.models.load_model(path)
+            self.assertAllEqual(loaded(x, training=False), y)
+            self.assertEqual(loaded.genotype(), net.genotype())
+            self.assertEqual(loaded.search_space, space)
+            self.assertEqual(
+                [len(m.ops) for c in loaded.cells for m in c.edges],
+                [len(m.ops) for c in net.cells for m in c.edges],
+            )
 
 
 class DeriveGenotypeTest(tf.test.TestCase):
