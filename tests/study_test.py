@@ -217,6 +217,18 @@ class HelpersTest(tf.test.TestCase):
             self.assertEqual(run.search.epochs, 2 * short.epochs, run.name)
             self.assertEqual(dataclasses.replace(run.search, epochs=short.epochs), short, run.name)
 
+    def test_committed_pilot5_plan_is_pilot3s_setting_in_s1(self):
+        studies = os.path.join(os.path.dirname(__file__), os.pardir, "studies")
+        pilot3 = study.planned_runs(study.load_plan(os.path.join(studies, "pilot3.json")))
+        s2 = next(r.search for r in pilot3 if r.name == "digits-s2_deep-first_order-s0")
+        runs = study.planned_runs(study.load_plan(os.path.join(studies, "pilot5.json")))
+        self.assertEqual(
+            sorted((r.search.cells, r.search.search_space) for r in runs), [(5, "s1"), (8, "s1")]
+        )
+        for run in runs:
+            same = dataclasses.replace(run.search, search_space="s2", cells=8)
+            self.assertEqual(same, s2, run.name)
+
     def test_bad_plan_file_is_one_line_input_error(self):
         path = os.path.join(self.get_temp_dir(), "plan.json")
         with open(path, "w") as f:
