@@ -52,6 +52,12 @@ TINY_PLAN = {
 }
 
 
+def _committed_runs(plan):
+    """The planned runs of the committed plan studies/<plan>.json."""
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "studies", f"{plan}.json")
+    return study.planned_runs(study.load_plan(path))
+
+
 class HelpersTest(tf.test.TestCase):
     def test_alpha_masses_by_hand(self):
         ops = ["none", "skip_connect", "max_pool_3x3", "avg_pool_3x3", "sep_conv_3x3"]
@@ -184,12 +190,8 @@ class HelpersTest(tf.test.TestCase):
         self.assertAllClose(steps * search.arch_learning_rate, 50 * 391 * 3e-4, rtol=0.05)
 
     def test_committed_pilot3_plan_changes_only_weight_decay_and_depth_from_pilot2(self):
-        studies = os.path.join(os.path.dirname(__file__), os.pardir, "studies")
-        pilot2 = {
-            r.search.search_space: r.search
-            for r in study.planned_runs(study.load_plan(os.path.join(studies, "pilot2.json")))
-        }
-        runs = study.planned_runs(study.load_plan(os.path.join(studies, "pilot3.json")))
+        pilot2 = {r.search.search_space: r.search for r in _committed_runs("pilot2")}
+        runs = _committed_runs("pilot3")
         self.assertLen(runs, 7)
         for run in runs:
             changed = {
@@ -204,12 +206,8 @@ class HelpersTest(tf.test.TestCase):
             self.assertEqual("deep" in run.name, run.search.cells == 8, run.name)
 
     def test_committed_pilot4_plan_is_pilot3s_deep_runs_searched_twice_as_long(self):
-        studies = os.path.join(os.path.dirname(__file__), os.pardir, "studies")
-        pilot3 = {
-            r.name: r.search
-            for r in study.planned_runs(study.load_plan(os.path.join(studies, "pilot3.json")))
-        }
-        runs = study.planned_runs(study.load_plan(os.path.join(studies, "pilot4.json")))
+        pilot3 = {r.name: r.search for r in _committed_runs("pilot3")}
+        runs = _committed_runs("pilot4")
         self.assertLen(runs, 2)
         for run in runs:
             # digits-s2_deep_long-first_order-s0 continues digits-s2_deep-first_order-s0.
@@ -218,10 +216,9 @@ class HelpersTest(tf.test.TestCase):
             self.assertEqual(dataclasses.replace(run.search, epochs=short.epochs), short, run.name)
 
     def test_committed_pilot5_plan_is_pilot3s_setting_in_s1(self):
-        studies = os.path.join(os.path.dirname(__file__), os.pardir, "studies")
-        pilot3 = study.planned_runs(study.load_plan(os.path.join(studies, "pilot3.json")))
+        pilot3 = _committed_runs("pilot3")
         s2 = next(r.search for r in pilot3 if r.name == "digits-s2_deep-first_order-s0")
-        runs = study.planned_runs(study.load_plan(os.path.join(studies, "pilot5.json")))
+        runs = _committed_runs("pilot5")
         self.assertEqual(
             sorted((r.search.cells, r.search.search_space) for r in runs), [(5, "s1"), (8, "s1")]
         )
