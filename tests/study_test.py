@@ -226,6 +226,33 @@ class HelpersTest(tf.test.TestCase):
             same = dataclasses.replace(run.search, search_space="s2", cells=8)
             self.assertEqual(same, s2, run.name)
 
+    def test_committed_pilot6_plan_is_pilot3s_deep_runs_with_seeds_1_and_2(self):
+        pilot3 = {r.name: r.search for r in _committed_runs("pilot3")}
+        runs = _committed_runs("pilot6")
+        self.assertEqual(
+            sorted((r.search.search_space, r.search.seed) for r in runs),
+            [("s2", 1), ("s2", 2), ("s3", 1), ("s3", 2)],
+        )
+        for run in runs:
+            seed0 = pilot3[run.name.rsplit("-s", 1)[0] + "-s0"]
+            self.assertEqual(dataclasses.replace(run.search, seed=0), seed0, run.name)
+
+    def test_committed_pilot7_plan_is_mnist5k_at_the_papers_architecture_budget(self):
+        pilot3 = {r.name: r.search for r in _committed_runs("pilot3")}
+        runs = _committed_runs("pilot7")
+        self.assertEqual(
+            [r.search.search_space for r in runs], ["s2", "s3", "s2", "s3", "s4", "darts"]
+        )  # the 8-cell runs first
+        for run in runs:
+            # mnist5k: 2,000 architecture images, batch 32 -> 62 steps per epoch.
+            steps = run.search.epochs * (2000 // run.search.batch_size)
+            self.assertAllClose(steps * run.search.arch_learning_rate, 50 * 391 * 3e-4, rtol=0.05)
+            # Otherwise pilot 3's 8-cell S2 setting, apart from the space and the depth.
+            same = dataclasses.replace(
+                run.search, dataset="digits", arch_learning_rate=0.0053, search_space="s2", cells=8
+            )
+            self.assertEqual(same, pilot3["digits-s2_deep-first_order-s0"], run.name)
+
     def test_bad_plan_file_is_one_line_input_error(self):
         path = os.path.join(self.get_temp_dir(), "plan.json")
         with open(path, "w") as f:
