@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_amended_darts import operations, search_space
+from tf_amended_darts import operations, search_model, search_space
 from tf_amended_darts.search_model import MixedOp, SearchCell, SearchNetwork, derive_genotype
 
 TINY = search_space.get_search_space("darts").replace(cells=3, channels=4, nodes=2)
@@ -45,21 +45,32 @@ class EdgeBundlesTest(tf.test.TestCase):
     """The cells' bundled training pass (edge_bundles) against MixedOp's edge by edge, float64:
     same outputs, gradients, Hessian-vector products and moving statistics, to rounding."""
 
-    def _check(self, candidates, reduction, reduction_prev):
+    def _check(self, candidates, reduction, reduction_prev, space=None):
+        """`space`: a search space with per-edge candidates, whose 4-node cell is checked."""
         rng = np.random.default_rng(0)
-        cell = SearchCell(candidates, 3, 4, reduction, reduction_prev, dtype="float64")
+        num_nodes, edge_candidates, mask = 3, None, None
+        if space is not None:
+            num_nodes, edge_candidates = space.nodes, space.edge_candidates(reduction)
+            mask = space.candidate_mask(reduction)
+        cell = SearchCell(
+            candidates, num_nodes, 4, reduction, reduction_prev, edge_candidates, dtype="float64"
+        )
         s0 = tf.constant(rng.normal(size=(2, 12, 12, 5) if reduction_prev else (2, 6, 6, 5)))
         s1 = tf.constant(rng.normal(size=(2, 6, 6, 3)))
         alphas = tf.Variable(rng.normal(size=(len(cell.edges), len(candidates))))
-        cell(s0, s1, tf.nn.softmax(alphas), training=False)  # builds every edge
+
+        def softmax(a):
+            return search_model.masked_softmax(a, mask)
+
+        cell(s0, s1, softmax(alphas), training=False)  # builds every edge
         weights = cell.trainable_variables
-        target = tf.constant(rng.normal(size=cell(s0, s1, tf.nn.softmax(alphas)).shape))
+        target = tf.constant(rng.normal(size=cell(s0, s1, softmax(alphas)).shape))
         vector = [tf.constant(rng.normal(size=w.shape)) for w in weights]
 
         def derivatives(bundled):
             with tf.GradientTape() as outer:
                 with tf.GradientTape() as inner:
-                    y = cell(s0, s1, tf.nn.softmax(alphas), training=True, bundled=bundled)
+                    y = cell(s0, s1, softmax(alphas), training=True, bundled=bundled)
                     loss = tf.reduce_sum(tf.sin(y) * target)
                 grads = inner.gradient(loss, weights + [alphas])
                 product = tf.add_n([tf.reduce_sum(g * v) for g, v in zip(grads, vector)])
@@ -83,13 +94,21 @@ class EdgeBundlesTest(tf.test.TestCase):
 
         def nodes(bundled):
             call = tf.function(
-                lambda: cell(s0, s1, tf.nn.softmax(alphas), training=True, bundled=bundled)
+                lambda: cell(s0, s1, softmax(alphas), training=True, bundled=bundled)
             )
             return len(call.get_concrete_function().graph.as_graph_def().node)
 
-        # The shared path is taken: pools computed once per state (nothing else is shared).
-        pools = any(name.endswith("pool_3x3") for name in candidates)
-        (self.assertLess if pools else self.assertEqual)(nodes(True), nodes(False))
+        # The shared path is taken: a pool that two or more edges leaving one state compute is
+        # computed once (nothing else is shared). Node i takes edge offset(i) + j from state j.
+        offsets = [2 * i + i * (i - 1) // 2 for i in range(num_nodes)]
+        computed = edge_candidates or [candidates] * len(cell.edges)
+        shared = any(
+            sum(name in computed[offsets[i] + j] for i in range(max(0, j - 1), num_nodes)) >= 2
+            for j in range(num_nodes + 1)
+            for name in candidates
+            if name.endswith("pool_3x3")
+        )
+        (self.assertLess if shared else self.assertEqual)(nodes(True), nodes(False))
 
     def test_reduction_cell(self):
         # Stride-2 bundles: FactorizedReduce skips, strided and subsampled convolutions, pools.
@@ -102,6 +121,15 @@ class EdgeBundlesTest(tf.test.TestCase):
         # S4's candidates: noise runs edge by edge (each edge's layer draws from its own state,
         # which the bundled pass advances once, as MixedOp's does).
         self._check(("none", "noise", "sep_conv_3x3"), reduction=True, reduction_prev=False)
+
+    def test_per_edge_candidates(self):
+        # S1: the edges leaving a state compute different candidates (normal: skip_connect
+        # against one convolution; reduction: pools against skip_connect or convolutions), so
+        # what is shared is found by alpha column, not by position in MixedOp.ops.
+        space = search_space.get_search_space("s1")
+        for reduction in (False, True):
+            with self.subTest(reduction=reduction):
+                self._check(space.operations, reduction, reduction_prev=not reduction, space=space)
 
 
 class SearchNetworkTest(tf.test.TestCase):
@@ -192,15 +220,23 @@ class SearchNetworkTest(tf.test.TestCase):
         self.assertEqual(net(tf.zeros((2, 8, 8, 1)), training=True).dtype, tf.float32)
 
     def test_keras_round_trip_gives_identical_outputs(self):
-        net = SearchNetwork(TINY, 7, seed=1)
-        x = tf.random.normal((2, 8, 8, 3), seed=4)
-        y = net(x, training=False)
-        with tempfile.TemporaryDirectory() as d:
-            path = os.path.join(d, "supernet.keras")
-            net.save(path)
-            loaded = keras.models.load_model(path)
-        self.assertAllEqual(loaded(x, training=False), y)
-        self.assertEqual(loaded.genotype(), net.genotype())
+        # S1 too: its per-edge candidates are in the configs (edge by edge).
+        s1 = search_space.get_search_space("s1").replace(cells=3, channels=4)
+        for space in (TINY, s1):
+            net = SearchNetwork(space, 7, seed=1)
+            x = tf.random.normal((2, 8, 8, 3), seed=4)
+            y = net(x, training=False)
+            with tempfile.TemporaryDirectory() as d:
+                path = os.path.join(d, "supernet.keras")
+                net.save(path)
+                loaded = keras.models.load_model(path)
+            self.assertAllEqual(loaded(x, training=False), y)
+            self.assertEqual(loaded.genotype(), net.genotype())
+            self.assertEqual(loaded.search_space, space)
+            self.assertEqual(
+                [len(m.ops) for c in loaded.cells for m in c.edges],
+                [len(m.ops) for c in net.cells for m in c.edges],
+            )
 
 
 class DeriveGenotypeTest(tf.test.TestCase):

@@ -265,6 +265,14 @@ class StudyReportTest(unittest.TestCase):
         self.assertEqual(
             next(iter(darts.values())).uniform, {"skip_connect": 1 / 8, "pools": 2 / 8}
         )
+        # S1: each normal edge its own two candidates; skip_connect is one of the two on 12
+        # of the 14 normal edges, max_pool_3x3 on 2.
+        s1 = study_report.summarize(
+            [{**records[0], "search": {"epochs": 10, "search_space": "s1"}}]
+        )
+        self.assertEqual(
+            next(iter(s1.values())).uniform, {"skip_connect": 12 / 28, "pools": 2 / 28}
+        )
         with tempfile.TemporaryDirectory() as tmp:
             paths = study_report.plot(summary, tmp)
             self.assertIn(os.path.join(tmp, "pool_mass_normal.png"), paths)

@@ -52,6 +52,12 @@ TINY_PLAN = {
 }
 
 
+def _committed_runs(plan):
+    """The planned runs of the committed plan studies/<plan>.json."""
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "studies", f"{plan}.json")
+    return study.planned_runs(study.load_plan(path))
+
+
 class HelpersTest(tf.test.TestCase):
     def test_alpha_masses_by_hand(self):
         ops = ["none", "skip_connect", "max_pool_3x3", "avg_pool_3x3", "sep_conv_3x3"]
@@ -184,12 +190,8 @@ class HelpersTest(tf.test.TestCase):
         self.assertAllClose(steps * search.arch_learning_rate, 50 * 391 * 3e-4, rtol=0.05)
 
     def test_committed_pilot3_plan_changes_only_weight_decay_and_depth_from_pilot2(self):
-        studies = os.path.join(os.path.dirname(__file__), os.pardir, "studies")
-        pilot2 = {
-            r.search.search_space: r.search
-            for r in study.planned_runs(study.load_plan(os.path.join(studies, "pilot2.json")))
-        }
-        runs = study.planned_runs(study.load_plan(os.path.join(studies, "pilot3.json")))
+        pilot2 = {r.search.search_space: r.search for r in _committed_runs("pilot2")}
+        runs = _committed_runs("pilot3")
         self.assertLen(runs, 7)
         for run in runs:
             changed = {
@@ -204,18 +206,52 @@ class HelpersTest(tf.test.TestCase):
             self.assertEqual("deep" in run.name, run.search.cells == 8, run.name)
 
     def test_committed_pilot4_plan_is_pilot3s_deep_runs_searched_twice_as_long(self):
-        studies = os.path.join(os.path.dirname(__file__), os.pardir, "studies")
-        pilot3 = {
-            r.name: r.search
-            for r in study.planned_runs(study.load_plan(os.path.join(studies, "pilot3.json")))
-        }
-        runs = study.planned_runs(study.load_plan(os.path.join(studies, "pilot4.json")))
+        pilot3 = {r.name: r.search for r in _committed_runs("pilot3")}
+        runs = _committed_runs("pilot4")
         self.assertLen(runs, 2)
         for run in runs:
             # digits-s2_deep_long-first_order-s0 continues digits-s2_deep-first_order-s0.
             short = pilot3[run.name.replace("_deep_long-", "_deep-")]
             self.assertEqual(run.search.epochs, 2 * short.epochs, run.name)
             self.assertEqual(dataclasses.replace(run.search, epochs=short.epochs), short, run.name)
+
+    def test_committed_pilot5_plan_is_pilot3s_setting_in_s1(self):
+        pilot3 = _committed_runs("pilot3")
+        s2 = next(r.search for r in pilot3 if r.name == "digits-s2_deep-first_order-s0")
+        runs = _committed_runs("pilot5")
+        self.assertEqual(
+            sorted((r.search.cells, r.search.search_space) for r in runs), [(5, "s1"), (8, "s1")]
+        )
+        for run in runs:
+            same = dataclasses.replace(run.search, search_space="s2", cells=8)
+            self.assertEqual(same, s2, run.name)
+
+    def test_committed_pilot6_plan_is_pilot3s_deep_runs_with_seeds_1_and_2(self):
+        pilot3 = {r.name: r.search for r in _committed_runs("pilot3")}
+        runs = _committed_runs("pilot6")
+        self.assertEqual(
+            sorted((r.search.search_space, r.search.seed) for r in runs),
+            [("s2", 1), ("s2", 2), ("s3", 1), ("s3", 2)],
+        )
+        for run in runs:
+            seed0 = pilot3[run.name.rsplit("-s", 1)[0] + "-s0"]
+            self.assertEqual(dataclasses.replace(run.search, seed=0), seed0, run.name)
+
+    def test_committed_pilot7_plan_is_mnist5k_at_the_papers_architecture_budget(self):
+        pilot3 = {r.name: r.search for r in _committed_runs("pilot3")}
+        runs = _committed_runs("pilot7")
+        self.assertEqual(
+            [r.search.search_space for r in runs], ["s2", "s3", "s2", "s3", "s4", "darts"]
+        )  # the 8-cell runs first
+        for run in runs:
+            # mnist5k: 2,000 architecture images, batch 32 -> 62 steps per epoch.
+            steps = run.search.epochs * (2000 // run.search.batch_size)
+            self.assertAllClose(steps * run.search.arch_learning_rate, 50 * 391 * 3e-4, rtol=0.05)
+            # Otherwise pilot 3's 8-cell S2 setting, apart from the space and the depth.
+            same = dataclasses.replace(
+                run.search, dataset="digits", arch_learning_rate=0.0053, search_space="s2", cells=8
+            )
+            self.assertEqual(same, pilot3["digits-s2_deep-first_order-s0"], run.name)
 
     def test_bad_plan_file_is_one_line_input_error(self):
         path = os.path.join(self.get_temp_dir(), "plan.json")

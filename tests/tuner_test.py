@@ -148,6 +148,10 @@ def test_invalid_search_result_fails_with_one_clear_error():
         DartsOracle([np.zeros((2, 4))], space)
     with pytest.raises(ValueError, match="NaN"):
         DartsOracle([np.zeros((2, 4)), np.full((2, 4), np.nan)], space)
+    # S1's per-edge candidates do not fit one Choice of operations per edge.
+    s1 = search_space.get_search_space("s1")
+    with pytest.raises(ValueError, match="same operations on every edge"):
+        DartsOracle([np.zeros((14, 6))] * 2, s1)
 
 
 # -- DartsOracle + ArchitectureTuner: trials are train.train runs -----------------------------

@@ -51,19 +51,24 @@ def leaving_state(mixed_ops, h, rows):
     BatchNorm, the identity) are computed once; every other candidate runs edge by edge
     through its own layer. Each edge's output is its own sum of products (no [.., E, C]
     stacks: they cost more than the convolutions they batch)."""
-    first = mixed_ops[0]
+    # Grouped by candidate (alpha column k), not by position in MixedOp.ops: with per-edge
+    # candidates (S1) the edges leaving a state compute different ones.
+    columns = {}
+    for e, mixed in enumerate(mixed_ops):
+        for k, layer in mixed.ops:
+            columns.setdefault(k, []).append((e, layer))
     terms = [[] for _ in mixed_ops]
-    for slot, (k, layer) in enumerate(first.ops):
-        layers = [m.ops[slot][1] for m in mixed_ops]
+    for k, column in sorted(columns.items()):
+        layer = column[0][1]
         # Exact types (a subclass may compute something else); affine layers run per edge.
         kind = type(layer) if not layer.affine else None
         if kind is operations.Pooling and layer.bn is not None:
-            shared = _batch_norm([op.bn for op in layers], layer.pool(h, layer.stride))
+            shared = _batch_norm([op.bn for _, op in column], layer.pool(h, layer.stride))
         elif kind is operations.Identity:
             shared = h
         else:
             shared = None
-        for e, op in enumerate(layers):
+        for e, op in column:
             y = shared if shared is not None else op(h, training=True)
             terms[e].append(rows[e][k] * y)
     return [tf.add_n(t) for t in terms]

@@ -17,6 +17,13 @@ from tf_amended_darts import errors, genotypes, search_model
 
 def check_alphas(space, alphas):
     """The alphas as float64 arrays; InputError (one line) when they do not fit `space`."""
+    if space.edge_operations is not None:
+        # The proposals' log-probabilities and the tuner's per-edge Choices take every
+        # operation on every edge.
+        raise errors.InputError(
+            "proposals and the tuner need the same operations on every edge; this search "
+            "space gives each edge its own (edge_operations, as RobustDARTS' s1)"
+        )
     expected = (
         space.num_normal_slots + space.num_reduce_slots,
         space.num_edges,

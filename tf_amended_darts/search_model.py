@@ -16,12 +16,15 @@ class MixedOp(operations.Composite):
     """sum_i softmax(alpha)_i * op_i(x) over the candidate operations of one edge.
 
     'none' contributes exactly zero, so it is not computed; its alpha still enters the
-    softmax that weighs the others.
+    softmax that weighs the others. `computed`: the names among `candidates` this edge
+    computes (default all; RobustDARTS' S1 gives each edge its own two), the others weighted
+    zero by the caller's masked softmax.
     """
 
-    def __init__(self, candidates, channels, stride, **kwargs):
+    def __init__(self, candidates, channels, stride, computed=None, **kwargs):
         super().__init__(**kwargs)
         self.candidates = tuple(candidates)
+        self.computed = tuple(computed) if computed is not None else None
         self.channels = channels
         self.stride = stride
         self.ops = [
@@ -32,7 +35,7 @@ class MixedOp(operations.Composite):
                 ),
             )
             for i, name in enumerate(self.candidates)
-            if name != "none"
+            if name != "none" and (self.computed is None or name in self.computed)
         ]
 
     def call(self, x, weights, training=False):
@@ -49,6 +52,7 @@ class MixedOp(operations.Composite):
             "candidates": list(self.candidates),
             "channels": self.channels,
             "stride": self.stride,
+            "computed": list(self.computed) if self.computed is not None else None,
         }
 
 
@@ -64,11 +68,19 @@ def preprocess(channels, reduction_prev, affine, dtype=None):
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class SearchCell(operations.Composite):
-    """A DARTS cell with a MixedOp on every edge; output = concat of the intermediate nodes."""
+    """A DARTS cell with a MixedOp on every edge; output = concat of the intermediate nodes.
 
-    def __init__(self, candidates, nodes, channels, reduction, reduction_prev, **kwargs):
+    `edge_candidates`: per edge, the names among `candidates` it computes (MixedOp's
+    `computed`); None: all of them on every edge."""
+
+    def __init__(
+        self, candidates, nodes, channels, reduction, reduction_prev, edge_candidates=None, **kwargs
+    ):
         super().__init__(**kwargs)
         self.candidates = tuple(candidates)
+        self.edge_candidates = (
+            tuple(tuple(e) for e in edge_candidates) if edge_candidates is not None else None
+        )
         self.nodes = nodes
         self.channels = channels
         self.reduction = reduction
@@ -76,10 +88,11 @@ class SearchCell(operations.Composite):
         self.preprocess0, self.preprocess1 = preprocess(
             channels, reduction_prev, affine=False, dtype=self.dtype_policy
         )
+        strides = [2 if reduction and j < 2 else 1 for i in range(nodes) for j in range(2 + i)]
+        computed = self.edge_candidates or [None] * len(strides)
         self.edges = [
-            MixedOp(candidates, channels, 2 if reduction and j < 2 else 1, dtype=self.dtype_policy)
-            for i in range(nodes)
-            for j in range(2 + i)
+            MixedOp(candidates, channels, stride, computed=c, dtype=self.dtype_policy)
+            for stride, c in zip(strides, computed)
         ]
 
     def call(self, s0, s1, weights, training=False, bundled=True):
@@ -126,6 +139,9 @@ class SearchCell(operations.Composite):
             "channels": self.channels,
             "reduction": self.reduction,
             "reduction_prev": self.reduction_prev,
+            "edge_candidates": (
+                [list(e) for e in self.edge_candidates] if self.edge_candidates else None
+            ),
         }
 
 
@@ -161,6 +177,9 @@ class SearchNetwork(keras.Model):
                     channels,
                     reduction,
                     reduction_prev,
+                    edge_candidates=(
+                        space.edge_candidates(reduction) if space.edge_operations else None
+                    ),
                     name=f"cell_{i}",
                     dtype=dtype,
                 )
@@ -207,7 +226,9 @@ class SearchNetwork(keras.Model):
         slots = [(False, s) for s in range(len(self.normal_alphas))]
         slots += [(True, s) for s in range(len(self.reduce_alphas))]
         weights = {
-            slot: ops.cast(ops.softmax(a, axis=-1), self.compute_dtype)
+            slot: ops.cast(
+                masked_softmax(a, self.search_space.candidate_mask(slot[0])), self.compute_dtype
+            )
             for slot, a in zip(slots, self.arch_variables)
         }
         for i, cell in enumerate(self.cells):
@@ -217,7 +238,9 @@ class SearchNetwork(keras.Model):
 
     def alpha_probabilities(self):
         """softmax(alpha) per slot as numpy arrays, in `arch_variables` order."""
-        return [_softmax(np.asarray(keras.ops.convert_to_numpy(a))) for a in self.arch_variables]
+        return alpha_probabilities(
+            self.search_space, [keras.ops.convert_to_numpy(a) for a in self.arch_variables]
+        )
 
     def genotype(self):
         return derive_genotype(
@@ -241,9 +264,31 @@ def build_by_zeros(model, input_shape, **call_kwargs):
         )
 
 
-def _softmax(a):
+# A masked column's logit: exp underflows to exactly 0 in every float type, and tf.where
+# passes it no gradient.
+_MASKED_LOGIT = -1e9
+
+
+def masked_softmax(logits, mask):
+    """softmax over each row's columns where `mask` ([rows, columns] bool, None: all) holds;
+    the others get probability 0."""
+    if mask is not None:
+        logits = ops.where(mask, logits, ops.cast(_MASKED_LOGIT, logits.dtype))
+    return ops.softmax(logits, axis=-1)
+
+
+def _softmax(a, mask=None):
+    if mask is not None:
+        a = np.where(mask, a, _MASKED_LOGIT)
     e = np.exp(a - a.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)
+
+
+def alpha_probabilities(space, alphas):
+    """Each slot's (masked) softmax of its alpha logits (`SearchNetwork.arch_variables` order),
+    as numpy arrays."""
+    reductions = [False] * space.num_normal_slots + [True] * space.num_reduce_slots
+    return [_softmax(np.asarray(a), space.candidate_mask(r)) for a, r in zip(alphas, reductions)]
 
 
 def derive_cell(probabilities, space):
@@ -270,5 +315,5 @@ def derive_genotype(space, alphas):
             f"alphas do not fit the search space: expected {expected} arrays of "
             f"shape {shape}, got {[a.shape for a in alphas]}"
         )
-    cells = [derive_cell(_softmax(a), space) for a in alphas]
+    cells = [derive_cell(p, space) for p in alpha_probabilities(space, alphas)]
     return genotypes.Genotype(cells[: space.num_normal_slots], cells[space.num_normal_slots :])

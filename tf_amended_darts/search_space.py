@@ -2,6 +2,8 @@
 
 import dataclasses
 
+import numpy as np
+
 from tf_amended_darts import errors, genotypes, operations
 
 
@@ -21,6 +23,11 @@ class SearchSpace:
       cells: number of cells; reductions sit at cells // 3 and 2 * cells // 3.
       channels: channels C of the first cells (the stem has stem_multiplier * C).
       stem_multiplier: see channels.
+      edge_operations: None (every edge has all `operations`), or per cell type (normal,
+        reduction) one tuple of candidate names per edge, in DARTS' edge order (node i's edges
+        from the cell inputs and the nodes before it), each a subset of `operations`:
+        RobustDARTS' S1. An edge computes only its candidates; the alphas keep one column per
+        operation and the others are masked out of its softmax.
     """
 
     operations: tuple = operations.DARTS_OPS
@@ -30,9 +37,16 @@ class SearchSpace:
     cells: int = 8
     channels: int = 16
     stem_multiplier: int = 3
+    edge_operations: tuple = None
 
     def __post_init__(self):
         object.__setattr__(self, "operations", tuple(self.operations))
+        if self.edge_operations is not None:  # JSON gives lists
+            object.__setattr__(
+                self,
+                "edge_operations",
+                tuple(tuple(tuple(edge) for edge in cell) for cell in self.edge_operations),
+            )
         unknown = genotypes.unknown_operation_problems(self.operations, "search space")
         if unknown:
             raise errors.InputError("; ".join(unknown))
@@ -47,6 +61,27 @@ class SearchSpace:
             raise errors.InputError(
                 f"cells must be at least 3 (two reduction cells), got {self.cells}"
             )
+        if self.edge_operations is not None:
+            self._check_edge_operations()
+
+    def _check_edge_operations(self):
+        if len(self.edge_operations) != 2:
+            raise errors.InputError(
+                "edge_operations: expected two cell types (normal, reduction), got "
+                f"{len(self.edge_operations)}"
+            )
+        for kind, cell in zip(("normal", "reduction"), self.edge_operations):
+            if len(cell) != self.num_edges:
+                raise errors.InputError(
+                    f"edge_operations: the {kind} cell has {len(cell)} edges, the space's "
+                    f"{self.nodes}-node cells have {self.num_edges}"
+                )
+            for e, edge in enumerate(cell):
+                if not set(edge) <= set(self.operations) or not set(edge) - {"none"}:
+                    raise errors.InputError(
+                        f"edge_operations: {kind} edge {e} {list(edge)}: each edge needs "
+                        f"operations other than 'none', all among {list(self.operations)}"
+                    )
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
@@ -80,6 +115,21 @@ class SearchSpace:
     def num_reduce_slots(self):
         return 2 if self.per_stage else 1
 
+    def edge_candidates(self, reduction):
+        """Per edge of a normal (reduction) cell, the names it computes."""
+        if self.edge_operations is None:
+            return (self.operations,) * self.num_edges
+        return self.edge_operations[1 if reduction else 0]
+
+    def candidate_mask(self, reduction):
+        """[num_edges, num_ops] bool: which alpha columns each edge's softmax takes; None
+        when every edge takes them all."""
+        if self.edge_operations is None:
+            return None
+        return np.array(
+            [[op in edge for op in self.operations] for edge in self.edge_candidates(reduction)]
+        )
+
     def to_dict(self):
         return dataclasses.asdict(self)
 
@@ -101,6 +151,52 @@ PRESETS = {
     "s2": SearchSpace(operations=("skip_connect", "sep_conv_3x3")),
     "s3": SearchSpace(operations=("none", "skip_connect", "sep_conv_3x3")),
     "s4": SearchSpace(operations=("noise", "sep_conv_3x3")),
+    # S1: two candidates per edge, its own per edge and cell type (the authors took them from
+    # a DARTS run's two strongest per edge; automl/RobustDARTS src/spaces.py).
+    "s1": SearchSpace(
+        operations=(
+            "max_pool_3x3",
+            "avg_pool_3x3",
+            "skip_connect",
+            "sep_conv_3x3",
+            "dil_conv_3x3",
+            "dil_conv_5x5",
+        ),
+        edge_operations=(
+            (
+                ("skip_connect", "dil_conv_3x3"),
+                ("skip_connect", "dil_conv_5x5"),
+                ("skip_connect", "dil_conv_5x5"),
+                ("skip_connect", "sep_conv_3x3"),
+                ("skip_connect", "dil_conv_3x3"),
+                ("max_pool_3x3", "skip_connect"),
+                ("skip_connect", "sep_conv_3x3"),
+                ("skip_connect", "sep_conv_3x3"),
+                ("skip_connect", "dil_conv_3x3"),
+                ("skip_connect", "sep_conv_3x3"),
+                ("max_pool_3x3", "skip_connect"),
+                ("skip_connect", "dil_conv_3x3"),
+                ("dil_conv_3x3", "dil_conv_5x5"),
+                ("dil_conv_3x3", "dil_conv_5x5"),
+            ),
+            (
+                ("max_pool_3x3", "avg_pool_3x3"),
+                ("max_pool_3x3", "dil_conv_3x3"),
+                ("max_pool_3x3", "avg_pool_3x3"),
+                ("max_pool_3x3", "avg_pool_3x3"),
+                ("skip_connect", "dil_conv_5x5"),
+                ("max_pool_3x3", "avg_pool_3x3"),
+                ("max_pool_3x3", "sep_conv_3x3"),
+                ("skip_connect", "dil_conv_3x3"),
+                ("skip_connect", "dil_conv_5x5"),
+                ("max_pool_3x3", "avg_pool_3x3"),
+                ("max_pool_3x3", "avg_pool_3x3"),
+                ("skip_connect", "dil_conv_5x5"),
+                ("skip_connect", "dil_conv_5x5"),
+                ("skip_connect", "dil_conv_5x5"),
+            ),
+        ),
+    ),
 }
 
 

@@ -19,6 +19,7 @@ once it has every epoch of its search (its "final" is then its last epoch).
 """
 
 import dataclasses
+import fractions
 import functools
 import glob
 import itertools
@@ -94,12 +95,17 @@ def _uniform_shares(search):
     search config (None when it names no search space)."""
     if "search_space" not in search:
         return None
-    names = (
-        search.get("operations") or search_space.get_search_space(search["search_space"]).operations
-    )
+    space = search_space.get_search_space(search["search_space"])
+    if search.get("operations"):
+        space = space.replace(operations=search["operations"])
+    # The normal cells' mean over edges (RobustDARTS' s1 gives each edge its own candidates).
+    edges = space.edge_candidates(reduction=False)
     return {
-        "skip_connect": names.count("skip_connect") / len(names),
-        "pools": sum(names.count(p) for p in operations.POOL_OPS) / len(names),
+        label: float(
+            sum(fractions.Fraction(sum(op in names for op in e), len(e)) for e in edges)
+            / len(edges)
+        )
+        for label, names in (("skip_connect", ("skip_connect",)), ("pools", operations.POOL_OPS))
     }
 
 
