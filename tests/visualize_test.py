@@ -6,6 +6,7 @@ import re
 import shutil
 import stat
 import tempfile
+from fractions import Fraction
 from unittest import mock
 
 import numpy as np
@@ -246,6 +247,31 @@ class AlphaHistoryTest(TestCase):
         svg = visualize.plot_alpha_history(h, os.path.join(out, "alphas.svg"))
         self.assertTrue(is_svg(svg))
         self.assertCountEqual(os.listdir(out), ["alphas.png", "alphas.svg"])
+
+    def test_uniform_shares_by_hand(self):
+        # Every edge takes every operation: 1/4 each.
+        self.assertEqual(visualize.uniform_shares(np.ones((5, 4), bool)), [Fraction(1, 4)] * 4)
+        # Per-edge candidates (RobustDARTS' S1): edge 0 {skip, sep}, edge 1 {pool, skip},
+        # edge 2 {none, pool, skip}: skip (1/2 + 1/2 + 1/3) / 3 = 4/9, pool (1/2 + 1/3) / 3 =
+        # 5/18, sep 1/6, none 1/9; they sum to 1.
+        candidates = [[0, 0, 1, 1], [0, 1, 1, 0], [1, 1, 1, 0]]
+        shares = visualize.uniform_shares(candidates)
+        self.assertEqual(shares, [Fraction(1, 9), Fraction(5, 18), Fraction(4, 9), Fraction(1, 6)])
+        self.assertEqual(sum(shares), 1)
+
+    def test_plot_draws_each_operations_uniform_share_when_edges_differ(self):
+        # Slot 0 with per-edge candidates (masked columns exactly 0, as masked_softmax gives):
+        # one dotted line per operation; slot 1, every edge every operation: one gray line.
+        h = history(2)
+        for record in h["records"]:
+            masked = np.asarray(record["probabilities"][0])
+            masked[:, 0] = 0
+            masked[1:3, 1] = 0
+            record["probabilities"][0] = (masked / masked.sum(axis=1, keepdims=True)).tolist()
+        path = visualize.plot_alpha_history(h, os.path.join(self.tempdir(), "a.svg"))
+        with open(path, encoding="utf-8") as f:
+            dotted = f.read().count("stroke-dasharray")
+        self.assertEqual(dotted, len(OPS) + 1)
 
     def test_plot_per_stage_several_records_per_epoch(self):
         h = history(4, slots=("normal_0", "normal_1", "normal_2", "reduce_0", "reduce_1"))

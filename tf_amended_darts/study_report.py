@@ -19,7 +19,6 @@ once it has every epoch of its search (its "final" is then its last epoch).
 """
 
 import dataclasses
-import fractions
 import functools
 import glob
 import itertools
@@ -99,12 +98,16 @@ def _uniform_shares(search):
     if search.get("operations"):
         space = space.replace(operations=search["operations"])
     # The normal cells' mean over edges (RobustDARTS' s1 gives each edge its own candidates).
-    edges = space.edge_candidates(reduction=False)
-    return {
-        label: float(
-            sum(fractions.Fraction(sum(op in names for op in e), len(e)) for e in edges)
-            / len(edges)
+    shares = dict(
+        zip(
+            space.operations,
+            visualize.uniform_shares(
+                [[op in e for op in space.operations] for e in space.edge_candidates(False)]
+            ),
         )
+    )
+    return {
+        label: float(sum(shares.get(op, 0) for op in names))
         for label, names in (("skip_connect", ("skip_connect",)), ("pools", operations.POOL_OPS))
     }
 

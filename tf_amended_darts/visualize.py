@@ -16,6 +16,7 @@ Matplotlib is used through `matplotlib.figure.Figure` and the Agg canvas only: n
 global state.
 """
 
+import fractions
 import io
 import json
 import math
@@ -352,11 +353,24 @@ def _op_colours(num_ops):
     return [cmap(i % cmap.N) for i in range(num_ops)]
 
 
+def uniform_shares(candidates):
+    """Each operation's mean softmax mass over a cell's edges at uniform alphas, as exact
+    fractions: `candidates`, [num_edges, num_ops] bool, the operations each edge's softmax
+    takes (1 / their number each; 0 for the ones masked out, as RobustDARTS' S1 has)."""
+    candidates = np.asarray(candidates, dtype=bool)
+    counts = candidates.sum(axis=1)
+    return [
+        sum(fractions.Fraction(int(c), int(n)) for c, n in zip(column, counts)) / len(counts)
+        for column in candidates.T
+    ]
+
+
 def plot_alpha_history(history, path):
     """Plots softmax(alpha) over the records of `history` (the alphas_history.json dict): one
     subplot per slot, one line per operation (its mean over the slot's edges; the same colour
-    in every subplot). x is the epoch, or the step when there are several records per epoch.
-    Saved as PNG, SVG or PDF by the extension of `path`, atomically. Returns `path`."""
+    in every subplot), dotted: the operations' shares at uniform alphas. x is the epoch, or the
+    step when there are several records per epoch. Saved as PNG, SVG or PDF by the extension
+    of `path`, atomically. Returns `path`."""
     fmt = os.path.splitext(str(path))[1].lower().lstrip(".")
     if fmt not in FORMATS:
         raise errors.InputError(
@@ -376,7 +390,11 @@ def plot_alpha_history(history, path):
     rows = math.ceil(len(slots) / columns)
     fig = figure(4.2 * columns + 1.8, 3.0 * rows + 0.6)
     colours = _op_colours(len(operations))
-    uniform = 1.0 / len(operations)
+    # A column masked out of an edge's softmax has probability exactly 0 (masked_softmax),
+    # so the first record tells each edge's candidates: the uniform shares per operation.
+    uniform = [
+        [float(u) for u in uniform_shares(np.asarray(p) > 0)] for p in records[0]["probabilities"]
+    ]
     lines = []
     for s, slot in enumerate(slots):
         ax = fig.add_subplot(rows, columns, s + 1)
@@ -391,7 +409,11 @@ def plot_alpha_history(history, path):
             )[0]
             for o, op in enumerate(operations)
         ]
-        ax.axhline(uniform, color="gray", linewidth=0.8, linestyle=":")
+        if len(set(uniform[s])) == 1:  # every edge takes every operation
+            ax.axhline(uniform[s][0], color="gray", linewidth=0.8, linestyle=":")
+        else:
+            for o, share in enumerate(uniform[s]):
+                ax.axhline(share, color=colours[o], linewidth=0.8, linestyle=":")
         ax.set_title(slot, fontsize=10)
         ax.set_xlabel("step" if by_step else "epoch", fontsize=9)
         ax.set_ylabel("mean softmax(alpha)", fontsize=9)
