@@ -10,7 +10,6 @@ largest difference to the per-edge one (float32).
 """
 
 import sys
-import time
 
 import search_timing  # first: puts this checkout's package on sys.path
 import tensorflow as tf
@@ -57,12 +56,4 @@ for name, step in steps.items():
         f"{','.join(space.operations)}: {name:9s} nodes {nodes:6d}  "
         f"max difference to per edge {difference:.1e}"
     )
-for round_ in range(4):
-    for name, step in steps.items():
-        step(s0, s1)
-        times = []
-        for _ in range(20):
-            start = time.perf_counter()
-            [o.numpy() for o in step(s0, s1)]
-            times.append(time.perf_counter() - start)
-        print(f"round {round_} {name:9s} {sorted(times)[10] * 1e3:7.2f} ms", flush=True)
+search_timing.print_alternating_medians(steps, (s0, s1))

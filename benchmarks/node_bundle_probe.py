@@ -23,7 +23,6 @@ candidates only (DARTS space by default; a reduction cell would add a stride-2 g
 """
 
 import sys
-import time
 
 import search_timing  # first: puts this checkout's package on sys.path
 import tensorflow as tf
@@ -228,12 +227,4 @@ for name, step in steps.items():
         + ("" if name.endswith("stacked") else f", moving statistics {moved:.1e}"),
         flush=True,
     )
-for round_ in range(4):
-    for name, step in steps.items():
-        step(s0, s1)
-        times = []
-        for _ in range(20):
-            start = time.perf_counter()
-            [o.numpy() for o in step(s0, s1)]
-            times.append(time.perf_counter() - start)
-        print(f"round {round_} {name:16s} {sorted(times)[10] * 1e3:7.2f} ms", flush=True)
+search_timing.print_alternating_medians(steps, (s0, s1))

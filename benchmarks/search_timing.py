@@ -96,6 +96,22 @@ def graph_nodes(graph):
     return len(types), types.count("Const")
 
 
+def print_alternating_medians(steps, args, rounds=4, calls=20):
+    """For each round, each of `steps` ({name: tf.function}) in turn: one warm call, then the
+    median of `calls` calls on `args` (outputs read back), printed in ms."""
+    width = max(len(name) for name in steps)
+    for round_ in range(rounds):
+        for name, step in steps.items():
+            step(*args)
+            times = []
+            for _ in range(calls):
+                start = time.perf_counter()
+                [o.numpy() for o in step(*args)]
+                times.append(time.perf_counter() - start)
+            median = sorted(times)[calls // 2] * 1e3
+            print(f"round {round_} {name:{width}s} {median:7.2f} ms", flush=True)
+
+
 def _timed(step, batches, steps, metrics_every=1):
     """(seconds of the first call, seconds per step of the next `steps` calls: the median
     over groups of steps, and the mean).
