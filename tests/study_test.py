@@ -253,6 +253,39 @@ class HelpersTest(tf.test.TestCase):
             )
             self.assertEqual(same, pilot3["digits-s2_deep-first_order-s0"], run.name)
 
+    def test_committed_s3_collapse_plan_compares_the_estimators_in_pilot_6s_collapsed_setting(self):
+        pilot3 = {r.name: r.search for r in _committed_runs("pilot3")}
+        runs = _committed_runs("s3_collapse")
+        self.assertLen(runs, 5 * 3)
+        settings = {
+            (
+                r.search.arch_gradient,
+                r.search.amending_coefficient if r.search.arch_gradient == "amended" else None,
+                r.search.seed,
+            )
+            for r in runs
+        }
+        estimators = {
+            ("first_order", None),
+            ("second_order", None),
+            ("amended", 0.1),
+            ("amended", 0.018),
+            ("amended", "auto"),
+        }
+        self.assertEqual(settings, {(*e, seed) for e in estimators for seed in (0, 1, 2)})
+        default = dataclasses.fields(type(runs[0].search))
+        coefficient = next(f.default for f in default if f.name == "amending_coefficient")
+        for run in runs:
+            # pilot 3's 8-cell S3 first-order search but for the estimator and the seed.
+            same = dataclasses.replace(
+                run.search,
+                arch_gradient="first_order",
+                amending_coefficient=coefficient,
+                seed=0,
+            )
+            self.assertEqual(same, pilot3["digits-s3_deep-first_order-s0"], run.name)
+            self.assertIsNotNone(run.retrain, run.name)
+
     def test_bad_plan_file_is_one_line_input_error(self):
         path = os.path.join(self.get_temp_dir(), "plan.json")
         with open(path, "w") as f:

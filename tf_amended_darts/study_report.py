@@ -98,14 +98,10 @@ def _uniform_shares(search):
     if search.get("operations"):
         space = space.replace(operations=search["operations"])
     # The normal cells' mean over edges (RobustDARTS' s1 gives each edge its own candidates).
-    shares = dict(
-        zip(
-            space.operations,
-            visualize.uniform_shares(
-                [[op in e for op in space.operations] for e in space.edge_candidates(False)]
-            ),
-        )
-    )
+    mask = space.candidate_mask(reduction=False)
+    if mask is None:  # every edge takes every operation
+        mask = np.ones((space.num_edges, len(space.operations)), bool)
+    shares = dict(zip(space.operations, visualize.uniform_shares(mask)))
     return {
         label: float(sum(shares.get(op, 0) for op in names))
         for label, names in (("skip_connect", ("skip_connect",)), ("pools", operations.POOL_OPS))
