@@ -18,16 +18,12 @@ from keras import ops
 from tf_amended_darts import operations
 
 
-def cell_nodes(edges, nodes, states, weights):
+def cell_nodes(edges, nodes, states, rows):
     """The intermediate nodes of a cell from its two preprocessed inputs `states`.
 
     `edges`: the cell's MixedOps (node i takes edges offset(i) + j from states j < 2 + i);
-    `weights`: its [num_edges, num_ops] softmax weights.
+    `rows`: each edge's softmax weights, a list of scalars per edge.
     """
-    # One unstack into scalars, as the per-edge path (SearchCell._nodes_per_edge).
-    k = weights.shape[-1]
-    flat = ops.unstack(ops.reshape(weights, [-1]))
-    rows = [flat[e * k : (e + 1) * k] for e in range(len(edges))]
     offsets = [2 * i + i * (i - 1) // 2 for i in range(nodes)]
     incoming = [[] for _ in range(nodes)]
     states = list(states)

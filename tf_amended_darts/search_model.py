@@ -100,6 +100,11 @@ class SearchCell(operations.Composite):
         and several replicas always do; training passes otherwise take
         `edge_bundles.cell_nodes` (the same arithmetic in a smaller graph)."""
         states = [self.preprocess0(s0, training=training), self.preprocess1(s1, training=training)]
+        # One unstack of the cell's [num_edges, num_ops] weights into scalars, for both paths:
+        # indexing them op by op puts two slices and their gradients per operation in the graph.
+        k = weights.shape[-1]
+        flat = ops.unstack(ops.reshape(weights, [-1]))
+        rows = [flat[e * k : (e + 1) * k] for e in range(len(self.edges))]
         if (
             bundled
             and training
@@ -107,23 +112,18 @@ class SearchCell(operations.Composite):
             # Variables exist; no frozen layer (a frozen BatchNorm normalises as in inference).
             and all(layer.built and layer.trainable for layer in self._flatten_layers())
         ):
-            nodes = edge_bundles.cell_nodes(self.edges, self.nodes, states, weights)
+            nodes = edge_bundles.cell_nodes(self.edges, self.nodes, states, rows)
         else:
-            nodes = self._nodes_per_edge(states, weights, training)
+            nodes = self._nodes_per_edge(states, rows, training)
         return ops.concatenate(nodes, axis=-1)
 
-    def _nodes_per_edge(self, states, weights, training):
-        # One unstack of the cell's [num_edges, num_ops] weights into scalars: indexing them
-        # op by op puts two slices and their gradients per operation into the graph.
-        k = weights.shape[-1]
-        flat = ops.unstack(ops.reshape(weights, [-1]))
-        weights = [flat[e * k : (e + 1) * k] for e in range(len(self.edges))]
+    def _nodes_per_edge(self, states, rows, training):
         offset = 0
         for _ in range(self.nodes):
             states.append(
                 tf.add_n(
                     [
-                        self.edges[offset + j](h, weights[offset + j], training=training)
+                        self.edges[offset + j](h, rows[offset + j], training=training)
                         for j, h in enumerate(states)
                     ]
                 )
